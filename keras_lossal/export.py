@@ -322,9 +322,20 @@ class _ServingFunctions:
             ),
         ]
         with tf.control_dependencies(checks):
-            image = tf.io.decode_image(data, channels=prep.channels, dtype=tf.uint8, expand_animations=False)
+            image = self._decode_pixels(data)
         image = tf.ensure_shape(image, [None, None, prep.channels])
         return tf.ensure_shape(prep(image), [prep.height, prep.width, prep.channels])
+
+    def _decode_pixels(self, data: tf.Tensor) -> tf.Tensor:
+        channels = self.preprocessing.channels
+        if channels != 1:
+            return tf.io.decode_image(data, channels=channels, dtype=tf.uint8, expand_animations=False)
+        # TensorFlow's BMP decoder refuses channels=1: decode BMP as RGB, then convert to grayscale.
+        return tf.cond(
+            tf.equal(tf.strings.substr(data, 0, len(_BMP_MAGIC)), _BMP_MAGIC),
+            lambda: tf.image.rgb_to_grayscale(tf.io.decode_bmp(data, channels=3)),
+            lambda: tf.io.decode_image(data, channels=1, dtype=tf.uint8, expand_animations=False),
+        )
 
     def images_from_bytes(self, image_bytes: tf.Tensor) -> tf.Tensor:
         prep = self.preprocessing

@@ -376,3 +376,41 @@ def test_softmax_output_is_not_softmaxed_twice(tmp_path):
     outputs = servable.run("serving_default", {"images": x})
     np.testing.assert_allclose(outputs["probabilities"], model.predict(x, verbose=0)["output"], atol=1e-5)
     servable.close()
+
+
+def bmp24(pixels: np.ndarray) -> bytes:
+    """A 24-bit BMP (bottom-up rows, BGR, 4-byte row padding) of `pixels` (H, W, 3) uint8."""
+    height, width, _ = pixels.shape
+    row_bytes = (width * 3 + 3) // 4 * 4
+    rows = b"".join(pixels[y, :, ::-1].tobytes().ljust(row_bytes, b"\x00") for y in range(height - 1, -1, -1))
+    header = struct.pack("<2sIHHI", b"BM", 54 + len(rows), 0, 0, 54)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, len(rows), 2835, 2835, 0, 0)
+    return header + info + rows
+
+
+def test_bmp_is_scored_by_a_grayscale_export(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    features = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv")(inputs)
+    backbone = keras.Model(
+        inputs, keras.layers.Dense(3, name="logits")(keras.layers.GlobalAveragePooling2D()(features))
+    )
+    model = kl.LossLearningModel(backbone, head=kl.LossPredictionHead(units=4))
+    gray_prep = ImagePreprocessing(8, 8, 1, mean=(0.5,), std=(0.25,))
+    path = kl.export.export_for_serving(model, str(tmp_path / "gray"), preprocessing=gray_prep, warmup=False)
+    servable = SavedModelServable(path)
+    gray = random_images(2, seed=10, shape=(8, 8, 1))
+    payloads = [bmp24(np.repeat(image, 3, axis=-1)) for image in gray] + [png(image) for image in gray]
+    outputs = servable.run("score_image_bytes", {"image_bytes": np.array(payloads, object)})
+    expected = model.predict(gray_prep(gray).numpy(), verbose=0)["predicted_loss"]
+    np.testing.assert_allclose(outputs["predicted_loss"], np.concatenate([expected, expected]), atol=1e-5)
+    servable.close()
+
+
+def test_bmp_is_scored_like_the_same_png_by_an_rgb_export(exported):
+    model, _, servable = exported
+    pixels = random_images(2, seed=11)
+    payloads = np.array([bmp24(image) for image in pixels] + [png(image) for image in pixels], object)
+    outputs = servable.run("score_image_bytes", {"image_bytes": payloads})
+    expected = reference(model, PREP(pixels).numpy())[0]
+    np.testing.assert_allclose(outputs["predicted_loss"], np.concatenate([expected, expected]), atol=1e-5)

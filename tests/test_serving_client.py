@@ -206,3 +206,57 @@ def test_oversized_request_is_split_down_to_the_large_item():
     assert sorted(record["id"] for record in scored) == ["id0", "id1", "id3", "id4"]
     assert [record["id"] for record in failed] == ["id2"] and "too many bytes" in failed[0]["reason"]
     assert failed[0]["retryable"] is False
+
+
+def test_float64_arrays_are_cast_to_the_signature_dtype_over_grpc(served):
+    target, faults = served["grpc"]
+    x = PREP(images(3, seed=4)).numpy()
+    reference = served["model"].predict(x, verbose=0)["predicted_loss"]
+    before = faults.requests
+    with TFServingClient(target, "lossal", retries=0) as client:
+        outputs = client.score(x.astype(np.float64))
+        assert client.signatures()["serving_default"] == {"images": np.dtype(np.float32)}
+        with pytest.raises(ValueError, match=r"as float32 .*Received dtype uint8"):
+            client.score(images(3, seed=4))  # raw pixels would skip the preprocessing: refused, not cast
+    np.testing.assert_allclose(outputs["predicted_loss"], reference, atol=1e-5)
+    assert faults.requests - before == 1
+
+
+@pytest.mark.parametrize(
+    "target", ["localhost:85OO", "localhost:0", "localhost:65536", "localhost", "grpc://:8500", "http://localhost:85OO"]
+)
+def test_a_bad_port_is_refused_when_the_client_is_built(target):
+    with pytest.raises(ValueError, match="Received: target="):
+        TFServingClient(target, "lossal", protocol=None)
+
+
+def test_good_targets_are_accepted():
+    for target in ("localhost:8500", "grpc://10.0.0.1:8500", "[::1]:8500", "unix:/tmp/tfserving.sock"):
+        TFServingClient(target, "lossal").close()
+    assert TFServingClient("http://localhost", "lossal", protocol=None).protocol == "rest"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_misspelled_signature_names_the_available_ones(served, protocol):
+    target, faults = served[protocol]
+    payload = tf.io.encode_png(images(1)[0]).numpy()
+    before = faults.requests
+    with TFServingClient(target, "lossal", protocol=protocol, retries=0) as client:
+        with pytest.raises(ValueError, match="unknown signature") as info:
+            client.score([payload], signature="score_imge_bytes")
+    message = str(info.value)
+    assert "signature='score_imge_bytes'" in message and "'score_image_bytes'" in message
+    assert "'serving_default'" in message and faults.requests == before  # refused before any Predict
+
+
+def test_readme_states_the_retry_rule_the_client_applies():
+    from keras_lossal.serving import client as client_lib
+
+    root = os.path.dirname(os.path.dirname(__file__))
+    for readme in ("README.md", os.path.join("serving", "README.md")):
+        text = " ".join(open(os.path.join(root, readme), encoding="utf-8").read().split())
+        start = text.index("retries transient failures")
+        sentence = text[start : start + 600]
+        for code in client_lib._RETRYABLE_GRPC + tuple(str(status) for status in client_lib._RETRYABLE_HTTP):
+            assert code in sentence, (readme, code)
+        assert "5xx only" not in text and "UNAVAILABLE/5xx" not in text

@@ -309,3 +309,198 @@ def test_reader_errors_surface_and_read_ahead_is_bounded():
     stream.close()
     with pytest.raises(RuntimeError, match="reader failed"):
         list(_read_ahead(items(), lambda item: item, depth=4))
+
+
+def assert_each_item_in_exactly_one_log(out, expected_ids):
+    scored = [record["id"] for record in read_jsonl(os.path.join(out, "scored.jsonl"))]
+    failed = [record["id"] for record in read_jsonl(os.path.join(out, "failures.jsonl")) if not record.get("duplicate")]
+    assert len(scored) == len(set(scored)) and len(failed) == len(set(failed))
+    assert not set(scored) & set(failed)
+    assert sorted(scored + failed) == sorted(expected_ids)
+    return scored, failed
+
+
+class UnavailableScorer(CountingScorer):
+    def score(self, kind, payloads):
+        self.calls += 1
+        raise ServingError("lossal", "score_image_bytes", "UNAVAILABLE", "connection refused", True, 1)
+
+
+def test_killed_retry_run_leaves_no_stale_failures(setup, tmp_path):
+    out = str(tmp_path / "out")
+    all_ids = setup["ids"] + ["a/garbage.png", "b/truncated.png", "b/bomb.png"]
+    dead = UnavailableScorer(InProcessScorer(setup["base"]))
+    triage(read_items(setup["folder"]), dead, out, batch_size=4, stop_after_server_errors=None)
+    assert sum(record["retryable"] for record in read_jsonl(os.path.join(out, "failures.jsonl"))) == N_GOOD + 1
+    # The retry run dies after its first batch was scored: its superseded failures were never cleaned up.
+    with pytest.raises(KeyboardInterrupt):
+        triage(read_items(setup["folder"]), CountingScorer(InProcessScorer(setup["base"]), crash_on_call=2), out,
+               batch_size=4)  # fmt: skip
+    assert 0 < len(read_jsonl(os.path.join(out, "scored.jsonl"))) < N_GOOD
+    result = triage(read_items(setup["folder"]), InProcessScorer(setup["base"]), out, batch_size=4)
+    scored, failed = assert_each_item_in_exactly_one_log(out, all_ids)
+    assert (result.total_scored, result.total_failed) == (N_GOOD, 3) == (len(scored), len(failed))
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["total_scored"] + summary["total_failed"] == len(all_ids)
+
+
+def test_failure_reasons_carry_the_decoders_message(setup, tmp_path):
+    out = str(tmp_path / "out")
+    triage(read_items(setup["folder"]), InProcessScorer(setup["base"]), out, batch_size=4)
+    reasons = {record["id"]: record["reason"] for record in read_jsonl(os.path.join(out, "failures.jsonl"))}
+    reason = reasons["b/truncated.png"]
+    assert reason.startswith("rejected by model: ") and "Graph execution error" not in reason
+    assert "PNG" in reason and len(reason) > len("rejected by model: ") + 10
+    server, target, _ = start_grpc_standin(setup["base"], "lossal")
+    try:
+        from keras_lossal.serving import ServerScorer, TFServingClient
+
+        with TFServingClient(target, "lossal") as client:
+            remote = str(tmp_path / "remote")
+            triage(read_items(setup["folder"]), ServerScorer(client), remote, batch_size=4)
+    finally:
+        server.stop(None)
+    remote_reasons = {record["id"]: record["reason"] for record in read_jsonl(os.path.join(remote, "failures.jsonl"))}
+    assert remote_reasons["b/truncated.png"] == reason
+
+
+def test_fifo_and_directory_named_like_images_are_reported_not_read(setup, tmp_path):
+    import threading
+
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    (folder / "good.png").write_bytes(tf.io.encode_png(setup["pixels"][0]).numpy())
+    os.mkfifo(folder / "pipe.png")  # opening it for reading would wait for a writer forever
+    (folder / "folder.png").mkdir()
+    (folder / "folder.png" / "inner.png").write_bytes(tf.io.encode_png(setup["pixels"][1]).numpy())
+    out = str(tmp_path / "out")
+    finished = {}
+    worker = threading.Thread(
+        target=lambda: finished.setdefault(
+            "result", triage(read_items(str(folder)), InProcessScorer(setup["base"]), out)
+        ),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=120)
+    if worker.is_alive():  # release the reader stuck in open() so the process can exit
+        os.close(os.open(folder / "pipe.png", os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("triage hung on a FIFO named pipe.png")
+    result = finished["result"]
+    assert (result.scored, result.failed) == (2, 2)
+    reasons = {record["id"]: record["reason"] for record in read_jsonl(os.path.join(out, "failures.jsonl"))}
+    assert "not a regular file (a FIFO)" in reasons["pipe.png"]
+    assert "not a regular file (a directory)" in reasons["folder.png"]
+    assert {record["id"] for record in read_jsonl(os.path.join(out, "scored.jsonl"))} == {
+        "good.png",
+        "folder.png/inner.png",
+    }
+
+
+def test_reads_are_bounded_by_max_bytes(tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + b"\x00" * 5000)
+    (item,) = list(read_items(str(tmp_path), max_bytes=1000))
+    with pytest.raises(OSError, match="file too large: 5004 bytes > max_image_bytes=1000"):
+        item.load()
+
+
+def test_cli_top_k_zero_queues_every_item(setup, tmp_path, capsys):
+    out = str(tmp_path / "all")
+    assert cli.main(["triage", setup["folder"], "--model", setup["base"], "--output", out, "--top-k", "0"]) == 0
+    queue = read_jsonl(os.path.join(out, "queue.jsonl"))
+    assert len(queue) == N_GOOD and [record["rank"] for record in queue] == list(range(1, N_GOOD + 1))
+    losses = [record["predicted_loss"] for record in queue]
+    assert losses == sorted(losses, reverse=True)
+    capsys.readouterr()
+    assert cli.main(["triage", setup["folder"], "--model", setup["base"], "--output", out, "--top-k", "-1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == "lossal triage: expected --top-k >= 0 (0 = no limit). Received: -1"
+
+
+def test_dead_server_stops_the_run_which_resumes_later(setup, tmp_path, capsys):
+    from keras_lossal.serving import ServerScorer, TFServingClient
+    from keras_lossal.serving.triage import ServerUnavailableError
+
+    out = str(tmp_path / "out")
+    all_ids = setup["ids"] + ["a/garbage.png", "b/truncated.png", "b/bomb.png"]
+    counting = CountingScorer(InProcessScorer(setup["base"]))
+    with TFServingClient("localhost:1", "lossal", retries=0, timeout=2) as client:
+        dead = ServerScorer(client)
+        with pytest.raises(ServerUnavailableError, match="3 scoring calls in a row failed") as info:
+            triage(read_items(setup["folder"]), dead, out, batch_size=2)
+    failures = read_jsonl(os.path.join(out, "failures.jsonl"))
+    unavailable = [record for record in failures if record.get("code") == "UNAVAILABLE"]
+    assert len(unavailable) == 3 * 2 and all(record["retryable"] for record in unavailable)
+    assert info.value.result.scored == 0 and len(failures) < len(all_ids)  # it did not walk the whole pool
+    assert "Re-run the same command to resume" in str(info.value)
+    counting.description = dead.description  # the same model, reached in-process this time
+    result = triage(read_items(setup["folder"]), counting, out, batch_size=2)
+    assert result.total_scored == N_GOOD and result.total_failed == 3
+    assert_each_item_in_exactly_one_log(out, all_ids)
+    capsys.readouterr()
+    args = ["triage", setup["folder"], "--server", "grpc://localhost:1", "--output", str(tmp_path / "cli")]
+    assert cli.main([*args, "--retries", "0", "--timeout", "2", "--batch-size", "1", "--concurrency", "1"]) == 3
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "stopped after 3 scoring calls in a row" in error
+
+
+def test_dedupe_by_content_keeps_copies_out_of_the_queue(setup, tmp_path):
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for index, image in enumerate(setup["pixels"][:4]):
+        (folder / f"img_{index}.png").write_bytes(tf.io.encode_png(image).numpy())
+    for copy in ("copy_a.png", "copy_b.png"):
+        (folder / copy).write_bytes((folder / "img_2.png").read_bytes())
+    plain = triage(read_items(str(folder)), InProcessScorer(setup["base"]), str(tmp_path / "plain"), top_k=None,
+                   threshold=-1e9)  # fmt: skip
+    copies = [i for i, record in enumerate(read_jsonl(str(tmp_path / "plain" / "queue.jsonl"))) if "img_2" in
+              record["id"] or "copy" in record["id"]]  # fmt: skip
+    assert plain.scored == 6 and copies == list(range(copies[0], copies[0] + 3))  # three adjacent ranks
+    out = str(tmp_path / "dedupe")
+    result = triage(read_items(str(folder)), InProcessScorer(setup["base"]), out, top_k=None, threshold=-1e9,
+                    dedupe=True)  # fmt: skip
+    assert (result.scored, result.failed) == (4, 2)
+    queue = read_jsonl(os.path.join(out, "queue.jsonl"))
+    assert len({record["sha256"] for record in queue}) == len(queue) == 4
+    failures = read_jsonl(os.path.join(out, "failures.jsonl"))
+    assert sorted(record["id"] for record in failures) == ["copy_b.png", "img_2.png"]  # copy_a.png comes first
+    assert all("duplicate content" in r["reason"] and "'copy_a.png'" in r["reason"] for r in failures)
+    assert not any(record["retryable"] for record in failures)
+    rerun = triage(read_items(str(folder)), InProcessScorer(setup["base"]), out, top_k=None, threshold=-1e9,
+                   dedupe=True)  # fmt: skip
+    assert (rerun.scored, rerun.failed, rerun.resumed) == (0, 0, 6)
+
+
+class TiedScorer(CountingScorer):
+    """Every item gets the same predicted loss (exact ties); the first call can time out."""
+
+    def __init__(self, scorer, fail_first_call=False):
+        super().__init__(scorer)
+        self.fail_first_call = fail_first_call
+
+    def score(self, kind, payloads):
+        self.calls += 1
+        if self.fail_first_call and self.calls == 1:
+            raise ServingError("lossal", "score_image_bytes", "DEADLINE_EXCEEDED", "deadline", True, 4)
+        outputs = self.scorer.score(kind, payloads)
+        return {**outputs, "predicted_loss": np.full(len(payloads), 0.5, np.float32)}
+
+
+def test_resumed_queue_breaks_ties_by_input_order_like_an_uninterrupted_run(setup, tmp_path):
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for index, image in enumerate(setup["pixels"][:8]):
+        (folder / f"same_{index}.png").write_bytes(tf.io.encode_png(image).numpy())
+    scorer = InProcessScorer(setup["base"])
+    reference = triage(read_items(str(folder)), TiedScorer(scorer), str(tmp_path / "ref"), top_k=3, batch_size=2)
+    out = str(tmp_path / "resumed")
+    # The first batch (the earliest items) times out, so the resumed run scores it after all the others.
+    triage(read_items(str(folder)), TiedScorer(scorer, fail_first_call=True), out, top_k=3, batch_size=2)
+    resumed = triage(read_items(str(folder)), TiedScorer(scorer), out, top_k=3, batch_size=2)
+    assert [json.loads(line)["id"] for line in open(os.path.join(out, "scored.jsonl"))][-2:] == [
+        "same_0.png",
+        "same_1.png",
+    ]
+    assert [record["id"] for record in reference.queue] == ["same_0.png", "same_1.png", "same_2.png"]
+    assert [record["id"] for record in resumed.queue] == [record["id"] for record in reference.queue]

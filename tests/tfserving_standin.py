@@ -279,6 +279,7 @@ def start_grpc_standin(
 
 # ------------------------------------------------------------------------------------------ REST
 _REST_PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/([0-9]+)|/labels/([^/:]+))?:predict$")
+_REST_METADATA_PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/([0-9]+)|/labels/([^/:]+))?/metadata$")
 
 
 def _decode_json_value(value):
@@ -332,6 +333,25 @@ class _RestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802 - the model metadata endpoint, as TF Serving's JSON of a SignatureDefMap
+        from google.protobuf import json_format
+
+        match = _REST_METADATA_PATH.match(self.path)
+        if not match:
+            return self._reply(404, {"error": f"Malformed request: GET {self.path}"})
+        name, version, label = match.group(1), match.group(2), match.group(3)
+        try:
+            servable = self.repository.get(name, int(version) if version else None, label)
+        except KeyError as error:
+            return self._reply(404, {"error": str(error.args[0])})
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for signature_name, signature in servable.signatures.items():
+            signature_map.signature_def[signature_name].CopyFrom(signature)
+        spec = {"name": name, "signature_name": "", "version": str(servable.version)}
+        return self._reply(
+            200, {"model_spec": spec, "metadata": {"signature_def": json_format.MessageToDict(signature_map)}}
+        )
 
     def do_POST(self):  # noqa: N802
         match = _REST_PATH.match(self.path)

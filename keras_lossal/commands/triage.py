@@ -36,12 +36,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model-version", type=int, help="server model version (default: the server's latest)")
     parser.add_argument("--model-label", help="server version label, e.g. stable")
     parser.add_argument("--labels", help="class names for server mode: a comma-separated list or a text file")
-    parser.add_argument("--top-k", type=int, default=1000, help="queue length (default 1000; 0 = no limit)")
+    parser.add_argument(
+        "--top-k", type=int, default=1000, help="queue length (default 1000; 0 = no limit: every scored item)"
+    )
     parser.add_argument("--threshold", type=float, help="only queue items with predicted loss >= this")
     parser.add_argument("--batch-size", type=int, default=32, help="items per request (default 32)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight in server mode")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds (server mode)")
     parser.add_argument("--retries", type=int, default=3, help="retries for transient server errors")
+    parser.add_argument(
+        "--stop-after-server-errors",
+        type=int,
+        default=3,
+        metavar="N",
+        help="stop (resumable) after N scoring calls in a row failed on the server side (default 3; 0 = never)",
+    )
+    parser.add_argument(
+        "--dedupe", action="store_true", help="do not score an item whose bytes equal an earlier item's"
+    )
     parser.add_argument(
         "--input-type", default="auto", choices=("auto", "images", "tfrecord", "manifest"), help="default: auto"
     )
@@ -66,30 +78,47 @@ def _labels(value: str | None):
     return [label.strip() for label in value.split(",")]
 
 
+def _fail(message: str, code: int = 2) -> int:
+    print(f"lossal triage: {message}", file=sys.stderr)
+    return code
+
+
 def run(args: argparse.Namespace) -> int:
     from keras_lossal.export import DEFAULT_MAX_IMAGE_BYTES
     from keras_lossal.serving import InProcessScorer, ServerScorer, TFServingClient, read_items, triage
+    from keras_lossal.serving.triage import ServerUnavailableError
 
     if (args.model is None) == (args.server is None):
-        print("lossal triage: pass exactly one of --model DIR (in-process) or --server URL", file=sys.stderr)
-        return 2
+        return _fail("pass exactly one of --model DIR (in-process) or --server URL")
+    for name in ("top_k", "stop_after_server_errors"):
+        if getattr(args, name) < 0:
+            return _fail(f"expected --{name.replace('_', '-')} >= 0 (0 = no limit). Received: {getattr(args, name)}")
+    top_k = args.top_k or None
+    # No limit and no threshold: every scored item is queued (-inf admits every finite predicted loss).
+    threshold = float("-inf") if top_k is None and args.threshold is None else args.threshold
     if args.server:
-        client = TFServingClient(
-            args.server,
-            args.model_name,
-            protocol=None,
-            version=args.model_version,
-            label=args.model_label,
-            timeout=args.timeout,
-            retries=args.retries,
-            batch_size=args.batch_size,
-            max_concurrency=args.concurrency,
-        )
+        try:
+            client = TFServingClient(
+                args.server,
+                args.model_name,
+                protocol=None,
+                version=args.model_version,
+                label=args.model_label,
+                timeout=args.timeout,
+                retries=args.retries,
+                batch_size=args.batch_size,
+                max_concurrency=args.concurrency,
+            )
+        except ValueError as error:
+            return _fail(str(error))
         scorer = ServerScorer(client, labels=_labels(args.labels))
         # Each scoring call carries one request per worker, so the server sees `concurrency` requests in flight.
         batch_size = args.batch_size * args.concurrency
     else:
-        scorer = InProcessScorer(args.model)
+        try:
+            scorer = InProcessScorer(args.model)
+        except (ValueError, OSError) as error:
+            return _fail(str(error))
         batch_size = args.batch_size
     try:
         # Bound each file read by the same limit triage applies, so a huge file is refused unread.
@@ -99,14 +128,20 @@ def run(args: argparse.Namespace) -> int:
             items,
             scorer,
             args.output,
-            top_k=args.top_k or None,
-            threshold=args.threshold,
+            top_k=top_k,
+            threshold=threshold,
             batch_size=batch_size,
             max_image_pixels=args.max_image_pixels,
             max_image_bytes=args.max_image_bytes,
             label_studio_image_prefix=args.label_studio_prefix,
             restart=args.restart,
+            dedupe=args.dedupe,
+            stop_after_server_errors=args.stop_after_server_errors or None,
         )
+    except ServerUnavailableError as error:
+        return _fail(f"{error} ({error.result.total_scored} scored so far, see {args.output}/failures.jsonl)", 3)
+    except (ValueError, OSError) as error:  # bad input path, another model's output directory, ...
+        return _fail(str(error))
     finally:
         if args.server:
             scorer.client.close()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import random
+import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent import futures
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -25,6 +27,8 @@ DEFAULT_INPUT_NAMES = {
 PROTOCOLS = ("grpc", "rest")
 _RETRYABLE_GRPC = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
 _RETRYABLE_HTTP = (429, 500, 502, 503, 504)
+# gRPC name-resolver targets (`dns:///host:8500`, `unix:/socket`) are passed through unchecked.
+_RESOLVER_SCHEME = re.compile(r"^(dns|unix|unix-abstract|ipv4|ipv6|vsock):")
 
 
 class ServingError(RuntimeError):
@@ -71,9 +75,17 @@ class TFServingClient:
     Large batches are split into requests of `batch_size` rows, sent with at
     most `max_concurrency` requests in flight, and re-assembled in order.
     Transient failures (gRPC UNAVAILABLE / DEADLINE_EXCEEDED /
-    RESOURCE_EXHAUSTED / ABORTED, HTTP 429/5xx, connection errors) are
-    retried with exponential backoff and jitter; anything else (e.g.
-    INVALID_ARGUMENT, HTTP 4xx) fails at once with a `ServingError`.
+    RESOURCE_EXHAUSTED / ABORTED, HTTP 429/500/502/503/504, connection errors
+    and timeouts) are retried with exponential backoff and jitter; anything
+    else (e.g. INVALID_ARGUMENT, HTTP 400/404, a message over gRPC's size
+    limit) fails at once with a `ServingError`.
+
+    When it needs them the client reads the model's signatures from the
+    server once (GetModelMetadata / the REST `metadata` endpoint): to find the
+    input of a signature it has no default name for, and, over gRPC, to cast
+    numeric arrays to the input's dtype (a float64 array to a float32 input).
+    An unknown signature name is then refused with the available ones. A
+    server without metadata gets the request as it is.
 
     Args:
         target: `"host:8500"` / `"grpc://host:8500"` for gRPC or
@@ -132,6 +144,7 @@ class TFServingClient:
             raise ValueError(f"Expected a gRPC target like 'host:8500' or 'grpc://host:8500'. Received: {target!r}")
         if protocol == "rest" and scheme not in ("http", "https"):
             raise ValueError(f"Expected a REST target like 'http://host:8501'. Received: target={target!r}")
+        _check_address(target, rest if scheme else target, scheme)
         if version is not None and label is not None:
             raise ValueError(f"Pass either version or label, not both. Received: version={version}, label={label!r}")
         if version is not None and (isinstance(version, bool) or int(version) < 0 or int(version) != version):
@@ -159,6 +172,7 @@ class TFServingClient:
             raise ValueError(f"Expected rest_format 'inputs' or 'instances'. Received: rest_format={rest_format!r}")
         self.rest_format = rest_format
         self._executor: futures.ThreadPoolExecutor | None = None
+        self._signature_inputs: dict[str, dict[str, np.dtype]] | None = None
         self._local = threading.local()
         self._lock = threading.Lock()
         if protocol == "grpc":
@@ -177,6 +191,25 @@ class TFServingClient:
             self._base_url = target.rstrip("/")
 
     # ------------------------------------------------------------------ public
+    def signatures(self) -> dict[str, dict[str, np.dtype]] | None:
+        """`{signature: {input name: dtype}}` from the server's model metadata (cached); `None` if it has none.
+
+        Transient failures are retried like requests; a server that still cannot answer raises
+        `ServingError`.
+        """
+        with self._lock:
+            if self._signature_inputs is not None:
+                return self._signature_inputs
+        try:
+            fetched = self._with_retries(self._fetch_signatures, "(model metadata)")
+        except ServingError as error:
+            if error.retryable:
+                raise
+            return None  # no metadata (an old or partial server): the request itself says what is wrong
+        with self._lock:
+            self._signature_inputs = fetched
+        return fetched
+
     def score(
         self, batch: Any, signature: str | None = None, output_filter: tuple[str, ...] = ()
     ) -> dict[str, np.ndarray]:
@@ -212,10 +245,13 @@ class TFServingClient:
                     "or raise max_message_bytes (and the server's limit)."
                 )
         if len(chunks) == 1:
-            results = [self._with_retries(chunks[0], signature, output_filter)]
+            results = [self._with_retries(self._predict_call(chunks[0], signature, output_filter), signature)]
         else:
             executor = self._pool()
-            pending = [executor.submit(self._with_retries, chunk, signature, output_filter) for chunk in chunks]
+            pending = [
+                executor.submit(self._with_retries, self._predict_call(chunk, signature, output_filter), signature)
+                for chunk in chunks
+            ]
             try:
                 results = [future.result() for future in pending]
             finally:
@@ -252,23 +288,55 @@ class TFServingClient:
 
     def _as_inputs(self, batch: Any, signature: str) -> dict[str, np.ndarray]:
         if isinstance(batch, Mapping):
-            return {key: _as_array(value) for key, value in batch.items()}
-        name = self.input_name or DEFAULT_INPUT_NAMES.get(signature)
-        if name is None:
+            inputs = {key: _as_array(value) for key, value in batch.items()}
+        else:
+            name = self.input_name or DEFAULT_INPUT_NAMES.get(signature) or self._only_input(signature)
+            inputs = {name: _as_array(batch)}
+        # gRPC tensors carry their dtype (the server refuses float64 for a float32 input); JSON numbers do not.
+        if self.protocol != "grpc" or all(
+            value.dtype == object or value.dtype.kind in "SU" for value in inputs.values()
+        ):
+            return inputs
+        expected = self._expected_inputs(signature)
+        if expected is None:
+            return inputs
+        if set(inputs) != set(expected):
             raise ValueError(
-                f"Signature {signature!r} has no known input name; pass a dict {{input_name: batch}} or "
-                "TFServingClient(input_name=...)."
+                f"Expected the inputs {sorted(expected)} of signature {signature!r}. Received: {sorted(inputs)}"
             )
-        return {name: _as_array(batch)}
+        return {key: _cast(value, expected[key], key, signature) for key, value in inputs.items()}
 
-    def _with_retries(self, inputs, signature: str, output_filter) -> dict[str, np.ndarray]:
+    def _expected_inputs(self, signature: str) -> dict[str, np.dtype] | None:
+        signatures = self.signatures()
+        if signatures is None:
+            return None
+        if signature not in signatures:
+            raise ValueError(
+                f"Expected a signature of model {self.model_name!r}. Received: signature={signature!r} (unknown "
+                f"signature); available: {sorted(signatures)}"
+            )
+        return signatures[signature]
+
+    def _only_input(self, signature: str) -> str:
+        expected = self._expected_inputs(signature)
+        if expected is not None and len(expected) == 1:
+            return next(iter(expected))
+        raise ValueError(
+            f"Signature {signature!r} has no known input name; pass a dict {{input_name: batch}} or "
+            "TFServingClient(input_name=...)." + ("" if expected is None else f" Its inputs: {sorted(expected)}")
+        )
+
+    def _predict_call(self, inputs, signature: str, output_filter) -> Callable[[], dict[str, np.ndarray]]:
+        if self.protocol == "grpc":
+            return lambda: self._grpc_predict(inputs, signature, output_filter)
+        return lambda: self._rest_predict(inputs, signature)
+
+    def _with_retries(self, call: Callable[[], Any], signature: str) -> Any:
         attempt = 0
         while True:
             attempt += 1
             try:
-                if self.protocol == "grpc":
-                    return self._grpc_predict(inputs, signature, output_filter)
-                return self._rest_predict(inputs, signature)
+                return call()
             except _Attempt as failure:
                 if not failure.retryable or attempt > self.retries:
                     raise ServingError(
@@ -302,6 +370,58 @@ class TFServingClient:
             raise _Attempt(code, details, retryable) from None
         return {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}
 
+    def _fetch_signatures(self) -> dict[str, dict[str, np.dtype]]:
+        import tensorflow as tf
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        if self.protocol == "grpc":
+            import grpc
+
+            request = get_model_metadata_pb2.GetModelMetadataRequest()
+            request.model_spec.name = self.model_name
+            if self.version is not None:
+                request.model_spec.version.value = self.version
+            if self.label is not None:
+                request.model_spec.version_label = self.label
+            request.metadata_field.append("signature_def")
+            try:
+                response = self._stub.GetModelMetadata(request, timeout=self.timeout)
+            except grpc.RpcError as error:
+                code = error.code().name if error.code() is not None else "UNKNOWN"
+                raise _Attempt(code, error.details() or str(error), code in _RETRYABLE_GRPC) from None
+            response.metadata["signature_def"].Unpack(signature_map)
+        else:
+            from google.protobuf import json_format
+
+            payload = self._rest_get(self._rest_url(":predict", "/metadata"))
+            json_format.ParseDict(payload["metadata"]["signature_def"], signature_map, ignore_unknown_fields=True)
+        signatures = {
+            name: {key: _numpy_dtype(tf.dtypes.as_dtype(info.dtype)) for key, info in definition.inputs.items()}
+            for name, definition in signature_map.signature_def.items()
+            if not name.startswith("__")
+        }
+        if not signatures:
+            raise _Attempt("NO_METADATA", "the server sent no signatures", False)
+        return signatures
+
+    def _rest_get(self, url: str) -> dict:
+        import requests
+
+        try:
+            response = self._session().get(url, timeout=self.timeout)
+        except requests.Timeout as error:
+            raise _Attempt("TIMEOUT", str(error), True) from None
+        except requests.ConnectionError as error:
+            raise _Attempt("UNAVAILABLE", str(error), True) from None
+        if response.status_code != 200:
+            status = response.status_code
+            raise _Attempt(f"HTTP {status}", response.text[:2000], status in _RETRYABLE_HTTP)
+        try:
+            return response.json()
+        except ValueError as error:
+            raise _Attempt("HTTP 200", f"not JSON: {error}", False) from None
+
     def _session(self):
         import requests
 
@@ -310,13 +430,13 @@ class TFServingClient:
             session = self._local.session = requests.Session()
         return session
 
-    def _rest_url(self) -> str:
+    def _rest_url(self, method: str = ":predict", suffix: str = "") -> str:
         url = f"{self._base_url}/v1/models/{self.model_name}"
         if self.version is not None:
             url += f"/versions/{self.version}"
         elif self.label is not None:
             url += f"/labels/{self.label}"
-        return url + ":predict"
+        return url + (suffix or method)
 
     def _rest_predict(self, inputs, signature: str) -> dict[str, np.ndarray]:
         import requests
@@ -357,6 +477,54 @@ class TFServingClient:
             if not isinstance(outputs, dict):  # TF Serving returns a single output unnamed
                 outputs = {"outputs": outputs}
         return {key: _from_json(value) for key, value in outputs.items()}
+
+
+def _check_address(target: str, address: str, scheme: str) -> None:
+    """Refuses a target whose port is not a number in 1..65535 (a typo would be retried as UNAVAILABLE)."""
+    if scheme in ("http", "https"):
+        try:
+            parsed = urlparse(target)
+            port = parsed.port
+        except ValueError as error:
+            raise ValueError(
+                f"Expected a REST target like 'http://host:8501'. Received: target={target!r} ({error})"
+            ) from None
+        if not parsed.hostname:
+            raise ValueError(f"Expected a REST target like 'http://host:8501'. Received: target={target!r} (no host)")
+        if port is not None and port == 0:
+            raise ValueError(f"Expected a port in 1..65535. Received: target={target!r}")
+        return
+    if _RESOLVER_SCHEME.match(address):
+        return
+    host, colon, port = address.rpartition(":") if not address.endswith("]") else (address, "", "")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"Expected a gRPC target 'host:port' with a port in 1..65535, like 'localhost:8500'. Received: "
+            f"target={target!r}"
+        )
+
+
+def _numpy_dtype(dtype) -> np.dtype:
+    return np.dtype(object) if dtype.name == "string" else np.dtype(dtype.as_numpy_dtype)
+
+
+def _cast(value: np.ndarray, dtype: np.dtype, name: str, signature: str) -> np.ndarray:
+    """`value` as the signature input's dtype: numbers of the same kind are cast, strings stay bytes."""
+    if dtype.kind == "O":
+        if value.dtype != object and value.dtype.kind not in "SU":
+            raise ValueError(
+                f"Expected bytes for the string input {name!r} of signature {signature!r}. Received dtype {value.dtype}"
+            )
+        return value
+    if value.dtype == dtype:
+        return value
+    # Only within a kind (float64 -> float32): uint8 pixels to a float input would skip the preprocessing.
+    if value.dtype.kind != dtype.kind:
+        raise ValueError(
+            f"Expected input {name!r} of signature {signature!r} as {dtype} (any {dtype.kind!r}-kind dtype is cast). "
+            f"Received dtype {value.dtype}"
+        )
+    return value.astype(dtype)
 
 
 def _as_array(value) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 from collections.abc import Callable, Iterator
 from urllib.parse import unquote, urlparse
 
@@ -61,7 +62,45 @@ class Item:
         return self.loader()
 
 
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
+
+
+def _not_regular(mode: int) -> str | None:
+    """Why a file of this mode is refused (`None` for a regular file): reading a FIFO or device blocks."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return f"not a regular file ({kind}); only regular files are read"
+
+
 def _read_file(path: str, max_bytes: int | None) -> Callable[[], bytes]:
+    """A loader that reads at most `max_bytes` (+1, to tell a larger file) of a regular file."""
+    if urlparse(path).scheme in REMOTE_SCHEMES:
+        return _read_remote_file(path, max_bytes)
+
+    def load() -> bytes:
+        try:
+            # Non-blocking open: a FIFO opens at once (and is refused below) instead of waiting for a writer.
+            descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"No such file: {path!r}") from None
+        with os.fdopen(descriptor, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            refused = _not_regular(info.st_mode)
+            if refused is not None:
+                raise OSError(refused)
+            if max_bytes is not None and info.st_size > max_bytes:
+                raise OSError(f"file too large: {info.st_size} bytes > max_image_bytes={max_bytes}")
+            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise OSError(f"file too large: more than max_image_bytes={max_bytes} bytes (it grew while read)")
+        return data
+
+    return load
+
+
+def _read_remote_file(path: str, max_bytes: int | None) -> Callable[[], bytes]:
     def load() -> bytes:
         import tensorflow as tf
 
@@ -71,11 +110,14 @@ def _read_file(path: str, max_bytes: int | None) -> Callable[[], bytes]:
                 if size > max_bytes:
                     raise OSError(f"file too large: {size} bytes > max_image_bytes={max_bytes}")
             with tf.io.gfile.GFile(path, "rb") as handle:
-                return handle.read()
+                data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
         except tf.errors.NotFoundError:
             raise FileNotFoundError(f"No such file: {path!r}") from None
         except tf.errors.OpError as error:
             raise OSError(f"{type(error).__name__}: {error.message}") from None
+        if max_bytes is not None and len(data) > max_bytes:
+            raise OSError(f"file too large: more than max_image_bytes={max_bytes} bytes")
+        return data
 
     return load
 
@@ -89,7 +131,9 @@ def read_image_directory(root: str, max_bytes: int | None = None) -> Iterator[It
     """Yields every image under `root` (recursively, sorted); ids are paths relative to `root`.
 
     Symlinks that point outside `root` become failures (they would let a
-    crafted folder read arbitrary files).
+    crafted folder read arbitrary files), and so does anything named like an
+    image that is not a regular file: a directory (whose contents are still
+    read), a FIFO or a device (reading one would block).
 
     Example:
 
@@ -100,15 +144,18 @@ def read_image_directory(root: str, max_bytes: int | None = None) -> Iterator[It
         raise FileNotFoundError(f"Expected a directory of images. Received: {root!r}")
     for directory, subdirectories, files in os.walk(root, followlinks=False):
         subdirectories.sort()
-        for name in sorted(files):
+        named_like_images = set(name for name in subdirectories if name.lower().endswith(IMAGE_EXTENSIONS))
+        for name in sorted(named_like_images | set(files)):
             if not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             path = os.path.join(directory, name)
             item_id = os.path.relpath(path, root).replace(os.sep, "/")
-            if not _inside(root, path):
+            if name in named_like_images:
+                yield Item(item_id, path, "image", error=f"not a regular file (a directory): {path!r}")
+            elif not _inside(root, path):
                 yield Item(item_id, path, "image", error=f"path escapes the input directory {root!r} (symlink)")
-                continue
-            yield Item(item_id, path, "image", _read_file(path, max_bytes))
+            else:
+                yield Item(item_id, path, "image", _read_file(path, max_bytes))
 
 
 def read_tfrecord(path: str, id_feature: str = "id") -> Iterator[Item]:

@@ -9,13 +9,14 @@ lets transient `ServingError`s (unavailable, timeout) through.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
 
 from keras_lossal.serving.client import RequestTooLargeError, ServingError, TFServingClient
 
-__all__ = ["InProcessScorer", "InvalidInputError", "ServerScorer", "SIGNATURE_BY_KIND"]
+__all__ = ["InProcessScorer", "InvalidInputError", "ServerScorer", "SIGNATURE_BY_KIND", "error_cause"]
 
 SIGNATURE_BY_KIND = {"image": "score_image_bytes", "example": "score_examples"}
 _INVALID_CODES = ("INVALID_ARGUMENT", "HTTP 400")
@@ -23,6 +24,32 @@ _INVALID_CODES = ("INVALID_ARGUMENT", "HTTP 400")
 
 class InvalidInputError(ValueError):
     """The model refused the content of a batch (e.g. an image it cannot decode)."""
+
+
+# Lines TensorFlow puts before an op's message (a header, where the node was defined); `[[{{node ...}}]]` follows it.
+_WRAPPER_LINES = ("Graph execution error", "Detected at node", 'File "', "<stack traces unavailable>")
+_OP_SUFFIX = re.compile(r"\s*(\[\[\{\{node [^}]*\}\}\]\]|\[Op:[^\]]*\])")
+
+
+def error_cause(message: str, limit: int = 500) -> str:
+    """The op's own message inside a TensorFlow error (e.g. `Invalid PNG data, size 100`), on one line.
+
+    Example:
+
+    >>> error_cause("Graph execution error:\\n\\nDetected at node D defined at (most recent call last):\\n"
+    ...             '  File "x.py", line 1, in f\\n\\nInvalid PNG data, size 100\\n\\t [[{{node D}}]]')
+    'Invalid PNG data, size 100'
+    """
+    lines = [line.strip() for line in message.splitlines()]
+    start = max((number + 1 for number, line in enumerate(lines) if line.startswith(_WRAPPER_LINES)), default=0)
+    cause = []
+    for line in lines[start:]:
+        if line.startswith("[["):
+            break
+        cause.append(line)
+    text = " ".join(" ".join(cause).split())
+    text = _OP_SUFFIX.sub("", text).strip() or " ".join(message.split()) or "no message"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _signature_for(kind: str) -> str:
@@ -75,7 +102,7 @@ class InProcessScorer:
         try:
             outputs = function(**{input_name: tf.constant(list(payloads), tf.string)})
         except tf.errors.InvalidArgumentError as error:
-            raise InvalidInputError(error.message.split("\n")[0]) from None
+            raise InvalidInputError(error_cause(error.message)) from None
         return {key: value.numpy() for key, value in outputs.items()}
 
 
@@ -108,5 +135,5 @@ class ServerScorer:
             raise InvalidInputError(str(error)) from None  # triage splits the batch down to the large item
         except ServingError as error:
             if error.code in _INVALID_CODES:
-                raise InvalidInputError(error.cause.split("\n")[0]) from None
+                raise InvalidInputError(error_cause(error.cause)) from None
             raise

@@ -4,21 +4,26 @@ Items are scored in batches by predicted loss (in-process or through TF
 Serving). Every item ends up in exactly one of two append-only logs in the
 output directory, flushed after every batch:
 
-- `scored.jsonl`: id, path, predicted loss, class and probabilities;
+- `scored.jsonl`: id, path, predicted loss, class and probabilities, the
+  payload's sha256 and the item's position in the input;
 - `failures.jsonl`: id, path, reason and whether a re-run retries it
-  (timeouts and an unavailable server are retried; corrupt images are not).
+  (timeouts and an unavailable server are retried, with the server's error
+  `code`; corrupt images are not).
 
 Re-running on the same output directory reads both logs and scores only what
-is missing, so an interrupted job resumes instead of starting over. The
-ranked queue (`queue.jsonl`, `queue.csv`, `label_studio_tasks.json`) is kept
-in a top-K heap while streaming, so memory is O(K + batch) for scores (plus
-one id per item for resume bookkeeping).
+is missing, so an interrupted job resumes instead of starting over; at the end
+of every run, failure records superseded by a later score or failure of the
+same id are removed. The ranked queue (`queue.jsonl`, `queue.csv`,
+`label_studio_tasks.json`) is kept in a top-K heap while streaming, so memory
+is O(K + batch) for scores (plus one id per item for resume bookkeeping, and
+one content hash per item with `dedupe`).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import heapq
 import io
 import json
@@ -36,7 +41,7 @@ from keras_lossal.serving.client import ServingError
 from keras_lossal.serving.readers import Item
 from keras_lossal.serving.scorers import InvalidInputError
 
-__all__ = ["TopK", "TriageResult", "triage"]
+__all__ = ["ServerUnavailableError", "TopK", "TriageResult", "triage"]
 
 SCORED_FILE = "scored.jsonl"
 FAILURES_FILE = "failures.jsonl"
@@ -50,7 +55,7 @@ SUMMARY_FILE = "summary.json"
 class TopK:
     """The `k` records with the highest predicted loss (all above `threshold` when `k` is None).
 
-    Ties keep the earlier item. Memory is O(k).
+    Ties keep the earlier item (the lower `order`, by default the earlier push). Memory is O(k).
 
     Args:
         k: queue length, or `None` for every record passing `threshold`.
@@ -72,24 +77,26 @@ class TopK:
             raise ValueError("Expected top_k and/or threshold; with neither the queue would hold every item.")
         self.k = None if k is None else int(k)
         self.threshold = None if threshold is None else float(threshold)
-        self._heap: list[tuple[float, int, dict]] = []
+        self._heap: list[tuple[float, int, int, dict]] = []
         self._count = 0
 
-    def push(self, predicted_loss: float, record: dict) -> None:
+    def push(self, predicted_loss: float, record: dict, order: int | None = None) -> None:
+        """Offers a record; `order` ranks ties, lower first (default: the order of pushes)."""
         if self.threshold is not None and not predicted_loss >= self.threshold:
             return
         self._count += 1
-        entry = (float(predicted_loss), -self._count, record)
+        # The push count last: entries never tie, so records themselves are never compared.
+        entry = (float(predicted_loss), -(self._count if order is None else int(order)), -self._count, record)
         if self.k is None or len(self._heap) < self.k:
             heapq.heappush(self._heap, entry)
-        elif entry[:2] > self._heap[0][:2]:
+        elif entry[:3] > self._heap[0][:3]:
             heapq.heapreplace(self._heap, entry)
 
     def __len__(self) -> int:
         return len(self._heap)
 
     def ranked(self) -> list[dict]:
-        return [record for _, _, record in sorted(self._heap, key=lambda entry: entry[:2], reverse=True)]
+        return [entry[-1] for entry in sorted(self._heap, key=lambda entry: entry[:3], reverse=True)]
 
 
 @dataclasses.dataclass
@@ -250,7 +257,8 @@ def score_isolating(scorer, kind: str, batch: list[tuple[Item, bytes]], labels) 
     except ServingError as error:
         # Not the items' fault (their own faults arrive as InvalidInputError): a re-run retries them.
         kind_of_failure = "timeout" if error.is_timeout else "server error"
-        return [], [failure_record(item, f"{kind_of_failure}: {error}", retryable=True) for item, _ in batch]
+        failures = [failure_record(item, f"{kind_of_failure}: {error}", retryable=True) for item, _ in batch]
+        return [], [{**failure, "code": error.code} for failure in failures]
     if len(outputs["predicted_loss"]) != len(batch):
         raise RuntimeError(f"Scorer returned {len(outputs['predicted_loss'])} scores for {len(batch)} items")
     return [_record(item, outputs, row, labels) for row, (item, _) in enumerate(batch)], []
@@ -348,6 +356,170 @@ def queue_csv(queue: list[dict]) -> str:
     return buffer.getvalue()
 
 
+class ServerUnavailableError(RuntimeError):
+    """Triage stopped because the server failed several scoring calls in a row; re-running resumes.
+
+    Attributes:
+        result: the `TriageResult` of the stopped run (its logs and queue are written).
+    """
+
+    def __init__(self, message: str, result: TriageResult):
+        super().__init__(message)
+        self.result = result
+
+
+class _Run:
+    """What one triage run changes: the two logs, the queue, the counts and what is already handled.
+
+    Resume rules: an id in `scored.jsonl` is done; otherwise its *last* failure record decides (retryable:
+    score again; not retryable: done). Duplicate-id records are about a second item with a known id.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        scorer,
+        top: TopK,
+        batch_size: int,
+        dedupe: bool,
+        stop_after: int | None,
+        progress: Callable[[int, int], None] | None,
+    ):
+        self.scorer = scorer
+        self.progress = progress
+        self.top = top
+        self.batch_size = int(batch_size)
+        self.dedupe = bool(dedupe)
+        self.stop_after = stop_after
+        self.labels = getattr(scorer, "labels", None)
+        self.scored_path = os.path.join(output_dir, SCORED_FILE)
+        self.failures_path = os.path.join(output_dir, FAILURES_FILE)
+        self.counts = {"scored": 0, "failed": 0, "resumed": 0}
+        self.scored_ids: set[str] = set()
+        self.done: set[str] = set()
+        self.duplicates_recorded: set[str] = set()
+        self.seen_this_run: set[str] = set()
+        self.owner_of_content: dict[str, str] = {}  # with dedupe: sha256 -> the first item with those bytes
+        self.pending: list[tuple[Item, bytes, int, str]] = []
+        self.server_error_streak = 0
+        self.stopped: str | None = None
+
+    # ------------------------------------------------------------------ resume
+    def resume(self) -> None:
+        for record in _read_log(self.scored_path):
+            if record["id"] in self.scored_ids:
+                continue
+            self.scored_ids.add(record["id"])
+            self.top.push(record["predicted_loss"], record, order=record.get("input_index"))
+            self._own_content(record.get("sha256"), record["id"])
+        last_failure: dict[str, dict] = {}
+        for record in _read_log(self.failures_path):
+            if record.get("duplicate"):
+                self.duplicates_recorded.add(record["id"])
+            else:
+                last_failure[record["id"]] = record
+        self.done = set(self.scored_ids)
+        for item_id, record in last_failure.items():
+            if item_id not in self.scored_ids and not record.get("retryable"):
+                self.done.add(item_id)
+                self._own_content(record.get("sha256"), item_id)
+        self.scored_log, self.failures_log = _Log(self.scored_path), _Log(self.failures_path)
+
+    def _own_content(self, digest: str | None, item_id: str) -> str:
+        """The id of the first item with these bytes (this one if it is the first); ids only with dedupe."""
+        if not self.dedupe or digest is None:
+            return item_id
+        return self.owner_of_content.setdefault(digest, item_id)
+
+    def prepare(self, item: Item, max_image_pixels: int, max_image_bytes: int):
+        """Runs in the read-ahead thread: loads and checks an item not handled yet; `None` for one that is."""
+        if item.item_id in self.done:
+            return None
+        payload, failure = precheck(item, max_image_pixels, max_image_bytes)
+        digest = None if payload is None else hashlib.sha256(payload).hexdigest()
+        return payload, failure, digest
+
+    # ----------------------------------------------------------------- one item
+    def handle(self, item: Item, prepared, position: int) -> None:
+        if item.item_id in self.seen_this_run:
+            if item.item_id not in self.duplicates_recorded:
+                duplicate = failure_record(item, DUPLICATE_REASON)
+                self.failures_log.write([{**duplicate, "duplicate": True}])
+                self.duplicates_recorded.add(item.item_id)
+                self.counts["failed"] += 1
+            else:
+                self.counts["resumed"] += 1
+            return
+        self.seen_this_run.add(item.item_id)
+        if item.item_id in self.done:
+            self.counts["resumed"] += 1
+            return
+        payload, failure, digest = prepared
+        if failure is not None:
+            self._fail([failure if digest is None else {**failure, "sha256": digest}])
+            return
+        owner = self._own_content(digest, item.item_id)
+        if owner != item.item_id:
+            reason = f"duplicate content: the same bytes as item {owner!r} (sha256 {digest[:12]}...; not scored)"
+            self._fail([{**failure_record(item, reason), "sha256": digest}])
+            return
+        if self.pending and self.pending[0][0].kind != item.kind:
+            self.flush()
+        self.pending.append((item, payload, position, digest))
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def _fail(self, records: list[dict]) -> None:
+        self.failures_log.write(records)
+        self.counts["failed"] += len(records)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        batch = [(item, payload) for item, payload, _, _ in self.pending]
+        facts = {item.item_id: (position, digest) for item, _, position, digest in self.pending}
+        self.pending.clear()
+        scored, failed = score_isolating(self.scorer, batch[0][0].kind, batch, self.labels)
+        for record in scored:
+            record["input_index"], record["sha256"] = facts[record["id"]]
+        for record in failed:
+            record["sha256"] = facts[record["id"]][1]
+        self.scored_log.write(scored)
+        self.failures_log.write(failed)
+        self.scored_log.sync()
+        self.failures_log.sync()
+        for record in scored:
+            self.scored_ids.add(record["id"])
+            self.top.push(record["predicted_loss"], record, order=record["input_index"])
+        self.counts["scored"] += len(scored)
+        self.counts["failed"] += len(failed)
+        self._watch_server(scored, failed)
+        if self.progress is not None:
+            self.progress(self.counts["scored"], self.counts["failed"])
+
+    def _watch_server(self, scored: list[dict], failed: list[dict]) -> None:
+        server_failures = [record for record in failed if record.get("code")]
+        if scored or len(server_failures) < len(failed):
+            self.server_error_streak = 0
+            return
+        self.server_error_streak += 1
+        if self.stop_after is not None and self.server_error_streak >= self.stop_after:
+            self.stopped = (
+                f"stopped after {self.server_error_streak} scoring calls in a row failed on the server side "
+                f"(last: {server_failures[-1]['reason']}). Is the server up? Re-run the same command to resume: "
+                "items already handled are not sent again."
+            )
+
+    # -------------------------------------------------------------------- end
+    def close(self) -> None:
+        self.scored_log.close()
+        self.failures_log.close()
+
+    def compact_failures(self) -> int:
+        """Drops failure records made stale by a later record of the same id; returns how many remain."""
+        return _compact_failures(self.failures_path, self.scored_ids)
+
+
 def triage(
     items: Iterable[Item],
     scorer,
@@ -360,8 +532,15 @@ def triage(
     label_studio_image_prefix: str = "",
     restart: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    dedupe: bool = False,
+    stop_after_server_errors: int | None = 3,
 ) -> TriageResult:
     """Scores `items` by predicted loss and writes the ranked labeling queue to `output_dir`.
+
+    Every item read ends in exactly one of `scored.jsonl` / `failures.jsonl` when a run finishes (a
+    failure superseded by a later score or failure of the same id is removed). Records carry the
+    payload's `sha256` and scored ones the item's `input_index` in the stream, so ties in the queue keep
+    the earlier item even across resumed runs.
 
     Args:
         items: `Item`s, e.g. from `keras_lossal.serving.readers.read_items`.
@@ -377,6 +556,11 @@ def triage(
             (e.g. `"/data/local-files/?d="`).
         restart: discard earlier results in `output_dir` instead of resuming.
         progress: called as `progress(scored, failed)` after every batch.
+        dedupe: items whose bytes equal an earlier item's are not scored; they go to the failures
+            file as "duplicate content" naming the first item (so copies do not fill the queue).
+        stop_after_server_errors: stop (raising `ServerUnavailableError`, outputs written) after this
+            many scoring calls in a row failed on the server side (unavailable, timeouts, ...), instead
+            of failing every remaining item; `None` never stops.
 
     Example:
 
@@ -386,137 +570,94 @@ def triage(
     """
     if int(batch_size) < 1:
         raise ValueError(f"Expected batch_size >= 1. Received: batch_size={batch_size}")
+    if stop_after_server_errors is not None and int(stop_after_server_errors) < 1:
+        raise ValueError(
+            f"Expected stop_after_server_errors >= 1 or None. Received: stop_after_server_errors={stop_after_server_errors}"
+        )
     top = TopK(top_k, threshold)
     max_image_pixels = int(max_image_pixels or getattr(scorer, "max_image_pixels", None) or DEFAULT_MAX_IMAGE_PIXELS)
     max_image_bytes = int(max_image_bytes or getattr(scorer, "max_image_bytes", None) or DEFAULT_MAX_IMAGE_BYTES)
-    labels = getattr(scorer, "labels", None)
     description = getattr(scorer, "description", type(scorer).__name__)
     os.makedirs(output_dir, exist_ok=True)
     _check_state(output_dir, description, restart)
     start = time.perf_counter()
 
-    scored_path = os.path.join(output_dir, SCORED_FILE)
-    failures_path = os.path.join(output_dir, FAILURES_FILE)
-    done: set[str] = set()
-    total_scored = 0
-    for record in _read_log(scored_path):
-        done.add(record["id"])
-        top.push(record["predicted_loss"], record)
-        total_scored += 1
-    retry_ids: set[str] = set()
-    duplicates_recorded: set[str] = set()
-    for record in _read_log(failures_path):
-        if record.get("duplicate"):
-            # Says nothing about the first item with this id, which may not be handled yet.
-            duplicates_recorded.add(record["id"])
-        elif record.get("retryable"):
-            retry_ids.add(record["id"])
-        else:
-            done.add(record["id"])
-    retry_ids -= done
-    earlier_failures_bytes = os.path.getsize(failures_path) if os.path.exists(failures_path) else 0
-
-    scored_log, failures_log = _Log(scored_path), _Log(failures_path)
-    counts = {"scored": 0, "failed": 0, "resumed": 0}
-    seen_this_run: set[str] = set()
-    pending: list[tuple[Item, bytes]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        scored, failed = score_isolating(scorer, pending[0][0].kind, list(pending), labels)
-        pending.clear()
-        scored_log.write(scored)
-        failures_log.write(failed)
-        scored_log.sync()
-        failures_log.sync()
-        for record in scored:
-            top.push(record["predicted_loss"], record)
-        counts["scored"] += len(scored)
-        counts["failed"] += len(failed)
-        if progress is not None:
-            progress(counts["scored"], counts["failed"])
-
-    def prepare(item: Item):
-        # `done` is only read while the loop runs; skipped items are not even loaded.
-        return None if item.item_id in done else precheck(item, max_image_pixels, max_image_bytes)
-
-    stream = _read_ahead(items, prepare, depth=2 * int(batch_size))
+    run = _Run(output_dir, scorer, top, batch_size, dedupe, stop_after_server_errors, progress)
+    run.resume()
+    stream = _read_ahead(
+        items, lambda item: run.prepare(item, max_image_pixels, max_image_bytes), depth=2 * int(batch_size)
+    )
     try:
-        for item, prepared in stream:
-            if item.item_id in seen_this_run:
-                if item.item_id not in duplicates_recorded:
-                    duplicate = failure_record(item, DUPLICATE_REASON)
-                    failures_log.write([{**duplicate, "duplicate": True}])
-                    duplicates_recorded.add(item.item_id)
-                    counts["failed"] += 1
-                else:
-                    counts["resumed"] += 1
-                continue
-            seen_this_run.add(item.item_id)
-            if item.item_id in done:
-                counts["resumed"] += 1
-                continue
-            payload, failure = prepared
-            if failure is not None:
-                failures_log.write([failure])
-                counts["failed"] += 1
-                continue
-            if pending and pending[0][0].kind != item.kind:
-                flush()
-            pending.append((item, payload))
-            if len(pending) >= batch_size:
-                flush()
-        flush()
+        for position, (item, prepared) in enumerate(stream):
+            run.handle(item, prepared, position)
+            if run.stopped:
+                break
+        if not run.stopped:
+            run.flush()
     finally:
         stream.close()
-        scored_log.close()
-        failures_log.close()
+        run.close()
 
-    # Earlier retryable failures of items handled again in this run are superseded.
-    _compact_failures(failures_path, earlier_failures_bytes, retry_ids & seen_this_run)
-    total_failed = sum(1 for _ in _read_log(failures_path))
-    total_scored += counts["scored"]
-
+    total_failed = run.compact_failures()
     queue = top.ranked()
     for rank, record in enumerate(queue, start=1):
         record["rank"] = rank
-    _atomic_write(
-        os.path.join(output_dir, QUEUE_JSONL), "".join(json.dumps(record, sort_keys=True) + "\n" for record in queue)
-    )
-    _atomic_write(os.path.join(output_dir, QUEUE_CSV), queue_csv(queue))
-    tasks = _label_studio_tasks(queue, label_studio_image_prefix, description)
-    _atomic_write(os.path.join(output_dir, LABEL_STUDIO_FILE), json.dumps(tasks, indent=1) + "\n")
-    seconds = time.perf_counter() - start
+    _write_queue(output_dir, queue, label_studio_image_prefix, description)
     result = TriageResult(
-        scored=counts["scored"],
-        failed=counts["failed"],
-        resumed=counts["resumed"],
+        scored=run.counts["scored"],
+        failed=run.counts["failed"],
+        resumed=run.counts["resumed"],
         queued=len(queue),
-        total_scored=total_scored,
+        total_scored=len(run.scored_ids),
         total_failed=total_failed,
-        seconds=seconds,
+        seconds=time.perf_counter() - start,
         output_dir=output_dir,
         queue=queue[:10],
     )
     summary = {key: value for key, value in dataclasses.asdict(result).items() if key != "queue"}
+    summary["stopped"] = run.stopped
     _atomic_write(os.path.join(output_dir, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
+    if run.stopped:
+        raise ServerUnavailableError(f"Triage {run.stopped}", result)
     return result
 
 
-def _compact_failures(path: str, earlier_bytes: int, superseded_ids: set[str]) -> None:
-    """Rewrites the failures log without the earlier records (before `earlier_bytes`) of `superseded_ids`."""
-    if not superseded_ids:
-        return
+def _write_queue(output_dir: str, queue: list[dict], image_prefix: str, model_version: str) -> None:
+    _atomic_write(
+        os.path.join(output_dir, QUEUE_JSONL), "".join(json.dumps(record, sort_keys=True) + "\n" for record in queue)
+    )
+    _atomic_write(os.path.join(output_dir, QUEUE_CSV), queue_csv(queue))
+    tasks = _label_studio_tasks(queue, image_prefix, model_version)
+    _atomic_write(os.path.join(output_dir, LABEL_STUDIO_FILE), json.dumps(tasks, indent=1) + "\n")
+
+
+def _compact_failures(path: str, scored_ids: set[str]) -> int:
+    """Rewrites the failures log keeping, per id, only its last record, and none for a scored id.
+
+    Duplicate-id records (about a second item that reused an id) are kept. Streams the file twice;
+    returns the number of records left.
+    """
+    if not os.path.exists(path):
+        return 0
+    last_line: dict[str, int] = {}
+    with open(path, "rb") as source:
+        records = (json.loads(line) for line in source)
+        for number, record in enumerate(records):
+            if not record.get("duplicate"):
+                last_line[record["id"]] = number
+    kept = total = 0
     temporary = f"{path}.tmp"
     with open(path, "rb") as source, open(temporary, "wb") as target:
-        position = 0
-        for line in source:
-            old = position < earlier_bytes
-            position += len(line)
-            if old and json.loads(line)["id"] in superseded_ids:
-                continue
-            target.write(line)
+        for number, line in enumerate(source):
+            total += 1
+            record = json.loads(line)
+            if record.get("duplicate") or (last_line[record["id"]] == number and record["id"] not in scored_ids):
+                target.write(line)
+                kept += 1
         target.flush()
         os.fsync(target.fileno())
-    os.replace(temporary, path)
+    if kept < total:
+        os.replace(temporary, path)
+    else:
+        os.remove(temporary)
+    return kept
