@@ -1,27 +1,37 @@
-"""Label efficiency on Fashion-MNIST: learning loss vs random, entropy and core-set.
+"""Label efficiency on Fashion-MNIST: every learning-loss variant against every baseline, paired by seed.
 
-A fixed, CPU-sized version of the paper's protocol: a narrow CIFAR ResNet-18
-on 28x28x1 Fashion-MNIST, 500 random initial labels, then K = 500 labels per
-cycle chosen from a random subset of M = 5,000 unlabeled images, warm-started
-training, test accuracy of the final epoch after every cycle, several seeds
-(each seed gives every strategy the same initial labeled set). Prints the
-per-cycle mean ± std table and the area under the learning curve, and writes
-report.{json,csv,md} and learning_curves.png under --out.
+A fixed, CPU-sized version of the paper's protocol, unchanged since it was first fixed from pilots of
+random selection alone: a narrow CIFAR ResNet-18 (width 8) on 28x28x1 Fashion-MNIST, 500 random
+initial labels, then K = 500 labels per cycle chosen from a random subset of M = 5,000 unlabeled
+images, 6 cycles (500 -> 3,000 labels), warm-started training with 8 epochs per cycle (SGD lr 0.05,
+momentum 0.9, weight decay 5e-4, batch 64), test accuracy of the final epoch after every cycle.
+A seed gives every arm the same initial labeled set, the same subsets and the same initialisation.
 
-The same protocol from the command line (what this script runs by default):
+Arms (`strategy[@recipe]`; a recipe trains the loss-prediction head with it):
 
-    lossal run --dataset fashion_mnist --strategies learning_loss,random,entropy,coreset \
-        --seeds 0,1,2 --cycles 6 --initial-size 500 --query-size 500 --subset-size 5000 \
-        --width 8 --epochs 8 --batch-size 64 --lr 0.05 --detach-after-epoch 5 --out bench_out/label_efficiency
-    lossal report bench_out/label_efficiency
-    lossal plot bench_out/label_efficiency
+- baselines on the bare backbone: random, entropy, margin, coreset, badge;
+- learning loss with the recommended recipe (`learning_loss`), with the paper's recipe
+  (`learning_loss@paper`), and the hard-and-diverse variants `learning_loss_clusters` (the highest
+  predicted loss in each of K k-means clusters) and `learning_loss_kcenter` (top 3K by predicted loss,
+  then k-center greedy); their options were fixed before any run, not tuned;
+- the control `random@recommended`: the model learning loss trains, with random picks, so the
+  selection's effect is separated from the head's effect on training (`random@paper` likewise for
+  the paper's recipe).
 
-The head is detached from the backbone after 5 of the 8 epochs of each cycle, the paper's ratio
-(120 of 200). The first recorded run had no detach (`--detach-after-epoch none`) and learning loss
-trailed every baseline; both are in benchmarks/RESULTS.md.
+Prints the per-label-count mean ± std table and AUC of finished runs, and the paired AUC differences
+of each learning-loss arm against each baseline and control with a 95 % t-interval over seeds;
+writes report.{json,csv,md}, paired.md and learning_curves.png under --out. Seed-major: every arm of
+seed 0 runs before seed 1, so a partial run already pairs. Interrupted? Run it again: finished runs
+are skipped and unfinished ones resume from their last finished cycle.
 
-Interrupted? Run it again: finished runs are skipped and unfinished ones resume
-from their last finished cycle.
+    nohup python benchmarks/label_efficiency.py > label_efficiency.log 2>&1 &
+    python benchmarks/label_efficiency.py --report-only    # tables from what has finished so far
+
+The same protocol from the command line:
+
+    lossal run --dataset fashion_mnist --strategies learning_loss,random,... --seeds 0,1,2,3,4 \\
+        --cycles 6 --initial-size 500 --query-size 500 --subset-size 5000 --width 8 --epochs 8 \\
+        --batch-size 64 --lr 0.05 --out bench_out/label_efficiency
 """
 
 from __future__ import annotations
@@ -35,15 +45,57 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from keras_lossal import data, experiment, results  # noqa: E402
 
-STRATEGIES = "learning_loss,random,entropy,coreset"
+LEARNING_LOSS_ARMS = ["learning_loss", "learning_loss_clusters", "learning_loss_kcenter", "learning_loss@paper"]
+BASELINE_ARMS = ["random", "coreset", "entropy", "margin", "badge"]
+CONTROL_ARMS = ["random@recommended", "random@paper"]
+# Run order within a seed: the recommended arms and the strongest baselines first.
+ARMS = [
+    "learning_loss",
+    "learning_loss_clusters",
+    "learning_loss_kcenter",
+    "random",
+    "coreset",
+    "entropy",
+    "margin",
+    "badge",
+    "learning_loss@paper",
+    "random@recommended",
+    "random@paper",
+]
+
+
+def finished_runs(out_dir: str) -> dict:
+    """The runs that finished every cycle, by arm and seed."""
+    loaded = results.load_experiment(out_dir)
+    complete = {}
+    for arm, runs in loaded.items():
+        done = {seed: run for seed, run in runs.items() if len(run.cycles) == run.config.get("cycles")}
+        if done:
+            complete[arm] = done
+    return complete
+
+
+def report(out_dir: str) -> str:
+    complete = finished_runs(out_dir)
+    summary = results.summarise(complete)
+    results.write_report(summary, out_dir)
+    results.plot_summary(summary, os.path.join(out_dir, "learning_curves.png"), title="Fashion-MNIST label efficiency")
+    paired = results.format_paired_table(summary, LEARNING_LOSS_ARMS, BASELINE_ARMS + CONTROL_ARMS)
+    with open(os.path.join(out_dir, "paired.md"), "w") as stream:
+        stream.write(paired + "\n")
+    return (
+        results.format_table(summary)
+        + "\n\nPaired AUC differences (arm − baseline, * = interval excludes 0):\n\n"
+        + paired
+    )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="bench_out/label_efficiency")
+    parser.add_argument("--out", default="bench_out/label_efficiency_v2")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--strategies", default=STRATEGIES)
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--strategies", default=",".join(ARMS), help="comma-separated arms, strategy[@recipe]")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--cycles", type=int, default=6)
     parser.add_argument("--initial-size", type=int, default=500)
     parser.add_argument("--query-size", type=int, default=500)
@@ -52,40 +104,33 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument(
-        "--detach-after-epoch",
-        type=lambda value: None if value == "none" else int(value),
-        default=5,
-        help="stop head-to-backbone gradients from this epoch of each cycle (paper: 120 of 200; 'none': never)",
-    )
-    parser.add_argument("--head-for-all", action="store_true", help="train the head for every strategy")
+    parser.add_argument("--report-only", action="store_true", help="only print the tables of finished runs")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
-    dataset = data.load("fashion_mnist", data_dir=args.data_dir)
-    print(dataset.summary(), flush=True)
-    spec = experiment.ModelSpec(width=args.width, learning_rate=args.lr, detach_after_epoch=args.detach_after_epoch)
-    start = time.perf_counter()
-    experiment.run_experiment(
-        dataset,
-        args.strategies.split(","),
-        [int(seed) for seed in args.seeds.split(",")],
-        args.out,
-        spec,
-        initial_size=args.initial_size,
-        query_size=args.query_size,
-        subset_size=args.subset_size,
-        cycles=args.cycles,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        head_for_all=args.head_for_all,
-        verbose=0 if args.quiet else 1,
-    )
-    print(f"wall time {time.perf_counter() - start:.0f} s", flush=True)
-    summary = results.summarise(results.load_experiment(args.out))
-    results.write_report(summary, args.out)
-    results.plot_summary(summary, os.path.join(args.out, "learning_curves.png"), title="Fashion-MNIST label efficiency")
-    print(results.format_table(summary))
+    if not args.report_only:
+        dataset = data.load("fashion_mnist", data_dir=args.data_dir)
+        print(dataset.summary(), flush=True)
+        spec = experiment.ModelSpec(width=args.width, learning_rate=args.lr)
+        start = time.perf_counter()
+        for seed in [int(seed) for seed in args.seeds.split(",")]:
+            experiment.run_experiment(
+                dataset,
+                args.strategies.split(","),
+                [seed],
+                args.out,
+                spec,
+                initial_size=args.initial_size,
+                query_size=args.query_size,
+                subset_size=args.subset_size,
+                cycles=args.cycles,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                verbose=0 if args.quiet else 1,
+            )
+            print(f"seed {seed} done after {time.perf_counter() - start:.0f} s", flush=True)
+            print(report(args.out), flush=True)
+    print(report(args.out))
     return 0
 
 

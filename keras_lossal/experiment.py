@@ -18,12 +18,14 @@ import keras
 from keras_lossal import acquisition, backbones
 from keras_lossal.acquisition.models import mc_dropout_model
 from keras_lossal.data import ArrayDataset
+from keras_lossal.head import LossPredictionHead
 from keras_lossal.loop import ActiveLearningLoop, LoopResult, write_json_atomic
-from keras_lossal.model import LossLearningModel
+from keras_lossal.model import RECIPES, LossLearningModel
 
 __all__ = [
     "ModelSpec",
     "make_model_factory",
+    "parse_arm",
     "small_cnn",
     "parse_lr_schedule",
     "lr_schedule_callback",
@@ -56,7 +58,27 @@ def small_cnn(
 BACKBONES = {"resnet18_cifar": backbones.resnet18_cifar, "small_cnn": small_cnn}
 OPTIMIZERS = ("sgd", "adam")
 # Strategies whose scores need the loss-prediction head; the others train the bare backbone, as in the paper.
-HEAD_STRATEGIES = ("learning_loss",)
+HEAD_STRATEGIES = ("learning_loss", "learning_loss_clusters", "learning_loss_kcenter")
+ARM_SEPARATOR = "@"
+
+
+def parse_arm(arm: str) -> tuple[str, str | None]:
+    """Splits an arm `"strategy[@recipe]"` into the strategy name and the head recipe (or `None`).
+
+    `learning_loss@paper` trains the head with the paper's recipe; a baseline
+    with a recipe (`random@recommended`) trains the head too but picks with the
+    baseline: the control that separates the head's effect on training from
+    its picks.
+
+    Example:
+
+    >>> parse_arm("random@paper"), parse_arm("entropy")
+    (('random', 'paper'), ('entropy', None))
+    """
+    name, _, recipe = arm.partition(ARM_SEPARATOR)
+    if recipe and recipe not in RECIPES:
+        raise ValueError(f"Expected an arm 'strategy@recipe' with recipe in {sorted(RECIPES)}. Received: {arm!r}")
+    return name, recipe or None
 
 
 @dataclasses.dataclass
@@ -75,9 +97,16 @@ class ModelSpec:
         batch_norm_momentum: moving-average momentum of every BatchNormalization
             layer; 0.9 equals PyTorch's default (0.1) used by the reference code,
             and lets short runs on small labeled sets evaluate sensibly.
+        recipe: the `LossLearningModel` recipe (`"recommended"` or `"paper"`);
+            the head options below override it when not `None`.
         loss_weight: lambda of `LossLearningModel`.
         margin: xi of `LossLearningModel`.
         detach_after_epoch: stop head-to-backbone gradients from this epoch.
+        detach_after_fraction: the same, as a fraction of each cycle's epochs.
+        backbone_gradient_scale: factor on the head's gradient into the backbone.
+        loss_weight_warmup_epochs: epochs of linear lambda warm-up per cycle.
+        pairs: `"disjoint"` or `"all"` ranking pairs.
+        normalize_head_inputs: layer-normalise the head's pooled inputs.
         head_units: units of each head branch.
 
     Example:
@@ -95,10 +124,31 @@ class ModelSpec:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_norm_momentum: float | None = 0.9
-    loss_weight: float = 1.0
-    margin: float = 1.0
+    recipe: str = "recommended"
+    loss_weight: float | None = None
+    margin: float | None = None
     detach_after_epoch: int | None = None
+    detach_after_fraction: float | None = None
+    backbone_gradient_scale: float | None = None
+    loss_weight_warmup_epochs: int | None = None
+    pairs: str | None = None
+    normalize_head_inputs: bool | None = None
     head_units: int = 128
+
+    def head_options(self) -> dict[str, Any]:
+        """The `LossLearningModel` keyword arguments this spec sets (the recipe and its overrides)."""
+        options = {
+            "recipe": self.recipe,
+            "loss_weight": self.loss_weight,
+            "margin": self.margin,
+            "detach_after_epoch": self.detach_after_epoch,
+            "detach_after_fraction": self.detach_after_fraction,
+            "backbone_gradient_scale": self.backbone_gradient_scale,
+            "loss_weight_warmup_epochs": self.loss_weight_warmup_epochs,
+            "pairs": self.pairs,
+            "normalize_head_inputs": self.normalize_head_inputs,
+        }
+        return {key: value for key, value in options.items() if value is not None}
 
 
 def make_model_factory(
@@ -124,15 +174,10 @@ def make_model_factory(
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.momentum = float(spec.batch_norm_momentum)
         if with_head:
-            from keras_lossal.head import LossPredictionHead
-
-            model = LossLearningModel(
-                backbone,
-                head=LossPredictionHead(units=spec.head_units, name="loss_prediction_head"),
-                loss_weight=spec.loss_weight,
-                margin=spec.margin,
-                detach_after_epoch=spec.detach_after_epoch,
-            )
+            options = spec.head_options()
+            normalize = options.get("normalize_head_inputs", RECIPES[spec.recipe]["normalize_head_inputs"])
+            head = LossPredictionHead(units=spec.head_units, normalize=normalize, name="loss_prediction_head")
+            model = LossLearningModel(backbone, head=head, **options)
         else:
             model = backbone
         if spec.optimizer == "sgd":
@@ -208,7 +253,9 @@ def run_experiment(
 
     Args:
         dataset: the `ArrayDataset` (pool = train split, evaluation = test split).
-        strategies: names for `keras_lossal.acquisition.get` (or strategy objects with a `name`).
+        strategies: arms: names for `keras_lossal.acquisition.get`, optionally
+            with a head recipe (`"learning_loss@paper"`, `"random@recommended"`,
+            see `parse_arm`), or strategy objects with a `name`.
         seeds: one run per seed; the same seed gives every strategy the same initial labeled set.
         out_dir: output directory.
         spec: the `ModelSpec`.
@@ -245,6 +292,42 @@ def run_experiment(
         "preprocessing": dataset.preprocessing.get_config(),
     }
     settings_path = os.path.join(out_dir, "experiment.json")
+    callbacks = [lr_schedule_callback(spec.learning_rate, lr_schedule)] if lr_schedule else []
+
+    def make_loop(name, strategy, seed) -> ActiveLearningLoop:
+        strategy_name, recipe = parse_arm(name) if isinstance(strategy, str) else (name, None)
+        with_head = recipe is not None or head_for_all or strategy_name in HEAD_STRATEGIES
+        arm_spec = spec if recipe is None else dataclasses.replace(spec, recipe=recipe)
+        return ActiveLearningLoop(
+            make_model_factory(arm_spec, dataset.preprocessing.input_shape, dataset.num_classes, with_head),
+            (dataset.x_train, dataset.y_train),
+            (dataset.x_test, dataset.y_test),
+            strategy_name if isinstance(strategy, str) else strategy,
+            initial_size=initial_size,
+            query_size=query_size,
+            subset_size=subset_size,
+            cycles=cycles,
+            epochs=epochs,
+            batch_size=batch_size,
+            preprocessing=dataset.preprocessing,
+            augment=augment,
+            warm_start=warm_start,
+            seed=seed,
+            work_dir=os.path.join(out_dir, name, f"seed_{seed}"),
+            fit_kwargs={"callbacks": callbacks} if callbacks else None,
+            verbose=verbose,
+            tags={
+                "model": dataclasses.asdict(arm_spec),
+                "with_head": with_head,
+                "lr_schedule": settings["lr_schedule"],
+                "dataset": dataset.name,
+            },
+        )
+
+    # Refuse a changed setting before anything is written, so a refused command leaves the directory as it was.
+    for seed in seeds:
+        for name, strategy in zip(names, strategies):
+            make_loop(name, strategy, seed).check_resumable()
     if os.path.exists(settings_path):
         # Several invocations may share one directory (e.g. one per seed, in parallel): keep the union.
         with open(settings_path) as stream:
@@ -252,44 +335,17 @@ def run_experiment(
         settings["strategies"] = _union(previous.get("strategies", []), names)
         settings["seeds"] = sorted(set(previous.get("seeds", [])) | set(seeds))
     write_json_atomic(settings_path, settings)
-    callbacks = [lr_schedule_callback(spec.learning_rate, lr_schedule)] if lr_schedule else []
     results: dict[str, list[LoopResult]] = {name: [] for name in names}
     for seed in seeds:
         for name, strategy in zip(names, strategies):
-            with_head = head_for_all or name in HEAD_STRATEGIES
-            loop = ActiveLearningLoop(
-                make_model_factory(spec, dataset.preprocessing.input_shape, dataset.num_classes, with_head),
-                (dataset.x_train, dataset.y_train),
-                (dataset.x_test, dataset.y_test),
-                strategy,
-                initial_size=initial_size,
-                query_size=query_size,
-                subset_size=subset_size,
-                cycles=cycles,
-                epochs=epochs,
-                batch_size=batch_size,
-                preprocessing=dataset.preprocessing,
-                augment=augment,
-                warm_start=warm_start,
-                seed=seed,
-                work_dir=os.path.join(out_dir, name, f"seed_{seed}"),
-                fit_kwargs={"callbacks": callbacks} if callbacks else None,
-                verbose=verbose,
-                tags={
-                    "model": dataclasses.asdict(spec),
-                    "with_head": with_head,
-                    "lr_schedule": settings["lr_schedule"],
-                    "dataset": dataset.name,
-                },
-            )
-            results[name].append(loop.run())
+            results[name].append(make_loop(name, strategy, seed).run())
     return results
 
 
 def _check_strategies(strategies: Sequence[Any], spec: ModelSpec, dataset: ArrayDataset) -> None:
     """Fails before any training on an unknown strategy name or one the model cannot serve."""
     for strategy in strategies:
-        resolved = acquisition.get(strategy) if isinstance(strategy, str) else strategy
+        resolved = acquisition.get(parse_arm(strategy)[0]) if isinstance(strategy, str) else strategy
         if isinstance(resolved, acquisition.BALD):
             model = make_model_factory(spec, dataset.preprocessing.input_shape, dataset.num_classes, False)()
             mc_dropout_model(model)  # raises when the backbone has no dropout layer

@@ -19,6 +19,9 @@ class LossPredictionHead(keras.layers.Layer):
 
     Args:
         units: width of each branch (the paper uses 128).
+        normalize: apply a per-sample `LayerNormalization` to each pooled
+            feature before its Dense layer, so the head sees inputs of a fixed
+            scale however the backbone's feature scales drift (not in the paper).
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -29,12 +32,16 @@ class LossPredictionHead(keras.layers.Layer):
     (2,)
     """
 
-    def __init__(self, units: int = 128, **kwargs):
+    def __init__(self, units: int = 128, normalize: bool = False, **kwargs):
         super().__init__(**kwargs)
         if int(units) <= 0:
             raise ValueError(f"Expected units > 0. Received: units={units}")
+        if not isinstance(normalize, bool):
+            raise ValueError(f"Expected normalize to be True or False. Received: normalize={normalize!r}")
         self.units = int(units)
+        self.normalize = normalize
         self.branches: list[keras.layers.Dense] = []
+        self.norms: list[keras.layers.LayerNormalization] = []
         self.output_dense = keras.layers.Dense(1, dtype="float32", name="predicted_loss")
 
     def build(self, input_shape):
@@ -46,16 +53,24 @@ class LossPredictionHead(keras.layers.Layer):
         ]
         for branch, shape in zip(self.branches, shapes):
             branch.build((shape[0], shape[-1]))
+        if self.normalize:
+            self.norms = [
+                keras.layers.LayerNormalization(dtype="float32", name=f"norm_{i}") for i in range(len(shapes))
+            ]
+            for norm, shape in zip(self.norms, shapes):
+                norm.build((shape[0], shape[-1]))
         self.output_dense.build((None, self.units * len(shapes)))
         self.built = True
 
     def call(self, features):
         features = features if isinstance(features, (list, tuple)) else [features]
         pooled = []
-        for branch, feature in zip(self.branches, features):
+        for i, (branch, feature) in enumerate(zip(self.branches, features)):
             feature = ops.cast(feature, self.compute_dtype)
             if len(feature.shape) > 2:
                 feature = ops.mean(feature, axis=tuple(range(1, len(feature.shape) - 1)))
+            if self.normalize:
+                feature = ops.cast(self.norms[i](ops.cast(feature, "float32")), self.compute_dtype)
             pooled.append(ops.cast(branch(feature), "float32"))
         joined = pooled[0] if len(pooled) == 1 else ops.concatenate(pooled, axis=-1)
         return ops.squeeze(self.output_dense(joined), axis=-1)
@@ -68,7 +83,7 @@ class LossPredictionHead(keras.layers.Layer):
         return keras.KerasTensor((features[0].shape[0],), dtype="float32")
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units}
+        return {**super().get_config(), "units": self.units, "normalize": self.normalize}
 
 
 def _as_shape_list(input_shape) -> list[tuple]:

@@ -291,6 +291,10 @@ class ActiveLearningLoop:
     def _state_path(self) -> str | None:
         return None if self.work_dir is None else os.path.join(self.work_dir, STATE_FILE)
 
+    def check_resumable(self) -> None:
+        """Raises `ValueError` if `work_dir` holds a run with a different configuration."""
+        self._load_state()
+
     def _load_state(self) -> dict | None:
         path = self._state_path()
         if path is None or not os.path.exists(path):

@@ -18,6 +18,7 @@ __all__ = [
     "loss_prediction_mse",
     "ranking_accuracy",
     "pair_up",
+    "PAIRINGS",
     "per_sample_loss",
     "TaskLoss",
 ]
@@ -34,32 +35,47 @@ def pair_up(values):
     return values[:half], ops.flip(values, axis=0)[:half]
 
 
-def loss_prediction_loss(predicted, target, margin: float = 1.0):
+PAIRINGS = ("disjoint", "all")
+
+
+def loss_prediction_loss(predicted, target, margin: float = 1.0, pairs: str = "disjoint"):
     """The paper's pairwise margin ranking loss.
 
-    For each pair (i, j = B-1-i): `max(0, -A * (predicted_i - predicted_j) + margin)`
+    For each pair (i, j): `max(0, -A * (predicted_i - predicted_j) + margin)`
     with `A = +1` if `target_i > target_j` else `-1` (ties give -1). The target is
-    treated as a constant. Returns the mean over the B/2 pairs, and 0 for a
-    batch of fewer than 2 samples.
+    treated as a constant. With `pairs="disjoint"` (the paper) the pairs are
+    (i, B-1-i) and the result is the mean over the B/2 pairs; with
+    `pairs="all"` it is the mean over all B(B-1)/2 pairs i < j (denser, lower
+    variance, O(B^2) memory). A batch of fewer than 2 samples gives 0.
 
     Args:
         predicted: predicted losses, shape `(B,)` (or `(B, 1)`).
         target: true per-sample losses, same shape.
         margin: the margin xi.
+        pairs: `"disjoint"` or `"all"`.
 
     Example:
 
     >>> float(loss_prediction_loss([3.0, 0.0], [1.0, 0.5]))
     0.0
+    >>> round(float(loss_prediction_loss([0.0, 1.0, 2.0], [2.0, 1.0, 0.0], pairs="all")), 4)
+    2.3333
     """
-    predicted = ops.cast(ops.convert_to_tensor(predicted), "float32")
-    target = ops.stop_gradient(ops.cast(ops.convert_to_tensor(target), "float32"))
+    if pairs not in PAIRINGS:
+        raise ValueError(f"Expected pairs in {PAIRINGS}. Received: pairs={pairs!r}")
+    predicted = ops.reshape(ops.cast(ops.convert_to_tensor(predicted), "float32"), (-1,))
+    target = ops.stop_gradient(ops.reshape(ops.cast(ops.convert_to_tensor(target), "float32"), (-1,)))
+    if pairs == "all":
+        sign = ops.where(target[:, None] > target[None, :], 1.0, -1.0)
+        per_pair = ops.relu(-sign * (predicted[:, None] - predicted[None, :]) + margin)
+        upper = ops.cast(ops.triu(ops.ones_like(per_pair), k=1), "float32")
+        return ops.divide_no_nan(ops.sum(per_pair * upper), ops.sum(upper))
     predicted_i, predicted_j = pair_up(predicted)
     target_i, target_j = pair_up(target)
     sign = ops.where(target_i > target_j, 1.0, -1.0)
     per_pair = ops.relu(-sign * (predicted_i - predicted_j) + margin)
-    pairs = ops.cast(ops.shape(per_pair)[0], "float32")
-    return ops.divide_no_nan(ops.sum(per_pair), pairs)
+    count = ops.cast(ops.shape(per_pair)[0], "float32")
+    return ops.divide_no_nan(ops.sum(per_pair), count)
 
 
 def loss_prediction_mse(predicted, target):

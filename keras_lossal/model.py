@@ -13,7 +13,7 @@ from keras import ops
 from keras_lossal import losses as losses_lib
 from keras_lossal.head import LossPredictionHead
 
-__all__ = ["LossLearningModel", "resolve_feature_layers"]
+__all__ = ["LossLearningModel", "HeadSchedule", "RECIPES", "resolve_feature_layers"]
 
 _NON_SPATIAL_TAPS = 3
 
@@ -140,15 +140,72 @@ def _automatic_taps(backbone: keras.Model) -> list[str]:
     return hidden[-_NON_SPATIAL_TAPS:]
 
 
-class _HeadDetachScheduler(keras.callbacks.Callback):
-    """Sets the model's head-detach gate at the start of every epoch."""
+class HeadSchedule(keras.callbacks.Callback):
+    """Sets a `LossLearningModel`'s per-epoch head schedule at the start of every epoch.
 
-    def __init__(self, detach_after_epoch: int):
+    Two schedules, both optional: the head-detach gate (from `detach_after_epoch`,
+    or from `detach_after_fraction` of the epochs `fit` was asked for), and the
+    linear warm-up of lambda over the first `loss_weight_warmup_epochs` epochs.
+    `LossLearningModel.fit` adds it itself when the model has a schedule.
+
+    Args:
+        detach_after_epoch: 0-based epoch from which the head is detached, or `None`.
+        detach_after_fraction: detach from epoch `round(fraction * epochs)`, or `None`.
+        loss_weight_warmup_epochs: lambda grows as `(epoch + 1) / warmup` up to 1.
+    """
+
+    def __init__(
+        self,
+        detach_after_epoch: int | None = None,
+        detach_after_fraction: float | None = None,
+        loss_weight_warmup_epochs: int = 0,
+    ):
         super().__init__()
         self.detach_after_epoch = detach_after_epoch
+        self.detach_after_fraction = detach_after_fraction
+        self.loss_weight_warmup_epochs = int(loss_weight_warmup_epochs)
+
+    def detach_epoch(self) -> int | None:
+        if self.detach_after_epoch is not None:
+            return self.detach_after_epoch
+        if self.detach_after_fraction is not None:
+            return int(round(self.detach_after_fraction * int((self.params or {}).get("epochs") or 0)))
+        return None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.model.head_detached.assign(1.0 if epoch >= self.detach_after_epoch else 0.0)
+        start = self.detach_epoch()
+        self.model.head_detached.assign(1.0 if start is not None and epoch >= start else 0.0)
+        warmup = self.loss_weight_warmup_epochs
+        self.model.loss_weight_scale.assign(1.0 if warmup <= 0 else min(1.0, (epoch + 1) / warmup))
+
+
+_HeadDetachScheduler = HeadSchedule  # the name earlier versions used
+
+
+# What each recipe sets; explicit constructor arguments override it.
+RECIPES = {
+    # Yoo & Kweon 2019 and their reference code: joint training, detach after 60 % of training.
+    "paper": {
+        "loss_weight": 1.0,
+        "margin": 1.0,
+        "pairs": "disjoint",
+        "backbone_gradient_scale": 1.0,
+        "detach_after_fraction": 0.6,
+        "loss_weight_warmup_epochs": 0,
+        "normalize_head_inputs": False,
+    },
+    # Chosen in benchmarks/head_ablation.py on a validation split: the backbone trains exactly as it
+    # would without the head (no harm by construction), and all-pairs ranking ranks best among such recipes.
+    "recommended": {
+        "loss_weight": 1.0,
+        "margin": 1.0,
+        "pairs": "all",
+        "backbone_gradient_scale": 0.0,
+        "detach_after_fraction": None,
+        "loss_weight_warmup_epochs": 0,
+        "normalize_head_inputs": False,
+    },
+}
 
 
 @keras.saving.register_keras_serializable(package="keras_lossal")
@@ -165,17 +222,36 @@ class LossLearningModel(keras.Model):
     the backbone output only. `predict` returns
     `{"output": backbone output, "predicted_loss": (N,)}`.
 
+    Every training option defaults to the chosen `recipe`: `"recommended"`
+    (the default; the backbone trains exactly as it would alone and the head
+    learns on its detached features with all-pairs ranking, see
+    `benchmarks/head_ablation.py`) or `"paper"` (joint training
+    with the paper's B/2 disjoint pairs, detached after 60 % of each `fit`'s
+    epochs). Arguments given explicitly override the recipe.
+
     Args:
         backbone: a functional or Sequential `keras.Model` (the target network).
         feature_layers: names of the backbone layers to tap, or `None` for the
             last layer of each spatial stage (last hidden layers otherwise).
         head: a layer mapping the list of tapped features to `(batch,)`
-            predicted losses; `None` gives `LossPredictionHead(units=128)`.
+            predicted losses; `None` gives `LossPredictionHead(units=128)`
+            (normalising its inputs when `normalize_head_inputs`).
         loss_weight: lambda, the weight of the loss-prediction loss.
         margin: xi, the ranking margin.
-        detach_after_epoch: from this (0-based) epoch on, no gradient flows
-            from the head into the backbone; the head keeps learning.
+        detach_after_epoch: from this (0-based) epoch of every `fit` on, no
+            gradient flows from the head into the backbone; the head keeps learning.
+        detach_after_fraction: the same, as a fraction of each `fit`'s epochs
+            (the paper: 120 of 200 = 0.6; 1.0 never detaches). Not together
+            with `detach_after_epoch`.
+        backbone_gradient_scale: factor on the ranking gradient that reaches
+            the backbone before detaching: 1 is the paper's joint training,
+            0 detaches from the start (the head never changes the backbone).
+        loss_weight_warmup_epochs: lambda grows linearly over this many epochs
+            of every `fit` (0: no warm-up).
+        pairs: `"disjoint"` (the paper's B/2 pairs) or `"all"` (all B(B-1)/2).
+        normalize_head_inputs: give the default head `normalize=True`.
         objective: `"ranking"` (the paper) or `"mse"` (the ablation).
+        recipe: `"recommended"` or `"paper"`; see above.
         **kwargs: standard `keras.Model` arguments such as `name`.
 
     Example:
@@ -193,25 +269,52 @@ class LossLearningModel(keras.Model):
         backbone: keras.Model,
         feature_layers: Sequence[str] | None = None,
         head: keras.layers.Layer | None = None,
-        loss_weight: float = 1.0,
-        margin: float = 1.0,
+        loss_weight: float | None = None,
+        margin: float | None = None,
         detach_after_epoch: int | None = None,
         objective: str = "ranking",
+        detach_after_fraction: float | None = None,
+        backbone_gradient_scale: float | None = None,
+        loss_weight_warmup_epochs: int | None = None,
+        pairs: str | None = None,
+        normalize_head_inputs: bool | None = None,
+        recipe: str = "recommended",
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if objective not in losses_lib.OBJECTIVES:
-            raise ValueError(f"Expected objective in {losses_lib.OBJECTIVES}. Received: objective={objective!r}")
-        if float(loss_weight) < 0:
-            raise ValueError(f"Expected loss_weight >= 0. Received: loss_weight={loss_weight}")
-        if detach_after_epoch is not None and int(detach_after_epoch) < 0:
-            raise ValueError(f"Expected detach_after_epoch >= 0 or None. Received: {detach_after_epoch}")
+        if recipe not in RECIPES:
+            raise ValueError(f"Expected recipe in {sorted(RECIPES)}. Received: recipe={recipe!r}")
+        options = dict(RECIPES[recipe])
+        if detach_after_epoch is not None:
+            options["detach_after_fraction"] = None  # an explicit epoch replaces the recipe's fraction
+        given = {
+            "loss_weight": loss_weight,
+            "margin": margin,
+            "pairs": pairs,
+            "backbone_gradient_scale": backbone_gradient_scale,
+            "detach_after_fraction": detach_after_fraction,
+            "loss_weight_warmup_epochs": loss_weight_warmup_epochs,
+            "normalize_head_inputs": normalize_head_inputs,
+        }
+        options.update({key: value for key, value in given.items() if value is not None})
+        _check_options(objective, detach_after_epoch, options)
+        self.recipe = recipe
         self.backbone = backbone
         self.feature_layers = resolve_feature_layers(backbone, feature_layers)
-        self.head = head if head is not None else LossPredictionHead(units=128, name="loss_prediction_head")
-        self.loss_weight = float(loss_weight)
-        self.margin = float(margin)
+        self.normalize_head_inputs = bool(options["normalize_head_inputs"])
+        self.head = (
+            head
+            if head is not None
+            else LossPredictionHead(units=128, normalize=self.normalize_head_inputs, name="loss_prediction_head")
+        )
+        self.loss_weight = float(options["loss_weight"])
+        self.margin = float(options["margin"])
+        self.pairs = options["pairs"]
+        self.backbone_gradient_scale = float(options["backbone_gradient_scale"])
         self.detach_after_epoch = None if detach_after_epoch is None else int(detach_after_epoch)
+        fraction = options["detach_after_fraction"]
+        self.detach_after_fraction = None if fraction is None else float(fraction)
+        self.loss_weight_warmup_epochs = int(options["loss_weight_warmup_epochs"])
         self.objective = objective
 
         taps = [backbone.get_layer(name).output for name in self.feature_layers]
@@ -225,6 +328,9 @@ class LossLearningModel(keras.Model):
         self.head_detached = self.add_weight(
             shape=(), initializer="zeros", trainable=False, name="head_detached", dtype="float32"
         )
+        self.loss_weight_scale = self.add_weight(
+            shape=(), initializer="ones", trainable=False, name="loss_weight_scale", dtype="float32"
+        )
         self.task_loss_tracker = keras.metrics.Mean(name="task_loss")
         self.loss_prediction_tracker = keras.metrics.Mean(name="loss_prediction_loss")
         self.ranking_accuracy_tracker = keras.metrics.Mean(name="ranking_accuracy")
@@ -235,11 +341,13 @@ class LossLearningModel(keras.Model):
     def call(self, inputs, training=None):
         output, features = self._tapped(inputs, training=training)
         head_features = features
-        if training:  # the gate only matters for gradients; inference skips its elementwise work
+        if training and self.backbone_gradient_scale == 0.0:
+            head_features = [ops.stop_gradient(feature) for feature in features]
+        elif training:  # the gate only matters for gradients; inference skips its elementwise work
             head_features = []
             for feature in features:
                 frozen = ops.stop_gradient(feature)
-                keep = ops.cast(1.0 - self.head_detached, feature.dtype)
+                keep = ops.cast((1.0 - self.head_detached) * self.backbone_gradient_scale, feature.dtype)
                 head_features.append(frozen + (feature - frozen) * keep)
         predicted_loss = ops.cast(self.head(head_features, training=training), "float32")
         output = keras.tree.map_structure(_to_float32, output)
@@ -268,16 +376,28 @@ class LossLearningModel(keras.Model):
         if getattr(self, "optimizer", None) is not None:
             self.optimizer.build(self.trainable_variables)
 
+    def head_schedule(self) -> HeadSchedule | None:
+        """The callback that applies this model's detach and warm-up schedule, or `None` without one."""
+        if (
+            self.detach_after_epoch is None
+            and self.detach_after_fraction is None
+            and not self.loss_weight_warmup_epochs
+        ):
+            return None
+        return HeadSchedule(self.detach_after_epoch, self.detach_after_fraction, self.loss_weight_warmup_epochs)
+
     def fit(self, *args, **kwargs):
-        """`keras.Model.fit`, plus the head-detach schedule when one is set."""
-        if self.detach_after_epoch is None:
+        """`keras.Model.fit`, plus the head schedule (detach, lambda warm-up) when one is set."""
+        schedule = self.head_schedule()
+        if schedule is None:
             self.head_detached.assign(0.0)
+            self.loss_weight_scale.assign(1.0)
             return super().fit(*args, **kwargs)
         arguments = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs).arguments
         arguments.pop("self")
         arguments.update(arguments.pop("kwargs", {}))
         callbacks = list(arguments.get("callbacks") or [])
-        arguments["callbacks"] = [*callbacks, _HeadDetachScheduler(self.detach_after_epoch)]
+        arguments["callbacks"] = [*callbacks, schedule]
         return super().fit(**arguments)
 
     # ------------------------------------------------------------------- steps
@@ -311,10 +431,12 @@ class LossLearningModel(keras.Model):
         task_loss = ops.divide_no_nan(ops.sum(weighted), batch_size)
         target = ops.stop_gradient(per_sample)
         if self.objective == "ranking":
-            prediction_loss = losses_lib.loss_prediction_loss(predictions["predicted_loss"], target, self.margin)
+            prediction_loss = losses_lib.loss_prediction_loss(
+                predictions["predicted_loss"], target, self.margin, self.pairs
+            )
         else:
             prediction_loss = losses_lib.loss_prediction_mse(predictions["predicted_loss"], target)
-        total = task_loss + self.loss_weight * prediction_loss
+        total = task_loss + self.loss_weight * self.loss_weight_scale * prediction_loss
         if self.losses:
             total = total + ops.cast(ops.sum([ops.sum(item) for item in self.losses]), "float32")
         accuracy = losses_lib.ranking_accuracy(predictions["predicted_loss"], target)
@@ -365,14 +487,51 @@ class LossLearningModel(keras.Model):
             "margin": self.margin,
             "detach_after_epoch": self.detach_after_epoch,
             "objective": self.objective,
+            "detach_after_fraction": self.detach_after_fraction,
+            "backbone_gradient_scale": self.backbone_gradient_scale,
+            "loss_weight_warmup_epochs": self.loss_weight_warmup_epochs,
+            "pairs": self.pairs,
+            "normalize_head_inputs": self.normalize_head_inputs,
+            "recipe": self.recipe,
         }
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
+        # Models saved before recipes existed trained jointly on disjoint pairs, detached only at an explicit epoch.
+        if "recipe" not in config:
+            config.update(recipe="paper", detach_after_fraction=None if config.get("detach_after_epoch") else 1.0)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"], custom_objects=custom_objects)
         config["head"] = keras.saving.deserialize_keras_object(config["head"], custom_objects=custom_objects)
         return cls(**config)
+
+
+def _check_options(objective: str, detach_after_epoch, options: dict) -> None:
+    if objective not in losses_lib.OBJECTIVES:
+        raise ValueError(f"Expected objective in {losses_lib.OBJECTIVES}. Received: objective={objective!r}")
+    if options["pairs"] not in losses_lib.PAIRINGS:
+        raise ValueError(f"Expected pairs in {losses_lib.PAIRINGS}. Received: pairs={options['pairs']!r}")
+    if float(options["loss_weight"]) < 0:
+        raise ValueError(f"Expected loss_weight >= 0. Received: loss_weight={options['loss_weight']}")
+    if not 0.0 <= float(options["backbone_gradient_scale"]) <= 1.0:
+        raise ValueError(
+            "Expected backbone_gradient_scale in [0, 1]. "
+            f"Received: backbone_gradient_scale={options['backbone_gradient_scale']}"
+        )
+    if detach_after_epoch is not None and int(detach_after_epoch) < 0:
+        raise ValueError(f"Expected detach_after_epoch >= 0 or None. Received: {detach_after_epoch}")
+    fraction = options["detach_after_fraction"]
+    if fraction is not None:
+        if detach_after_epoch is not None:
+            raise ValueError(
+                "Expected at most one of detach_after_epoch and detach_after_fraction. "
+                f"Received: detach_after_epoch={detach_after_epoch}, detach_after_fraction={fraction}"
+            )
+        if not 0.0 <= float(fraction) <= 1.0:
+            raise ValueError(f"Expected detach_after_fraction in [0, 1]. Received: detach_after_fraction={fraction}")
+    warmup = options["loss_weight_warmup_epochs"]
+    if int(warmup) != warmup or warmup < 0:
+        raise ValueError(f"Expected loss_weight_warmup_epochs >= 0. Received: loss_weight_warmup_epochs={warmup}")
 
 
 def _to_float32(tensor):

@@ -19,8 +19,11 @@ from keras_lossal.loop import STATE_FILE, LoopResult
 __all__ = [
     "aggregate_curves",
     "area_under_curve",
+    "format_paired_table",
     "format_table",
     "load_experiment",
+    "paired_difference",
+    "t_interval",
     "plot_summary",
     "summarise",
     "write_report",
@@ -168,6 +171,77 @@ def format_table(summary: dict[str, Any], digits: int = 3) -> str:
                 cells.append("–")
         auc = f"{entry['auc_mean']:.{digits}f} ± {entry['auc_std']:.{digits}f}"
         lines.append(f"| {strategy} | " + " | ".join(cells) + f" | {auc} |")
+    return "\n".join(lines)
+
+
+# Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (then the normal's 1.96).
+_T_975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+    2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t_interval(differences) -> tuple[float, float, float]:
+    """Mean and 95 % t-interval `(mean, low, high)` of paired differences (one per seed).
+
+    Example:
+
+    >>> [round(value, 3) for value in t_interval([0.01, 0.02, 0.03])]
+    [0.02, -0.005, 0.045]
+    """
+    values = np.asarray(differences, np.float64)
+    if len(values) < 2:
+        raise ValueError(f"Expected at least 2 paired differences for an interval. Received: {len(values)}")
+    mean = float(values.mean())
+    quantile = _T_975[len(values) - 2] if len(values) - 1 <= len(_T_975) else 1.96
+    half = quantile * float(values.std(ddof=1)) / float(np.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
+def paired_difference(summary: dict[str, Any], first: str, second: str) -> dict[str, Any]:
+    """The AUC of `first` minus that of `second`, paired by seed, with its 95 % t-interval.
+
+    Only seeds both strategies ran count. Returns `{"seeds", "differences",
+    "mean", "low", "high", "wins"}` (`wins`: seeds where `first` is higher).
+    """
+    entries = summary["strategies"]
+    aucs = [dict(zip(entries[name]["seeds"], entries[name]["auc_per_seed"])) for name in (first, second)]
+    seeds = sorted(set(aucs[0]) & set(aucs[1]))
+    differences = [aucs[0][seed] - aucs[1][seed] for seed in seeds]
+    result: dict[str, Any] = {
+        "seeds": seeds,
+        "differences": differences,
+        "wins": int(np.sum(np.array(differences) > 0)),
+    }
+    if len(seeds) >= 2:
+        result["mean"], result["low"], result["high"] = t_interval(differences)
+    elif seeds:
+        result["mean"] = result["low"] = result["high"] = differences[0]
+    return result
+
+
+def format_paired_table(summary: dict[str, Any], variants: list[str], baselines: list[str], digits: int = 4) -> str:
+    """A Markdown table of paired AUC differences: one row per (variant, baseline).
+
+    Each row: the mean difference over seeds, its 95 % t-interval, and on how
+    many seeds the variant won. An interval that excludes zero is marked with `*`.
+    """
+    lines = ["| variant | − baseline | AUC difference (mean) | 95 % interval | wins / seeds |", "|---|---|---|---|---|"]
+    present = summary["strategies"]
+    for variant in [name for name in variants if name in present]:
+        for baseline in [name for name in baselines if name in present and name != variant]:
+            paired = paired_difference(summary, variant, baseline)
+            if not paired["seeds"]:
+                continue
+            if len(paired["seeds"]) >= 2:
+                marker = " *" if paired["low"] > 0 or paired["high"] < 0 else ""
+                interval = f"[{paired['low']:+.{digits}f}, {paired['high']:+.{digits}f}]"
+            else:
+                marker, interval = "", "– (one seed)"
+            lines.append(
+                f"| {variant} | {baseline} | {paired['mean']:+.{digits}f}{marker} | {interval} | "
+                f"{paired['wins']} / {len(paired['seeds'])} |"
+            )
     return "\n".join(lines)
 
 

@@ -117,3 +117,49 @@ def test_task_loss_structure_errors():
     unweighted, weighted = task(y_true, y_pred, [np.array([1.0, 0.0]), np.array([0.5, 2.0])])
     np.testing.assert_allclose(unweighted, [7.0, 7.0])
     np.testing.assert_allclose(weighted, [1.0 + 3 * 2.0 * 0.5, 0.0 + 3 * 2.0 * 2.0])
+
+
+def _all_pairs_reference(predicted, target, margin):
+    total, count = 0.0, 0
+    for i in range(len(predicted)):
+        for j in range(i + 1, len(predicted)):
+            sign = 1.0 if target[i] > target[j] else -1.0
+            total += max(0.0, -sign * (predicted[i] - predicted[j]) + margin)
+            count += 1
+    return total / count if count else 0.0
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 5, 16])
+def test_all_pairs_ranking_loss_matches_numpy(size):
+    rng = np.random.default_rng(size)
+    predicted = rng.normal(size=size).astype("float32")
+    target = rng.normal(size=size).astype("float32")
+    if size > 3:
+        target[3] = target[1]  # a tie gives A = -1
+    got = float(losses.loss_prediction_loss(predicted, target, margin=0.7, pairs="all"))
+    assert got == pytest.approx(_all_pairs_reference(predicted, target, 0.7), rel=1e-5, abs=1e-6)
+
+
+def test_all_pairs_gradient_reaches_every_sample_and_bad_pairs_are_refused():
+    import tensorflow as tf
+
+    predicted = tf.Variable(np.array([0.3, -0.2, 0.1, 0.25, -0.4], "float32"))
+    target = np.array([2.0, 0.0, 4.0, 1.0, 3.0])
+    gradients = {}
+    for pairs in ("disjoint", "all"):
+        with tf.GradientTape() as tape:
+            value = losses.loss_prediction_loss(predicted, target, pairs=pairs)
+        gradients[pairs] = tape.gradient(value, predicted).numpy()
+    assert gradients["disjoint"][2] == 0  # the disjoint pairing leaves the middle sample of 5 out
+    # The analytic gradient of the all-pairs mean: each active pair pushes its two samples apart by 1/10.
+    expected = np.zeros(5)
+    for i in range(5):
+        for j in range(i + 1, 5):
+            sign = 1.0 if target[i] > target[j] else -1.0
+            if -sign * (predicted.numpy()[i] - predicted.numpy()[j]) + 1.0 > 0:
+                expected[i] -= sign / 10
+                expected[j] += sign / 10
+    np.testing.assert_allclose(gradients["all"], expected, atol=1e-6)
+    assert gradients["all"][2] != 0
+    with pytest.raises(ValueError, match="pairs in"):
+        losses.loss_prediction_loss(predicted, np.arange(5.0), pairs="some")

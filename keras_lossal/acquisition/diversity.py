@@ -11,7 +11,14 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-__all__ = ["k_center_greedy", "kmeans_plus_plus_gradients", "squared_distances_to_set"]
+__all__ = [
+    "best_per_cluster",
+    "k_center_greedy",
+    "kmeans",
+    "kmeans_plus_plus_gradients",
+    "nearest_center",
+    "squared_distances_to_set",
+]
 
 
 def squared_distances_to_set(embeddings, centers, block_size: int = 1024) -> np.ndarray:
@@ -167,3 +174,101 @@ def kmeans_plus_plus_gradients(residuals, features, k: int, seed: int | None = N
         seed = int(np.random.default_rng().integers(2**31 - 1))
     chosen, distances = _kmeans_plus_plus(residuals, features, tf.constant(k), tf.constant(seed, tf.int64))
     return chosen.numpy(), distances.numpy()
+
+
+def nearest_center(embeddings, centers, block_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each embedding's nearest center and the squared distance to it.
+
+    Computed in blocks of `block_size` embeddings (memory O(block_size * M)).
+
+    Example:
+
+    >>> nearest_center(np.array([[0.0], [4.0], [9.0]]), np.array([[1.0], [8.0]]))[0].tolist()
+    [0, 0, 1]
+    """
+    embeddings = np.asarray(embeddings, np.float32)
+    centers = np.asarray(centers, np.float32)
+    center_norms = np.sum(np.square(centers), axis=1)
+    assignment = np.empty(len(embeddings), np.int64)
+    distance = np.empty(len(embeddings), np.float32)
+    for start in range(0, len(embeddings), block_size):
+        block = embeddings[start : start + block_size]
+        squared = np.sum(np.square(block), axis=1)[:, None] - 2.0 * block @ centers.T + center_norms[None, :]
+        assignment[start : start + block_size] = np.argmin(squared, axis=1)
+        distance[start : start + block_size] = np.maximum(np.min(squared, axis=1), 0.0)
+    return assignment, distance
+
+
+def kmeans(embeddings, k: int, seed: int | None = None, iterations: int = 10) -> np.ndarray:
+    """Lloyd's k-means with k-means++ seeding; returns each embedding's cluster in `[0, k)`.
+
+    Seeding samples each new center with probability proportional to the
+    squared distance to the nearest center so far. An empty cluster keeps its
+    center. Memory is O(N * D + k * D) plus one distance block.
+
+    Args:
+        embeddings: `(N, D)` array.
+        k: number of clusters, `1 <= k <= N`.
+        seed: integer seed, or `None`.
+        iterations: Lloyd iterations after seeding (stops early when stable).
+
+    Example:
+
+    >>> points = np.array([[0.0], [0.1], [10.0], [10.1]])
+    >>> labels = kmeans(points, 2, seed=0)
+    >>> bool(labels[0] == labels[1] != labels[2] == labels[3])
+    True
+    """
+    embeddings = np.asarray(embeddings, np.float32)
+    size = len(embeddings)
+    if not 1 <= k <= size:
+        raise ValueError(f"Expected 1 <= k <= {size} (the number of embeddings). Received: k={k}")
+    rng = np.random.default_rng(seed)
+    centers = np.empty((k, embeddings.shape[1]), np.float32)
+    centers[0] = embeddings[rng.integers(size)]
+    min_squared = np.sum(np.square(embeddings - centers[0]), axis=1)
+    for index in range(1, k):
+        total = float(min_squared.sum())
+        # All remaining points coincide with centers: any of them will do.
+        choice = rng.choice(size, p=min_squared / total) if total > 0 else rng.integers(size)
+        centers[index] = embeddings[choice]
+        min_squared = np.minimum(min_squared, np.sum(np.square(embeddings - centers[index]), axis=1))
+    assignment = nearest_center(embeddings, centers)[0]
+    for _ in range(iterations):
+        counts = np.bincount(assignment, minlength=k)
+        sums = np.zeros_like(centers)
+        np.add.at(sums, assignment, embeddings)
+        filled = counts > 0
+        centers[filled] = sums[filled] / counts[filled, None]
+        updated = nearest_center(embeddings, centers)[0]
+        if np.array_equal(updated, assignment):
+            break
+        assignment = updated
+    return assignment
+
+
+def best_per_cluster(scores, clusters, k: int) -> np.ndarray:
+    """Positions of the `k` picks: the best-scored item of every cluster, then the best of the rest.
+
+    Clusters are visited in the order of their best score (highest first), so
+    when there are more clusters than `k` the hardest clusters win; when there
+    are fewer non-empty clusters than `k`, the remaining picks are the highest
+    scores not yet picked. Ties go to the lower position. Returned best first
+    in that visiting order.
+
+    Example:
+
+    >>> best_per_cluster(np.array([0.9, 0.8, 0.1, 0.5]), np.array([0, 0, 1, 1]), 3).tolist()
+    [0, 3, 1]
+    """
+    scores = np.asarray(scores, np.float64)
+    clusters = np.asarray(clusters)
+    order = np.lexsort((np.arange(len(scores)), -scores))  # by score, high first; ties: low position
+    _, first = np.unique(clusters[order], return_index=True)
+    leaders = order[np.sort(first)]
+    if len(leaders) >= k:
+        return leaders[:k]
+    taken = np.zeros(len(scores), bool)
+    taken[leaders] = True
+    rest = order[~taken[order]]
+    return np.concatenate([leaders, rest[: k - len(leaders)]])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import numpy as np
@@ -24,6 +25,8 @@ __all__ = [
     "BALD",
     "CoreSet",
     "Badge",
+    "LearningLossClusters",
+    "LearningLossKCenter",
     "STRATEGIES",
     "get",
 ]
@@ -345,8 +348,8 @@ class _Embedding(Strategy):
     def get_config(self) -> dict:
         return {"layer": self.layer}
 
-    def _collect(self, model, pool, batch_size, subset_size, seed, verbose, fn):
-        function = self._batch_function(model, fn, batch_size, extra_key=(self.layer,))
+    def _collect(self, model, pool, batch_size, subset_size, seed, verbose, fn, purpose: str = "embed"):
+        function = self._batch_function(model, fn, batch_size, extra_key=(self.layer, purpose))
         indexed = self._indexed_pool(model, pool, batch_size, subset_size, seed, function.replicas)
         return collect(function, indexed, verbose)
 
@@ -466,9 +469,160 @@ class Badge(_Embedding, _Uncertainty):
         return Selection(indices[positions], distances.astype(np.float32), self.name, len(indices), 0)
 
 
+class _HardAndDiverse(_Embedding):
+    """Base for strategies that combine the predicted loss with diversity in the embedding."""
+
+    def _losses_and_embeddings(self, model, pool, k, subset_size, seed, batch_size, verbose):
+        embedder = models.embedding_model(model, self.layer)
+        scorer = LearningLoss()
+
+        def losses_and_embeddings(features):
+            return scorer.score(model, features), models.flatten_batch(embedder(features, training=False)[0])
+
+        indices, (predicted, embeddings) = self._collect(
+            model, pool, batch_size, subset_size, seed, verbose, losses_and_embeddings, purpose="loss_and_embed"
+        )
+        check_scored(k, len(indices))
+        finite = np.isfinite(predicted) & np.isfinite(embeddings).all(axis=1)
+        num_non_finite = int(np.sum(~finite))
+        if num_non_finite:
+            if int(finite.sum()) < k:
+                raise ValueError(
+                    f"Expected at least k={k} items with a finite predicted loss and embedding, but "
+                    f"{num_non_finite} of {len(indices)} scored items are NaN/inf ({self.name})."
+                )
+            warnings.warn(
+                f"{num_non_finite} of {len(indices)} pool items have a NaN/inf predicted loss or embedding "
+                f"({self.name}); they were not selected.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return indices, predicted, embeddings, finite, num_non_finite
+
+
+class LearningLossClusters(_HardAndDiverse):
+    """The highest predicted loss in each of `k` k-means clusters of the scored items' embeddings.
+
+    Hard and diverse: k-means on the penultimate features splits the scored
+    (sub)pool into `k` regions, and each region gives its item with the highest
+    predicted loss, so the `k` picks cannot pile onto one region. Needs a
+    `LossLearningModel`. `scores` are the picks' predicted losses.
+
+    Args:
+        layer: name of the layer whose output is the embedding, or `None` for
+            the input of the last Dense layer.
+        iterations: Lloyd iterations of k-means.
+
+    Example:
+
+    >>> import numpy as np, keras_lossal as kl
+    >>> model = kl.LossLearningModel(kl.backbones.resnet18_cifar(input_shape=(8, 8, 1), width=4))
+    >>> selection = LearningLossClusters().select(model, np.random.rand(40, 8, 8, 1), k=4, seed=0)
+    >>> len(set(selection.indices.tolist()))
+    4
+    """
+
+    name = "learning_loss_clusters"
+
+    def __init__(self, layer: str | None = None, iterations: int = 10):
+        super().__init__(layer)
+        self.iterations = _check_positive_int("iterations", iterations)
+
+    def get_config(self) -> dict:
+        return {"layer": self.layer, "iterations": self.iterations}
+
+    def select(self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0):
+        k, subset_size, batch_size = _check_arguments(k, subset_size, batch_size)
+        indices, predicted, embeddings, finite, num_non_finite = self._losses_and_embeddings(
+            model, pool, k, subset_size, seed, batch_size, verbose
+        )
+        kept = np.flatnonzero(finite)
+        clusters = diversity.kmeans(embeddings[kept], k, seed, self.iterations)
+        positions = kept[diversity.best_per_cluster(predicted[kept], clusters, k)]
+        return Selection(
+            indices[positions], predicted[positions].astype(np.float32), self.name, len(indices), num_non_finite
+        )
+
+
+class LearningLossKCenter(_HardAndDiverse):
+    """Core-set among the hardest: the top `candidates_factor * k` by predicted loss, then k-center greedy.
+
+    The predicted loss shortlists the items the model is likely to get wrong;
+    greedy k-center on their embeddings (far from the labeled items when
+    `labeled=` is given) spreads the `k` picks over that shortlist. Needs a
+    `LossLearningModel`. `scores` are each pick's distance to its nearest
+    center when picked.
+
+    Args:
+        candidates_factor: beta, the shortlist size as a multiple of `k` (>= 1;
+            1 is plain learning loss, large values approach core-set).
+        layer: name of the layer whose output is the embedding, or `None`.
+
+    Example:
+
+    >>> import numpy as np, keras_lossal as kl
+    >>> model = kl.LossLearningModel(kl.backbones.resnet18_cifar(input_shape=(8, 8, 1), width=4))
+    >>> pool, labeled = np.random.rand(40, 8, 8, 1), np.random.rand(5, 8, 8, 1)
+    >>> LearningLossKCenter(candidates_factor=2).select(model, pool, k=4, labeled=labeled).indices.shape
+    (4,)
+    """
+
+    name = "learning_loss_kcenter"
+
+    def __init__(self, candidates_factor: float = 3.0, layer: str | None = None):
+        super().__init__(layer)
+        if isinstance(candidates_factor, bool) or not float(candidates_factor) >= 1.0:
+            raise ValueError(f"Expected candidates_factor >= 1. Received: candidates_factor={candidates_factor!r}")
+        self.candidates_factor = float(candidates_factor)
+
+    def get_config(self) -> dict:
+        return {"candidates_factor": self.candidates_factor, "layer": self.layer}
+
+    def select(
+        self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0, labeled=None
+    ) -> Selection:
+        """`Strategy.select`, plus `labeled`: the already-labeled items (same pool types), or `None`."""
+        k, subset_size, batch_size = _check_arguments(k, subset_size, batch_size)
+        indices, predicted, embeddings, finite, num_non_finite = self._losses_and_embeddings(
+            model, pool, k, subset_size, seed, batch_size, verbose
+        )
+        kept = np.flatnonzero(finite)
+        shortlist_size = min(len(kept), max(k, int(np.ceil(self.candidates_factor * k))))
+        order = np.lexsort((kept, -predicted[kept]))
+        shortlist = kept[order[:shortlist_size]]
+        initial, first = None, 0
+        if labeled is not None:
+            embedder = models.embedding_model(model, self.layer)
+            _, (labeled_embeddings,) = self._collect(
+                model,
+                labeled,
+                batch_size,
+                None,
+                None,
+                0,
+                lambda x: models.flatten_batch(embedder(x, training=False)[0]),
+            )
+            if len(labeled_embeddings):
+                initial = diversity.squared_distances_to_set(embeddings[shortlist], labeled_embeddings)
+        chosen, distances = diversity.k_center_greedy(embeddings[shortlist], k, initial, first)
+        positions = shortlist[chosen]
+        return Selection(indices[positions], distances.astype(np.float32), self.name, len(indices), num_non_finite)
+
+
 STRATEGIES = {
     strategy.name: strategy
-    for strategy in (LearningLoss, Random, Entropy, Margin, LeastConfidence, CoreSet, BALD, Badge)
+    for strategy in (
+        LearningLoss,
+        Random,
+        Entropy,
+        Margin,
+        LeastConfidence,
+        CoreSet,
+        BALD,
+        Badge,
+        LearningLossClusters,
+        LearningLossKCenter,
+    )
 }
 
 
@@ -477,8 +631,9 @@ def get(name, **options) -> Strategy:
 
     Args:
         name: one of `learning_loss`, `random`, `entropy`, `margin`,
-            `least_confidence`, `coreset`, `bald`, `badge`; or a `Strategy`
-            instance, returned as is.
+            `least_confidence`, `coreset`, `bald`, `badge`,
+            `learning_loss_clusters`, `learning_loss_kcenter`; or a
+            `Strategy` instance, returned as is.
         **options: the strategy's constructor arguments (e.g. `num_samples`
             for `bald`, `from_logits` for uncertainty strategies).
 
