@@ -16,12 +16,15 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_lossal.preprocessing import ImagePreprocessing
+from keras_lossal.preprocessing import ImagePreprocessing, infer_preprocessing
 
 __all__ = [
     "ArrayDataset",
     "DEFAULT_FASHION_MNIST_DIR",
+    "as_images",
+    "as_labels",
     "augment_flip_and_crop",
+    "batch_without_singletons",
     "evaluation_pipeline",
     "from_arrays",
     "load",
@@ -63,6 +66,8 @@ class ArrayDataset:
         preprocessing: how raw images become model input.
         num_classes: number of classes.
         name: a label for logs and results.
+        preprocessing_inferred: whether `preprocessing` was inferred from the images' dtype
+            (the summary then says what it does).
 
     Example:
 
@@ -80,12 +85,16 @@ class ArrayDataset:
     preprocessing: ImagePreprocessing
     num_classes: int
     name: str = "arrays"
+    preprocessing_inferred: bool = False
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{self.name}: {len(self.x_train)} train, {len(self.x_test)} test, "
             f"input {self.preprocessing.input_shape}, {self.num_classes} classes"
         )
+        if self.preprocessing_inferred:
+            text += f"; preprocessing inferred from {self.x_train.dtype} images: {self.preprocessing.describe()}"
+        return text
 
 
 def as_images(x: Any, name: str) -> np.ndarray:
@@ -98,13 +107,29 @@ def as_images(x: Any, name: str) -> np.ndarray:
     return x
 
 
-def _as_labels(y: Any, count: int, name: str) -> np.ndarray:
+def as_labels(y: Any, count: int, name: str, num_classes: int | None = None) -> np.ndarray:
+    """`y` as int64 class labels `(count,)`, each in `[0, num_classes)`; float labels are refused, never truncated.
+
+    Example:
+
+    >>> as_labels([0, 2, 1], 3, "y_train", num_classes=3).tolist()
+    [0, 2, 1]
+    """
     y = np.asarray(y).reshape(-1)
     if len(y) != count:
         raise ValueError(f"Expected `{name}` to have {count} labels (one per image). Received {len(y)}")
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"Expected integer class labels in `{name}`. Received dtype {y.dtype}")
-    return y.astype(np.int64)
+    y = y.astype(np.int64)
+    upper = np.inf if num_classes is None else num_classes
+    outside = np.flatnonzero((y < 0) | (y >= upper))
+    if len(outside):
+        bound = "num_classes" if num_classes is None else num_classes
+        raise ValueError(
+            f"Expected class labels in [0, {bound}) in `{name}`. Received: label {y[outside[0]]} at index "
+            f"{outside[0]} ({len(outside)} label(s) outside)"
+        )
+    return y
 
 
 def from_arrays(
@@ -123,8 +148,9 @@ def from_arrays(
         y_train: integer labels `(N,)`.
         x_test: test images.
         y_test: integer test labels.
-        preprocessing: defaults to scaling by 1/255 (no mean/std).
-        num_classes: defaults to `max(label) + 1`.
+        preprocessing: defaults to `infer_preprocessing(x_train)`: uint8 pixels
+            divided by 255, float inputs unchanged; the summary says which.
+        num_classes: defaults to `max(label) + 1`; labels must lie in `[0, num_classes)`.
         name: a label for logs and results.
 
     Example:
@@ -138,14 +164,21 @@ def from_arrays(
         raise ValueError(
             f"Expected train and test images of one shape. Received {x_train.shape[1:]} and {x_test.shape[1:]}"
         )
-    y_train = _as_labels(y_train, len(x_train), "y_train")
-    y_test = _as_labels(y_test, len(x_test), "y_test")
+    y_train = as_labels(y_train, len(x_train), "y_train")
+    y_test = as_labels(y_test, len(x_test), "y_test")
     if num_classes is None:
         num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
-    if preprocessing is None:
-        height, width, channels = x_train.shape[1:]
-        preprocessing = ImagePreprocessing(int(height), int(width), int(channels))
-    return ArrayDataset(x_train, y_train, x_test, y_test, preprocessing, int(num_classes), name)
+    as_labels(y_train, len(x_train), "y_train", num_classes)
+    as_labels(y_test, len(x_test), "y_test", num_classes)
+    inferred = preprocessing is None
+    if inferred:
+        if x_test.dtype != x_train.dtype:
+            raise ValueError(
+                "Expected train and test images of one dtype to infer their preprocessing (or pass preprocessing=). "
+                f"Received {x_train.dtype} and {x_test.dtype}"
+            )
+        preprocessing = infer_preprocessing(x_train, "x_train")
+    return ArrayDataset(x_train, y_train, x_test, y_test, preprocessing, int(num_classes), name, inferred)
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -362,8 +395,8 @@ def training_pipeline(
     >>> import numpy as np
     >>> from keras_lossal.preprocessing import ImagePreprocessing
     >>> ds = training_pipeline(np.zeros((5, 4, 4, 1), np.uint8), np.arange(5), ImagePreprocessing(4, 4, 1), 2)
-    >>> [int(b[0].shape[0]) for b in ds]
-    [2, 2, 1]
+    >>> [int(b[0].shape[0]) for b in ds]  # never a batch of one
+    [2, 3]
     """
     seed = 0 if seed is None else int(seed)
     dataset = tf.data.Dataset.from_tensor_slices((np.asarray(x), np.asarray(y)))
@@ -377,9 +410,40 @@ def training_pipeline(
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
-    dataset = dataset.batch(batch_size)
+    dataset = batch_without_singletons(dataset, len(x), batch_size)
     dataset = dataset.map(lambda images, labels: (preprocessing(images), labels), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def batch_without_singletons(dataset: tf.data.Dataset, num_items: int, batch_size: int) -> tf.data.Dataset:
+    """`dataset.batch(batch_size)`, except that a one-item last batch joins the batch before it.
+
+    A training batch of one has no ranking pair, and on some CPUs a one-item
+    conv backprop crashes the process inside oneDNN; so for `num_items % batch_size
+    == 1` the last batch holds `batch_size + 1` items. Every item is still seen
+    once per epoch, in the dataset's order (one full-size batch is formed per
+    epoch to split it, so use it for data that fits in memory).
+
+    Example:
+
+    >>> ds = batch_without_singletons(tf.data.Dataset.range(9), 9, 4)
+    >>> [int(batch.shape[0]) for batch in ds]
+    [4, 5]
+    """
+    if num_items <= 1 or num_items % batch_size != 1:
+        return dataset.batch(batch_size)
+    sizes = np.full(num_items // batch_size, batch_size, np.int64)
+    sizes[-1] += 1
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+
+    def split(*tensors):
+        def take(start, size):
+            parts = tuple(tensor[start : start + size] for tensor in tensors)
+            return parts if len(parts) > 1 else parts[0]
+
+        return tf.data.Dataset.from_tensor_slices((starts, sizes)).map(take)
+
+    return dataset.batch(num_items).flat_map(split)
 
 
 def evaluation_pipeline(x, y, preprocessing: ImagePreprocessing, batch_size: int = 256) -> tf.data.Dataset:

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_lossal import data as data_lib
-from keras_lossal.preprocessing import ImagePreprocessing
+from keras_lossal.preprocessing import ImagePreprocessing, infer_preprocessing
 
 __all__ = ["ActiveLearningLoop", "LoopResult", "cycle_seed", "write_json_atomic", "STATE_FILE"]
 
@@ -139,7 +139,8 @@ class ActiveLearningLoop:
         train_data: `(x, y)` NumPy arrays of raw images and integer labels (the
             pool; labels are revealed only when an index is labeled), or a
             `tf.data.Dataset` of unbatched `(image, label)` pairs, read into
-            memory once.
+            memory once. Labels must be integers in `[0, classes)` of the
+            model's output (checked before the first cycle trains).
         test_data: `(x, y)` arrays or a `tf.data.Dataset`, like `train_data`.
         strategy: an acquisition strategy name (`keras_lossal.acquisition.get`)
             or any object with `select(model, pool, k, ...)` returning an object
@@ -152,7 +153,9 @@ class ActiveLearningLoop:
         epochs: training epochs per cycle.
         batch_size: training batch size.
         preprocessing: the `ImagePreprocessing` turning raw images into model
-            input; default scales by 1/255. Recorded in the state.
+            input; default `infer_preprocessing(x)`: uint8 pixels divided by 255,
+            float inputs unchanged (the first log line says which). Recorded
+            in the state.
         augment: apply the paper's flip + pad-crop augmentation when training.
         warm_start: start each cycle from the previous cycle's weights.
         seed: the run's seed.
@@ -164,6 +167,8 @@ class ActiveLearningLoop:
         verbose: 0 silent, 1 one line per cycle, 2 also progress bars for training and scoring.
         tags: JSON-serialisable facts the loop cannot see (e.g. the model's settings), recorded
             in the config so a resume with different ones is refused.
+        label: the run's name in log lines (default: the strategy's name), to tell variants of
+            one strategy apart (e.g. `"random+head"`); not part of the config.
 
     Example:
 
@@ -201,6 +206,7 @@ class ActiveLearningLoop:
         score_batch_size: int = 512,
         verbose: int = 1,
         tags: dict | None = None,
+        label: str | None = None,
     ):
         if not callable(model_factory):
             raise TypeError(
@@ -245,9 +251,17 @@ class ActiveLearningLoop:
         self.cycles = int(cycles)
         self.epochs = int(epochs)
         self.batch_size = int(batch_size)
+        self.preprocessing_note = None
         if preprocessing is None:
-            height, width, channels = self.x_train.shape[1:]
-            preprocessing = ImagePreprocessing(int(height), int(width), int(channels))
+            if self.x_test.dtype != self.x_train.dtype:
+                raise ValueError(
+                    "Expected train and test images of one dtype to infer their preprocessing (or pass "
+                    f"preprocessing=). Received {self.x_train.dtype} and {self.x_test.dtype}"
+                )
+            preprocessing = infer_preprocessing(self.x_train, "train_data")
+            self.preprocessing_note = (
+                f"preprocessing inferred from {self.x_train.dtype} images: {preprocessing.describe()}"
+            )
         self.preprocessing = preprocessing
         self.augment = bool(augment)
         self.warm_start = bool(warm_start)
@@ -260,6 +274,7 @@ class ActiveLearningLoop:
         self.score_batch_size = int(score_batch_size)
         self.verbose = int(verbose)
         self.tags = _jsonable(dict(tags or {}))
+        self.label = str(label) if label is not None else self.strategy_name
         self.model: keras.Model | None = None
 
     # ------------------------------------------------------------------ config
@@ -371,16 +386,19 @@ class ActiveLearningLoop:
             labeled = list(state["labeled_indices"])
             weights = state.get("weights")
             if self.verbose and records and not state.get("finished"):
-                print(f"[{self.strategy_name} seed {self.seed}] resuming after cycle {len(records) - 1}", flush=True)
+                print(f"{self._prefix()} resuming after cycle {len(records) - 1}", flush=True)
         else:
             records, labeled, weights = [], [int(i) for i in self.initial_indices()], None
         is_labeled = np.zeros(len(self.x_train), dtype=bool)
         is_labeled[labeled] = True
         previous_weights = None if weights is None else os.path.join(self.work_dir, weights)
 
+        if self.verbose and self.preprocessing_note and len(records) < self.cycles:
+            print(f"{self._prefix()} {self.preprocessing_note}", flush=True)
         for cycle in range(len(records), self.cycles):
             keras.utils.set_random_seed(cycle_seed(self.seed, cycle, _PURPOSE_MODEL))
             model = self.model_factory()
+            self._check_labels(model)  # every cycle, so a resumed run builds its models like an uninterrupted one
             if self.warm_start and previous_weights is not None:
                 _load_weights(model, previous_weights)
             elif self.warm_start and self.model is not None:
@@ -429,10 +447,9 @@ class ActiveLearningLoop:
             records.append(record)
             previous_weights = None if new_weights is None else os.path.join(self.work_dir, new_weights)
             if self.verbose:
-                shown = {k: round(v, 4) for k, v in record.items() if k in ("accuracy", "loss", "ranking_accuracy")}
                 print(
-                    f"[{self.strategy_name} seed {self.seed}] cycle {cycle}: {record['num_labeled']} labels, "
-                    f"test {shown}, train {record['train_seconds']:.1f}s",
+                    f"{self._prefix()} cycle {cycle}: {record['num_labeled']} labels, "
+                    f"test {_comparable_metrics(record)}, train {record['train_seconds']:.1f}s",
                     flush=True,
                 )
             for callback in callbacks or []:
@@ -445,6 +462,22 @@ class ActiveLearningLoop:
             self.model = self.model_factory()
             _load_weights(self.model, previous_weights)
         return LoopResult(records, labeled, _jsonable(self.config()), self.model)
+
+    def _prefix(self) -> str:
+        return f"[{self.label} seed {self.seed}]"
+
+    def _check_labels(self, model: keras.Model) -> None:
+        """Refuses labels outside the model's classes before training (TensorFlow's error names neither)."""
+        classes = _output_classes(model, self.preprocessing(self.x_train[:1]))
+        if classes is None:
+            return
+        for name, labels in (("train_data", self.y_train), ("test_data", self.y_test)):
+            outside = np.flatnonzero((labels < 0) | (labels >= classes))
+            if len(outside):
+                raise ValueError(
+                    f"Expected class labels in [0, {classes}) for a model with {classes} output classes. Received: "
+                    f"{name} label {labels[outside[0]]} at index {outside[0]} ({len(outside)} label(s) outside)"
+                )
 
     def _acquire(self, model: keras.Model, is_labeled: np.ndarray, cycle: int) -> np.ndarray:
         unlabeled = np.flatnonzero(~is_labeled)
@@ -494,6 +527,23 @@ def _load_weights(model: keras.Model, path: str) -> None:
     model.set_weights(weights)
 
 
+def _comparable_metrics(record: dict) -> dict[str, float]:
+    """The test metrics a log line shows: `task_loss` for every model (a `LossLearningModel`'s `loss` is the joint one)."""
+    shown = {"accuracy": record.get("accuracy"), "task_loss": record.get("task_loss", record.get("loss"))}
+    shown["ranking_accuracy"] = record.get("ranking_accuracy")
+    return {key: round(value, 4) for key, value in shown.items() if value is not None}
+
+
+def _output_classes(model: keras.Model, sample) -> int | None:
+    """The number of classes of a classifier's `(batch, classes)` output (2 for one sigmoid unit), else `None`."""
+    output = model(sample, training=False)
+    if isinstance(output, dict):
+        output = output.get("output")
+    if output is None or isinstance(output, (list, tuple, dict)) or len(output.shape) != 2:
+        return None
+    return max(int(output.shape[-1]), 2)
+
+
 def _accepts(function, argument: str) -> bool:
     try:
         parameters = inspect.signature(function).parameters
@@ -519,7 +569,7 @@ def _materialise(dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(
                 f"Expected `{name}` images and labels of one non-zero length. Received {len(x)} and {len(y)}"
             )
-        return x, y
+        return x, data_lib.as_labels(y, len(x), f"{name} labels")
     raise TypeError(
         f"Expected `{name}` as (x, y) NumPy arrays or a tf.data.Dataset. Received: {type(dataset).__name__}"
     )

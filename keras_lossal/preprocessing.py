@@ -12,9 +12,13 @@ import dataclasses
 import json
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
-__all__ = ["ImagePreprocessing"]
+__all__ = ["ImagePreprocessing", "infer_preprocessing"]
+
+# Raw pixel dtypes whose range is known, so the scale to [0, 1] can be inferred.
+PIXEL_SCALES = {np.dtype(np.uint8): 1.0 / 255.0, np.dtype(np.uint16): 1.0 / 65535.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +74,25 @@ class ImagePreprocessing:
         images = images * self.scale
         return (images - tf.constant(self.mean, tf.float32)) / tf.constant(self.std, tf.float32)
 
+    def describe(self) -> str:
+        """What the preprocessing does, in one line (for logs).
+
+        Example:
+
+        >>> ImagePreprocessing(28, 28, 1, mean=(0.286,), std=(0.353,)).describe()
+        'x / 255, then (x - 0.286) / 0.353, at 28x28x1'
+        """
+        steps = []
+        if self.scale != 1.0:
+            divisor = 1.0 / self.scale
+            steps.append(f"x / {divisor:.6g}" if abs(divisor - round(divisor)) < 1e-6 else f"x * {self.scale:.6g}")
+        if any(self.mean) or any(s != 1.0 for s in self.std):
+            mean, std = (", ".join(f"{v:.6g}" for v in values) for values in (self.mean, self.std))
+            steps.append(
+                f"(x - {mean}) / {std}" if len(self.mean) == len(self.std) == 1 else f"(x - [{mean}]) / [{std}]"
+            )
+        return ", then ".join(steps or ["x unchanged"]) + f", at {self.height}x{self.width}x{self.channels}"
+
     def get_config(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -79,3 +102,36 @@ class ImagePreprocessing:
 
     def to_json(self) -> str:
         return json.dumps(self.get_config(), sort_keys=True)
+
+
+def infer_preprocessing(images, name: str = "images") -> ImagePreprocessing:
+    """The preprocessing raw `images` `(N, H, W, C)` get when none is given, decided by their dtype.
+
+    uint8 pixels are divided by 255 and uint16 by 65535; float inputs are taken as already scaled and
+    left unchanged (standardised data stays standardised). Other dtypes are ambiguous and refused.
+
+    Args:
+        images: the raw images (an array with `.dtype` and `.shape`).
+        name: what to call them in an error.
+
+    Example:
+
+    >>> import numpy as np
+    >>> infer_preprocessing(np.zeros((2, 4, 4, 1), np.uint8)).scale == 1 / 255
+    True
+    >>> infer_preprocessing(np.zeros((2, 4, 4, 3), np.float32)).describe()
+    'x unchanged, at 4x4x3'
+    """
+    dtype = np.dtype(images.dtype)
+    height, width, channels = (int(size) for size in images.shape[1:])
+    if dtype.kind == "f":
+        scale = 1.0
+    elif dtype in PIXEL_SCALES:
+        scale = PIXEL_SCALES[dtype]
+    else:
+        raise ValueError(
+            f"Expected uint8 or uint16 pixels, or float inputs, to infer the preprocessing of `{name}`. Received "
+            f"dtype {dtype}. Pass preprocessing=ImagePreprocessing({height}, {width}, {channels}, scale=...) "
+            "(scale=1/255 for 0-255 pixel values, 1.0 for inputs already scaled), or cast the images."
+        )
+    return ImagePreprocessing(height, width, channels, scale=scale)

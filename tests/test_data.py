@@ -151,3 +151,32 @@ def test_augmented_pipeline_is_reproducible_and_varies_per_epoch():
     np.testing.assert_array_equal(first[0], again[0])
     np.testing.assert_array_equal(first[1], again[1])
     assert not np.array_equal(first[0], first[1])
+
+
+def test_preprocessing_is_inferred_from_the_dtype():
+    rng = np.random.default_rng(0)
+    standardised = rng.normal(0, 1.5, (6, 4, 4, 1)).astype(np.float32)  # already model input
+    dataset = data.from_arrays(standardised[:4], [0, 1, 0, 1], standardised[4:], [0, 1])
+    assert dataset.preprocessing.scale == 1.0
+    np.testing.assert_allclose(dataset.preprocessing(standardised).numpy(), standardised, atol=1e-6)
+    assert dataset.summary().endswith("preprocessing inferred from float32 images: x unchanged, at 4x4x1")
+    pixels = rng.integers(0, 256, (6, 4, 4, 1), dtype=np.uint8)
+    dataset = data.from_arrays(pixels[:4], [0, 1, 0, 1], pixels[4:], [0, 1])
+    np.testing.assert_allclose(dataset.preprocessing(pixels).numpy(), pixels / 255.0, atol=1e-6)
+    assert "inferred from uint8 images: x / 255" in dataset.summary()
+    explicit = data.from_arrays(pixels[:4], [0, 1, 0, 1], pixels[4:], [0, 1], preprocessing=ImagePreprocessing(4, 4, 1))
+    assert "inferred" not in explicit.summary()
+    with pytest.raises(ValueError, match="dtype int64"):
+        data.from_arrays(pixels[:4].astype(np.int64), [0, 1, 0, 1], pixels[4:].astype(np.int64), [0, 1])
+
+
+def test_labels_outside_the_classes_are_refused():
+    images = np.zeros((3, 4, 4, 1), np.uint8)
+    with pytest.raises(
+        ValueError, match=r"Expected class labels in \[0, 2\) in `y_train`. Received: label 2 at index 1"
+    ):
+        data.from_arrays(images, [0, 2, 1], images[:1], [0], num_classes=2)
+    with pytest.raises(ValueError, match=r"label -1 at index 0"):
+        data.from_arrays(images, [-1, 0, 1], images[:1], [0])
+    with pytest.raises(ValueError, match="integer class labels"):
+        data.from_arrays(images, [0.0, 1.5, 1.0], images[:1], [0])

@@ -194,3 +194,56 @@ def test_strategy_returning_duplicates_is_rejected():
 
     with pytest.raises(RuntimeError, match="distinct"):
         _loop(None, Duplicates(), cycles=2, epochs=1).run()
+
+
+def test_labels_outside_the_models_classes_are_refused_before_training(tmp_path):
+    x, y = _data()
+    bad = y.copy()
+    bad[17] = 5  # the model has 3 classes
+    with pytest.raises(ValueError, match=r"Expected class labels in \[0, 3\) .*train_data label 5 at index 17"):
+        _loop(str(tmp_path), ScoreByModel(), cycles=2, epochs=1, train=(x, bad)).run()
+    assert not os.path.exists(tmp_path / STATE_FILE)  # refused before the first cycle trained
+    with pytest.raises(ValueError, match=r"integer class labels in `train_data labels`. Received dtype float64"):
+        _loop(None, ScoreByModel(), train=(x, y + 0.5))  # never truncated to integers silently
+    negative = y.copy()
+    negative[3] = -1
+    with pytest.raises(ValueError, match=r"label -1 at index 3"):
+        _loop(None, ScoreByModel(), train=(x, negative))
+
+
+def test_preprocessing_is_inferred_from_the_dtype_and_said(capsys):
+    x, y = _data()
+    standardised = ((x.astype(np.float32) - 127.5) / 40.0).astype(np.float32)  # about -3..3: already model input
+    loop = ActiveLearningLoop(
+        _classifier, (standardised, y), (standardised[:40], y[:40]), ScoreByModel(), initial_size=20, query_size=10,
+        cycles=1, epochs=1, verbose=1,
+    )  # fmt: skip
+    assert loop.preprocessing.scale == 1.0
+    np.testing.assert_allclose(loop.preprocessing(standardised[:4]).numpy(), standardised[:4], atol=1e-6)
+    loop.run()
+    assert "preprocessing inferred from float32 images: x unchanged, at 6x6x1" in capsys.readouterr().out
+    pixels = ActiveLearningLoop(_classifier, (x, y), (x[:40], y[:40]), ScoreByModel(), initial_size=20, query_size=10)
+    assert pixels.preprocessing.scale == pytest.approx(1 / 255)
+    assert pixels.preprocessing_note == "preprocessing inferred from uint8 images: x / 255, at 6x6x1"
+    with pytest.raises(ValueError, match="dtype int64"):
+        ActiveLearningLoop(
+            _classifier, (x.astype(np.int64), y), (x[:40].astype(np.int64), y[:40]), ScoreByModel(), 20, 10
+        )
+    with pytest.raises(ValueError, match="one dtype"):
+        ActiveLearningLoop(_classifier, (x, y), (standardised[:40], y[:40]), ScoreByModel(), 20, 10)
+
+
+def test_cycle_log_shows_task_loss_for_every_model_and_the_runs_label(capsys):
+    result = _loop(
+        None, "learning_loss", cycles=2, model_factory=_loss_learning_model, verbose=1, label="ll+paper"
+    ).run()
+    lines = [line for line in capsys.readouterr().out.splitlines() if " cycle " in line]
+    assert [line.split(":")[0] for line in lines] == ["[ll+paper seed 7] cycle 0", "[ll+paper seed 7] cycle 1"]
+    for line, record in zip(lines, result.cycles):
+        assert record["loss"] != pytest.approx(record["task_loss"], abs=1e-3)  # the joint loss differs
+        assert f"'task_loss': {round(record['task_loss'], 4)}" in line and "'loss'" not in line
+    baseline = _loop(None, ScoreByModel(), cycles=1, verbose=1).run()
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if " cycle " in line]
+    assert (
+        line.startswith("[max_logit seed 7] cycle 0") and f"'task_loss': {round(baseline.cycles[0]['loss'], 4)}" in line
+    )
