@@ -7,6 +7,8 @@ TF Serving client and triage job live in `keras_lossal.serving` (extra
 `serving`), the Beam transform in `keras_lossal.beam` (extra `beam`).
 """
 
+# First, before TensorFlow loads: the `lossal` command keeps TensorFlow's start-up lines off stderr.
+from keras_lossal import _tensorflow_logs  # noqa: F401, I001 - imported for its effect
 from keras_lossal import acquisition, backbones, data, losses
 from keras_lossal.export import export_for_serving
 from keras_lossal.head import LossPredictionHead

@@ -3,6 +3,9 @@
 Each subcommand lives in `keras_lossal/commands/<name>.py` and provides
 `add_parser(subparsers)`, which registers its arguments and sets
 `func(args) -> int` as the parser default.
+
+TensorFlow's log lines stay off stderr unless `--verbose` is given (anywhere
+on the command line); see `keras_lossal/_tensorflow_logs.py`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import importlib
 import os
 import sys
 
+from keras_lossal._tensorflow_logs import VERBOSE_FLAG
+
 # Subcommand modules, in the order `lossal --help` lists them.
 COMMANDS = ("run", "report", "plot", "triage", "beam_score")
 
@@ -19,6 +24,11 @@ COMMANDS = ("run", "report", "plot", "triage", "beam_score")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lossal", description="Learning Loss for Active Learning: experiments, reports and data triage."
+    )
+    parser.add_argument(
+        VERBOSE_FLAG,
+        action="store_true",
+        help="show TensorFlow's log lines on stderr (hidden by default; any position)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
@@ -33,9 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = VERBOSE_FLAG in argv
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Accepted after the subcommand too: it only decides what TensorFlow may print.
+    args = parser.parse_args([VERBOSE_FLAG] * verbose + [arg for arg in argv if arg != VERBOSE_FLAG])
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -5,8 +5,11 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
+import numpy as np
 import pytest
+from serving_fixtures import lossal_export  # noqa: F401 - pytest fixture
 from test_data import write_fake_fashion_mnist
 
 from keras_lossal import cli
@@ -94,3 +97,30 @@ def test_console_script_lists_the_commands():
     assert completed.returncode == 0
     for command in ("run", "report", "plot"):
         assert command in completed.stdout
+
+
+def _tensorflow_log_lines(stderr: str) -> list[str]:
+    markers = ("WARNING: All log messages before absl", "cudart_stub", "cpu_feature_guard", "cuda_platform")
+    return [
+        line for line in stderr.splitlines() if line[:1] in "IWEF" and line[1:5].isdigit() or line.startswith(markers)
+    ]
+
+
+def test_cli_is_quiet_unless_verbose(tmp_path, lossal_export):  # noqa: F811 - pytest fixture
+    import tensorflow as tf
+
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for index in range(3):
+        image = np.random.default_rng(index).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        (folder / f"{index}.png").write_bytes(tf.io.encode_png(image).numpy())
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}  # as a user runs it
+    command = [sys.executable, "-m", "keras_lossal.cli", "triage", str(folder), "--model", lossal_export["base"]]
+    quiet = subprocess.run([*command, "-o", str(tmp_path / "q")], capture_output=True, text=True, env=env, timeout=300)
+    assert quiet.returncode == 0 and "scored 3, failed 0" in quiet.stdout
+    assert quiet.stderr == ""
+    verbose = subprocess.run(
+        [*command, "-o", str(tmp_path / "v"), "--verbose"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert verbose.returncode == 0 and "scored 3, failed 0" in verbose.stdout
+    assert len(_tensorflow_log_lines(verbose.stderr)) >= 1  # TensorFlow's start-up lines, on this CPU-only machine
