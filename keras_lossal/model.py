@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_lossal import data as data_lib
 from keras_lossal import losses as losses_lib
 from keras_lossal.head import LossPredictionHead
 
@@ -386,19 +387,61 @@ class LossLearningModel(keras.Model):
             return None
         return HeadSchedule(self.detach_after_epoch, self.detach_after_fraction, self.loss_weight_warmup_epochs)
 
-    def fit(self, *args, **kwargs):
-        """`keras.Model.fit`, plus the head schedule (detach, lambda warm-up) when one is set."""
+    def fit(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        epochs=1,
+        verbose="auto",
+        callbacks=None,
+        validation_split=0.0,
+        validation_data=None,
+        shuffle=True,
+        class_weight=None,
+        sample_weight=None,
+        **kwargs,
+    ):
+        """`keras.Model.fit`, plus the head schedule (detach, lambda warm-up) when one is set.
+
+        Two guards on top of Keras: NumPy training data whose last batch would
+        hold a single item is batched so that item joins the batch before it
+        (a batch of one has no ranking pair and can crash oneDNN's conv
+        backprop on CPU), and a batch with NaN/inf inputs or targets stops
+        training with a `ValueError` instead of silently producing NaN weights.
+        """
+        callbacks = list(callbacks or [])
         schedule = self.head_schedule()
         if schedule is None:
             self.head_detached.assign(0.0)
             self.loss_weight_scale.assign(1.0)
-            return super().fit(*args, **kwargs)
-        arguments = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs).arguments
-        arguments.pop("self")
-        arguments.update(arguments.pop("kwargs", {}))
-        callbacks = list(arguments.get("callbacks") or [])
-        arguments["callbacks"] = [*callbacks, schedule]
-        return super().fit(**arguments)
+        else:
+            callbacks.append(schedule)
+        if _is_array(x) and not (validation_split and validation_data is None):
+            x, y, sample_weight, batch_size = _singleton_free(x, y, sample_weight, batch_size, shuffle)
+        try:
+            return super().fit(
+                x,
+                y,
+                batch_size=batch_size,
+                epochs=epochs,
+                verbose=verbose,
+                callbacks=callbacks,
+                validation_split=validation_split,
+                validation_data=validation_data,
+                shuffle=shuffle,
+                class_weight=class_weight,
+                sample_weight=sample_weight,
+                **kwargs,
+            )
+        except tf.errors.InvalidArgumentError as error:
+            if _NON_FINITE_MARKER not in str(error):
+                raise
+            raise ValueError(
+                "Expected finite training data. Received: a batch whose inputs or targets contain NaN/inf "
+                "values; training stopped before they reached the weights. Find them with "
+                "`~np.isfinite(x).reshape(len(x), -1).all(axis=1)` and drop or repair them."
+            ) from None
 
     # ------------------------------------------------------------------- steps
     def _flat_targets(self, y) -> list:
@@ -450,6 +493,7 @@ class LossLearningModel(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x = _after_finite_check(x, y)
         with tf.GradientTape() as tape:
             predictions, total, task_loss, prediction_loss, accuracy, batch_size = self._joint_loss(
                 x, y, sample_weight, training=True
@@ -532,6 +576,37 @@ def _check_options(objective: str, detach_after_epoch, options: dict) -> None:
     warmup = options["loss_weight_warmup_epochs"]
     if int(warmup) != warmup or warmup < 0:
         raise ValueError(f"Expected loss_weight_warmup_epochs >= 0. Received: loss_weight_warmup_epochs={warmup}")
+
+
+_NON_FINITE_MARKER = "keras_lossal: non-finite training data"
+
+
+def _after_finite_check(x, y):
+    """`x`, available only once every float tensor of `x` and `y` is checked finite (nothing runs before)."""
+    checks = [
+        tf.debugging.assert_all_finite(tensor, _NON_FINITE_MARKER)
+        for tensor in keras.tree.flatten((x, y))
+        if tensor is not None and keras.backend.is_float_dtype(tensor.dtype)
+    ]
+    with tf.control_dependencies(checks):
+        return keras.tree.map_structure(tf.identity, x)
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, np.ndarray) and x.ndim >= 1
+
+
+def _singleton_free(x, y, sample_weight, batch_size, shuffle):
+    """NumPy `(x, y, sample_weight)` as a Dataset without a one-item batch, when one would occur."""
+    batch_size = 32 if batch_size is None else int(batch_size)
+    if len(x) <= 1 or len(x) % batch_size != 1:
+        return x, y, sample_weight, batch_size
+    arrays = tuple(item for item in (x, y, sample_weight) if item is not None)
+    dataset = tf.data.Dataset.from_tensor_slices(arrays)
+    if shuffle:
+        dataset = dataset.shuffle(len(x), reshuffle_each_iteration=True)
+    dataset = data_lib.batch_without_singletons(dataset, len(x), batch_size).prefetch(tf.data.AUTOTUNE)
+    return dataset, None, None, None
 
 
 def _to_float32(tensor):

@@ -80,7 +80,7 @@ def test_learning_loss_matches_predict_loss(lossal_model, image_pool):
     assert selection.indices.tolist() == reference_indices(expected_scores, 10)
     np.testing.assert_allclose(selection.scores, expected_scores[selection.indices], rtol=1e-5, atol=1e-6)
     assert selection.scores.dtype == np.float32 and selection.indices.dtype == np.int64
-    assert selection.scores[0] == expected_scores.max()  # highest predicted loss first, not lowest
+    assert selection.scores[0] == pytest.approx(expected_scores.max(), rel=1e-5)  # highest first, not lowest
 
 
 def test_learning_loss_needs_predicted_loss():
@@ -367,6 +367,8 @@ def test_rejects_unknown_strategy_and_bad_options():
         "coreset",
         "bald",
         "badge",
+        "learning_loss_clusters",
+        "learning_loss_kcenter",
     }
 
 
@@ -420,10 +422,33 @@ def test_random_counts_dataset_items_using_the_model(lossal_model, image_pool):
     assert selection.num_scored == 45 and sorted(selection.indices.tolist()) == list(range(45))
 
 
-def test_coreset_rejects_nan_embeddings():
+def test_coreset_leaves_out_nan_embeddings():
     inputs = keras.Input((2,))
     model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Identity(name="embedding")(inputs)))
     points = np.random.default_rng(0).normal(size=(10, 2)).astype(np.float32)
     points[3, 1] = np.nan
-    with pytest.raises(ValueError, match="finite embeddings.*1 of 10"):
-        acq.get("coreset").select(model, points, k=2, seed=0)
+    with pytest.warns(RuntimeWarning, match="1 of 10 pool items have NaN/inf"):
+        selection = acq.get("coreset").select(model, points, k=9, seed=0)
+    assert 3 not in selection.indices.tolist() and selection.num_nan == 1
+    with pytest.raises(ValueError, match="at least k=10 items with finite features and scores, but 1 of 10"):
+        acq.get("coreset").select(model, points, k=10, seed=0)
+
+
+@pytest.mark.parametrize("name", ["learning_loss", "entropy", "margin", "bald", "badge", "coreset", "random"])
+def test_non_finite_pool_items_are_counted_and_never_picked(name, lossal_model, image_pool):
+    # A NaN/inf pixel can still give a finite-looking score: the item itself is refused.
+    pool = image_pool.copy()
+    pool[4, 1, 1, 0] = np.nan
+    pool[9, 0, 0, 0] = np.inf
+    pool[20] = -np.inf
+    model = lossal_model
+    if name == "bald":
+        inputs = keras.Input((8, 8, 1))
+        hidden = keras.layers.Dropout(0.3)(keras.layers.Dense(4)(keras.layers.Flatten()(inputs)))
+        model = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+    with pytest.warns(RuntimeWarning, match="3 of 45 pool items have NaN/inf"):
+        selection = acq.get(name).select(model, pool, k=42, seed=0, batch_size=16)
+    assert not {4, 9, 20} & set(selection.indices.tolist())
+    assert selection.num_nan == 3 and len(set(selection.indices.tolist())) == 42
+    with pytest.raises(ValueError, match="at least k=43 items with (a )?finite"):
+        acq.get(name).select(model, pool, k=43, seed=0, batch_size=16)

@@ -152,7 +152,7 @@ def test_hard_and_diverse_strategies_never_pick_non_finite_items(name):
     with pytest.warns(RuntimeWarning, match="3 of 100"):
         selection = acq.get(name).select(echo_model(), points, k=8, seed=0)
     assert not {1, 30, 50} & set(selection.indices.tolist()) and selection.num_nan == 3
-    with pytest.raises(ValueError, match="at least k=98 items with a finite predicted loss"):
+    with pytest.raises(ValueError, match="at least k=98 items with finite features and scores"):
         acq.get(name).select(echo_model(), points, k=98, seed=0)
 
 

@@ -32,3 +32,66 @@ def test_unusable_strategies_fail_before_any_training(tmp_path, strategy, messag
             epochs=1,
         )
     assert not os.path.exists(out)  # nothing trained, nothing written
+
+
+def _run(out, strategies, epochs=1, **spec):
+    return experiment.run_experiment(
+        tiny_dataset(),
+        strategies,
+        seeds=[0],
+        out_dir=out,
+        spec=experiment.ModelSpec(backbone="small_cnn", width=4, **spec),
+        initial_size=10,
+        query_size=5,
+        subset_size=None,
+        cycles=2,
+        epochs=epochs,
+        batch_size=8,
+        verbose=0,
+    )
+
+
+def test_a_changed_setting_is_refused_before_anything_is_written(tmp_path):
+    out = str(tmp_path / "run")
+    _run(out, ["random"])
+    settings = open(os.path.join(out, "experiment.json")).read()
+    state = open(os.path.join(out, "random", "seed_0", "state.json")).read()
+    with pytest.raises(ValueError, match="different configuration; refusing to resume"):
+        _run(out, ["random"], epochs=2)
+    assert open(os.path.join(out, "experiment.json")).read() == settings
+    assert open(os.path.join(out, "random", "seed_0", "state.json")).read() == state
+
+
+def test_cli_refusal_is_one_line(tmp_path, capsys):
+    from keras_lossal import cli
+
+    out = str(tmp_path / "run")
+    _run(out, ["random"])
+    settings = open(os.path.join(out, "experiment.json")).read()
+    code = cli.main(
+        ["run", "--dataset", "fashion_mnist", "--pool-size", "300", "--test-size", "50", "--strategies", "random",
+         "--cycles", "2", "--initial-size", "10", "--query-size", "5", "--epochs", "1", "--backbone", "small_cnn",
+         "--width", "4", "--out", out, "--quiet"]
+    )  # fmt: skip
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and error[0].startswith("lossal run: ")
+    assert "refusing to resume" in error[0] and "Traceback" not in error[0]
+    assert open(os.path.join(out, "experiment.json")).read() == settings
+
+
+def test_arms_train_the_head_with_their_recipe_and_the_control_picks_at_random(tmp_path):
+    out = str(tmp_path / "run")
+    results = _run(out, ["random", "random@recommended", "learning_loss@paper", "learning_loss"])
+    assert set(results) == {"random", "random@recommended", "learning_loss@paper", "learning_loss"}
+    tags = {name: runs[0].config["tags"] for name, runs in results.items()}
+    assert not tags["random"]["with_head"] and tags["random@recommended"]["with_head"]
+    assert tags["learning_loss@paper"]["model"]["recipe"] == "paper"
+    assert tags["learning_loss"]["model"]["recipe"] == "recommended"
+    # The control picks exactly what random picks (same seed), and with the recommended recipe the head
+    # leaves the backbone's training untouched, so its accuracy equals random's.
+    assert results["random@recommended"][0].labeled_indices == results["random"][0].labeled_indices
+    for bare, control in zip(results["random"][0].cycles, results["random@recommended"][0].cycles):
+        assert control["accuracy"] == pytest.approx(bare["accuracy"], abs=1e-6)
+    assert "ranking_accuracy" in results["random@recommended"][0].cycles[0]
+    with pytest.raises(ValueError, match="recipe in"):
+        experiment.parse_arm("random@fast")

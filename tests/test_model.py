@@ -547,3 +547,68 @@ def test_new_options_survive_save_and_old_configs_load_as_paper(tmp_path):
     old = kl.LossLearningModel.from_config(config)
     assert (old.pairs, old.backbone_gradient_scale, old.detach_after_fraction) == ("disjoint", 1.0, 1.0)
     assert old.head_schedule().detach_epoch() is None or old.head_schedule().detach_after_fraction == 1.0
+
+
+# ------------------------------------------------------------------ reliability
+class BatchSizeRecorder(kl.LossLearningModel):
+    def train_step(self, data):
+        size = tf.cast(tf.shape(keras.utils.unpack_x_y_sample_weight(data)[0])[0], "float32")
+        self.smallest.assign(tf.minimum(self.smallest, size))
+        self.seen.assign_add(size)
+        return super().train_step(data)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_fit_on_arrays_never_trains_on_a_batch_of_one(shuffle):
+    x, y = classification_data(33)
+    weights = np.random.default_rng(0).random(33).astype("float32")
+    model = BatchSizeRecorder(small_cnn())
+    model.smallest = tf.Variable(1e9, trainable=False)
+    model.seen = tf.Variable(0.0, trainable=False)
+    model.compile("sgd", sparse_ce())
+    history = model.fit(x, y, sample_weight=weights, batch_size=16, epochs=2, shuffle=shuffle, verbose=0)
+    assert float(model.smallest.numpy()) == 16.0  # 33 = 16 + 17, not 16 + 16 + 1
+    assert float(model.seen.numpy()) == 66.0  # every item once per epoch
+    assert all(np.isfinite(values).all() for values in history.history.values())
+
+
+def test_fit_of_a_resnet_on_129_items_with_batch_128_does_not_crash(tmp_path):
+    # The outside trial's crash: oneDNN's conv backprop aborted the process on a one-item batch.
+    script = tmp_path / "crash.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+            import numpy as np, keras, keras_lossal as kl
+            x = np.random.default_rng(0).random((129, 28, 28, 1)).astype("float32")
+            model = kl.LossLearningModel(kl.backbones.resnet18_cifar((28, 28, 1), width=4))
+            model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            history = model.fit(x, np.arange(129) % 10, batch_size=128, epochs=1, verbose=0)
+            print(history.history["loss"][0])
+            """
+        )
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert np.isfinite(float(result.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("where", ["inputs", "targets"])
+def test_training_on_non_finite_data_stops_with_a_clear_error(where):
+    x, y = classification_data(32)
+    model = kl.LossLearningModel(small_cnn())
+    model.compile("sgd", sparse_ce())
+    before = [w.copy() for w in model.get_weights()]
+    if where == "inputs":
+        x[5, 2, 3, 0] = np.nan
+    else:
+        model = kl.LossLearningModel(small_cnn(num_classes=1))
+        model.compile("sgd", "mse")
+        before = [w.copy() for w in model.get_weights()]
+        y = y.astype("float32")
+        y[7] = np.inf
+    with pytest.raises(ValueError, match="Expected finite training data"):
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)

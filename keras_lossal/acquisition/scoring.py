@@ -20,7 +20,16 @@ import tensorflow as tf
 from keras_lossal.acquisition.pool import IndexedPool
 from keras_lossal.acquisition.ranking import merge_top_k
 
-__all__ = ["Selection", "BatchFunction", "run", "top_k_selection", "collect", "check_scored"]
+__all__ = [
+    "Selection",
+    "BatchFunction",
+    "run",
+    "top_k_selection",
+    "collect",
+    "check_scored",
+    "finite_items",
+    "mask_non_finite",
+]
 
 
 @dataclass(frozen=True)
@@ -32,7 +41,8 @@ class Selection:
         scores: float32 score of each picked item (its meaning depends on the strategy).
         strategy: the strategy's name.
         num_scored: how many pool items were scored (the subset size when subsampling).
-        num_nan: how many scored items had a NaN score (ranked last, never picked).
+        num_nan: how many scored items were non-finite: NaN/inf features or a
+            NaN/inf score (ranked last, never picked).
     """
 
     indices: np.ndarray
@@ -43,6 +53,22 @@ class Selection:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def finite_items(features):
+    """`(batch,)` bool tensor: True where every value of the item's float features is finite."""
+    features = tf.convert_to_tensor(features)
+    if not features.dtype.is_floating:
+        return tf.ones(tf.shape(features)[:1], tf.bool)
+    flat = tf.reshape(features, (tf.shape(features)[0], -1))
+    return tf.reduce_all(tf.math.is_finite(flat), axis=1)
+
+
+def mask_non_finite(features, scores):
+    """`scores` as float32, NaN where the item's features or its score are NaN/inf (so it is never picked)."""
+    scores = tf.reshape(tf.cast(scores, tf.float32), (-1,))
+    keep = tf.logical_and(finite_items(features), tf.math.is_finite(scores))
+    return tf.where(keep, scores, tf.fill(tf.shape(scores), float("nan")))
 
 
 def _replica_strategy() -> tf.distribute.Strategy | None:
@@ -136,8 +162,9 @@ def top_k_selection(
 ) -> Selection:
     """Scores the pool with `batch_function` (one float score per item) and keeps the best `k`.
 
-    NaN scores rank last and are counted. If fewer than `k` items have a
-    non-NaN score, this raises instead of picking NaN-scored items.
+    NaN scores (the scoring functions of `Strategy.select` turn NaN/inf
+    features and NaN/inf scores into NaN) rank last, are counted and are never
+    picked: if fewer than `k` items have a finite score, this raises.
     """
     state = {"scores": np.zeros(0, np.float32), "indices": np.zeros(0, np.int64), "nan": 0}
 
@@ -153,11 +180,12 @@ def top_k_selection(
         if num_scored - num_nan < k:
             raise ValueError(
                 f"Expected at least k={k} items with a finite score, but {num_nan} of {num_scored} scored items "
-                f"have NaN scores ({strategy}). NaN usually means the model diverged; check it before selecting."
+                f"have NaN/inf features or scores ({strategy}). Non-finite features are bad input; NaN scores "
+                "of finite items usually mean the model diverged."
             )
         warnings.warn(
-            f"{num_nan} of {num_scored} pool items got a NaN score from '{strategy}'; they were ranked last "
-            "and not selected.",
+            f"{num_nan} of {num_scored} pool items have NaN/inf features or scores ('{strategy}'); they were "
+            "ranked last and not selected.",
             RuntimeWarning,
             stacklevel=3,
         )

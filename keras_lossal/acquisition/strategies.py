@@ -12,7 +12,15 @@ from keras import ops
 from keras_lossal.acquisition import diversity, models, scores
 from keras_lossal.acquisition.pool import IndexedPool, index_pool, model_input_spec, pool_size
 from keras_lossal.acquisition.ranking import sample_subset
-from keras_lossal.acquisition.scoring import BatchFunction, Selection, check_scored, collect, top_k_selection
+from keras_lossal.acquisition.scoring import (
+    BatchFunction,
+    Selection,
+    check_scored,
+    collect,
+    finite_items,
+    mask_non_finite,
+    top_k_selection,
+)
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -133,7 +141,9 @@ class Strategy:
         """
         k, subset_size, batch_size = _check_arguments(k, subset_size, batch_size)
         self._prepare(model)
-        function = self._batch_function(model, lambda features: self.score(model, features), batch_size)
+        function = self._batch_function(
+            model, lambda features: mask_non_finite(features, self.score(model, features)), batch_size
+        )
         indexed = self._indexed_pool(model, pool, batch_size, subset_size, seed, function.replicas)
         if indexed.num_items is not None and k > indexed.num_items:
             raise ValueError(f"Expected k <= the number of items to score ({indexed.num_items}). Received: k={k}")
@@ -174,6 +184,8 @@ class Random(Strategy):
     A pool of unknown length is read once to count it (a one-shot generator is
     consumed). `model` may be `None`; it is only used to tell a Dataset of
     single items from a Dataset of batches (without it, batches are assumed).
+    In a NumPy pool, items with NaN/inf features are counted in `num_nan` and
+    never picked (other pool types are not read, so not checked).
 
     Example:
 
@@ -198,10 +210,17 @@ class Random(Strategy):
         candidates = np.arange(size, dtype=np.int64) if subset is None else subset
         if k > len(candidates):
             raise ValueError(f"Expected k <= the number of items to score ({len(candidates)}). Received: k={k}")
+        scored = len(candidates)
+        num_non_finite = 0
+        if isinstance(pool, np.ndarray) and np.issubdtype(pool.dtype, np.floating):
+            finite = np.isfinite(pool[candidates].reshape(len(candidates), -1)).all(axis=1)
+            num_non_finite = int(np.sum(~finite))
+            candidates = candidates[finite]
+            _report_non_finite(num_non_finite, scored, k, self.name)
         rng = np.random.default_rng(None if seed is None else [seed, 1])
         chosen = rng.choice(len(candidates), size=k, replace=False)
         priorities = np.sort(rng.random(k).astype(np.float32))[::-1]
-        return Selection(candidates[chosen], priorities, self.name, len(candidates), 0)
+        return Selection(candidates[chosen], priorities, self.name, scored, num_non_finite)
 
 
 class _Uncertainty(Strategy):
@@ -354,15 +373,28 @@ class _Embedding(Strategy):
         return collect(function, indexed, verbose)
 
 
-def _check_finite(what: str, *arrays: np.ndarray) -> None:
-    bad = np.zeros(len(arrays[0]), bool)
-    for array in arrays:
-        bad |= ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
-    if bad.any():
+def _report_non_finite(num_non_finite: int, num_scored: int, k: int, strategy: str) -> None:
+    """Warns about non-finite items left out, or raises when fewer than `k` finite ones remain."""
+    if not num_non_finite:
+        return
+    if num_scored - num_non_finite < k:
         raise ValueError(
-            f"Expected finite {what} for every pool item. Received: {int(bad.sum())} of {len(bad)} items with "
-            "NaN/inf values (the model may have diverged)"
+            f"Expected at least k={k} items with finite features and scores, but {num_non_finite} of "
+            f"{num_scored} scored items are NaN/inf ({strategy})."
         )
+    warnings.warn(
+        f"{num_non_finite} of {num_scored} pool items have NaN/inf features or scores ({strategy}); they were "
+        "not selected.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _finite_rows(*arrays: np.ndarray) -> np.ndarray:
+    finite = np.ones(len(arrays[0]), bool)
+    for array in arrays:
+        finite &= np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    return finite
 
 
 class CoreSet(_Embedding):
@@ -398,21 +430,26 @@ class CoreSet(_Embedding):
         embedder = models.embedding_model(model, self.layer)
 
         def embed(features):
-            return models.flatten_batch(embedder(features, training=False)[0])
+            return models.flatten_batch(embedder(features, training=False)[0]), finite_items(features)
 
-        indices, (embeddings,) = self._collect(model, pool, batch_size, subset_size, seed, verbose, embed)
+        indices, (embeddings, finite_input) = self._collect(model, pool, batch_size, subset_size, seed, verbose, embed)
         check_scored(k, len(indices))
-        _check_finite("embeddings", embeddings)
+        kept = np.flatnonzero(finite_input & _finite_rows(embeddings))
+        _report_non_finite(len(indices) - len(kept), len(indices), k, self.name)
         initial = None
         first = 0
         if labeled is not None:
-            _, (labeled_embeddings,) = self._collect(model, labeled, batch_size, None, None, 0, embed)
+            _, (labeled_embeddings, labeled_finite) = self._collect(model, labeled, batch_size, None, None, 0, embed)
+            labeled_embeddings = labeled_embeddings[labeled_finite & _finite_rows(labeled_embeddings)]
             if len(labeled_embeddings):
-                initial = diversity.squared_distances_to_set(embeddings, labeled_embeddings)
+                initial = diversity.squared_distances_to_set(embeddings[kept], labeled_embeddings)
         if initial is None:
-            first = int(np.random.default_rng(seed).integers(len(indices)))
-        positions, distances = diversity.k_center_greedy(embeddings, k, initial, first)
-        return Selection(indices[positions], distances.astype(np.float32), self.name, len(indices), 0)
+            first = int(np.random.default_rng(seed).integers(len(kept)))
+        chosen, distances = diversity.k_center_greedy(embeddings[kept], k, initial, first)
+        positions = kept[chosen]
+        return Selection(
+            indices[positions], distances.astype(np.float32), self.name, len(indices), len(indices) - len(kept)
+        )
 
 
 class Badge(_Embedding, _Uncertainty):
@@ -458,15 +495,19 @@ class Badge(_Embedding, _Uncertainty):
             embedding, outputs = embedder(features, training=False)
             probabilities = scores.class_probabilities(outputs, from_logits)
             predicted = ops.one_hot(ops.argmax(probabilities, axis=-1), probabilities.shape[-1])
-            return probabilities - predicted, models.flatten_batch(embedding)
+            return probabilities - predicted, models.flatten_batch(embedding), finite_items(features)
 
-        indices, (residuals, features) = self._collect(
+        indices, (residuals, features, finite_input) = self._collect(
             model, pool, batch_size, subset_size, seed, verbose, gradient_factors
         )
         check_scored(k, len(indices))
-        _check_finite("gradient embeddings", residuals, features)
-        positions, distances = diversity.kmeans_plus_plus_gradients(residuals, features, k, seed)
-        return Selection(indices[positions], distances.astype(np.float32), self.name, len(indices), 0)
+        kept = np.flatnonzero(finite_input & _finite_rows(residuals, features))
+        _report_non_finite(len(indices) - len(kept), len(indices), k, self.name)
+        chosen, distances = diversity.kmeans_plus_plus_gradients(residuals[kept], features[kept], k, seed)
+        positions = kept[chosen]
+        return Selection(
+            indices[positions], distances.astype(np.float32), self.name, len(indices), len(indices) - len(kept)
+        )
 
 
 class _HardAndDiverse(_Embedding):
@@ -477,26 +518,16 @@ class _HardAndDiverse(_Embedding):
         scorer = LearningLoss()
 
         def losses_and_embeddings(features):
-            return scorer.score(model, features), models.flatten_batch(embedder(features, training=False)[0])
+            embedding = models.flatten_batch(embedder(features, training=False)[0])
+            return mask_non_finite(features, scorer.score(model, features)), embedding
 
         indices, (predicted, embeddings) = self._collect(
             model, pool, batch_size, subset_size, seed, verbose, losses_and_embeddings, purpose="loss_and_embed"
         )
         check_scored(k, len(indices))
-        finite = np.isfinite(predicted) & np.isfinite(embeddings).all(axis=1)
+        finite = _finite_rows(predicted, embeddings)
         num_non_finite = int(np.sum(~finite))
-        if num_non_finite:
-            if int(finite.sum()) < k:
-                raise ValueError(
-                    f"Expected at least k={k} items with a finite predicted loss and embedding, but "
-                    f"{num_non_finite} of {len(indices)} scored items are NaN/inf ({self.name})."
-                )
-            warnings.warn(
-                f"{num_non_finite} of {len(indices)} pool items have a NaN/inf predicted loss or embedding "
-                f"({self.name}); they were not selected.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        _report_non_finite(num_non_finite, len(indices), k, self.name)
         return indices, predicted, embeddings, finite, num_non_finite
 
 

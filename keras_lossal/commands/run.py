@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 
@@ -44,7 +45,11 @@ def add_parser(subparsers) -> None:
         "--strategies",
         type=_name_list,
         default=["learning_loss", "random"],
-        help="comma-separated, e.g. learning_loss,random,entropy,coreset",
+        help=(
+            "comma-separated arms strategy[@recipe], e.g. learning_loss,learning_loss_clusters,random,coreset; "
+            "learning_loss@paper trains the head with the paper's recipe, random@recommended is the control "
+            "that trains the head but picks at random"
+        ),
     )
     protocol.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds, e.g. 0,1,2")
     protocol.add_argument(
@@ -81,9 +86,15 @@ def add_parser(subparsers) -> None:
     model.add_argument("--lr-schedule", default="", help="epoch:rate steps within each cycle, e.g. 160:0.01")
     model.add_argument("--momentum", type=float, default=0.9)
     model.add_argument("--weight-decay", type=float, default=5e-4)
-    model.add_argument("--loss-weight", type=float, default=1.0, help="lambda")
-    model.add_argument("--margin", type=float, default=1.0, help="xi")
-    model.add_argument("--detach-after-epoch", type=int, default=None, help="paper: 120")
+    model.add_argument(
+        "--recipe",
+        choices=("recommended", "paper"),
+        default="recommended",
+        help="the loss-prediction head's training recipe (an arm's @recipe overrides it)",
+    )
+    model.add_argument("--loss-weight", type=float, default=None, help="lambda (default: the recipe's, 1)")
+    model.add_argument("--margin", type=float, default=None, help="xi (default: the recipe's, 1)")
+    model.add_argument("--detach-after-epoch", type=int, default=None, help="paper: 120 (of 200)")
 
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--quiet", action="store_true", help="no per-cycle lines or progress bars")
@@ -106,6 +117,7 @@ def run(args) -> int:
         learning_rate=args.lr,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
+        recipe=args.recipe,
         loss_weight=args.loss_weight,
         margin=args.margin,
         detach_after_epoch=args.detach_after_epoch,
@@ -114,24 +126,28 @@ def run(args) -> int:
     if verbose:
         print(dataset.summary(), flush=True)
     start = time.perf_counter()
-    experiment.run_experiment(
-        dataset,
-        args.strategies,
-        args.seeds,
-        args.out,
-        spec,
-        initial_size=args.initial_size,
-        query_size=args.query_size,
-        subset_size=args.subset_size or None,
-        cycles=args.cycles,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr_schedule=experiment.parse_lr_schedule(args.lr_schedule),
-        augment=args.augment,
-        warm_start=not args.cold_start,
-        head_for_all=args.head_for_all,
-        verbose=verbose,
-    )
+    try:
+        experiment.run_experiment(
+            dataset,
+            args.strategies,
+            args.seeds,
+            args.out,
+            spec,
+            initial_size=args.initial_size,
+            query_size=args.query_size,
+            subset_size=args.subset_size or None,
+            cycles=args.cycles,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr_schedule=experiment.parse_lr_schedule(args.lr_schedule),
+            augment=args.augment,
+            warm_start=not args.cold_start,
+            head_for_all=args.head_for_all,
+            verbose=verbose,
+        )
+    except ValueError as error:  # a refused resume, a bad setting: one line, the directory untouched
+        print(f"lossal run: {error}", file=sys.stderr)
+        return 2
     summary = results.summarise(results.load_experiment(args.out))
     results.write_report(summary, args.out)
     if verbose:
