@@ -504,3 +504,21 @@ def test_resumed_queue_breaks_ties_by_input_order_like_an_uninterrupted_run(setu
     ]
     assert [record["id"] for record in reference.queue] == ["same_0.png", "same_1.png", "same_2.png"]
     assert [record["id"] for record in resumed.queue] == [record["id"] for record in reference.queue]
+
+
+@pytest.mark.slow
+def test_soak_with_kills_and_a_server_restart(tmp_path):
+    """benchmarks/triage_soak.py at a small size: SIGKILLs and a server restart lose, duplicate or misrank nothing."""
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "triage_soak.py")
+    report = tmp_path / "soak.json"
+    command = [sys.executable, script, "--items", "600", "--kills", "2", "--top-k", "50", "--json", str(report)]
+    completed = subprocess.run(
+        [*command, "--work-dir", str(tmp_path / "work")], capture_output=True, text=True, timeout=900
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    results = json.loads(report.read_text())
+    assert results["each_item_in_exactly_one_log"] and results["queue_ids_equal_reference"]
+    assert results["kills"] == 2 and results["server_restarts"] == 1 and results["retryable_failures_left"] == 0
+    assert results["scored"] + results["failed"] == 600 and results["failed"] == results["corrupt_items"]

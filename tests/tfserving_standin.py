@@ -262,9 +262,9 @@ class StandinPredictionService(prediction_service_pb2_grpc.PredictionServiceServ
 
 
 def start_grpc_standin(
-    base_path: str, model_name: str, labels: dict[str, int] | None = None, max_workers: int = 4
+    base_path: str, model_name: str, labels: dict[str, int] | None = None, max_workers: int = 4, port: int = 0
 ) -> tuple[grpc.Server, str, StandinPredictionService]:
-    """Starts the gRPC stand-in on a free localhost port; returns `(server, "localhost:PORT", service)`."""
+    """Starts the gRPC stand-in on localhost (`port` 0: a free one); returns `(server, "localhost:PORT", service)`."""
     repository = ModelRepository(model_name, base_path, labels)
     service = StandinPredictionService(repository)
     server = grpc.server(
@@ -272,7 +272,7 @@ def start_grpc_standin(
         options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
-    port = server.add_insecure_port("localhost:0")
+    port = server.add_insecure_port(f"localhost:{port}")
     server.start()
     return server, f"localhost:{port}", service
 
@@ -411,3 +411,22 @@ def start_rest_standin(
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://localhost:{server.server_address[1]}", faults
+
+
+def main(argv=None) -> int:
+    """Serves a base path over gRPC until killed (a separate process, so benchmarks can kill and restart it)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="gRPC stand-in for TensorFlow Serving (tests and benchmarks only)")
+    parser.add_argument("base_path")
+    parser.add_argument("--model-name", default="lossal")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    server, target, _ = start_grpc_standin(args.base_path, args.model_name, port=args.port)
+    print(f"ready {target}", flush=True)
+    server.wait_for_termination()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
