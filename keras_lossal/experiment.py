@@ -316,6 +316,7 @@ def run_experiment(
             work_dir=os.path.join(out_dir, name, f"seed_{seed}"),
             fit_kwargs={"callbacks": callbacks} if callbacks else None,
             verbose=verbose,
+            label=name,
             tags={
                 "model": dataclasses.asdict(arm_spec),
                 "with_head": with_head,

@@ -132,3 +132,32 @@ def test_kmeans_plus_plus_factorized_distances_and_validity():
 def test_kmeans_plus_plus_all_duplicates_still_distinct():
     chosen, _ = diversity.kmeans_plus_plus_gradients(np.ones((5, 2)), np.ones((5, 3)), 5, seed=0)
     assert sorted(chosen.tolist()) == list(range(5))
+
+
+def test_mc_dropout_variance_ranks_like_the_analytic_variance():
+    # Dropout(p) then a fixed linear map: Var[output] = p / (1 - p) * sum_j w_j^2 x_j^2, known exactly.
+    import keras
+
+    from keras_lossal import acquisition
+
+    p = 0.5
+    weights = np.array([[1.0], [0.5], [2.0], [0.25]], "float32")
+    inputs = keras.Input((4,))
+    dropped = keras.layers.Dropout(p, name="dropout")(inputs)
+    dense = keras.layers.Dense(1, use_bias=False, name="out")
+    model = keras.Model(inputs, dense(dropped))
+    dense.set_weights([weights])
+    x = np.random.default_rng(0).uniform(0, 3, size=(60, 4)).astype("float32")
+    analytic = p / (1 - p) * (np.square(x) @ np.square(weights[:, 0]))
+    strategy = acquisition.get("mc_dropout_variance", num_samples=400)
+    selection = strategy.select(model, x, k=60, seed=0, batch_size=32)
+    estimated = np.empty(60)
+    estimated[selection.indices] = selection.scores
+    rank = lambda values: np.argsort(np.argsort(values))  # noqa: E731
+    assert np.corrcoef(rank(estimated), rank(analytic))[0, 1] > 0.95
+    np.testing.assert_allclose(estimated.mean(), analytic.mean(), rtol=0.1)
+    # No dropout noise, no variance; no dropout layer, a clear error.
+    quiet = keras.Model(inputs, dense(keras.layers.Dropout(0.0)(inputs)))
+    assert np.all(acquisition.get("mc_dropout_variance").select(quiet, x, k=5, seed=0).scores < 1e-9)
+    with pytest.raises(ValueError, match="[Dd]ropout"):
+        acquisition.get("mc_dropout_variance").select(keras.Model(inputs, dense(inputs)), x, k=5, seed=0)

@@ -35,6 +35,7 @@ __all__ = [
     "Badge",
     "LearningLossClusters",
     "LearningLossKCenter",
+    "MCDropoutVariance",
     "STRATEGIES",
     "get",
 ]
@@ -358,6 +359,50 @@ class BALD(_Uncertainty):
         return super().select(model, pool, k, subset_size, seed, batch_size, verbose)
 
 
+class MCDropoutVariance(Strategy):
+    """Highest predictive variance under MC dropout first: uncertainty for any task, regression included.
+
+    Runs `num_samples` stochastic passes per batch with only the dropout layers
+    active (batch norm stays in inference mode) and scores each item by the
+    variance of its outputs across passes, averaged over output values (a
+    per-pixel output gives one number per item). The model needs dropout.
+
+    Args:
+        num_samples: T, the number of MC-dropout passes.
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> regressor = keras.Sequential(
+    ...     [keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dropout(0.5), keras.layers.Dense(1)]
+    ... )
+    >>> MCDropoutVariance(num_samples=5).select(regressor, np.random.rand(10, 4), k=2, seed=0).indices.shape
+    (2,)
+    """
+
+    name = "mc_dropout_variance"
+
+    def __init__(self, num_samples: int = 20):
+        self.num_samples = _check_positive_int("num_samples", num_samples)
+        self._twin = None
+
+    def get_config(self) -> dict:
+        return {"num_samples": self.num_samples}
+
+    def score(self, model, features):
+        samples = [
+            models.flatten_batch(models.classifier_outputs(self._twin, features)) for _ in range(self.num_samples)
+        ]
+        return ops.mean(ops.var(ops.stack(samples), axis=0), axis=1)
+
+    def select(self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0):
+        _check_arguments(k, subset_size, batch_size)
+        # A fresh seeded twin per call, so a fresh compiled function (traced once for this call).
+        self._twin = models.mc_dropout_model(model, seed)
+        self._compiled_cache = None
+        return super().select(model, pool, k, subset_size, seed, batch_size, verbose)
+
+
 class _Embedding(Strategy):
     """Base for strategies that pick a set from per-item embeddings."""
 
@@ -653,6 +698,7 @@ STRATEGIES = {
         Badge,
         LearningLossClusters,
         LearningLossKCenter,
+        MCDropoutVariance,
     )
 }
 
@@ -663,7 +709,8 @@ def get(name, **options) -> Strategy:
     Args:
         name: one of `learning_loss`, `random`, `entropy`, `margin`,
             `least_confidence`, `coreset`, `bald`, `badge`,
-            `learning_loss_clusters`, `learning_loss_kcenter`; or a
+            `learning_loss_clusters`, `learning_loss_kcenter`,
+            `mc_dropout_variance`; or a
             `Strategy` instance, returned as is.
         **options: the strategy's constructor arguments (e.g. `num_samples`
             for `bald`, `from_logits` for uncertainty strategies).
