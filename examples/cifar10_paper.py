@@ -96,6 +96,8 @@ def main(argv=None) -> dict:
         weight_decay=5e-4,
         # PyTorch's BatchNorm default (momentum 0.1 there = 0.9 in Keras), as in the reference code.
         batch_norm_momentum=0.9,
+        # The paper's head recipe by name: joint training on the B/2 disjoint pairs, detached at epoch 120.
+        recipe="paper",
         loss_weight=1.0,
         margin=1.0,
         detach_after_epoch=protocol["detach_after_epoch"],
