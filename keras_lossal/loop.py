@@ -215,7 +215,15 @@ class ActiveLearningLoop:
         self.model_factory = model_factory
         self.x_train, self.y_train = _materialise(train_data, "train_data")
         self.x_test, self.y_test = _materialise(test_data, "test_data")
-        pool_size = len(self.x_train)
+        # Items with NaN/inf features are never labeled (not in the initial set, never scored).
+        self.finite_pool = _finite_items(self.x_train)
+        if not _finite_items(self.x_test).all():
+            bad = np.flatnonzero(~_finite_items(self.x_test))
+            raise ValueError(
+                f"Expected finite test_data images. Received: {len(bad)} of {len(self.x_test)} with NaN/inf values "
+                f"(first indices {bad[:10].tolist()}); the test metrics would be NaN"
+            )
+        pool_size = int(self.finite_pool.sum())
         for name, value, low in (
             ("initial_size", initial_size, 1),
             ("query_size", query_size, 1),
@@ -228,7 +236,7 @@ class ActiveLearningLoop:
         final_size = initial_size + (cycles - 1) * query_size
         if final_size > pool_size:
             raise ValueError(
-                f"Expected initial_size + (cycles - 1) * query_size <= pool size {pool_size}. Received: "
+                f"Expected initial_size + (cycles - 1) * query_size <= pool size {pool_size} (finite items). Received: "
                 f"initial_size={initial_size}, query_size={query_size}, cycles={cycles} -> {final_size} labels"
             )
         if subset_size is not None and subset_size < query_size:
@@ -300,7 +308,8 @@ class ActiveLearningLoop:
     def initial_indices(self) -> np.ndarray:
         """The `initial_size` random pool indices labeled before cycle 0 (seeded)."""
         rng = np.random.default_rng(cycle_seed(self.seed, 0, _PURPOSE_INITIAL))
-        return rng.permutation(len(self.x_train))[: self.initial_size]
+        order = rng.permutation(len(self.x_train))
+        return order[self.finite_pool[order]][: self.initial_size]
 
     # ------------------------------------------------------------------- state
     def _state_path(self) -> str | None:
@@ -395,6 +404,9 @@ class ActiveLearningLoop:
 
         if self.verbose and self.preprocessing_note and len(records) < self.cycles:
             print(f"{self._prefix()} {self.preprocessing_note}", flush=True)
+        skipped = int(np.sum(~self.finite_pool))
+        if self.verbose and skipped and len(records) < self.cycles:
+            print(f"{self._prefix()} {skipped} pool items have NaN/inf values; they are never labeled", flush=True)
         for cycle in range(len(records), self.cycles):
             keras.utils.set_random_seed(cycle_seed(self.seed, cycle, _PURPOSE_MODEL))
             model = self.model_factory()
@@ -480,7 +492,7 @@ class ActiveLearningLoop:
                 )
 
     def _acquire(self, model: keras.Model, is_labeled: np.ndarray, cycle: int) -> np.ndarray:
-        unlabeled = np.flatnonzero(~is_labeled)
+        unlabeled = np.flatnonzero(~is_labeled & self.finite_pool)
         rng = np.random.default_rng(cycle_seed(self.seed, cycle, _PURPOSE_SUBSET))
         if self.subset_size is not None and self.subset_size < len(unlabeled):
             candidates = np.sort(rng.choice(unlabeled, size=self.subset_size, replace=False))
@@ -550,6 +562,13 @@ def _accepts(function, argument: str) -> bool:
     except (TypeError, ValueError):
         return False
     return argument in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def _finite_items(x: np.ndarray) -> np.ndarray:
+    """Per item: True when every value is finite (always True for integer images)."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return np.ones(len(x), bool)
+    return np.isfinite(x.reshape(len(x), -1)).all(axis=1)
 
 
 def _materialise(dataset, name: str) -> tuple[np.ndarray, np.ndarray]:

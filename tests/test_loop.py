@@ -247,3 +247,28 @@ def test_cycle_log_shows_task_loss_for_every_model_and_the_runs_label(capsys):
     assert (
         line.startswith("[max_logit seed 7] cycle 0") and f"'task_loss': {round(baseline.cycles[0]['loss'], 4)}" in line
     )
+
+
+def test_non_finite_pool_items_are_never_labeled_and_non_finite_test_data_is_refused(tmp_path, capsys):
+    x, y = _data()
+    x = x.astype("float32") / 255.0
+    bad = [3, 17, 50, 99]
+    x[bad[0], 0, 0, 0] = np.nan
+    x[bad[1]] = np.inf
+    x[bad[2], 1, 1, 0] = -np.inf
+    x[bad[3], 2, 0, 0] = np.nan
+    loop = ActiveLearningLoop(
+        _classifier, (x, y), (x[60:100][~np.isin(np.arange(60, 100), bad)], y[60:100][~np.isin(np.arange(60, 100), bad)]),
+        "random", initial_size=100, query_size=8, subset_size=None, cycles=3, epochs=1, batch_size=16, seed=0,
+    )  # fmt: skip
+    result = loop.run()
+    assert not set(bad) & set(result.labeled_indices)
+    assert len(result.labeled_indices) == 116 == len(x) - len(bad)  # every finite item, and only those
+    assert all(np.isfinite(record["accuracy"]) for record in result.cycles)
+    assert "4 pool items have NaN/inf values; they are never labeled" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"Expected finite test_data images. Received: 2 of 40"):
+        ActiveLearningLoop(_classifier, (x, y), (x[:40], y[:40]), "random", initial_size=10, query_size=5)
+    with pytest.raises(ValueError, match=r"pool size 116 \(finite items\)"):
+        ActiveLearningLoop(
+            _classifier, (x, y), (x[60:64], y[60:64]), "random", initial_size=110, query_size=8, cycles=2
+        )
