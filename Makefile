@@ -26,9 +26,11 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not integration" tests
+	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules keras_lossal
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "not integration" tests
+	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules keras_lossal
 
 demo: $(STAMP) fashion-mnist
 	$(PY) examples/demo.py

@@ -28,7 +28,7 @@ class LossPredictionHead(keras.layers.Layer):
 
     >>> import numpy as np
     >>> head = LossPredictionHead(units=8)
-    >>> head([np.ones((2, 4, 4, 3)), np.ones((2, 5))]).shape
+    >>> tuple(head([np.ones((2, 4, 4, 3)), np.ones((2, 5))]).shape)
     (2,)
     """
 
