@@ -111,7 +111,9 @@ def assert_same_as_triage(beam_output, triage_output):
     assert len(beam_by_id) == len(beam_scored)
     assert sorted(beam_by_id) == sorted(triage_by_id)
     for item_id, record in triage_by_id.items():
-        np.testing.assert_allclose(beam_by_id[item_id]["predicted_loss"], record["predicted_loss"], rtol=1e-5)
+        np.testing.assert_allclose(
+            beam_by_id[item_id]["predicted_loss"], record["predicted_loss"], rtol=1e-5, atol=1e-6
+        )
         assert beam_by_id[item_id]["label"] == record["label"]
         assert beam_by_id[item_id]["path"] == record["path"]
     # The global top-K: same ids in the same order, ranks 1..K.
@@ -247,3 +249,76 @@ def test_missing_apache_beam_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "apache_beam", None)
     with pytest.raises(ImportError, match=r"pip install 'keras-lossal\[beam\]'"):
         importlib.import_module("keras_lossal.beam")
+
+
+def run_in_thread(function, timeout, on_hang):
+    """Runs `function()`; a call still running after `timeout` seconds calls `on_hang` and fails the test."""
+    import threading
+
+    finished = {}
+    worker = threading.Thread(target=lambda: finished.setdefault("result", function()), daemon=True)
+    worker.start()
+    worker.join(timeout=timeout)
+    if worker.is_alive():
+        on_hang()
+        pytest.fail(f"still running after {timeout} s")
+    return finished["result"]
+
+
+def test_fifo_and_directory_named_like_images_fail_like_triage(model_dir, tmp_path):
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for index in range(3):
+        (folder / f"good_{index}.png").write_bytes(png(400 + index))
+    os.mkfifo(folder / "pipe.png")  # opening it for reading waits for a writer forever
+    (folder / "folder.png").mkdir()
+    (folder / "folder.png" / "inner.png").write_bytes(png(410))
+
+    def release_the_fifo():  # a reader stuck in open() returns once a writer opens the FIFO
+        os.close(os.open(folder / "pipe.png", os.O_WRONLY | os.O_NONBLOCK))
+
+    output = str(tmp_path / "beam")
+    summary = run_in_thread(
+        lambda: score_pool(str(folder), model_dir, output, top_k=TOP_K, pipeline_options=DIRECT),
+        timeout=180,
+        on_hang=release_the_fifo,
+    )
+    beam_output = read_beam_output(output)
+    assert_same_as_triage(beam_output, run_triage(str(folder), model_dir, str(tmp_path / "triage")))
+    scored, queue, failures = beam_output
+    assert (summary["scored"], summary["failed"]) == (len(scored), len(failures)) == (4, 2)
+    assert {record["id"] for record in scored} == {"good_0.png", "good_1.png", "good_2.png", "folder.png/inner.png"}
+    reasons = {record["id"]: record["reason"] for record in failures}
+    assert reasons["pipe.png"] == "unreadable: not a regular file (a FIFO); only regular files are read"
+    assert reasons["folder.png"] == f"not a regular file (a directory): {str(folder / 'folder.png')!r}"
+    assert len(queue) == 4
+
+
+def test_non_finite_predicted_losses_are_failures_like_triage(model_dir, pool, tmp_path, monkeypatch):
+    poisoned_ids = {"b/00.png": np.nan, "a/05.png": np.inf, "b/10.png": -np.inf}
+    poisoned = {open(os.path.join(pool, item_id), "rb").read(): loss for item_id, loss in poisoned_ids.items()}
+    score = InProcessScorer.score
+
+    def score_with_non_finite_losses(self, kind, payloads):
+        outputs = score(self, kind, payloads)
+        losses = np.array(outputs["predicted_loss"], dtype=np.float32)
+        for row, payload in enumerate(payloads):
+            losses[row] = poisoned.get(payload, losses[row])
+        return {**outputs, "predicted_loss": losses}
+
+    # FnApiRunner runs the workers in this process, so the Beam model handler scores through the patch too.
+    monkeypatch.setattr(InProcessScorer, "score", score_with_non_finite_losses)
+    output = str(tmp_path / "beam")
+    summary = score_pool(pool, model_dir, output, top_k=TOP_K, pipeline_options=DIRECT, max_batch_size=5)
+    beam_output = read_beam_output(output)
+    assert_same_as_triage(beam_output, run_triage(pool, model_dir, str(tmp_path / "triage")))
+    scored, queue, failures = beam_output
+    assert (summary["scored"], summary["failed"]) == (len(scored), len(failures)) == (21, 5)
+    reasons = {record["id"]: record["reason"] for record in failures}
+    for item_id, loss in poisoned_ids.items():
+        assert (
+            reasons[item_id]
+            == f"non-finite predicted loss {float(loss)!r} (the model returned NaN/inf for this item; not queued)"
+        )
+    assert not {record["id"] for record in scored + queue} & set(poisoned_ids)
+    assert len(queue) == TOP_K and all(np.isfinite(record["predicted_loss"]) for record in queue)

@@ -522,3 +522,59 @@ def test_soak_with_kills_and_a_server_restart(tmp_path):
     assert results["each_item_in_exactly_one_log"] and results["queue_ids_equal_reference"]
     assert results["kills"] == 2 and results["server_restarts"] == 1 and results["retryable_failures_left"] == 0
     assert results["scored"] + results["failed"] == 600 and results["failed"] == results["corrupt_items"]
+
+
+class NonFiniteScorer(CountingScorer):
+    """Scores like the model, except that chosen payloads get a NaN or inf predicted loss."""
+
+    def __init__(self, scorer, poisoned):
+        super().__init__(scorer)
+        self.poisoned = poisoned  # payload bytes -> the predicted loss to return
+
+    def score(self, kind, payloads):
+        outputs = self.scorer.score(kind, payloads)
+        losses = np.array(outputs["predicted_loss"], dtype=np.float32)
+        for row, payload in enumerate(payloads):
+            losses[row] = self.poisoned.get(payload, losses[row])
+        return {**outputs, "predicted_loss": losses}
+
+
+def test_non_finite_predicted_losses_are_failures_never_queued(setup, tmp_path):
+    folder = setup["folder"]
+    poisoned_ids = {"b/img_03.png": np.nan, "a/img_06.png": np.inf, "b/img_09.png": -np.inf}
+    poisoned = {open(os.path.join(folder, item_id), "rb").read(): loss for item_id, loss in poisoned_ids.items()}
+    out = str(tmp_path / "out")
+    scorer = NonFiniteScorer(InProcessScorer(setup["base"]), poisoned)
+    result = triage(read_items(folder), scorer, out, top_k=N_GOOD, batch_size=4)
+    all_ids = setup["ids"] + ["a/garbage.png", "b/truncated.png", "b/bomb.png"]
+    scored, failed = assert_each_item_in_exactly_one_log(out, all_ids)
+    assert (result.scored, result.failed, result.queued) == (N_GOOD - 3, 6, N_GOOD - 3)
+    assert (result.total_scored, result.total_failed) == (N_GOOD - 3, 6)
+    reasons = {record["id"]: record["reason"] for record in read_jsonl(os.path.join(out, "failures.jsonl"))}
+    for item_id, loss in poisoned_ids.items():
+        assert (
+            reasons[item_id]
+            == f"non-finite predicted loss {float(loss)!r} (the model returned NaN/inf for this item; not queued)"
+        )
+    queue = read_jsonl(os.path.join(out, "queue.jsonl"))
+    assert not {record["id"] for record in queue} & set(poisoned_ids)
+    expected = sorted((loss, item_id) for item_id, loss in setup["expected"].items() if item_id not in poisoned_ids)
+    np.testing.assert_allclose([record["predicted_loss"] for record in queue], [loss for loss, _ in expected[::-1]],
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert (summary["total_scored"], summary["total_failed"]) == (N_GOOD - 3, 6)
+    # A NaN/inf score is not the server's fault: a re-run does not send those items again.
+    rerun = triage(read_items(folder), scorer, out, top_k=N_GOOD, batch_size=4)
+    assert (rerun.scored, rerun.failed, rerun.resumed) == (0, 0, N_GOOD + 3)
+    # With a threshold the items used to vanish without a word; they are still failures.
+    thresholded = triage(read_items(folder), scorer, str(tmp_path / "threshold"), top_k=None, threshold=-1e9)
+    assert (thresholded.scored, thresholded.failed) == (N_GOOD - 3, 6)
+
+
+def test_top_k_refuses_a_non_finite_predicted_loss():
+    top = TopK(3)
+    top.push(0.5, {"id": "a"})
+    for loss in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match=rf"Expected a finite predicted_loss.*predicted_loss={loss!r} for id 'b'"):
+            top.push(loss, {"id": "b"})
+    assert [record["id"] for record in top.ranked()] == ["a"]

@@ -2,7 +2,7 @@
 
 The pipeline, per item:
 
-    read (glob / TFRecord / manifest) -> header checks (decoding guard)
+    read (folder / glob / TFRecord / manifest) -> header checks (decoding guard)
       -> group by id (drops duplicate ids, rebalances work across workers)
       -> RunInference(LossalModelHandler)   # batched, one model per worker
       -> scores | failures,  scores -> Top.Of(top_k) -> ranked queue
@@ -14,6 +14,7 @@ either. Every item ends in exactly one of `scores` and `failures`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -32,7 +33,15 @@ from keras_lossal.export import (
     read_export_config,
     resolve_version_dir,
 )
-from keras_lossal.serving.readers import IMAGE_EXTENSIONS, Item, detect_input_type, read_manifest, read_tfrecord
+from keras_lossal.serving.readers import (
+    IMAGE_EXTENSIONS,
+    Item,
+    detect_input_type,
+    read_file,
+    read_image_directory,
+    read_manifest,
+    read_tfrecord,
+)
 from keras_lossal.serving.scorers import InProcessScorer
 
 # Private helpers of the triage module, reused so that Beam and in-process triage share one decoding
@@ -100,6 +109,34 @@ def _inside(root: str, path: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+class _ListImageDirectory(beam.DoFn):
+    """Lists a local image folder with triage's reader, so the same names are items and the same ones fail.
+
+    A directory named like an image (which a file match never lists) and a symlink out of the folder
+    become failures here; only `(item_id, path)` pairs travel on, and the bytes are read after the reshuffle.
+    """
+
+    def process(self, root):
+        for item in read_image_directory(root):
+            if item.error is not None:
+                yield beam.pvalue.TaggedOutput("failures", failure_record(item, item.error))
+            else:
+                yield item.item_id, item.path
+
+
+class _LoadListedImages(beam.DoFn):
+    """Loads the `(item_id, path)` pairs `_ListImageDirectory` yields and applies triage's header checks."""
+
+    def __init__(self, max_image_pixels: int, max_image_bytes: int):
+        self.max_image_pixels = max_image_pixels
+        self.max_image_bytes = max_image_bytes
+
+    def process(self, listed):
+        item_id, path = listed
+        item = _image_item(item_id, path, self.max_image_bytes)
+        yield from _checked(item, (path, 0), self.max_image_pixels, self.max_image_bytes)
+
+
 class _LoadImages(beam.DoFn):
     """Loads matched image files and applies triage's header checks; bad items go to `failures`."""
 
@@ -117,17 +154,25 @@ class _LoadImages(beam.DoFn):
             error = f"path escapes the input directory {self.base!r} (symlink)"
             yield beam.pvalue.TaggedOutput("failures", failure_record(Item(item_id, path, "image"), error))
             return
-        if metadata.size_in_bytes > self.max_image_bytes:
+        if "://" in path and metadata.size_in_bytes > self.max_image_bytes:
             reason = f"too large: {metadata.size_in_bytes} bytes > max_image_bytes={self.max_image_bytes}"
             yield beam.pvalue.TaggedOutput("failures", failure_record(Item(item_id, path, "image"), reason))
             return
-        item = Item(item_id, path, "image", loader=lambda: _read_bytes(path))
+        item = _image_item(item_id, path, self.max_image_bytes)
         yield from _checked(item, (path, 0), self.max_image_pixels, self.max_image_bytes)
 
 
-def _read_bytes(path: str) -> bytes:
+def _image_item(item_id: str, path: str, max_image_bytes: int) -> Item:
+    if "://" in path:
+        return Item(item_id, path, "image", loader=functools.partial(_read_object, path, max_image_bytes))
+    # Triage's read: regular files only (a FIFO would block forever), at most max_image_bytes.
+    return Item(item_id, path, "image", loader=functools.partial(read_file, path, max_image_bytes))
+
+
+def _read_object(path: str, max_image_bytes: int) -> bytes:
+    """Reads an object-store file through Beam's file systems (they read every scheme Beam matched)."""
     with FileSystems.open(path, compression_type="uncompressed") as handle:
-        return handle.read()
+        return handle.read(max_image_bytes + 1)
 
 
 def _checked(item: Item, order: tuple[str, int], max_image_pixels: int, max_image_bytes: int):
@@ -171,7 +216,8 @@ class ReadPool(beam.PTransform):
     that cannot be read, or whose image header fails the export's
     decoding guard (corrupt, unsupported format, decompression bomb, too
     many bytes), become failure records with a reason instead of being
-    dropped.
+    dropped. Only regular files are read, with triage's rule: a FIFO, device
+    or directory named like an image is a failure, never a hang.
 
     Args:
         input_path: a folder of images (recursively), an image glob
@@ -201,13 +247,29 @@ class ReadPool(beam.PTransform):
     ):
         super().__init__()
         self.input_type, self.pattern = _resolve_input(input_path, input_type)
+        # A local folder is walked with triage's reader (a file match never lists a directory named x.png).
+        is_local_folder = self.input_type == "images" and "://" not in input_path and os.path.isdir(input_path)
+        self.directory = os.path.abspath(input_path) if is_local_folder else None
         self.root = root
         self.max_image_pixels = _positive("max_image_pixels", max_image_pixels)
         self.max_image_bytes = _positive("max_image_bytes", max_image_bytes)
 
     def expand(self, pbegin):
-        files = pbegin | "MatchFiles" >> fileio.MatchFiles(self.pattern)
         limits = (self.max_image_pixels, self.max_image_bytes)
+        if self.directory is not None:
+            listed = (
+                pbegin
+                | "Folder" >> beam.Create([self.directory])
+                | "ListFolder" >> beam.ParDo(_ListImageDirectory()).with_outputs("failures", main="files")
+            )
+            loaded = (
+                listed.files
+                | "SpreadFiles" >> beam.Reshuffle()
+                | "Read" >> beam.ParDo(_LoadListedImages(*limits)).with_outputs("failures", main="items")
+            )
+            failures = (listed.failures, loaded.failures) | "ListAndReadFailures" >> beam.Flatten()
+            return {"items": loaded.items, "failures": failures}
+        files = pbegin | "MatchFiles" >> fileio.MatchFiles(self.pattern)
         if self.input_type == "images":
             # Spread the file list before loading so bytes are read in parallel.
             reader = _LoadImages(_glob_base(self.pattern), *limits)

@@ -9,6 +9,7 @@ that item instead of stopping the stream.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import stat
@@ -20,6 +21,7 @@ __all__ = [
     "Item",
     "UnsafePathError",
     "detect_input_type",
+    "read_file",
     "read_image_directory",
     "read_items",
     "read_manifest",
@@ -74,52 +76,61 @@ def _not_regular(mode: int) -> str | None:
     return f"not a regular file ({kind}); only regular files are read"
 
 
-def _read_file(path: str, max_bytes: int | None) -> Callable[[], bytes]:
-    """A loader that reads at most `max_bytes` (+1, to tell a larger file) of a regular file."""
+def read_file(path: str, max_bytes: int | None = None) -> bytes:
+    """Reads a regular file (local, or `gs://`/`s3://`/`hdfs://` through TensorFlow), refusing anything larger.
+
+    The one read every reader (and the Beam pipeline) uses: a FIFO, a
+    directory or a device named like an image raises `OSError` naming what
+    it is, instead of blocking or being skipped; at most `max_bytes` + 1
+    bytes are read, so a file that grows while read is refused too.
+
+    Args:
+        path: a local path or an object-store URI.
+        max_bytes: the size limit in bytes, or `None` for no limit.
+
+    Example:
+
+    >>> read_file("unlabeled/pipe.png", max_bytes=20_000_000)  # doctest: +SKIP
+    Traceback (most recent call last):
+    OSError: not a regular file (a FIFO); only regular files are read
+    """
     if urlparse(path).scheme in REMOTE_SCHEMES:
         return _read_remote_file(path, max_bytes)
+    try:
+        # Non-blocking open: a FIFO opens at once (and is refused below) instead of waiting for a writer.
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"No such file: {path!r}") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        refused = _not_regular(info.st_mode)
+        if refused is not None:
+            raise OSError(refused)
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise OSError(f"file too large: {info.st_size} bytes > max_image_bytes={max_bytes}")
+        data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise OSError(f"file too large: more than max_image_bytes={max_bytes} bytes (it grew while read)")
+    return data
 
-    def load() -> bytes:
-        try:
-            # Non-blocking open: a FIFO opens at once (and is refused below) instead of waiting for a writer.
-            descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"No such file: {path!r}") from None
-        with os.fdopen(descriptor, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            refused = _not_regular(info.st_mode)
-            if refused is not None:
-                raise OSError(refused)
-            if max_bytes is not None and info.st_size > max_bytes:
-                raise OSError(f"file too large: {info.st_size} bytes > max_image_bytes={max_bytes}")
+
+def _read_remote_file(path: str, max_bytes: int | None) -> bytes:
+    import tensorflow as tf
+
+    try:
+        if max_bytes is not None:
+            size = tf.io.gfile.stat(path).length
+            if size > max_bytes:
+                raise OSError(f"file too large: {size} bytes > max_image_bytes={max_bytes}")
+        with tf.io.gfile.GFile(path, "rb") as handle:
             data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
-        if max_bytes is not None and len(data) > max_bytes:
-            raise OSError(f"file too large: more than max_image_bytes={max_bytes} bytes (it grew while read)")
-        return data
-
-    return load
-
-
-def _read_remote_file(path: str, max_bytes: int | None) -> Callable[[], bytes]:
-    def load() -> bytes:
-        import tensorflow as tf
-
-        try:
-            if max_bytes is not None:
-                size = tf.io.gfile.stat(path).length
-                if size > max_bytes:
-                    raise OSError(f"file too large: {size} bytes > max_image_bytes={max_bytes}")
-            with tf.io.gfile.GFile(path, "rb") as handle:
-                data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
-        except tf.errors.NotFoundError:
-            raise FileNotFoundError(f"No such file: {path!r}") from None
-        except tf.errors.OpError as error:
-            raise OSError(f"{type(error).__name__}: {error.message}") from None
-        if max_bytes is not None and len(data) > max_bytes:
-            raise OSError(f"file too large: more than max_image_bytes={max_bytes} bytes")
-        return data
-
-    return load
+    except tf.errors.NotFoundError:
+        raise FileNotFoundError(f"No such file: {path!r}") from None
+    except tf.errors.OpError as error:
+        raise OSError(f"{type(error).__name__}: {error.message}") from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise OSError(f"file too large: more than max_image_bytes={max_bytes} bytes")
+    return data
 
 
 def _inside(root: str, path: str) -> bool:
@@ -155,7 +166,7 @@ def read_image_directory(root: str, max_bytes: int | None = None) -> Iterator[It
             elif not _inside(root, path):
                 yield Item(item_id, path, "image", error=f"path escapes the input directory {root!r} (symlink)")
             else:
-                yield Item(item_id, path, "image", _read_file(path, max_bytes))
+                yield Item(item_id, path, "image", functools.partial(read_file, path, max_bytes))
 
 
 def read_tfrecord(path: str, id_feature: str = "id") -> Iterator[Item]:
@@ -238,7 +249,7 @@ def read_manifest(path: str, root: str | None = None, max_bytes: int | None = No
             except UnsafePathError as error:
                 yield Item(item_id, location, "image", error=str(error), extra=extra)
                 continue
-            yield Item(item_id, location, "image", _read_file(resolved, max_bytes), extra=extra)
+            yield Item(item_id, location, "image", functools.partial(read_file, resolved, max_bytes), extra=extra)
 
 
 def detect_input_type(path: str) -> str:

@@ -27,6 +27,7 @@ import hashlib
 import heapq
 import io
 import json
+import math
 import os
 import queue
 import threading
@@ -82,6 +83,11 @@ class TopK:
 
     def push(self, predicted_loss: float, record: dict, order: int | None = None) -> None:
         """Offers a record; `order` ranks ties, lower first (default: the order of pushes)."""
+        if not math.isfinite(predicted_loss):
+            raise ValueError(
+                "Expected a finite predicted_loss (an item scored NaN/inf is a failure, never queued). "
+                f"Received: predicted_loss={predicted_loss!r} for id {record.get('id')!r}"
+            )
         if self.threshold is not None and not predicted_loss >= self.threshold:
             return
         self._count += 1
@@ -244,7 +250,10 @@ def precheck(item: Item, max_image_pixels: int, max_image_bytes: int) -> tuple[b
 
 
 def score_isolating(scorer, kind: str, batch: list[tuple[Item, bytes]], labels) -> tuple[list[dict], list[dict]]:
-    """Scores `batch`; when the model refuses it, splits it to pin the refusal on single items."""
+    """Scores `batch`; when the model refuses it, splits it to pin the refusal on single items.
+
+    Returns `(scored, failed)` records; an item scored NaN/inf is a failure (`non_finite_reason`).
+    """
     try:
         outputs = scorer.score(kind, [payload for _, payload in batch])
     except InvalidInputError as error:
@@ -261,7 +270,19 @@ def score_isolating(scorer, kind: str, batch: list[tuple[Item, bytes]], labels) 
         return [], [{**failure, "code": error.code} for failure in failures]
     if len(outputs["predicted_loss"]) != len(batch):
         raise RuntimeError(f"Scorer returned {len(outputs['predicted_loss'])} scores for {len(batch)} items")
-    return [_record(item, outputs, row, labels) for row, (item, _) in enumerate(batch)], []
+    scored, failed = [], []
+    for row, (item, _) in enumerate(batch):
+        record = _record(item, outputs, row, labels)
+        if math.isfinite(record["predicted_loss"]):
+            scored.append(record)
+        else:
+            failed.append(failure_record(item, non_finite_reason(record["predicted_loss"])))
+    return scored, failed
+
+
+def non_finite_reason(predicted_loss: float) -> str:
+    """The failure reason of an item the model scored NaN/inf: it would corrupt the ranking, so it is not queued."""
+    return f"non-finite predicted loss {predicted_loss!r} (the model returned NaN/inf for this item; not queued)"
 
 
 _END = object()
@@ -407,8 +428,8 @@ class _Run:
     # ------------------------------------------------------------------ resume
     def resume(self) -> None:
         for record in _read_log(self.scored_path):
-            if record["id"] in self.scored_ids:
-                continue
+            if record["id"] in self.scored_ids or not math.isfinite(record["predicted_loss"]):
+                continue  # a NaN/inf score (logged by an older version) is scored again and becomes a failure
             self.scored_ids.add(record["id"])
             self.top.push(record["predicted_loss"], record, order=record.get("input_index"))
             self._own_content(record.get("sha256"), record["id"])
