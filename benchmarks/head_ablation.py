@@ -156,7 +156,7 @@ def summarise(records: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="bench_out/head_ablation")
+    parser.add_argument("--out", default="benchmarks/results/head_ablation")
     parser.add_argument("--split", choices=("validation", "test"), default="validation")
     parser.add_argument("--variants", default=",".join(name for name in VARIANTS if name != "recommended"))
     parser.add_argument("--seeds", default="0,1,2,3,4")

@@ -22,16 +22,20 @@ Prints the per-label-count mean ± std table and AUC of finished runs, and the p
 of each learning-loss arm against each baseline and control with a 95 % t-interval over seeds;
 writes report.{json,csv,md}, paired.md and learning_curves.png under --out. Seed-major: every arm of
 seed 0 runs before seed 1, so a partial run already pairs. Interrupted? Run it again: finished runs
-are skipped and unfinished ones resume from their last finished cycle.
+are skipped and unfinished ones resume from their last finished cycle. The run directory,
+benchmarks/results/label_efficiency/, is committed as it fills (every state.json, plus the warm-start
+weights of unfinished runs), so a later checkout resumes where the last one stopped. Two processes
+may share it when they run different seeds:
 
-    nohup python benchmarks/label_efficiency.py > label_efficiency.log 2>&1 &
+    nohup python benchmarks/label_efficiency.py --seeds 0,2,4 > le_a.log 2>&1 &
+    nohup python benchmarks/label_efficiency.py --seeds 1,3 > le_b.log 2>&1 &
     python benchmarks/label_efficiency.py --report-only    # tables from what has finished so far
 
 The same protocol from the command line:
 
     lossal run --dataset fashion_mnist --strategies learning_loss,random,... --seeds 0,1,2,3,4 \\
         --cycles 6 --initial-size 500 --query-size 500 --subset-size 5000 --width 8 --epochs 8 \\
-        --batch-size 64 --lr 0.05 --out bench_out/label_efficiency
+        --batch-size 64 --lr 0.05 --out runs/label_efficiency
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ def report(out_dir: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="bench_out/label_efficiency_v2")
+    parser.add_argument("--out", default="benchmarks/results/label_efficiency")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--strategies", default=",".join(ARMS), help="comma-separated arms, strategy[@recipe]")
     parser.add_argument("--seeds", default="0,1,2,3,4")

@@ -163,7 +163,7 @@ def summarise(records: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="bench_out/regression_efficiency")
+    parser.add_argument("--out", default="benchmarks/results/regression_efficiency")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--seeds", default="0,1,2,3,4")

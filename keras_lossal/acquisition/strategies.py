@@ -317,7 +317,20 @@ class LeastConfidence(_Uncertainty):
         return scores.least_confidence(probabilities)
 
 
-class BALD(_Uncertainty):
+class _MonteCarloDropout(Strategy):
+    """Base for strategies that score `num_samples` stochastic passes of a dropout-on twin (`self._twin`)."""
+
+    _twin = None
+
+    def select(self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0):
+        _check_arguments(k, subset_size, batch_size)
+        # A fresh seeded twin per call, so a fresh compiled function (traced once for this call).
+        self._twin = models.mc_dropout_model(model, seed)
+        self._compiled_cache = None
+        return super().select(model, pool, k, subset_size, seed, batch_size, verbose)
+
+
+class BALD(_MonteCarloDropout, _Uncertainty):
     """BALD with MC dropout: highest mutual information between prediction and weights first.
 
     Runs `num_samples` stochastic passes per batch with only the dropout layers
@@ -351,15 +364,8 @@ class BALD(_Uncertainty):
         samples = [self.probabilities(self._twin, features) for _ in range(self.num_samples)]
         return scores.mutual_information(ops.stack(samples))
 
-    def select(self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0):
-        _check_arguments(k, subset_size, batch_size)
-        # A fresh seeded twin per call, so a fresh compiled function (traced once for this call).
-        self._twin = models.mc_dropout_model(model, seed)
-        self._compiled_cache = None
-        return super().select(model, pool, k, subset_size, seed, batch_size, verbose)
 
-
-class MCDropoutVariance(Strategy):
+class MCDropoutVariance(_MonteCarloDropout):
     """Highest predictive variance under MC dropout first: uncertainty for any task, regression included.
 
     Runs `num_samples` stochastic passes per batch with only the dropout layers
@@ -394,13 +400,6 @@ class MCDropoutVariance(Strategy):
             models.flatten_batch(models.classifier_outputs(self._twin, features)) for _ in range(self.num_samples)
         ]
         return ops.mean(ops.var(ops.stack(samples), axis=0), axis=1)
-
-    def select(self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0):
-        _check_arguments(k, subset_size, batch_size)
-        # A fresh seeded twin per call, so a fresh compiled function (traced once for this call).
-        self._twin = models.mc_dropout_model(model, seed)
-        self._compiled_cache = None
-        return super().select(model, pool, k, subset_size, seed, batch_size, verbose)
 
 
 class _Embedding(Strategy):
