@@ -47,6 +47,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import numpy as np  # noqa: E402
+
 from keras_lossal import data, experiment, results  # noqa: E402
 
 LEARNING_LOSS_ARMS = ["learning_loss", "learning_loss_clusters", "learning_loss_kcenter", "learning_loss@paper"]
@@ -77,6 +79,22 @@ def finished_runs(out_dir: str) -> dict:
         if done:
             complete[arm] = done
     return complete
+
+
+def class_shares(complete: dict) -> str:
+    """How each arm's picks spread over the classes (all acquisitions, all finished seeds)."""
+    names = data.FASHION_MNIST_CLASSES
+    lines = ["| arm | " + " | ".join(names) + " | largest share |", "|" + "---|" * (len(names) + 2)]
+    for arm, runs in complete.items():
+        counts = sum(
+            np.asarray(cycle["selected_class_counts"], np.float64)
+            for run in runs.values()
+            for cycle in run.cycles
+            if "selected_class_counts" in cycle
+        )
+        shares = counts / counts.sum()
+        lines.append(f"| {arm} | " + " | ".join(f"{share:.0%}" for share in shares) + f" | {shares.max():.0%} |")
+    return "\n".join(lines)
 
 
 def report(out_dir: str) -> str:
