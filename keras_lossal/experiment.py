@@ -279,15 +279,9 @@ def run_experiment(
         "strategies": names,
         "seeds": list(seeds),
         "model": dataclasses.asdict(spec),
-        "initial_size": initial_size,
-        "query_size": query_size,
-        "subset_size": subset_size,
-        "cycles": cycles,
-        "epochs": epochs,
-        "batch_size": batch_size,
+        **dict(initial_size=initial_size, query_size=query_size, subset_size=subset_size, cycles=cycles),
+        **dict(epochs=epochs, batch_size=batch_size, augment=augment, warm_start=warm_start),
         "lr_schedule": {str(k): v for k, v in (lr_schedule or {}).items()},
-        "augment": augment,
-        "warm_start": warm_start,
         "head_for_all": head_for_all,
         "preprocessing": dataset.preprocessing.get_config(),
     }
@@ -329,13 +323,7 @@ def run_experiment(
     for seed in seeds:
         for name, strategy in zip(names, strategies):
             make_loop(name, strategy, seed).check_resumable()
-    if os.path.exists(settings_path):
-        # Several invocations may share one directory (e.g. one per seed, in parallel): keep the union.
-        with open(settings_path) as stream:
-            previous = json.load(stream)
-        settings["strategies"] = _union(previous.get("strategies", []), names)
-        settings["seeds"] = sorted(set(previous.get("seeds", [])) | set(seeds))
-    write_json_atomic(settings_path, settings)
+    _write_settings(settings_path, settings)
     results: dict[str, list[LoopResult]] = {name: [] for name in names}
     for seed in seeds:
         for name, strategy in zip(names, strategies):
@@ -350,6 +338,16 @@ def _check_strategies(strategies: Sequence[Any], spec: ModelSpec, dataset: Array
         if isinstance(resolved, acquisition.BALD):
             model = make_model_factory(spec, dataset.preprocessing.input_shape, dataset.num_classes, False)()
             mc_dropout_model(model)  # raises when the backbone has no dropout layer
+
+
+def _write_settings(path: str, settings: dict) -> None:
+    """Writes experiment.json; several invocations may share a directory (one per seed): keep the union."""
+    if os.path.exists(path):
+        with open(path) as stream:
+            previous = json.load(stream)
+        settings["strategies"] = _union(previous.get("strategies", []), settings["strategies"])
+        settings["seeds"] = sorted(set(previous.get("seeds", [])) | set(settings["seeds"]))
+    write_json_atomic(path, settings)
 
 
 def _union(first: list, second: list) -> list:
