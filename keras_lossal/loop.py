@@ -469,8 +469,9 @@ class ActiveLearningLoop:
                 if hook is not None:
                     hook(cycle, record, self)
 
-        if self.model is None and self.warm_start and previous_weights is not None:
-            # A finished run loaded from disk: rebuild its last model for the caller.
+        if self.model is None and self.warm_start and previous_weights is not None and os.path.exists(previous_weights):
+            # A finished run loaded from disk: rebuild its last model for the caller (if its weights were kept;
+            # a results archive may hold only the states, and then `LoopResult.model` is None).
             self.model = self.model_factory()
             _load_weights(self.model, previous_weights)
         return LoopResult(records, labeled, _jsonable(self.config()), self.model)

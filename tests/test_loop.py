@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import types
 
 import keras
@@ -272,3 +273,14 @@ def test_non_finite_pool_items_are_never_labeled_and_non_finite_test_data_is_ref
         ActiveLearningLoop(
             _classifier, (x, y), (x[60:64], y[60:64]), "random", initial_size=110, query_size=8, cycles=2
         )
+
+
+def test_a_finished_run_whose_weights_were_not_kept_still_loads(tmp_path):
+    work_dir = str(tmp_path / "run")
+    first = _loop(work_dir, "random", cycles=2).run()
+    weights = os.path.join(work_dir, "weights")
+    assert any(name.endswith(".npz") for name in os.listdir(weights))
+    shutil.rmtree(weights)
+    again = _loop(work_dir, "random", cycles=2).run()  # nothing to train: the state says finished
+    assert again.cycles == first.cycles and again.labeled_indices == first.labeled_indices
+    assert again.model is None
