@@ -103,12 +103,15 @@ def report(out_dir: str) -> str:
     results.write_report(summary, out_dir)
     results.plot_summary(summary, os.path.join(out_dir, "learning_curves.png"), title="Fashion-MNIST label efficiency")
     paired = results.format_paired_table(summary, LEARNING_LOSS_ARMS, BASELINE_ARMS + CONTROL_ARMS)
+    shares = class_shares(complete)
     with open(os.path.join(out_dir, "paired.md"), "w") as stream:
-        stream.write(paired + "\n")
+        stream.write(paired + "\n\n" + shares + "\n")
     return (
         results.format_table(summary)
         + "\n\nPaired AUC differences (arm − baseline, * = interval excludes 0):\n\n"
         + paired
+        + "\n\nClass shares of the picks (all acquisitions of the finished seeds):\n\n"
+        + shares
     )
 
 
