@@ -443,7 +443,8 @@ def batch_without_singletons(dataset: tf.data.Dataset, num_items: int, batch_siz
 
         return tf.data.Dataset.from_tensor_slices((starts, sizes)).map(take)
 
-    return dataset.batch(num_items).flat_map(split)
+    # flat_map hides the length; state it so Keras knows the steps per epoch.
+    return dataset.batch(num_items).flat_map(split).apply(tf.data.experimental.assert_cardinality(len(sizes)))
 
 
 def evaluation_pipeline(x, y, preprocessing: ImagePreprocessing, batch_size: int = 256) -> tf.data.Dataset:

@@ -419,6 +419,7 @@ class LossLearningModel(keras.Model):
             callbacks.append(schedule)
         if _is_array(x) and not (validation_split and validation_data is None):
             x, y, sample_weight, batch_size = _singleton_free(x, y, sample_weight, batch_size, shuffle)
+            shuffle = shuffle and _is_array(x)  # a Dataset made here is already shuffled
         try:
             return super().fit(
                 x,
