@@ -180,9 +180,6 @@ class HeadSchedule(keras.callbacks.Callback):
         self.model.loss_weight_scale.assign(1.0 if warmup <= 0 else min(1.0, (epoch + 1) / warmup))
 
 
-_HeadDetachScheduler = HeadSchedule  # the name earlier versions used
-
-
 # What each recipe sets; explicit constructor arguments override it.
 RECIPES = {
     # Yoo & Kweon 2019 and their reference code: joint training, detach after 60 % of training.
