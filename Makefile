@@ -12,7 +12,7 @@ help:
 	@echo "make test      quick test suite (not slow)"
 	@echo "make test-all  every test, slow ones included (CI)"
 	@echo "make demo      the main job on Fashion-MNIST (CPU, a few minutes)"
-	@echo "make lint      ruff"
+	@echo "make lint      ruff, and no function in keras_lossal/ over 60 lines of code"
 	@echo "make bench     speed benchmarks (ratios on stdout; see benchmarks/RESULTS.md)"
 	@echo "make bench-all also Beam and the label-efficiency protocol (about an hour)"
 
@@ -41,6 +41,7 @@ fashion-mnist:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) scripts/check_function_length.py --max 60 keras_lossal
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

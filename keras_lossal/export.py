@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_lossal.acquisition.models import outputs_are_probabilities
+from keras_lossal.images import BMP_MAGIC, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, JPEG_MAGIC, PNG_MAGIC
 from keras_lossal.preprocessing import ImagePreprocessing
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "EXPORT_CONFIG_FILE",
     "WARMUP_FILE",
     "export_for_serving",
-    "image_header_size",
     "read_export_config",
     "resolve_version_dir",
 ]
@@ -50,9 +49,6 @@ __all__ = [
 EXPORT_CONFIG_FILE = "lossal.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
 EXPORT_FORMAT_VERSION = 1
-# 64 megapixels / 32 MiB: far above any labeling image, far below a decompression bomb.
-DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
-DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
 
 TASKS = ("auto", "classification", "other")
 EXAMPLE_ENCODINGS = ("bytes", "float")
@@ -61,10 +57,6 @@ REGRESS_METHOD_NAME = "tensorflow/serving/regress"
 PREDICT_METHOD_NAME = "tensorflow/serving/predict"
 
 _VERSION_PATTERN = re.compile(r"^[0-9]+$")
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_GIF_MAGIC = b"GIF8"
-_BMP_MAGIC = b"BM"
 
 
 # --------------------------------------------------------------------------- versions
@@ -156,66 +148,7 @@ def read_export_config(path: str) -> dict[str, Any]:
         return json.load(handle)
 
 
-# --------------------------------------------------------------------------- image headers
-def image_header_size(data: bytes) -> tuple[str, int, int]:
-    """Reads `(format, height, width)` from an encoded image's header without decoding it.
-
-    Used to refuse decompression bombs before any pixel is decoded.
-
-    Args:
-        data: the encoded file's bytes (the first few KiB suffice, except for
-            JPEG, whose size marker can come after large metadata segments).
-
-    Example:
-
-    >>> import tensorflow as tf
-    >>> image_header_size(tf.io.encode_png(tf.zeros((3, 5, 1), tf.uint8)).numpy())
-    ('png', 3, 5)
-    """
-    if data.startswith(_PNG_MAGIC):
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            raise ValueError("Corrupt PNG: missing IHDR chunk")
-        width, height = struct.unpack(">II", data[16:24])
-        return "png", height, width
-    if data.startswith(_GIF_MAGIC):
-        # A GIF frame may be far larger than the canvas its header declares, and decoders use the frame.
-        raise ValueError(
-            "GIF images are not accepted: their frames can be larger than the header's canvas size, so "
-            "the decompression-bomb guard cannot bound them. Convert them to PNG."
-        )
-    if data.startswith(_BMP_MAGIC):
-        if len(data) < 26:
-            raise ValueError("Corrupt BMP: truncated header")
-        width, height = struct.unpack("<ii", data[18:26])
-        return "bmp", abs(height), abs(width)
-    if data.startswith(_JPEG_MAGIC):
-        return ("jpeg", *_jpeg_size(data))
-    raise ValueError(f"Unsupported image format (expected JPEG, PNG or BMP); first bytes: {data[:8]!r}")
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    position = 2
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            raise ValueError(f"Corrupt JPEG: expected a marker at byte {position}")
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte
-            position += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            position += 2
-            continue
-        (length,) = struct.unpack(">H", data[position + 2 : position + 4])
-        # Start-of-frame markers (baseline, progressive, ...) carry the size; C4/C8/CC do not.
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if position + 9 > len(data):
-                break
-            height, width = struct.unpack(">HH", data[position + 5 : position + 9])
-            return height, width
-        position += 2 + length
-    raise ValueError("Corrupt JPEG: no start-of-frame marker found")
-
-
+# --------------------------------------------------------------------------- image headers, in the graph
 def _graph_image_size(data: tf.Tensor) -> tf.Tensor:
     """`[height, width]` (int64) read from an encoded image's header, in the graph."""
 
@@ -244,9 +177,9 @@ def _graph_image_size(data: tf.Tensor) -> tf.Tensor:
 
     return tf.case(
         [
-            (tf.logical_and(long_enough, magic(_PNG_MAGIC)), png),
-            (tf.logical_and(long_enough, magic(_BMP_MAGIC)), bmp),
-            (magic(_JPEG_MAGIC), jpeg),
+            (tf.logical_and(long_enough, magic(PNG_MAGIC)), png),
+            (tf.logical_and(long_enough, magic(BMP_MAGIC)), bmp),
+            (magic(JPEG_MAGIC), jpeg),
         ],
         default=unknown,
         exclusive=False,
@@ -332,7 +265,7 @@ class _ServingFunctions:
             return tf.io.decode_image(data, channels=channels, dtype=tf.uint8, expand_animations=False)
         # TensorFlow's BMP decoder refuses channels=1: decode BMP as RGB, then convert to grayscale.
         return tf.cond(
-            tf.equal(tf.strings.substr(data, 0, len(_BMP_MAGIC)), _BMP_MAGIC),
+            tf.equal(tf.strings.substr(data, 0, len(BMP_MAGIC)), BMP_MAGIC),
             lambda: tf.image.rgb_to_grayscale(tf.io.decode_bmp(data, channels=3)),
             lambda: tf.io.decode_image(data, channels=1, dtype=tf.uint8, expand_animations=False),
         )

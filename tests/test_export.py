@@ -196,20 +196,6 @@ def test_decompression_bomb_and_corrupt_images_rejected(exported):
         servable.run("score_image_bytes", {"image_bytes": np.array([truncated], object)})
 
 
-def test_image_header_size_reads_every_format():
-    image = random_images(1, seed=6, shape=(7, 5, 3))[0]
-    assert export_lib.image_header_size(png(image)) == ("png", 7, 5)
-    assert export_lib.image_header_size(tf.io.encode_jpeg(image).numpy()) == ("jpeg", 7, 5)
-    assert export_lib.image_header_size(_png_header_only(100_000, 3)) == ("png", 100_000, 3)
-    gif = b"GIF89a" + struct.pack("<HH", 1, 1) + b"\x00" * 20  # a 1x1 canvas says nothing of its frames
-    with pytest.raises(ValueError, match="GIF images are not accepted"):
-        export_lib.image_header_size(gif)
-    bmp = b"BM" + b"\x00" * 16 + struct.pack("<ii", 6, -11) + b"\x00" * 30
-    assert export_lib.image_header_size(bmp) == ("bmp", 11, 6)
-    with pytest.raises(ValueError, match="Unsupported image format"):
-        export_lib.image_header_size(b"RIFF....WEBP")
-
-
 def test_versions_never_overwritten_and_validated(exported, tmp_path):
     model, _, _ = exported
     base = tmp_path / "m"

@@ -27,12 +27,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from keras_lossal.export import (
-    DEFAULT_MAX_IMAGE_BYTES,
-    DEFAULT_MAX_IMAGE_PIXELS,
-    read_export_config,
-    resolve_version_dir,
-)
+from keras_lossal.export import read_export_config, resolve_version_dir
+from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from keras_lossal.serving.readers import (
     IMAGE_EXTENSIONS,
     Item,

@@ -84,7 +84,7 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from keras_lossal.export import DEFAULT_MAX_IMAGE_BYTES
+    from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES
     from keras_lossal.serving import InProcessScorer, ServerScorer, TFServingClient, read_items, triage
     from keras_lossal.serving.triage import ServerUnavailableError
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_lossal.export import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, image_header_size
+from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, image_header_size
 from keras_lossal.serving.client import ServingError
 from keras_lossal.serving.readers import Item
 from keras_lossal.serving.scorers import InvalidInputError
