@@ -2,10 +2,11 @@
 
 TensorFlow prints C++ log lines while its libraries load (absl's pre-initialisation notice, CUDA
 probing, CPU features), some before `TF_CPP_MIN_LOG_LEVEL` is read, so the only way to keep a command
-quiet is to point file descriptor 2 elsewhere during `import tensorflow`. Importing the package imports
-TensorFlow, so `keras_lossal/__init__.py` imports this module first; it acts only when the process is
-the `lossal` command (the console script or `python -m keras_lossal.cli`) without `--verbose`.
-Library users see TensorFlow's output as usual.
+quiet is to point file descriptor 2 elsewhere during `import tensorflow`. `keras_lossal.cli` calls
+`quiet_tensorflow_for_the_command()` once the arguments are parsed (so `lossal --help` never loads
+TensorFlow) and before the subcommand runs; it acts only when the process is the `lossal` command (the
+console script or `python -m keras_lossal.cli`) without `--verbose`. Library users see TensorFlow's
+output as usual.
 """
 
 from __future__ import annotations
@@ -48,6 +49,3 @@ def quiet_tensorflow_for_the_command() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # runtime lines too (e.g. a failed CUDA probe)
     with stderr_silenced():
         import tensorflow  # noqa: F401 - an import error is raised after stderr is restored
-
-
-quiet_tensorflow_for_the_command()

@@ -5,7 +5,9 @@ Each subcommand lives in `keras_lossal/commands/<name>.py` and provides
 `func(args) -> int` as the parser default.
 
 TensorFlow's log lines stay off stderr unless `--verbose` is given (anywhere
-on the command line); see `keras_lossal/_tensorflow_logs.py`.
+on the command line); see `keras_lossal/_tensorflow_logs.py`. Subcommand
+modules import nothing heavy at module level, so `lossal --help` starts
+without TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import importlib
 import os
 import sys
 
-from keras_lossal._tensorflow_logs import VERBOSE_FLAG
+from keras_lossal._tensorflow_logs import VERBOSE_FLAG, quiet_tensorflow_for_the_command
 
 # Subcommand modules, in the order `lossal --help` lists them.
 COMMANDS = ("run", "report", "plot", "triage", "beam_score")
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    quiet_tensorflow_for_the_command()
     return int(args.func(args) or 0)
 
 
