@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -17,6 +17,16 @@ from keras_lossal.head import LossPredictionHead
 __all__ = ["LossLearningModel", "HeadSchedule", "RECIPES", "resolve_feature_layers"]
 
 _NON_SPATIAL_TAPS = 3
+
+
+class JointLoss(NamedTuple):
+    """One batch's joint loss, as `LossLearningModel.joint_loss` returns it."""
+
+    total: Any
+    task_loss: Any
+    prediction_loss: Any
+    ranking_accuracy: Any  # per pair; the logged metric is its mean
+    batch_size: Any
 
 
 def _distribution_replicas() -> int:
@@ -280,11 +290,6 @@ class LossLearningModel(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if recipe not in RECIPES:
-            raise ValueError(f"Expected recipe in {sorted(RECIPES)}. Received: recipe={recipe!r}")
-        options = dict(RECIPES[recipe])
-        if detach_after_epoch is not None:
-            options["detach_after_fraction"] = None  # an explicit epoch replaces the recipe's fraction
         given = {
             "loss_weight": loss_weight,
             "margin": margin,
@@ -294,8 +299,7 @@ class LossLearningModel(keras.Model):
             "loss_weight_warmup_epochs": loss_weight_warmup_epochs,
             "normalize_head_inputs": normalize_head_inputs,
         }
-        options.update({key: value for key, value in given.items() if value is not None})
-        _check_options(objective, detach_after_epoch, options)
+        options = _recipe_options(recipe, objective, detach_after_epoch, given)
         self.recipe = recipe
         self.backbone = backbone
         self.feature_layers = resolve_feature_layers(backbone, feature_layers)
@@ -315,14 +319,8 @@ class LossLearningModel(keras.Model):
         self.loss_weight_warmup_epochs = int(options["loss_weight_warmup_epochs"])
         self.objective = objective
 
-        taps = [backbone.get_layer(name).output for name in self.feature_layers]
-        output_structure, self.output_names = _output_structure(backbone)
-        # Not tracked as a layer: it shares every weight with `backbone` and is rebuilt from config.
-        object.__setattr__(
-            self, "_tapped", keras.Model(backbone.inputs, [output_structure, taps], name=f"{backbone.name}_tapped")
-        )
-        self.head(taps)
-        # A variable, not a Python flag, so the compiled step sees changes without retracing.
+        self._connect_head()
+        # Variables, not Python flags, so the compiled step sees schedule changes without retracing.
         self.head_detached = self.add_weight(
             shape=(), initializer="zeros", trainable=False, name="head_detached", dtype="float32"
         )
@@ -334,6 +332,17 @@ class LossLearningModel(keras.Model):
         self.ranking_accuracy_tracker = keras.metrics.Mean(name="ranking_accuracy")
         self._task_loss: losses_lib.TaskLoss | None = None
         self.built = True
+
+    def _connect_head(self) -> None:
+        """Builds the tapped view of the backbone (output + feature maps) and the head on its taps."""
+        backbone = self.backbone
+        taps = [backbone.get_layer(name).output for name in self.feature_layers]
+        output_structure, self.output_names = _output_structure(backbone)
+        # Not tracked as a layer: it shares every weight with `backbone` and is rebuilt from config.
+        object.__setattr__(
+            self, "_tapped", keras.Model(backbone.inputs, [output_structure, taps], name=f"{backbone.name}_tapped")
+        )
+        self.head(taps)
 
     # ----------------------------------------------------------------- forward
     def call(self, inputs, training=None):
@@ -364,9 +373,15 @@ class LossLearningModel(keras.Model):
         for multi-output backbones, weighted by `loss_weights`.
         """
         self._task_loss = losses_lib.TaskLoss(loss, loss_weights, self.output_names)
-        super().compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, metrics=metrics, **kwargs)
-        # The joint loss is computed in train_step; Keras' own compiled loss is never used.
-        self._compile_loss = None
+        self._task_loss_config = {"loss": loss, "loss_weights": loss_weights}
+        # `compute_loss` computes the joint loss, so Keras gets no loss of its own to build.
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None and self._task_loss is not None:
+            config.update(keras.saving.serialize_keras_object(self._task_loss_config))
+        return config
 
     def compile_from_config(self, config):
         config = keras.saving.deserialize_keras_object(config)
@@ -460,10 +475,16 @@ class LossLearningModel(keras.Model):
             return list(sample_weight)
         return [sample_weight] * len(self.output_names)
 
-    def _joint_loss(self, x, y, sample_weight, training: bool):
+    def joint_loss(self, y, predictions, sample_weight=None) -> JointLoss:
+        """The task loss, the loss-prediction loss and their weighted sum for one batch.
+
+        Args:
+            y: the task targets (a structure like the backbone's outputs).
+            predictions: this model's outputs on the batch, `{"output", "predicted_loss"}`.
+            sample_weight: optional task sample weights (the ranking target stays unweighted).
+        """
         if self._task_loss is None:
             raise RuntimeError("LossLearningModel must be compiled with a task `loss` before training.")
-        predictions = self(x, training=training)
         flat_outputs = keras.tree.flatten(predictions["output"])
         per_sample, weighted = self._task_loss(
             self._flat_targets(y), flat_outputs, self._flat_sample_weights(sample_weight)
@@ -481,37 +502,21 @@ class LossLearningModel(keras.Model):
         if self.losses:
             total = total + ops.cast(ops.sum([ops.sum(item) for item in self.losses]), "float32")
         accuracy = losses_lib.ranking_accuracy(predictions["predicted_loss"], target)
-        return predictions, total, task_loss, prediction_loss, accuracy, batch_size
+        return JointLoss(total, task_loss, prediction_loss, accuracy, batch_size)
 
-    def _track(self, total, task_loss, prediction_loss, accuracy, batch_size):
-        self._loss_tracker.update_state(total, sample_weight=batch_size)
-        self.task_loss_tracker.update_state(task_loss, sample_weight=batch_size)
-        self.loss_prediction_tracker.update_state(prediction_loss, sample_weight=batch_size)
-        self.ranking_accuracy_tracker.update_state(accuracy)
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Keras' loss hook: the joint loss, tracked term by term, scaled for the replicas in sync."""
+        joint = self.joint_loss(y, y_pred, sample_weight)
+        self.task_loss_tracker.update_state(joint.task_loss, sample_weight=joint.batch_size)
+        self.loss_prediction_tracker.update_state(joint.prediction_loss, sample_weight=joint.batch_size)
+        self.ranking_accuracy_tracker.update_state(joint.ranking_accuracy)
+        # Gradients are summed over replicas, so each replica contributes its share.
+        return joint.total / _distribution_replicas()
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x = _after_finite_check(x, y)
-        with tf.GradientTape() as tape:
-            predictions, total, task_loss, prediction_loss, accuracy, batch_size = self._joint_loss(
-                x, y, sample_weight, training=True
-            )
-            # Gradients are summed over replicas, so each replica contributes its share.
-            replica_loss = total / _distribution_replicas()
-            scaled_loss = self.optimizer.scale_loss(replica_loss)
-        trainable = self.trainable_weights
-        gradients = tape.gradient(scaled_loss, trainable)
-        self.optimizer.apply_gradients(zip(gradients, trainable))
-        self._track(total, task_loss, prediction_loss, accuracy, batch_size)
-        return self.compute_metrics(x, y, predictions, sample_weight=sample_weight)
-
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        predictions, total, task_loss, prediction_loss, accuracy, batch_size = self._joint_loss(
-            x, y, sample_weight, training=False
-        )
-        self._track(total, task_loss, prediction_loss, accuracy, batch_size)
-        return self.compute_metrics(x, y, predictions, sample_weight=sample_weight)
+        # Checked before the forward pass, so NaN/inf reaches neither the weights nor BatchNorm statistics.
+        return super().train_step((_after_finite_check(x, y), y, sample_weight))
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if isinstance(y_pred, dict) and set(y_pred) == {"output", "predicted_loss"}:
@@ -546,6 +551,18 @@ class LossLearningModel(keras.Model):
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"], custom_objects=custom_objects)
         config["head"] = keras.saving.deserialize_keras_object(config["head"], custom_objects=custom_objects)
         return cls(**config)
+
+
+def _recipe_options(recipe: str, objective: str, detach_after_epoch, given: dict) -> dict:
+    """The recipe's head options, overridden by every option given explicitly, validated."""
+    if recipe not in RECIPES:
+        raise ValueError(f"Expected recipe in {sorted(RECIPES)}. Received: recipe={recipe!r}")
+    options = dict(RECIPES[recipe])
+    if detach_after_epoch is not None:
+        options["detach_after_fraction"] = None  # an explicit epoch replaces the recipe's fraction
+    options.update({key: value for key, value in given.items() if value is not None})
+    _check_options(objective, detach_after_epoch, options)
+    return options
 
 
 def _check_options(objective: str, detach_after_epoch, options: dict) -> None:

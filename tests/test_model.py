@@ -382,6 +382,37 @@ def test_mirrored_strategy_matches_single_replica_update(tmp_path):
 
 
 # ------------------------------------------------------------------ saving
+def test_joint_loss_names_each_term_and_metrics_are_listed_once():
+    x, y = classification_data(32)
+    model = kl.LossLearningModel(small_cnn(), loss_weight=0.5, margin=1.0, recipe="paper")
+    model.compile("sgd", sparse_ce(), metrics=["accuracy"])
+    joint = model.joint_loss(y, model(x, training=False))
+    assert isinstance(joint, kl.model.JointLoss)
+    assert float(joint.total) == pytest.approx(float(joint.task_loss) + 0.5 * float(joint.prediction_loss), rel=1e-6)
+    assert float(joint.batch_size) == 32 and 0.0 <= float(np.mean(joint.ranking_accuracy)) <= 1.0
+    values = model.evaluate(x, y, batch_size=32, verbose=0)
+    names = model.metrics_names
+    assert len(names) == len(set(names)) == len(values)
+    logs = dict(zip(names, values))
+    assert logs["loss"] == pytest.approx(float(joint.total), rel=1e-5)
+    assert logs["task_loss"] == pytest.approx(float(joint.task_loss), rel=1e-5)
+
+
+def test_compile_config_carries_the_task_loss_and_weights(tmp_path):
+    x, y = classification_data(32)
+    model = kl.LossLearningModel(small_cnn(), recipe="paper")
+    model.compile("sgd", sparse_ce(), loss_weights=[2.0], metrics=["accuracy"])
+    before = model.evaluate(x, y, batch_size=32, return_dict=True, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    after = loaded.evaluate(x, y, batch_size=32, return_dict=True, verbose=0)
+    assert after["task_loss"] == pytest.approx(before["task_loss"], rel=1e-6)
+    loaded.compile("sgd", sparse_ce())
+    unweighted = loaded.evaluate(x, y, batch_size=32, return_dict=True, verbose=0)
+    assert before["task_loss"] == pytest.approx(2.0 * unweighted["task_loss"], rel=1e-5)  # the weight survived
+
+
 def test_save_load_round_trip(tmp_path):
     x, y = classification_data(32)
     model = kl.LossLearningModel(small_cnn(), loss_weight=0.3, margin=0.5, detach_after_epoch=4)
