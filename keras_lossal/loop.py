@@ -3,18 +3,18 @@
 Every random choice of cycle `c` is seeded from `(seed, c)` alone, and the loop
 writes its whole state (labeled indices in labeling order, per-cycle metrics,
 config) atomically after each cycle, together with the weights a warm start
-needs. A run killed at any point resumes from the last finished cycle and ends
-with exactly the labeled sets of an uninterrupted run.
+needs (`keras_lossal.loop_state`). A run killed at any point resumes from the
+last finished cycle and ends with exactly the labeled sets of an uninterrupted
+run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
-import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -22,16 +22,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_lossal import acquisition
 from keras_lossal import data as data_lib
+from keras_lossal.loop_state import STATE_FILE, RunDirectory, jsonable, load_weights, write_json_atomic
 from keras_lossal.preprocessing import ImagePreprocessing, infer_preprocessing
 
-__all__ = ["ActiveLearningLoop", "LoopResult", "cycle_seed", "write_json_atomic", "STATE_FILE"]
+__all__ = ["ActiveLearningLoop", "LoopConfig", "LoopResult", "cycle_seed", "write_json_atomic", "STATE_FILE"]
 
-STATE_FILE = "state.json"
-STATE_VERSION = 1
-_WEIGHTS_DIR = "weights"
 # The `purpose` part of cycle seeds: one independent stream per random thing in a cycle.
 _PURPOSE_MODEL, _PURPOSE_SHUFFLE, _PURPOSE_SUBSET, _PURPOSE_STRATEGY, _PURPOSE_INITIAL = range(5)
+# `fit` arguments the loop sets itself.
+_RESERVED_FIT_ARGUMENTS = ("x", "y", "epochs", "batch_size", "validation_split", "shuffle")
 
 
 def cycle_seed(seed: int, cycle: int, purpose: int = 0) -> int:
@@ -46,33 +47,112 @@ def cycle_seed(seed: int, cycle: int, purpose: int = 0) -> int:
     return int(sequence.generate_state(1)[0] % (2**31 - 1))
 
 
-def write_json_atomic(path: str, payload: dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".state-", suffix=".tmp")
+def _is_integer(value) -> bool:
+    """Whether `value` is an integer or an integral float (`10.0`), as a size or a count may be given."""
     try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=1)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+        return int(value) == value
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """The settings of an active-learning protocol, validated when built.
+
+    Shared by `ActiveLearningLoop` and `keras_lossal.experiment.run_experiment`.
+    Integral floats (`10.0`) are accepted and stored as integers.
+
+    Args:
+        initial_size: number of randomly chosen items labeled before cycle 0.
+        query_size: K, items labeled per cycle.
+        subset_size: M, size of the random unlabeled subset scored per cycle
+            (`None` scores the whole unlabeled pool); at least `query_size`.
+        cycles: number of train/evaluate rounds; the final labeled set has
+            `initial_size + (cycles - 1) * query_size` items (`final_size`).
+        epochs: training epochs per cycle.
+        batch_size: training batch size.
+        augment: apply the paper's flip + pad-crop augmentation when training.
+        warm_start: start each cycle from the previous cycle's weights.
+        seed: the run's seed.
+        score_batch_size: batch size for scoring and evaluation.
+        verbose: 0 silent, 1 one line per cycle, 2 also progress bars for training and scoring.
+
+    Example:
+
+    >>> LoopConfig(initial_size=1000, query_size=1000, cycles=10).final_size
+    10000
+    >>> LoopConfig(initial_size=100, query_size=50, subset_size=20)
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected subset_size >= query_size (50) or None. Received: subset_size=20
+    """
+
+    initial_size: int
+    query_size: int
+    subset_size: int | None = None
+    cycles: int = 10
+    epochs: int = 1
+    batch_size: int = 128
+    augment: bool = False
+    warm_start: bool = True
+    seed: int = 0
+    score_batch_size: int = 512
+    verbose: int = 1
+
+    def __post_init__(self):
+        lowest = {"initial_size": 1, "query_size": 1, "cycles": 1, "epochs": 0, "batch_size": 1, "seed": 0}
+        lowest.update(score_batch_size=1, verbose=0)
+        for name, low in lowest.items():
+            value = getattr(self, name)
+            if not _is_integer(value) or value < low:
+                raise ValueError(f"Expected `{name}` to be an integer >= {low}. Received: {name}={value!r}")
+            object.__setattr__(self, name, int(value))
+        subset_size = self.subset_size
+        if subset_size is not None:
+            if not _is_integer(subset_size) or subset_size < self.query_size:
+                raise ValueError(
+                    f"Expected subset_size >= query_size ({self.query_size}) or None. Received: subset_size={subset_size}"
+                )
+            object.__setattr__(self, "subset_size", int(subset_size))
+        object.__setattr__(self, "augment", bool(self.augment))
+        object.__setattr__(self, "warm_start", bool(self.warm_start))
+
+    @property
+    def final_size(self) -> int:
+        """How many items are labeled after the last cycle."""
+        return self.initial_size + (self.cycles - 1) * self.query_size
+
+    def check_pool(self, pool_size: int) -> None:
+        """Raises `ValueError` when the pool cannot supply `final_size` labels."""
+        if self.final_size > pool_size:
+            raise ValueError(
+                f"Expected initial_size + (cycles - 1) * query_size <= pool size {pool_size} (finite items). Received: "
+                f"initial_size={self.initial_size}, query_size={self.query_size}, cycles={self.cycles} -> "
+                f"{self.final_size} labels"
+            )
+
+    @classmethod
+    def from_arguments(cls, config: LoopConfig | None, **settings) -> LoopConfig:
+        """`config` itself, or a `LoopConfig` of `settings` when `config` is `None`.
+
+        `settings` are `ActiveLearningLoop`'s keyword arguments; with a `config`
+        they must be left at their defaults (`None` for the sizes).
+        """
+        if config is None:
+            return cls(**settings)
+        if not isinstance(config, LoopConfig):
+            raise TypeError(f"Expected `config` to be a LoopConfig or None. Received: config={config!r}")
+        defaults = {
+            field.name: None if field.default is dataclasses.MISSING else field.default
+            for field in dataclasses.fields(cls)
+        }
+        given = {name: value for name, value in settings.items() if value != defaults[name]}
+        if given:
+            raise ValueError(
+                f"Expected either `config` or the loop settings as arguments, not both. Received: config={config} "
+                f"and {given}"
+            )
+        return config
 
 
 @dataclasses.dataclass
@@ -143,32 +223,29 @@ class ActiveLearningLoop:
             model's output (checked before the first cycle trains).
         test_data: `(x, y)` arrays or a `tf.data.Dataset`, like `train_data`.
         strategy: an acquisition strategy name (`keras_lossal.acquisition.get`)
-            or any object with `select(model, pool, k, ...)` returning an object
-            with `indices` (positions in `pool`, best first).
-        initial_size: number of randomly chosen items labeled before cycle 0.
-        query_size: K, items labeled per cycle.
-        subset_size: M, size of the random unlabeled subset scored per cycle
-            (`None` scores the whole unlabeled pool).
-        cycles: number of train/evaluate rounds.
-        epochs: training epochs per cycle.
-        batch_size: training batch size.
+            or a `keras_lossal.acquisition.Strategy`; its `select` is called with
+            the arguments of `Strategy.select`, `labeled` included (the labeled
+            items, preprocessed). Any other object with `select(model, pool, k,
+            subset_size, seed, batch_size)` still works, without `verbose` and
+            `labeled`, and draws a `DeprecationWarning`.
+        initial_size, query_size, subset_size, cycles, epochs, batch_size,
+        augment, warm_start, seed, score_batch_size, verbose: the protocol's
+            settings, validated by `LoopConfig` (see there); or pass them all as
+            `config=`.
         preprocessing: the `ImagePreprocessing` turning raw images into model
             input; default `infer_preprocessing(x)`: uint8 pixels divided by 255,
             float inputs unchanged (the first log line says which). Recorded
             in the state.
-        augment: apply the paper's flip + pad-crop augmentation when training.
-        warm_start: start each cycle from the previous cycle's weights.
-        seed: the run's seed.
         work_dir: where state and warm-start weights live; `None` keeps
             nothing on disk (no resume).
         fit_kwargs: extra `fit` arguments (e.g. `callbacks` for a learning-rate
             schedule); callbacks must be stateless across cycles.
-        score_batch_size: batch size for scoring and evaluation.
-        verbose: 0 silent, 1 one line per cycle, 2 also progress bars for training and scoring.
         tags: JSON-serialisable facts the loop cannot see (e.g. the model's settings), recorded
             in the config so a resume with different ones is refused.
         label: the run's name in log lines (default: the strategy's name), to tell variants of
             one strategy apart (e.g. `"random+head"`); not part of the config.
+        config: a `LoopConfig` with the protocol's settings, instead of passing
+            them one by one (then leave those keyword arguments unset).
 
     Example:
 
@@ -191,8 +268,8 @@ class ActiveLearningLoop:
         train_data,
         test_data,
         strategy: Any,
-        initial_size: int,
-        query_size: int,
+        initial_size: int | None = None,
+        query_size: int | None = None,
         subset_size: int | None = None,
         cycles: int = 10,
         epochs: int = 1,
@@ -207,6 +284,7 @@ class ActiveLearningLoop:
         verbose: int = 1,
         tags: dict | None = None,
         label: str | None = None,
+        config: LoopConfig | None = None,
     ):
         if not callable(model_factory):
             raise TypeError(
@@ -215,90 +293,67 @@ class ActiveLearningLoop:
         self.model_factory = model_factory
         self.x_train, self.y_train = _materialise(train_data, "train_data")
         self.x_test, self.y_test = _materialise(test_data, "test_data")
+        _check_finite_test_images(self.x_test)
         # Items with NaN/inf features are never labeled (not in the initial set, never scored).
         self.finite_pool = _finite_items(self.x_train)
-        if not _finite_items(self.x_test).all():
-            bad = np.flatnonzero(~_finite_items(self.x_test))
-            raise ValueError(
-                f"Expected finite test_data images. Received: {len(bad)} of {len(self.x_test)} with NaN/inf values "
-                f"(first indices {bad[:10].tolist()}); the test metrics would be NaN"
-            )
-        pool_size = int(self.finite_pool.sum())
-        for name, value, low in (
-            ("initial_size", initial_size, 1),
-            ("query_size", query_size, 1),
-            ("cycles", cycles, 1),
-            ("epochs", epochs, 0),
-            ("batch_size", batch_size, 1),
-        ):
-            if int(value) != value or value < low:
-                raise ValueError(f"Expected `{name}` to be an integer >= {low}. Received: {name}={value!r}")
-        final_size = initial_size + (cycles - 1) * query_size
-        if final_size > pool_size:
-            raise ValueError(
-                f"Expected initial_size + (cycles - 1) * query_size <= pool size {pool_size} (finite items). Received: "
-                f"initial_size={initial_size}, query_size={query_size}, cycles={cycles} -> {final_size} labels"
-            )
-        if subset_size is not None and subset_size < query_size:
-            raise ValueError(
-                f"Expected subset_size >= query_size ({query_size}) or None. Received: subset_size={subset_size}"
-            )
-        if isinstance(strategy, str):
-            from keras_lossal import acquisition
-
-            self.strategy_name = strategy
-            strategy = acquisition.get(strategy)
-        else:
-            if not callable(getattr(strategy, "select", None)):
-                raise TypeError(f"Expected a strategy name or an object with `.select(...)`. Received: {strategy!r}")
-            self.strategy_name = getattr(strategy, "name", type(strategy).__name__)
-        self.strategy = strategy
-        self.initial_size = int(initial_size)
-        self.query_size = int(query_size)
-        self.subset_size = None if subset_size is None else int(subset_size)
-        self.cycles = int(cycles)
-        self.epochs = int(epochs)
-        self.batch_size = int(batch_size)
-        self.preprocessing_note = None
-        if preprocessing is None:
-            if self.x_test.dtype != self.x_train.dtype:
-                raise ValueError(
-                    "Expected train and test images of one dtype to infer their preprocessing (or pass "
-                    f"preprocessing=). Received {self.x_train.dtype} and {self.x_test.dtype}"
-                )
-            preprocessing = infer_preprocessing(self.x_train, "train_data")
-            self.preprocessing_note = (
-                f"preprocessing inferred from {self.x_train.dtype} images: {preprocessing.describe()}"
-            )
-        self.preprocessing = preprocessing
-        self.augment = bool(augment)
-        self.warm_start = bool(warm_start)
-        self.seed = int(seed)
+        self.loop_config = LoopConfig.from_arguments(
+            config,
+            initial_size=initial_size,
+            query_size=query_size,
+            subset_size=subset_size,
+            cycles=cycles,
+            epochs=epochs,
+            batch_size=batch_size,
+            augment=augment,
+            warm_start=warm_start,
+            seed=seed,
+            score_batch_size=score_batch_size,
+            verbose=verbose,
+        )
+        self.loop_config.check_pool(int(self.finite_pool.sum()))
+        self.strategy, self.strategy_name = _resolve_strategy(strategy)
+        self.preprocessing, self.preprocessing_note = self._resolve_preprocessing(preprocessing)
         self.work_dir = work_dir
-        self.fit_kwargs = dict(fit_kwargs or {})
-        for reserved in ("x", "y", "epochs", "batch_size", "validation_split", "shuffle"):
-            if reserved in self.fit_kwargs:
-                raise ValueError(f"`fit_kwargs` must not set {reserved!r}; the loop controls it.")
-        self.score_batch_size = int(score_batch_size)
-        self.verbose = int(verbose)
-        self.tags = _jsonable(dict(tags or {}))
+        self.run_directory = None if work_dir is None else RunDirectory(work_dir)
+        self.fit_kwargs = _check_fit_kwargs(fit_kwargs)
+        self.tags = jsonable(dict(tags or {}))
         self.label = str(label) if label is not None else self.strategy_name
         self.model: keras.Model | None = None
+
+    def __getattr__(self, name: str):
+        # The settings stay readable as attributes (`loop.seed`, `loop.cycles`), as before `LoopConfig`.
+        config = self.__dict__.get("loop_config")
+        if config is not None and name in _CONFIG_FIELDS:
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _resolve_preprocessing(self, preprocessing: ImagePreprocessing | None) -> tuple[ImagePreprocessing, str | None]:
+        """The given preprocessing, or the one the images' dtype implies and the note saying so."""
+        if preprocessing is not None:
+            return preprocessing, None
+        if self.x_test.dtype != self.x_train.dtype:
+            raise ValueError(
+                "Expected train and test images of one dtype to infer their preprocessing (or pass "
+                f"preprocessing=). Received {self.x_train.dtype} and {self.x_test.dtype}"
+            )
+        inferred = infer_preprocessing(self.x_train, "train_data")
+        return inferred, f"preprocessing inferred from {self.x_train.dtype} images: {inferred.describe()}"
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict:
         """The run's configuration as recorded in the state (checked on resume)."""
+        settings = self.loop_config
         return {
             "strategy": self.strategy_name,
-            "initial_size": self.initial_size,
-            "query_size": self.query_size,
-            "subset_size": self.subset_size,
-            "cycles": self.cycles,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "augment": self.augment,
-            "warm_start": self.warm_start,
-            "seed": self.seed,
+            "initial_size": settings.initial_size,
+            "query_size": settings.query_size,
+            "subset_size": settings.subset_size,
+            "cycles": settings.cycles,
+            "epochs": settings.epochs,
+            "batch_size": settings.batch_size,
+            "augment": settings.augment,
+            "warm_start": settings.warm_start,
+            "seed": settings.seed,
             "pool_size": int(len(self.x_train)),
             "test_size": int(len(self.x_test)),
             "preprocessing": self.preprocessing.get_config(),
@@ -307,76 +362,14 @@ class ActiveLearningLoop:
 
     def initial_indices(self) -> np.ndarray:
         """The `initial_size` random pool indices labeled before cycle 0 (seeded)."""
-        rng = np.random.default_rng(cycle_seed(self.seed, 0, _PURPOSE_INITIAL))
+        rng = np.random.default_rng(cycle_seed(self.loop_config.seed, 0, _PURPOSE_INITIAL))
         order = rng.permutation(len(self.x_train))
-        return order[self.finite_pool[order]][: self.initial_size]
-
-    # ------------------------------------------------------------------- state
-    def _state_path(self) -> str | None:
-        return None if self.work_dir is None else os.path.join(self.work_dir, STATE_FILE)
+        return order[self.finite_pool[order]][: self.loop_config.initial_size]
 
     def check_resumable(self) -> None:
         """Raises `ValueError` if `work_dir` holds a run with a different configuration."""
-        self._load_state()
-
-    def _load_state(self) -> dict | None:
-        path = self._state_path()
-        if path is None or not os.path.exists(path):
-            return None
-        with open(path) as stream:
-            state = json.load(stream)
-        recorded = state.get("config", {})
-        mismatched = {
-            key: (recorded.get(key), value)
-            for key, value in self.config().items()
-            if recorded.get(key) != _jsonable(value)
-        }
-        if mismatched:
-            raise ValueError(
-                f"{path} was written by a run with a different configuration; refusing to resume. "
-                f"Differences (recorded, requested): {mismatched}. Use another work_dir or delete it."
-            )
-        return state
-
-    def _save_state(self, cycles: list[dict], labeled: list[int], weights: str | None, finished: bool) -> None:
-        path = self._state_path()
-        if path is None:
-            return
-        state = {
-            "version": STATE_VERSION,
-            "config": _jsonable(self.config()),
-            "finished": finished,
-            # Every random draw of cycle c comes from cycle_seed(seed, c, ...), so this is the RNG state.
-            "rng": {
-                "seed": self.seed,
-                "next_cycle": len(cycles),
-                "derivation": "numpy.SeedSequence([seed, cycle, purpose])",
-            },
-            "labeled_indices": [int(index) for index in labeled],
-            "cycles": _jsonable(cycles),
-            "weights": weights,
-        }
-        write_json_atomic(path, state)
-
-    def _save_weights(self, model: keras.Model, cycle: int) -> str | None:
-        if self.work_dir is None or not self.warm_start:
-            return None
-        directory = os.path.join(self.work_dir, _WEIGHTS_DIR)
-        os.makedirs(directory, exist_ok=True)
-        name = f"cycle_{cycle:03d}.weights.npz"
-        temporary = os.path.join(directory, f".{name}.tmp.npz")
-        # Model weights only: a warm start carries weights over with a fresh optimizer, as the reference code.
-        np.savez(temporary, *model.get_weights())
-        os.replace(temporary, os.path.join(directory, name))
-        return os.path.join(_WEIGHTS_DIR, name)
-
-    def _prune_weights(self, keep: str | None) -> None:
-        directory = os.path.join(self.work_dir or "", _WEIGHTS_DIR)
-        if self.work_dir is None or not os.path.isdir(directory):
-            return
-        for name in os.listdir(directory):
-            if keep is None or os.path.join(_WEIGHTS_DIR, name) != keep:
-                os.remove(os.path.join(directory, name))
+        if self.run_directory is not None:
+            self.run_directory.load(self.config())
 
     # --------------------------------------------------------------------- run
     def run(self, callbacks: list | None = None) -> LoopResult:
@@ -387,97 +380,164 @@ class ActiveLearningLoop:
                 hooks, called after a cycle's state is saved (used for progress
                 output and, in tests, to interrupt a run).
         """
-        if self.work_dir is not None:
-            os.makedirs(self.work_dir, exist_ok=True)
-        state = self._load_state()
-        if state is not None:
-            records = list(state["cycles"])
-            labeled = list(state["labeled_indices"])
-            weights = state.get("weights")
-            if self.verbose and records and not state.get("finished"):
-                print(f"{self._prefix()} resuming after cycle {len(records) - 1}", flush=True)
-        else:
-            records, labeled, weights = [], [int(i) for i in self.initial_indices()], None
-        is_labeled = np.zeros(len(self.x_train), dtype=bool)
-        is_labeled[labeled] = True
-        previous_weights = None if weights is None else os.path.join(self.work_dir, weights)
-
-        if self.verbose and self.preprocessing_note and len(records) < self.cycles:
-            print(f"{self._prefix()} {self.preprocessing_note}", flush=True)
-        skipped = int(np.sum(~self.finite_pool))
-        if self.verbose and skipped and len(records) < self.cycles:
-            print(f"{self._prefix()} {skipped} pool items have NaN/inf values; they are never labeled", flush=True)
-        for cycle in range(len(records), self.cycles):
-            keras.utils.set_random_seed(cycle_seed(self.seed, cycle, _PURPOSE_MODEL))
-            model = self.model_factory()
-            self._check_labels(model)  # every cycle, so a resumed run builds its models like an uninterrupted one
-            if self.warm_start and previous_weights is not None:
-                _load_weights(model, previous_weights)
-            elif self.warm_start and self.model is not None:
-                model.set_weights(self.model.get_weights())
-            record = {"cycle": cycle, "num_labeled": len(labeled)}
-
-            labeled_array = np.asarray(labeled, dtype=np.int64)
-            train = data_lib.training_pipeline(
-                self.x_train[labeled_array],
-                self.y_train[labeled_array],
-                self.preprocessing,
-                batch_size=self.batch_size,
-                augment=self.augment,
-                seed=cycle_seed(self.seed, cycle, _PURPOSE_SHUFFLE),
-            )
-            start = time.perf_counter()
-            # The pipeline already shuffles, reproducibly from the cycle seed.
-            history = model.fit(
-                train, epochs=self.epochs, shuffle=False, verbose=1 if self.verbose >= 2 else 0, **self.fit_kwargs
-            )
-            record["train_seconds"] = time.perf_counter() - start
-            for key, values in history.history.items():
-                if values:
-                    record[f"train_{key}"] = float(values[-1])
-            if getattr(model, "head_detached", None) is not None:
-                record["head_detached"] = float(keras.ops.convert_to_numpy(model.head_detached))
-
-            test = data_lib.evaluation_pipeline(self.x_test, self.y_test, self.preprocessing, self.score_batch_size)
-            metrics = model.evaluate(test, verbose=0, return_dict=True)
-            record.update({key: float(value) for key, value in metrics.items()})
-
-            if cycle < self.cycles - 1:
-                start = time.perf_counter()
-                chosen = self._acquire(model, is_labeled, cycle)
-                record["acquisition_seconds"] = time.perf_counter() - start
-                is_labeled[chosen] = True
-                labeled.extend(int(index) for index in chosen)
-                record["selected"] = [int(index) for index in chosen]
-                selected_labels = np.bincount(self.y_train[chosen], minlength=int(self.y_train.max()) + 1)
-                record["selected_class_counts"] = selected_labels.tolist()
-
-            self.model = model
-            new_weights = self._save_weights(model, cycle)
-            self._save_state(records + [record], labeled, new_weights, finished=cycle == self.cycles - 1)
-            self._prune_weights(new_weights)
-            records.append(record)
-            previous_weights = None if new_weights is None else os.path.join(self.work_dir, new_weights)
-            if self.verbose:
-                print(
-                    f"{self._prefix()} cycle {cycle}: {record['num_labeled']} labels, "
-                    f"test {_comparable_metrics(record)}, train {record['train_seconds']:.1f}s",
-                    flush=True,
-                )
+        progress = self._resume()
+        self._announce(progress)
+        last = self.loop_config.cycles - 1
+        for cycle in range(len(progress.records), last + 1):
+            model = self._cycle_model(cycle, progress)
+            record = {"cycle": cycle, "num_labeled": len(progress.labeled)}
+            record.update(self._train(model, progress.labeled, cycle))
+            record.update(self._evaluate(model))
+            if cycle < last:
+                record.update(self._acquire(model, progress, cycle))
+            self._save_cycle(model, record, progress, finished=cycle == last)
+            self._log_cycle(record)
             for callback in callbacks or []:
                 hook = getattr(callback, "on_cycle_end", None)
                 if hook is not None:
                     hook(cycle, record, self)
+        return self._result(progress)
 
-        if self.model is None and self.warm_start and previous_weights is not None and os.path.exists(previous_weights):
-            # A finished run loaded from disk: rebuild its last model for the caller (if its weights were kept;
-            # a results archive may hold only the states, and then `LoopResult.model` is None).
+    def _resume(self) -> _Progress:
+        """The progress recorded in `work_dir` (refusing a different configuration), or a fresh start."""
+        if self.run_directory is None:
+            return _Progress([], self.initial_indices(), len(self.x_train), None)
+        os.makedirs(self.run_directory.path, exist_ok=True)
+        state = self.run_directory.load(self.config())
+        if state is None:
+            return _Progress([], self.initial_indices(), len(self.x_train), None)
+        if self.loop_config.verbose and state["cycles"] and not state.get("finished"):
+            print(f"{self._prefix()} resuming after cycle {len(state['cycles']) - 1}", flush=True)
+        weights = self.run_directory.weights_path(state.get("weights"))
+        return _Progress(state["cycles"], state["labeled_indices"], len(self.x_train), weights)
+
+    def _announce(self, progress: _Progress) -> None:
+        """Says, before training, what the loop decided for the caller: the preprocessing, skipped items."""
+        if not self.loop_config.verbose or len(progress.records) >= self.loop_config.cycles:
+            return
+        if self.preprocessing_note:
+            print(f"{self._prefix()} {self.preprocessing_note}", flush=True)
+        skipped = int(np.sum(~self.finite_pool))
+        if skipped:
+            print(f"{self._prefix()} {skipped} pool items have NaN/inf values; they are never labeled", flush=True)
+
+    def _cycle_model(self, cycle: int, progress: _Progress) -> keras.Model:
+        """A fresh model from the factory, seeded by the cycle, warm-started when the settings say so."""
+        keras.utils.set_random_seed(cycle_seed(self.loop_config.seed, cycle, _PURPOSE_MODEL))
+        model = self.model_factory()
+        self._check_labels(model)  # every cycle, so a resumed run builds its models like an uninterrupted one
+        if self.loop_config.warm_start and progress.weights is not None:
+            load_weights(model, progress.weights)
+        elif self.loop_config.warm_start and self.model is not None:
+            model.set_weights(self.model.get_weights())
+        return model
+
+    def _train(self, model: keras.Model, labeled: list[int], cycle: int) -> dict:
+        """Fits `model` on the labeled items; returns the training time and the last epoch's metrics."""
+        settings = self.loop_config
+        labeled_array = np.asarray(labeled, dtype=np.int64)
+        train = data_lib.training_pipeline(
+            self.x_train[labeled_array],
+            self.y_train[labeled_array],
+            self.preprocessing,
+            batch_size=settings.batch_size,
+            augment=settings.augment,
+            seed=cycle_seed(settings.seed, cycle, _PURPOSE_SHUFFLE),
+        )
+        start = time.perf_counter()
+        # The pipeline already shuffles, reproducibly from the cycle seed.
+        history = model.fit(
+            train, epochs=settings.epochs, shuffle=False, verbose=1 if settings.verbose >= 2 else 0, **self.fit_kwargs
+        )
+        record = {"train_seconds": time.perf_counter() - start}
+        record.update({f"train_{key}": float(values[-1]) for key, values in history.history.items() if values})
+        if getattr(model, "head_detached", None) is not None:
+            record["head_detached"] = float(keras.ops.convert_to_numpy(model.head_detached))
+        return record
+
+    def _evaluate(self, model: keras.Model) -> dict:
+        """The final-epoch model's test metrics."""
+        test = data_lib.evaluation_pipeline(
+            self.x_test, self.y_test, self.preprocessing, self.loop_config.score_batch_size
+        )
+        metrics = model.evaluate(test, verbose=0, return_dict=True)
+        return {key: float(value) for key, value in metrics.items()}
+
+    def _acquire(self, model: keras.Model, progress: _Progress, cycle: int) -> dict:
+        """Scores a seeded random subset of the unlabeled pool, labels the strategy's picks, records them."""
+        start = time.perf_counter()
+        candidates = self._candidates(progress.is_labeled, cycle)
+        chosen = candidates[self._select(model, candidates, progress.is_labeled, cycle)]
+        record = {"acquisition_seconds": time.perf_counter() - start}
+        progress.label(chosen)
+        record["selected"] = [int(index) for index in chosen]
+        selected_labels = np.bincount(self.y_train[chosen], minlength=int(self.y_train.max()) + 1)
+        record["selected_class_counts"] = selected_labels.tolist()
+        return record
+
+    def _candidates(self, is_labeled: np.ndarray, cycle: int) -> np.ndarray:
+        """The pool indices scored in cycle `cycle`: M random finite unlabeled items (all when fewer), sorted."""
+        unlabeled = np.flatnonzero(~is_labeled & self.finite_pool)
+        subset_size = self.loop_config.subset_size
+        if subset_size is None or subset_size >= len(unlabeled):
+            return unlabeled
+        rng = np.random.default_rng(cycle_seed(self.loop_config.seed, cycle, _PURPOSE_SUBSET))
+        return np.sort(rng.choice(unlabeled, size=subset_size, replace=False))
+
+    def _select(self, model: keras.Model, candidates: np.ndarray, is_labeled: np.ndarray, cycle: int) -> np.ndarray:
+        """The strategy's picks among `candidates`, as positions in it (checked: `query_size` distinct ones)."""
+        settings = self.loop_config
+        pool = self.preprocessing(self.x_train[candidates]).numpy()
+        arguments = dict(subset_size=None, seed=cycle_seed(settings.seed, cycle, _PURPOSE_STRATEGY))
+        arguments["batch_size"] = settings.score_batch_size
+        if isinstance(self.strategy, acquisition.Strategy):
+            arguments["verbose"] = 1 if settings.verbose >= 2 else 0
+            arguments["labeled"] = self.preprocessing(self.x_train[is_labeled]).numpy()
+        selection = self.strategy.select(model, pool, settings.query_size, **arguments)
+        positions = np.asarray(selection.indices, dtype=np.int64).reshape(-1)
+        if len(positions) != settings.query_size or len(np.unique(positions)) != len(positions):
+            raise RuntimeError(
+                f"Strategy {self.strategy_name!r} returned {len(positions)} indices "
+                f"({len(np.unique(positions))} distinct); expected {settings.query_size} distinct positions."
+            )
+        if positions.min() < 0 or positions.max() >= len(candidates):
+            raise RuntimeError(
+                f"Strategy {self.strategy_name!r} returned positions outside the scored pool of {len(candidates)} items."
+            )
+        return positions
+
+    def _save_cycle(self, model: keras.Model, record: dict, progress: _Progress, finished: bool) -> None:
+        """Keeps the model, writes the weights a warm start needs and the state, then drops older weights."""
+        self.model = model
+        if self.run_directory is None:
+            progress.finish_cycle(record, None)
+            return
+        weights = None
+        if self.loop_config.warm_start:
+            weights = self.run_directory.save_weights(model, record["cycle"])
+        self.run_directory.save(self.config(), progress.records + [record], progress.labeled, weights, finished)
+        self.run_directory.prune_weights(weights)
+        progress.finish_cycle(record, self.run_directory.weights_path(weights))
+
+    def _log_cycle(self, record: dict) -> None:
+        if self.loop_config.verbose:
+            print(
+                f"{self._prefix()} cycle {record['cycle']}: {record['num_labeled']} labels, "
+                f"test {_comparable_metrics(record)}, train {record['train_seconds']:.1f}s",
+                flush=True,
+            )
+
+    def _result(self, progress: _Progress) -> LoopResult:
+        """The run's `LoopResult`; a finished run loaded from disk gets its last model back if its weights were kept."""
+        weights = progress.weights
+        if self.model is None and self.loop_config.warm_start and weights is not None and os.path.exists(weights):
+            # A results archive may hold only the states; then `LoopResult.model` is None.
             self.model = self.model_factory()
-            _load_weights(self.model, previous_weights)
-        return LoopResult(records, labeled, _jsonable(self.config()), self.model)
+            load_weights(self.model, weights)
+        return LoopResult(progress.records, progress.labeled, jsonable(self.config()), self.model)
 
     def _prefix(self) -> str:
-        return f"[{self.label} seed {self.seed}]"
+        return f"[{self.label} seed {self.loop_config.seed}]"
 
     def _check_labels(self, model: keras.Model) -> None:
         """Refuses labels outside the model's classes before training (TensorFlow's error names neither)."""
@@ -492,52 +552,71 @@ class ActiveLearningLoop:
                     f"{name} label {labels[outside[0]]} at index {outside[0]} ({len(outside)} label(s) outside)"
                 )
 
-    def _acquire(self, model: keras.Model, is_labeled: np.ndarray, cycle: int) -> np.ndarray:
-        unlabeled = np.flatnonzero(~is_labeled & self.finite_pool)
-        rng = np.random.default_rng(cycle_seed(self.seed, cycle, _PURPOSE_SUBSET))
-        if self.subset_size is not None and self.subset_size < len(unlabeled):
-            candidates = np.sort(rng.choice(unlabeled, size=self.subset_size, replace=False))
-        else:
-            candidates = unlabeled
-        pool = self.preprocessing(self.x_train[candidates]).numpy()
-        options = {}
-        if self.verbose >= 2 and _accepts(self.strategy.select, "verbose"):
-            options["verbose"] = 1
-        if _accepts(self.strategy.select, "labeled"):
-            # Diversity strategies (core-set) place new centers far from what is already labeled.
-            options["labeled"] = self.preprocessing(self.x_train[is_labeled]).numpy()
-        selection = self.strategy.select(
-            model,
-            pool,
-            self.query_size,
-            subset_size=None,
-            seed=cycle_seed(self.seed, cycle, _PURPOSE_STRATEGY),
-            batch_size=self.score_batch_size,
-            **options,
+
+_CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(LoopConfig))
+
+
+class _Progress:
+    """What the finished cycles produced, changed by every cycle: records, the labeled set, the last weights.
+
+    Args:
+        records: per-cycle records so far.
+        labeled: labeled pool indices in labeling order.
+        pool_size: number of pool items.
+        weights: absolute path of the last finished cycle's weights, or `None`.
+    """
+
+    def __init__(self, records: list[dict], labeled, pool_size: int, weights: str | None):
+        self.records = list(records)
+        self.labeled = [int(index) for index in labeled]
+        self.is_labeled = np.zeros(pool_size, dtype=bool)
+        self.is_labeled[self.labeled] = True
+        self.weights = weights
+
+    def label(self, indices: np.ndarray) -> None:
+        """Marks `indices` labeled, appended in their order."""
+        self.is_labeled[indices] = True
+        self.labeled.extend(int(index) for index in indices)
+
+    def finish_cycle(self, record: dict, weights: str | None) -> None:
+        self.records.append(record)
+        self.weights = weights
+
+
+def _resolve_strategy(strategy) -> tuple[Any, str]:
+    """The strategy object and its name, from a name or an object with `select`."""
+    if isinstance(strategy, str):
+        return acquisition.get(strategy), strategy
+    if not callable(getattr(strategy, "select", None)):
+        raise TypeError(f"Expected a strategy name or an object with `.select(...)`. Received: {strategy!r}")
+    if not isinstance(strategy, acquisition.Strategy):
+        warnings.warn(
+            f"{type(strategy).__name__} is not a keras_lossal.acquisition.Strategy, so the loop calls its "
+            "select(model, pool, k, subset_size=, seed=, batch_size=) without `verbose` and `labeled`. Subclass "
+            "Strategy (and accept every argument of Strategy.select) to get them; duck-typed strategies will be "
+            "refused in a future version.",
+            DeprecationWarning,
+            stacklevel=3,
         )
-        positions = np.asarray(selection.indices, dtype=np.int64).reshape(-1)
-        if len(positions) != self.query_size or len(np.unique(positions)) != len(positions):
-            raise RuntimeError(
-                f"Strategy {self.strategy_name!r} returned {len(positions)} indices "
-                f"({len(np.unique(positions))} distinct); expected {self.query_size} distinct positions."
-            )
-        if positions.min() < 0 or positions.max() >= len(candidates):
-            raise RuntimeError(
-                f"Strategy {self.strategy_name!r} returned positions outside the scored pool of {len(candidates)} items."
-            )
-        return candidates[positions]
+    return strategy, getattr(strategy, "name", type(strategy).__name__)
 
 
-def _load_weights(model: keras.Model, path: str) -> None:
-    if not path.endswith(".npz"):  # a Keras weights file
-        model.load_weights(path)
-        return
-    with np.load(path) as stored:
-        weights = [stored[f"arr_{i}"] for i in range(len(stored.files))]
-    expected = len(model.get_weights())
-    if len(weights) != expected:
-        raise ValueError(f"{path} holds {len(weights)} weight arrays; the model from model_factory has {expected}.")
-    model.set_weights(weights)
+def _check_fit_kwargs(fit_kwargs: dict | None) -> dict:
+    fit_kwargs = dict(fit_kwargs or {})
+    for reserved in _RESERVED_FIT_ARGUMENTS:
+        if reserved in fit_kwargs:
+            raise ValueError(f"`fit_kwargs` must not set {reserved!r}; the loop controls it.")
+    return fit_kwargs
+
+
+def _check_finite_test_images(x_test: np.ndarray) -> None:
+    finite = _finite_items(x_test)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ValueError(
+            f"Expected finite test_data images. Received: {len(bad)} of {len(x_test)} with NaN/inf values "
+            f"(first indices {bad[:10].tolist()}); the test metrics would be NaN"
+        )
 
 
 def _comparable_metrics(record: dict) -> dict[str, float]:
@@ -555,14 +634,6 @@ def _output_classes(model: keras.Model, sample) -> int | None:
     if output is None or isinstance(output, (list, tuple, dict)) or len(output.shape) != 2:
         return None
     return max(int(output.shape[-1]), 2)
-
-
-def _accepts(function, argument: str) -> bool:
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-    return argument in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def _finite_items(x: np.ndarray) -> np.ndarray:

@@ -453,3 +453,34 @@ def test_non_finite_pool_items_are_counted_and_never_picked(name, lossal_model, 
     assert selection.num_nan == 3 and len(set(selection.indices.tolist())) == 42
     with pytest.raises(ValueError, match="at least k=43 items with (a )?finite"):
         acq.get(name).select(model, pool, k=43, seed=0, batch_size=16)
+
+
+def test_every_strategy_takes_the_base_arguments_and_keeps_no_per_call_state():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
+    outputs = keras.layers.Dense(3, name="logits")(keras.layers.Dropout(0.3)(hidden))
+    model = kl.LossLearningModel(
+        keras.Model(inputs, outputs), feature_layers=["hidden"], head=kl.LossPredictionHead(units=4)
+    )
+    pool = features(30)
+    for name in acq.STRATEGIES:
+        strategy = acq.get(name)
+        selection = strategy.select(model, pool, 4, subset_size=None, seed=0, batch_size=8, verbose=0, labeled=pool[:5])
+        assert len(set(selection.indices.tolist())) == 4, name
+        # Settings and the compiled-function cache only: nothing a second loop sharing the instance could trip on.
+        assert set(vars(strategy)) <= {*strategy.get_config(), "_compiled_cache"}, (name, sorted(vars(strategy)))
+
+
+def test_coreset_and_learning_loss_kcenter_measure_labeled_items_alike(lossal_model, image_pool):
+    labeled = np.random.default_rng(5).normal(size=(6, 8, 8, 1)).astype(np.float32)
+    embeddings = np.random.default_rng(6).normal(size=(4, 3)).astype(np.float32)
+    coreset, kcenter = acq.CoreSet(), acq.LearningLossKCenter()
+    assert coreset._distances_to_labeled(lossal_model, None, embeddings, 8) is None
+    embedder = acquisition_models.embedding_model(lossal_model)
+    labeled_embeddings = embedder(labeled, training=False)[0].numpy().reshape(6, -1)
+    pool_embeddings = embedder(image_pool[:4], training=False)[0].numpy().reshape(4, -1)
+    expected = ((pool_embeddings[:, None, :] - labeled_embeddings[None, :, :]) ** 2).sum(-1).min(axis=1)
+    for strategy in (coreset, kcenter):
+        got = strategy._distances_to_labeled(lossal_model, labeled, pool_embeddings, 4)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

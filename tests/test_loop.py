@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 import keras_lossal as kl
-from keras_lossal.loop import STATE_FILE, ActiveLearningLoop, LoopResult, cycle_seed
+from keras_lossal.acquisition import Strategy
+from keras_lossal.loop import STATE_FILE, ActiveLearningLoop, LoopConfig, LoopResult, cycle_seed
 
 INPUT_SHAPE = (6, 6, 1)
 
@@ -43,7 +44,7 @@ def _loss_learning_model():
     return model
 
 
-class ScoreByModel:
+class ScoreByModel(Strategy):
     """Top-K of the model's max logit, a deterministic function of the trained weights."""
 
     name = "max_logit"
@@ -52,12 +53,14 @@ class ScoreByModel:
         self.calls = 0
         self.fail_at_call = fail_at_call
         self.pool_sizes = []
+        self.labeled_sizes = []
 
-    def select(self, model, pool, k, subset_size=None, seed=None, batch_size=32):
+    def select(self, model, pool, k, subset_size=None, seed=None, batch_size=32, verbose=0, labeled=None):
         if self.calls == self.fail_at_call:
             raise KeyboardInterrupt("simulated crash")
         self.calls += 1
         self.pool_sizes.append(len(pool))
+        self.labeled_sizes.append(len(labeled))
         scores = model.predict(pool, batch_size=batch_size, verbose=0).max(axis=1)
         order = np.argsort(-scores, kind="stable")[:k]
         return types.SimpleNamespace(indices=order, scores=scores[order])
@@ -101,8 +104,9 @@ def test_each_cycle_labels_exactly_k_new_items(tmp_path):
         seen |= set(record["selected"])
     assert seen == set(labeled) and "selected" not in result.cycles[-1]
     assert all(0 <= index < 120 for index in labeled)
-    # The strategy saw a random subset of M = 50 unlabeled items every cycle.
+    # The strategy saw a random subset of M = 50 unlabeled items every cycle, and the labeled items so far.
     assert strategy.pool_sizes == [50, 50, 50]
+    assert strategy.labeled_sizes == [20, 30, 40]
     state = json.loads((tmp_path / STATE_FILE).read_text())
     assert state["finished"] and state["labeled_indices"] == labeled
     assert state["config"]["preprocessing"]["height"] == 6
@@ -189,12 +193,66 @@ def test_invalid_arguments_name_the_value():
 
 
 def test_strategy_returning_duplicates_is_rejected():
-    class Duplicates:
+    class Duplicates(Strategy):
         def select(self, model, pool, k, **_):
             return types.SimpleNamespace(indices=np.zeros(k, dtype=int))
 
     with pytest.raises(RuntimeError, match="distinct"):
         _loop(None, Duplicates(), cycles=2, epochs=1).run()
+
+
+def test_every_strategy_gets_the_arguments_of_strategy_select():
+    calls = []
+
+    class Recording(Strategy):
+        name = "recording"
+
+        def select(self, model, pool, k, subset_size=None, seed=None, batch_size=256, verbose=0, labeled=None):
+            calls.append({"k": k, "subset_size": subset_size, "seed": seed, "batch_size": batch_size})
+            calls[-1].update(verbose=verbose, pool=pool, labeled=labeled)
+            return types.SimpleNamespace(indices=np.arange(k))
+
+    loop = _loop(None, Recording(), cycles=3, epochs=1, verbose=2, score_batch_size=24)
+    result = loop.run()
+    assert [call["k"] for call in calls] == [10, 10]
+    assert {call["batch_size"] for call in calls} == {24} and {call["verbose"] for call in calls} == {1}
+    assert {call["subset_size"] for call in calls} == {None}  # the loop draws the subset itself
+    assert [call["seed"] for call in calls] == [cycle_seed(7, cycle, 3) for cycle in (0, 1)]
+    x, _ = _data()
+    for cycle, call in enumerate(calls):
+        labeled_before = sorted(result.labeled_indices[: 20 + 10 * cycle])  # in pool order, preprocessed
+        np.testing.assert_allclose(call["labeled"], loop.preprocessing(x[labeled_before]).numpy())
+        assert call["pool"].shape == (50, *INPUT_SHAPE)
+
+
+def test_a_strategy_that_is_not_a_strategy_subclass_gets_the_older_arguments_and_a_deprecation_warning():
+    class OldStyle:
+        name = "old_style"
+
+        def select(self, model, pool, k, subset_size=None, seed=None, batch_size=32):
+            return types.SimpleNamespace(indices=np.arange(k)[::-1])
+
+    with pytest.warns(DeprecationWarning, match="OldStyle is not a keras_lossal.acquisition.Strategy"):
+        loop = _loop(None, OldStyle(), cycles=2, epochs=1)
+    result = loop.run()
+    assert len(result.labeled_indices) == 30 and result.config["strategy"] == "old_style"
+
+
+def test_settings_as_a_config_or_as_arguments():
+    x, y = _data()
+    config = LoopConfig(initial_size=20, query_size=10, subset_size=50, cycles=3, epochs=1, seed=4)
+    by_config = ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel(), config=config)
+    by_arguments = ActiveLearningLoop(
+        _classifier, (x, y), (x, y), ScoreByModel(), 20, 10, subset_size=50, cycles=3, epochs=1, seed=4
+    )
+    assert by_config.config() == by_arguments.config()
+    assert by_config.loop_config is config and by_config.seed == 4 and by_arguments.cycles == 3
+    with pytest.raises(ValueError, match=r"not both. Received: config=.* and \{'cycles': 5\}"):
+        ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel(), config=config, cycles=5)
+    with pytest.raises(ValueError, match=r"Expected `initial_size` to be an integer >= 1. Received: initial_size=None"):
+        ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel())
+    with pytest.raises(AttributeError, match="no attribute 'cycle'"):
+        _ = by_config.cycle
 
 
 def test_labels_outside_the_models_classes_are_refused_before_training(tmp_path):

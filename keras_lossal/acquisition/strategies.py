@@ -66,6 +66,26 @@ class Strategy:
     (traced into one `tf.function`). `select` handles the pool, the subset, the
     compiled loop and the running top-K. Strategies that pick a set jointly
     (core-set, BADGE) override `select`.
+
+    The contract: every `select` takes the arguments of `Strategy.select`,
+    `labeled` included, and ignores those it does not use; `ActiveLearningLoop`
+    passes all of them to every `Strategy`. A strategy keeps no per-call state
+    on the instance (one instance may serve several loops); compiled functions
+    are cached per model. A subclass whose `select` override predates
+    `labeled` must add it (`labeled=None`); an object that is not a `Strategy`
+    still runs in the loop with the older arguments (`model, pool, k,
+    subset_size, seed, batch_size`) and a `DeprecationWarning`.
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> class FirstFeature(Strategy):
+    ...     name = "first_feature"
+    ...     def score(self, model, features):
+    ...         return ops.cast(model(features)[:, 0], "float32")
+    >>> identity = keras.Sequential([keras.Input((2,)), keras.layers.Identity()])
+    >>> FirstFeature().select(identity, np.array([[0.1, 0], [0.9, 0], [0.5, 0]]), k=2).indices.tolist()
+    [1, 2]
     """
 
     name = "strategy"
@@ -82,12 +102,9 @@ class Strategy:
         return f"{type(self).__name__}({options})"
 
     # ------------------------------------------------------------ machinery
-    def _prepare(self, model) -> None:
-        """Hook to inspect the model once per `select`, before compiling."""
-
     def _batch_function(self, model, fn, batch_size: int, extra_key=()) -> BatchFunction:
-        """The compiled batch function, reused while the model, batch size and distribution stay the same."""
-        key = (batch_size, *extra_key)
+        """The compiled batch function, reused while the model, settings, batch size and distribution stay the same."""
+        key = (batch_size, tuple(sorted(self.get_config().items())), *extra_key)
         active = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
         cached = getattr(self, "_compiled_cache", None)
         if cached is not None:
@@ -111,6 +128,7 @@ class Strategy:
         seed: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         verbose: int = 0,
+        labeled=None,
     ) -> Selection:
         """Picks the `k` pool items to label next, best first.
 
@@ -125,6 +143,9 @@ class Strategy:
             batch_size: items per compiled scoring step (rounded up to a
                 multiple of the number of replicas under `tf.distribute`).
             verbose: 0 silent, 1 progress bar, 2 one line per update.
+            labeled: the already-labeled items (same pool types), or `None`.
+                Diversity strategies (`CoreSet`, `LearningLossKCenter`) place
+                their picks far from them; the others ignore it.
 
         Returns:
             A `Selection` with `indices` (positions in `pool`) and `scores`.
@@ -141,10 +162,13 @@ class Strategy:
         `subset_size` is given.
         """
         k, subset_size, batch_size = _check_arguments(k, subset_size, batch_size)
-        self._prepare(model)
         function = self._batch_function(
             model, lambda features: mask_non_finite(features, self.score(model, features)), batch_size
         )
+        return self._top_k(model, function, pool, k, subset_size, seed, batch_size, verbose)
+
+    def _top_k(self, model, function: BatchFunction, pool, k, subset_size, seed, batch_size, verbose) -> Selection:
+        """The `k` best items of `pool` under the compiled per-batch scoring `function`."""
         indexed = self._indexed_pool(model, pool, batch_size, subset_size, seed, function.replicas)
         if indexed.num_items is not None and k > indexed.num_items:
             raise ValueError(f"Expected k <= the number of items to score ({indexed.num_items}). Received: k={k}")
@@ -198,7 +222,9 @@ class Random(Strategy):
 
     name = "random"
 
-    def select(self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0):
+    def select(
+        self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0, labeled=None
+    ) -> Selection:
         k, subset_size, _ = _check_arguments(k, subset_size, batch_size)
         size = pool_size(pool)
         if size is None:
@@ -224,6 +250,17 @@ class Random(Strategy):
         return Selection(candidates[chosen], priorities, self.name, scored, num_non_finite)
 
 
+def _check_from_logits(from_logits):
+    if from_logits is not None and not isinstance(from_logits, bool):
+        raise ValueError(f"Expected from_logits to be True, False or None. Received: from_logits={from_logits!r}")
+    return from_logits
+
+
+def _resolve_from_logits(from_logits: bool | None, model) -> bool:
+    """`from_logits`, or when `None` what the model's last layer says (no softmax/sigmoid: logits)."""
+    return (not models.outputs_are_probabilities(model)) if from_logits is None else from_logits
+
+
 class _Uncertainty(Strategy):
     """Base for strategies that score class probabilities.
 
@@ -234,24 +271,14 @@ class _Uncertainty(Strategy):
     """
 
     def __init__(self, from_logits: bool | None = None):
-        if from_logits is not None and not isinstance(from_logits, bool):
-            raise ValueError(f"Expected from_logits to be True, False or None. Received: from_logits={from_logits!r}")
-        self.from_logits = from_logits
-        self._resolved_from_logits = from_logits
+        self.from_logits = _check_from_logits(from_logits)
 
     def get_config(self) -> dict:
         return {"from_logits": self.from_logits}
 
-    def _prepare(self, model) -> None:
-        resolved = self.from_logits
-        if resolved is None:
-            resolved = not models.outputs_are_probabilities(model)
-        if resolved != self._resolved_from_logits:
-            self._compiled_cache = None
-        self._resolved_from_logits = resolved
-
     def probabilities(self, model, features):
-        return scores.class_probabilities(models.classifier_outputs(model, features), self._resolved_from_logits)
+        from_logits = _resolve_from_logits(self.from_logits, model)
+        return scores.class_probabilities(models.classifier_outputs(model, features), from_logits)
 
     def score(self, model, features):
         return self.score_probabilities(self.probabilities(model, features))
@@ -318,16 +345,20 @@ class LeastConfidence(_Uncertainty):
 
 
 class _MonteCarloDropout(Strategy):
-    """Base for strategies that score `num_samples` stochastic passes of a dropout-on twin (`self._twin`)."""
+    """Base for strategies that score `num_samples` stochastic passes of a dropout-on twin of the model.
 
-    _twin = None
+    `score(twin, features)` receives the twin (`models.mc_dropout_model`), built
+    afresh and seeded in every `select`.
+    """
 
-    def select(self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0):
-        _check_arguments(k, subset_size, batch_size)
-        # A fresh seeded twin per call, so a fresh compiled function (traced once for this call).
-        self._twin = models.mc_dropout_model(model, seed)
-        self._compiled_cache = None
-        return super().select(model, pool, k, subset_size, seed, batch_size, verbose)
+    def select(
+        self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0, labeled=None
+    ) -> Selection:
+        k, subset_size, batch_size = _check_arguments(k, subset_size, batch_size)
+        twin = models.mc_dropout_model(model, seed)
+        # A fresh twin per call, so a fresh compiled function (traced once for this call), never cached.
+        function = BatchFunction(lambda features: mask_non_finite(features, self.score(twin, features)))
+        return self._top_k(model, function, pool, k, subset_size, seed, batch_size, verbose)
 
 
 class BALD(_MonteCarloDropout, _Uncertainty):
@@ -355,13 +386,13 @@ class BALD(_MonteCarloDropout, _Uncertainty):
     def __init__(self, num_samples: int = 20, from_logits: bool | None = None):
         super().__init__(from_logits)
         self.num_samples = _check_positive_int("num_samples", num_samples)
-        self._twin = None
 
     def get_config(self) -> dict:
         return {"num_samples": self.num_samples, **super().get_config()}
 
     def score(self, model, features):
-        samples = [self.probabilities(self._twin, features) for _ in range(self.num_samples)]
+        """Mutual information over `num_samples` passes of `model`, the MC-dropout twin."""
+        samples = [self.probabilities(model, features) for _ in range(self.num_samples)]
         return scores.mutual_information(ops.stack(samples))
 
 
@@ -390,15 +421,13 @@ class MCDropoutVariance(_MonteCarloDropout):
 
     def __init__(self, num_samples: int = 20):
         self.num_samples = _check_positive_int("num_samples", num_samples)
-        self._twin = None
 
     def get_config(self) -> dict:
         return {"num_samples": self.num_samples}
 
     def score(self, model, features):
-        samples = [
-            models.flatten_batch(models.classifier_outputs(self._twin, features)) for _ in range(self.num_samples)
-        ]
+        """Output variance over `num_samples` passes of `model`, the MC-dropout twin."""
+        samples = [models.flatten_batch(models.classifier_outputs(model, features)) for _ in range(self.num_samples)]
         return ops.mean(ops.var(ops.stack(samples), axis=0), axis=1)
 
 
@@ -415,6 +444,30 @@ class _Embedding(Strategy):
         function = self._batch_function(model, fn, batch_size, extra_key=(self.layer, purpose))
         indexed = self._indexed_pool(model, pool, batch_size, subset_size, seed, function.replicas)
         return collect(function, indexed, verbose)
+
+    def _embed_function(self, model):
+        """Per batch: the flattened embeddings and whether each item's features are finite."""
+        embedder = models.embedding_model(model, self.layer)
+
+        def embed(features):
+            return models.flatten_batch(embedder(features, training=False)[0]), finite_items(features)
+
+        return embed
+
+    def _distances_to_labeled(self, model, labeled, embeddings: np.ndarray, batch_size: int) -> np.ndarray | None:
+        """Squared distance from each of `embeddings` to its nearest labeled item's; `None` without labeled items.
+
+        Labeled items with non-finite features or embeddings are left out.
+        """
+        if labeled is None:
+            return None
+        _, (labeled_embeddings, finite) = self._collect(
+            model, labeled, batch_size, None, None, 0, self._embed_function(model)
+        )
+        labeled_embeddings = labeled_embeddings[finite & _finite_rows(labeled_embeddings)]
+        if not len(labeled_embeddings):
+            return None
+        return diversity.squared_distances_to_set(embeddings, labeled_embeddings)
 
 
 def _report_non_finite(num_non_finite: int, num_scored: int, k: int, strategy: str) -> None:
@@ -469,26 +522,15 @@ class CoreSet(_Embedding):
     def select(
         self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0, labeled=None
     ) -> Selection:
-        """`Strategy.select`, plus `labeled`: the already-labeled items (same pool types), or `None`."""
+        """`Strategy.select`; new centers are far from `labeled` too when it is given."""
         k, subset_size, batch_size = _check_arguments(k, subset_size, batch_size)
-        embedder = models.embedding_model(model, self.layer)
-
-        def embed(features):
-            return models.flatten_batch(embedder(features, training=False)[0]), finite_items(features)
-
+        embed = self._embed_function(model)
         indices, (embeddings, finite_input) = self._collect(model, pool, batch_size, subset_size, seed, verbose, embed)
         check_scored(k, len(indices))
         kept = np.flatnonzero(finite_input & _finite_rows(embeddings))
         _report_non_finite(len(indices) - len(kept), len(indices), k, self.name)
-        initial = None
-        first = 0
-        if labeled is not None:
-            _, (labeled_embeddings, labeled_finite) = self._collect(model, labeled, batch_size, None, None, 0, embed)
-            labeled_embeddings = labeled_embeddings[labeled_finite & _finite_rows(labeled_embeddings)]
-            if len(labeled_embeddings):
-                initial = diversity.squared_distances_to_set(embeddings[kept], labeled_embeddings)
-        if initial is None:
-            first = int(np.random.default_rng(seed).integers(len(kept)))
+        initial = self._distances_to_labeled(model, labeled, embeddings[kept], batch_size)
+        first = 0 if initial is not None else int(np.random.default_rng(seed).integers(len(kept)))
         chosen, distances = diversity.k_center_greedy(embeddings[kept], k, initial, first)
         positions = kept[chosen]
         return Selection(
@@ -496,7 +538,7 @@ class CoreSet(_Embedding):
         )
 
 
-class Badge(_Embedding, _Uncertainty):
+class Badge(_Embedding):
     """BADGE (Ash et al. 2020): k-means++ seeding on last-layer gradient embeddings.
 
     The gradient embedding of an item is `(p - onehot(argmax p)) (x) h`, the
@@ -523,17 +565,18 @@ class Badge(_Embedding, _Uncertainty):
     name = "badge"
 
     def __init__(self, layer: str | None = None, from_logits: bool | None = None):
-        _Uncertainty.__init__(self, from_logits)
-        self.layer = layer
+        super().__init__(layer)
+        self.from_logits = _check_from_logits(from_logits)
 
     def get_config(self) -> dict:
         return {"layer": self.layer, "from_logits": self.from_logits}
 
-    def select(self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0):
+    def select(
+        self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0, labeled=None
+    ) -> Selection:
         k, subset_size, batch_size = _check_arguments(k, subset_size, batch_size)
-        self._prepare(model)
         embedder = models.embedding_model(model, self.layer)
-        from_logits = self._resolved_from_logits
+        from_logits = _resolve_from_logits(self.from_logits, model)
 
         def gradient_factors(features):
             embedding, outputs = embedder(features, training=False)
@@ -606,7 +649,9 @@ class LearningLossClusters(_HardAndDiverse):
     def get_config(self) -> dict:
         return {"layer": self.layer, "iterations": self.iterations}
 
-    def select(self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0):
+    def select(
+        self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0, labeled=None
+    ) -> Selection:
         k, subset_size, batch_size = _check_arguments(k, subset_size, batch_size)
         indices, predicted, embeddings, finite, num_non_finite = self._losses_and_embeddings(
             model, pool, k, subset_size, seed, batch_size, verbose
@@ -656,7 +701,7 @@ class LearningLossKCenter(_HardAndDiverse):
     def select(
         self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0, labeled=None
     ) -> Selection:
-        """`Strategy.select`, plus `labeled`: the already-labeled items (same pool types), or `None`."""
+        """`Strategy.select`; the picks are far from `labeled` too when it is given."""
         k, subset_size, batch_size = _check_arguments(k, subset_size, batch_size)
         indices, predicted, embeddings, finite, num_non_finite = self._losses_and_embeddings(
             model, pool, k, subset_size, seed, batch_size, verbose
@@ -665,21 +710,8 @@ class LearningLossKCenter(_HardAndDiverse):
         shortlist_size = min(len(kept), max(k, int(np.ceil(self.candidates_factor * k))))
         order = np.lexsort((kept, -predicted[kept]))
         shortlist = kept[order[:shortlist_size]]
-        initial, first = None, 0
-        if labeled is not None:
-            embedder = models.embedding_model(model, self.layer)
-            _, (labeled_embeddings,) = self._collect(
-                model,
-                labeled,
-                batch_size,
-                None,
-                None,
-                0,
-                lambda x: models.flatten_batch(embedder(x, training=False)[0]),
-            )
-            if len(labeled_embeddings):
-                initial = diversity.squared_distances_to_set(embeddings[shortlist], labeled_embeddings)
-        chosen, distances = diversity.k_center_greedy(embeddings[shortlist], k, initial, first)
+        initial = self._distances_to_labeled(model, labeled, embeddings[shortlist], batch_size)
+        chosen, distances = diversity.k_center_greedy(embeddings[shortlist], k, initial, 0)
         positions = shortlist[chosen]
         return Selection(indices[positions], distances.astype(np.float32), self.name, len(indices), num_non_finite)
 
