@@ -235,11 +235,11 @@ def test_bad_arguments_name_the_value(model_dir, pool):
 
 
 def test_queue_ties_keep_the_earlier_item():
-    from keras_lossal.beam.scoring import _queue_key
+    from keras_lossal.beam.scoring import _ordered_queue_key
 
     entries = [(("b.tfrecord", 0), {"predicted_loss": 0.5}), (("a.tfrecord", 3), {"predicted_loss": 0.5})]
     entries.append((("a.tfrecord", 9), {"predicted_loss": 0.7}))
-    best_first = sorted(entries, key=_queue_key, reverse=True)
+    best_first = sorted(entries, key=_ordered_queue_key, reverse=True)
     assert [order for order, _ in best_first] == [("a.tfrecord", 9), ("a.tfrecord", 3), ("b.tfrecord", 0)]
 
 

@@ -190,7 +190,7 @@ def test_bad_client_arguments():
 def test_oversized_request_is_split_down_to_the_large_item():
     from keras_lossal.serving import Item, ServerScorer
     from keras_lossal.serving.client import RequestTooLargeError
-    from keras_lossal.serving.triage import score_isolating
+    from keras_lossal.serving.scorers import score_isolating
 
     class FakeClient:
         protocol, model_name, version, label = "grpc", "m", None, None
@@ -260,3 +260,24 @@ def test_readme_states_the_retry_rule_the_client_applies():
         for code in client_lib._RETRYABLE_GRPC + tuple(str(status) for status in client_lib._RETRYABLE_HTTP):
             assert code in sentence, (readme, code)
         assert "5xx only" not in text and "UNAVAILABLE/5xx" not in text
+
+
+def test_rest_client_loads_no_tensorflow_or_keras():
+    import subprocess
+
+    script = (
+        "import sys\n"
+        "import keras_lossal.serving.client\n"
+        "before = sorted(sys.modules)\n"
+        "client = keras_lossal.serving.client.TFServingClient('http://localhost:8501', 'lossal', protocol=None)\n"
+        "import keras_lossal.serving\n"
+        "assert client.protocol == 'rest', client\n"
+        "print(' '.join(before))\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    after_import, after_construction = (set(line.split()) for line in result.stdout.splitlines())
+    heavy = {"tensorflow", "keras", "keras_lossal.export", "tensorflow_serving", "grpc"}
+    assert "keras_lossal.serving.client" in after_import
+    assert not heavy & after_import
+    assert not heavy & after_construction

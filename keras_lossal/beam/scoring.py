@@ -7,15 +7,15 @@ The pipeline, per item:
       -> RunInference(LossalModelHandler)   # batched, one model per worker
       -> scores | failures,  scores -> Top.Of(top_k) -> ranked queue
 
-Records have the same format as `keras_lossal.serving.triage` writes
-(`scored.jsonl`, `failures.jsonl`, `queue.jsonl`), so downstream tools read
-either. Every item ends in exactly one of `scores` and `failures`.
+Records, the tie rule and the file names are `keras_lossal.records`', the
+ones in-process triage writes (`scored.jsonl`, `failures.jsonl`,
+`queue.jsonl`), so downstream tools read either. Every item ends in exactly
+one of `scores` and `failures`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -29,26 +29,37 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from keras_lossal.export import read_export_config, resolve_version_dir
 from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from keras_lossal.records import (
+    DUPLICATE_REASON,
+    FAILURES_FILE,
+    QUEUE_CSV,
+    QUEUE_JSONL,
+    SCORED_FILE,
+    assign_ranks,
+    failure_record,
+    jsonl_line,
+    queue_csv,
+    queue_key,
+    sharded,
+    to_jsonl,
+)
 from keras_lossal.serving.readers import (
     IMAGE_EXTENSIONS,
+    INPUT_TYPES,
     Item,
     detect_input_type,
+    is_inside,
+    precheck,
     read_file,
     read_image_directory,
     read_manifest,
     read_tfrecord,
 )
-from keras_lossal.serving.scorers import InProcessScorer
-
-# Private helpers of the triage module, reused so that Beam and in-process triage share one decoding
-# guard and one record format (see the report on issue 6: these should become public).
-from keras_lossal.serving.triage import DUPLICATE_REASON, failure_record, precheck, queue_csv, score_isolating
+from keras_lossal.serving.scorers import InProcessScorer, score_isolating
 
 __all__ = ["LossalModelHandler", "ReadPool", "ScorePool", "WriteScorePool", "score_pool"]
 
-INPUT_TYPES = ("auto", "images", "tfrecord", "manifest")
 METRICS_NAMESPACE = "keras_lossal"
-# Triage's wording and flag for a repeated id (triage writes it once per id; Beam once per extra copy).
 _WILDCARDS = "*?["
 
 
@@ -100,11 +111,6 @@ def _glob_base(pattern: str) -> str:
     return prefix[: prefix.rfind("/") + 1] if "/" in prefix else ""
 
 
-def _inside(root: str, path: str) -> bool:
-    root, path = os.path.realpath(root), os.path.realpath(path)
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
 class _ListImageDirectory(beam.DoFn):
     """Lists a local image folder with triage's reader, so the same names are items and the same ones fail.
 
@@ -146,7 +152,7 @@ class _LoadImages(beam.DoFn):
         if not path.lower().endswith(IMAGE_EXTENSIONS):
             return
         item_id = path[len(self.base) :] if path.startswith(self.base) else path
-        if "://" not in path and self.base and not _inside(self.base, path):
+        if "://" not in path and self.base and not is_inside(self.base, path):
             error = f"path escapes the input directory {self.base!r} (symlink)"
             yield beam.pvalue.TaggedOutput("failures", failure_record(Item(item_id, path, "image"), error))
             return
@@ -387,28 +393,14 @@ class _SplitPredictions(beam.DoFn):
             yield tuple(prediction.example["order"]), record
 
 
-class _Earlier:
-    """Sort key that ranks an earlier `(source, position)` higher, so ties keep the earlier item."""
-
-    __slots__ = ("order",)
-
-    def __init__(self, order):
-        self.order = tuple(order)
-
-    def __lt__(self, other):
-        return self.order > other.order
-
-    def __eq__(self, other):
-        return self.order == other.order
-
-
-def _queue_key(ordered_record):
+def _ordered_queue_key(ordered_record) -> tuple:
+    """`records.queue_key` of an `(order, record)` pair: ties keep the earlier `(source, position)`."""
     order, record = ordered_record
-    return record["predicted_loss"], _Earlier(order)
+    return queue_key(record["predicted_loss"], tuple(order))
 
 
-def _rank(ordered_records: list) -> list[dict]:
-    return [{**record, "rank": rank} for rank, (_, record) in enumerate(ordered_records, start=1)]
+def _ranked_records(ordered_records: list) -> list[dict]:
+    return assign_ranks([record for _, record in ordered_records])
 
 
 def _count_failure(record: dict) -> dict:
@@ -497,7 +489,11 @@ class ScorePool(beam.PTransform):
             | "Split" >> beam.ParDo(_SplitPredictions()).with_outputs("failures", main="scores")
         )
         ordered_scores = predictions.scores
-        top_k = ordered_scores | "TopK" >> beam.combiners.Top.Of(self.top_k, key=_queue_key) | "Rank" >> beam.Map(_rank)
+        top_k = (
+            ordered_scores
+            | "TopK" >> beam.combiners.Top.Of(self.top_k, key=_ordered_queue_key)
+            | "Rank" >> beam.Map(_ranked_records)
+        )
         failures = (
             (pool["failures"], unique.failures, predictions.failures)
             | "AllFailures" >> beam.Flatten()
@@ -508,10 +504,6 @@ class ScorePool(beam.PTransform):
 
 
 # --------------------------------------------------------------------------- outputs
-def _jsonl(records: list[dict]) -> str:
-    return "".join(json.dumps(record, sort_keys=True) + "\n" for record in records)
-
-
 class WriteScorePool(beam.PTransform):
     """Writes a `ScorePool` result to `output_dir` (local or object storage).
 
@@ -540,34 +532,18 @@ class WriteScorePool(beam.PTransform):
         def path(name: str) -> str:
             return FileSystems.join(self.output_dir, name)
 
-        dumps = beam.Map(lambda record: json.dumps(record, sort_keys=True))
-        (
-            result["scores"]
-            | "ScoresToJson" >> dumps
-            | "WriteScores" >> beam.io.WriteToText(path("scored"), file_name_suffix=".jsonl")
-        )
-        (
-            result["failures"]
-            | "FailuresToJson" >> beam.Map(lambda record: json.dumps(record, sort_keys=True))
-            | "WriteFailures" >> beam.io.WriteToText(path("failures"), file_name_suffix=".jsonl")
-        )
+        for tag, name in (("Scores", SCORED_FILE), ("Failures", FAILURES_FILE)):
+            prefix, suffix = sharded(name)
+            lines = result[tag.lower()] | f"{tag}ToJson" >> beam.Map(jsonl_line)
+            _ = lines | f"Write{tag}" >> beam.io.WriteToText(path(prefix), file_name_suffix=suffix)
         queue = result["top_k"]
-        (
-            queue
-            | "QueueToJsonl" >> beam.Map(_jsonl)
-            | "WriteQueue"
-            >> beam.io.WriteToText(
-                path("queue.jsonl"), num_shards=1, shard_name_template="", append_trailing_newlines=False
-            )
-        )
-        return (
-            queue
-            | "QueueToCsv" >> beam.Map(queue_csv)
-            | "WriteQueueCsv"
-            >> beam.io.WriteToText(
-                path("queue.csv"), num_shards=1, shard_name_template="", append_trailing_newlines=False
-            )
-        )
+        _ = queue | "QueueToJsonl" >> beam.Map(to_jsonl) | "WriteQueue" >> _whole_file(path(QUEUE_JSONL))
+        return queue | "QueueToCsv" >> beam.Map(queue_csv) | "WriteQueueCsv" >> _whole_file(path(QUEUE_CSV))
+
+
+def _whole_file(path: str) -> beam.io.WriteToText:
+    """Writes one element, a file's whole text, to exactly `path` (no shard suffix, no added newline)."""
+    return beam.io.WriteToText(path, num_shards=1, shard_name_template="", append_trailing_newlines=False)
 
 
 def _counter(result, name: str) -> int:

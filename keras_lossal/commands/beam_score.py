@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from keras_lossal.commands._errors import CommandError, reports_errors
 
 
 class _PipelineOptionsParser(argparse.ArgumentParser):
@@ -53,12 +54,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+@reports_errors("beam-score")
 def run(args: argparse.Namespace) -> int:
     try:
         from keras_lossal.beam import score_pool
-    except ImportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except ImportError as error:  # the optional dependency is missing; the message names the extra
+        raise CommandError(str(error)) from None
     from apache_beam.options.pipeline_options import PipelineOptions
 
     options = PipelineOptions(["--runner", args.runner, *args.pipeline_args])

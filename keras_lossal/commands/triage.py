@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from keras_lossal.commands._errors import CommandError, reports_errors
 
 __all__ = ["add_parser", "run"]
 
@@ -78,54 +79,17 @@ def _labels(value: str | None):
     return [label.strip() for label in value.split(",")]
 
 
-def _fail(message: str, code: int = 2) -> int:
-    print(f"lossal triage: {message}", file=sys.stderr)
-    return code
-
-
+@reports_errors("triage")
 def run(args: argparse.Namespace) -> int:
-    from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES
-    from keras_lossal.serving import InProcessScorer, ServerScorer, TFServingClient, read_items, triage
+    from keras_lossal.records import FAILURES_FILE
+    from keras_lossal.serving import triage
     from keras_lossal.serving.triage import ServerUnavailableError
 
-    if (args.model is None) == (args.server is None):
-        return _fail("pass exactly one of --model DIR (in-process) or --server URL")
-    for name in ("top_k", "stop_after_server_errors"):
-        if getattr(args, name) < 0:
-            return _fail(f"expected --{name.replace('_', '-')} >= 0 (0 = no limit). Received: {getattr(args, name)}")
-    top_k = args.top_k or None
-    # No limit and no threshold: every scored item is queued (-inf admits every finite predicted loss).
-    threshold = float("-inf") if top_k is None and args.threshold is None else args.threshold
-    if args.server:
-        try:
-            client = TFServingClient(
-                args.server,
-                args.model_name,
-                protocol=None,
-                version=args.model_version,
-                label=args.model_label,
-                timeout=args.timeout,
-                retries=args.retries,
-                batch_size=args.batch_size,
-                max_concurrency=args.concurrency,
-            )
-        except ValueError as error:
-            return _fail(str(error))
-        scorer = ServerScorer(client, labels=_labels(args.labels))
-        # Each scoring call carries one request per worker, so the server sees `concurrency` requests in flight.
-        batch_size = args.batch_size * args.concurrency
-    else:
-        try:
-            scorer = InProcessScorer(args.model)
-        except (ValueError, OSError) as error:
-            return _fail(str(error))
-        batch_size = args.batch_size
+    top_k, threshold = _queue_limits(args)
+    scorer, batch_size = _scorer(args)
     try:
-        # Bound each file read by the same limit triage applies, so a huge file is refused unread.
-        max_bytes = args.max_image_bytes or getattr(scorer, "max_image_bytes", None) or DEFAULT_MAX_IMAGE_BYTES
-        items = read_items(args.input, args.input_type, root=args.root, max_bytes=max_bytes)
         result = triage(
-            items,
+            _items(args, scorer),
             scorer,
             args.output,
             top_k=top_k,
@@ -139,12 +103,62 @@ def run(args: argparse.Namespace) -> int:
             stop_after_server_errors=args.stop_after_server_errors or None,
         )
     except ServerUnavailableError as error:
-        return _fail(f"{error} ({error.result.total_scored} scored so far, see {args.output}/failures.jsonl)", 3)
-    except (ValueError, OSError) as error:  # bad input path, another model's output directory, ...
-        return _fail(str(error))
+        scored = error.result.total_scored
+        raise CommandError(f"{error} ({scored} scored so far, see {args.output}/{FAILURES_FILE})", code=3) from None
     finally:
         if args.server:
             scorer.client.close()
+    _print_result(result, args)
+    return 0 if result.scored or result.resumed or not result.failed else 1
+
+
+def _queue_limits(args: argparse.Namespace) -> tuple[int | None, float | None]:
+    """Checks the scoring mode and limits; returns triage's `(top_k, threshold)`."""
+    if (args.model is None) == (args.server is None):
+        raise CommandError("pass exactly one of --model DIR (in-process) or --server URL")
+    for name in ("top_k", "stop_after_server_errors"):
+        if getattr(args, name) < 0:
+            flag = f"--{name.replace('_', '-')}"
+            raise CommandError(f"expected {flag} >= 0 (0 = no limit). Received: {getattr(args, name)}")
+    top_k = args.top_k or None
+    # No limit and no threshold: every scored item is queued (-inf admits every finite predicted loss).
+    threshold = float("-inf") if top_k is None and args.threshold is None else args.threshold
+    return top_k, threshold
+
+
+def _scorer(args: argparse.Namespace):
+    """The in-process or server scorer, and the batch size that keeps the server's workers busy."""
+    from keras_lossal.serving import InProcessScorer, ServerScorer, TFServingClient
+
+    if not args.server:
+        return InProcessScorer(args.model), args.batch_size
+    client = TFServingClient(
+        args.server,
+        args.model_name,
+        protocol=None,
+        version=args.model_version,
+        label=args.model_label,
+        timeout=args.timeout,
+        retries=args.retries,
+        batch_size=args.batch_size,
+        max_concurrency=args.concurrency,
+    )
+    # Each scoring call carries one request per worker, so the server sees `concurrency` requests in flight.
+    return ServerScorer(client, labels=_labels(args.labels)), args.batch_size * args.concurrency
+
+
+def _items(args: argparse.Namespace, scorer):
+    from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES
+    from keras_lossal.serving import read_items
+
+    # Bound each file read by the same limit triage applies, so a huge file is refused unread.
+    max_bytes = args.max_image_bytes or getattr(scorer, "max_image_bytes", None) or DEFAULT_MAX_IMAGE_BYTES
+    return read_items(args.input, args.input_type, root=args.root, max_bytes=max_bytes)
+
+
+def _print_result(result, args: argparse.Namespace) -> None:
+    from keras_lossal.records import FAILURES_FILE
+
     print(
         f"scored {result.scored}, failed {result.failed}, resumed {result.resumed} "
         f"({result.items_per_second:.1f} items/s); queue: {result.queued} items; "
@@ -154,5 +168,4 @@ def run(args: argparse.Namespace) -> int:
         label = f"  {record['label']}" if "label" in record else ""
         print(f"{record['rank']:>4}  {record['predicted_loss']:.4f}{label}  {record['id']}")
     if result.total_failed:
-        print(f"see {args.output}/failures.jsonl for the {result.total_failed} failed item(s)")
-    return 0 if result.scored or result.resumed or not result.failed else 1
+        print(f"see {args.output}/{FAILURES_FILE} for the {result.total_failed} failed item(s)")

@@ -1,5 +1,12 @@
 """Serving: a TF Serving client, scorers and the triage job that builds labeling queues.
 
+Importing it (or `keras_lossal.serving.client`) loads NumPy but not TensorFlow
+or Keras: TensorFlow loads when something needs it (an `InProcessScorer`, a
+gRPC client, a TFRecord or object-store read). The names are imported eagerly
+because the submodule `triage` and the function `triage` share a name, which
+a lazy (PEP 562) attribute would let an `import keras_lossal.serving.triage`
+overwrite.
+
 Example:
 
 >>> from keras_lossal.serving import TFServingClient, InProcessScorer, read_items, triage

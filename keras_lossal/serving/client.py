@@ -135,25 +135,8 @@ class TFServingClient:
         max_message_bytes: int = 64 << 20,
         rest_format: str = "inputs",
     ):
-        scheme, _, rest = target.partition("://") if "://" in target else ("", "", target)
-        if protocol is None:
-            protocol = "rest" if scheme in ("http", "https") else "grpc"
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"Expected protocol in {PROTOCOLS}. Received: protocol={protocol!r}")
-        if protocol == "grpc" and scheme not in ("", "grpc"):
-            raise ValueError(f"Expected a gRPC target like 'host:8500' or 'grpc://host:8500'. Received: {target!r}")
-        if protocol == "rest" and scheme not in ("http", "https"):
-            raise ValueError(f"Expected a REST target like 'http://host:8501'. Received: target={target!r}")
-        _check_address(target, rest if scheme else target, scheme)
-        if version is not None and label is not None:
-            raise ValueError(f"Pass either version or label, not both. Received: version={version}, label={label!r}")
-        if version is not None and (isinstance(version, bool) or int(version) < 0 or int(version) != version):
-            raise ValueError(f"Expected version to be a non-negative integer. Received: version={version!r}")
-        for name, value in (("batch_size", batch_size), ("max_concurrency", max_concurrency)):
-            if int(value) < 1:
-                raise ValueError(f"Expected {name} >= 1. Received: {name}={value}")
-        if int(retries) < 0 or float(timeout) <= 0:
-            raise ValueError(f"Expected retries >= 0 and timeout > 0. Received: retries={retries}, timeout={timeout}")
+        protocol, address = _parse_target(target, protocol)
+        _check_options(version, label, timeout, retries, batch_size, max_concurrency, rest_format)
         self.target = target
         self.model_name = model_name
         self.protocol = protocol
@@ -168,27 +151,29 @@ class TFServingClient:
         self.max_backoff = float(max_backoff)
         self.input_name = input_name
         self.max_message_bytes = int(max_message_bytes)
-        if rest_format not in ("inputs", "instances"):
-            raise ValueError(f"Expected rest_format 'inputs' or 'instances'. Received: rest_format={rest_format!r}")
         self.rest_format = rest_format
         self._executor: futures.ThreadPoolExecutor | None = None
         self._signature_inputs: dict[str, dict[str, np.dtype]] | None = None
         self._local = threading.local()
         self._lock = threading.Lock()
         if protocol == "grpc":
-            import grpc
-            from tensorflow_serving.apis import prediction_service_pb2_grpc
-
-            self._channel = grpc.insecure_channel(
-                rest if scheme else target,
-                options=[
-                    ("grpc.max_send_message_length", self.max_message_bytes),
-                    ("grpc.max_receive_message_length", self.max_message_bytes),
-                ],
-            )
-            self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+            self._channel, self._stub = self._connect_grpc(address)
         else:
             self._base_url = target.rstrip("/")
+
+    def _connect_grpc(self, address: str):
+        """The channel and PredictionService stub; the stubs import TensorFlow, so only a gRPC client loads it."""
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", self.max_message_bytes),
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+            ],
+        )
+        return channel, prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
     # ------------------------------------------------------------------ public
     def signatures(self) -> dict[str, dict[str, np.dtype]] | None:
@@ -477,6 +462,36 @@ class TFServingClient:
             if not isinstance(outputs, dict):  # TF Serving returns a single output unnamed
                 outputs = {"outputs": outputs}
         return {key: _from_json(value) for key, value in outputs.items()}
+
+
+def _parse_target(target: str, protocol: str | None) -> tuple[str, str]:
+    """`(protocol, address)` of a target; `None` infers the protocol from the scheme (`http(s)://`: REST)."""
+    scheme, _, rest = target.partition("://") if "://" in target else ("", "", target)
+    if protocol is None:
+        protocol = "rest" if scheme in ("http", "https") else "grpc"
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Expected protocol in {PROTOCOLS}. Received: protocol={protocol!r}")
+    if protocol == "grpc" and scheme not in ("", "grpc"):
+        raise ValueError(f"Expected a gRPC target like 'host:8500' or 'grpc://host:8500'. Received: {target!r}")
+    if protocol == "rest" and scheme not in ("http", "https"):
+        raise ValueError(f"Expected a REST target like 'http://host:8501'. Received: target={target!r}")
+    address = rest if scheme else target
+    _check_address(target, address, scheme)
+    return protocol, address
+
+
+def _check_options(version, label, timeout, retries, batch_size, max_concurrency, rest_format) -> None:
+    if version is not None and label is not None:
+        raise ValueError(f"Pass either version or label, not both. Received: version={version}, label={label!r}")
+    if version is not None and (isinstance(version, bool) or int(version) < 0 or int(version) != version):
+        raise ValueError(f"Expected version to be a non-negative integer. Received: version={version!r}")
+    for name, value in (("batch_size", batch_size), ("max_concurrency", max_concurrency)):
+        if int(value) < 1:
+            raise ValueError(f"Expected {name} >= 1. Received: {name}={value}")
+    if int(retries) < 0 or float(timeout) <= 0:
+        raise ValueError(f"Expected retries >= 0 and timeout > 0. Received: retries={retries}, timeout={timeout}")
+    if rest_format not in ("inputs", "instances"):
+        raise ValueError(f"Expected rest_format 'inputs' or 'instances'. Received: rest_format={rest_format!r}")
 
 
 def _check_address(target: str, address: str, scheme: str) -> None:

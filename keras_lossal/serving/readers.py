@@ -16,11 +16,17 @@ import stat
 from collections.abc import Callable, Iterator
 from urllib.parse import unquote, urlparse
 
+from keras_lossal.images import image_header_size
+from keras_lossal.records import failure_record
+
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "INPUT_TYPES",
     "Item",
     "UnsafePathError",
     "detect_input_type",
+    "is_inside",
+    "precheck",
     "read_file",
     "read_image_directory",
     "read_items",
@@ -133,7 +139,8 @@ def _read_remote_file(path: str, max_bytes: int | None) -> bytes:
     return data
 
 
-def _inside(root: str, path: str) -> bool:
+def is_inside(root: str, path: str) -> bool:
+    """Whether `path` is `root` or below it once symlinks are resolved (the path-traversal and symlink guard)."""
     root, path = os.path.realpath(root), os.path.realpath(path)
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
@@ -163,7 +170,7 @@ def read_image_directory(root: str, max_bytes: int | None = None) -> Iterator[It
             item_id = os.path.relpath(path, root).replace(os.sep, "/")
             if name in named_like_images:
                 yield Item(item_id, path, "image", error=f"not a regular file (a directory): {path!r}")
-            elif not _inside(root, path):
+            elif not is_inside(root, path):
                 yield Item(item_id, path, "image", error=f"path escapes the input directory {root!r} (symlink)")
             else:
                 yield Item(item_id, path, "image", functools.partial(read_file, path, max_bytes))
@@ -213,7 +220,7 @@ def _resolve_manifest_path(entry: str, root: str) -> str:
     elif parsed.scheme and len(parsed.scheme) > 1:  # one letter: a Windows drive
         raise UnsafePathError(f"unsupported URI scheme {parsed.scheme!r} (expected a path, file://, gs://, s3://)")
     path = entry if os.path.isabs(entry) else os.path.join(root, entry)
-    if not _inside(root, path):
+    if not is_inside(root, path):
         raise UnsafePathError(f"path traversal refused: {entry!r} resolves outside the manifest root {root!r}")
     return os.path.realpath(path)
 
@@ -280,3 +287,41 @@ def read_items(
     if input_type == "tfrecord":
         return read_tfrecord(path)
     return read_manifest(path, root, max_bytes)
+
+
+def precheck(item: Item, max_image_pixels: int, max_image_bytes: int) -> tuple[bytes | None, dict | None]:
+    """Reads an item's payload and checks its size and image header: `(payload, None)` or `(None, failure)`.
+
+    The decoding guard triage and Beam apply before anything is decoded: an
+    image whose header declares more than `max_image_pixels` is refused unread.
+
+    Example:
+
+    >>> item = Item("a.png", "pool/a.png", "image", loader=lambda: b"not an image")
+    >>> precheck(item, max_image_pixels=1_000_000, max_image_bytes=1_000)[1]["reason"]
+    "corrupt image: Unsupported image format (expected JPEG, PNG or BMP); first bytes: b'not an i'"
+    """
+    if item.error is not None:
+        return None, failure_record(item, item.error)
+    try:
+        payload = item.load()
+    except FileNotFoundError as error:
+        return None, failure_record(item, f"not found: {error}")
+    except OSError as error:
+        return None, failure_record(item, f"unreadable: {error}")
+    if len(payload) > max_image_bytes:
+        return None, failure_record(item, f"too large: {len(payload)} bytes > max_image_bytes={max_image_bytes}")
+    if item.kind == "image":
+        try:
+            _, height, width = image_header_size(payload)
+        except ValueError as error:
+            return None, failure_record(item, f"corrupt image: {error}")
+        if height * width > max_image_pixels:
+            return None, failure_record(
+                item,
+                f"image too large: header says {height}x{width} = {height * width} pixels > "
+                f"max_image_pixels={max_image_pixels} (decompression-bomb guard; not decoded)",
+            )
+        if height == 0 or width == 0:
+            return None, failure_record(item, f"corrupt image: header says {height}x{width}")
+    return payload, None

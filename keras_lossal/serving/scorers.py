@@ -9,14 +9,27 @@ lets transient `ServingError`s (unavailable, timeout) through.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from keras_lossal.records import failure_record, non_finite_reason, scored_record
 from keras_lossal.serving.client import RequestTooLargeError, ServingError, TFServingClient
 
-__all__ = ["InProcessScorer", "InvalidInputError", "ServerScorer", "SIGNATURE_BY_KIND", "error_cause"]
+if TYPE_CHECKING:
+    from keras_lossal.serving.readers import Item
+
+__all__ = [
+    "InProcessScorer",
+    "InvalidInputError",
+    "ServerScorer",
+    "SIGNATURE_BY_KIND",
+    "error_cause",
+    "score_isolating",
+]
 
 SIGNATURE_BY_KIND = {"image": "score_image_bytes", "example": "score_examples"}
 _INVALID_CODES = ("INVALID_ARGUMENT", "HTTP 400")
@@ -137,3 +150,46 @@ class ServerScorer:
             if error.code in _INVALID_CODES:
                 raise InvalidInputError(error_cause(error.cause)) from None
             raise
+
+
+def score_isolating(
+    scorer, kind: str, batch: list[tuple[Item, bytes]], labels: Sequence[str] | None
+) -> tuple[list[dict], list[dict]]:
+    """Scores `batch` of `(item, payload)`; when the model refuses it, splits it to pin the refusal on single items.
+
+    The one scoring step of triage and of the Beam model handler. Returns
+    `(scored, failed)` records (`keras_lossal.records`): an item the model
+    refuses fails alone, an item scored NaN/inf is a failure
+    (`non_finite_reason`), and a server-side `ServingError` fails the whole
+    batch as retryable, with the server's `code`.
+
+    Args:
+        scorer: anything with `score(kind, payloads)`, e.g. an `InProcessScorer` or `ServerScorer`.
+        kind: the items' kind (`"image"` or `"example"`), the same for the whole batch.
+        batch: the items and their payloads.
+        labels: class names for the records' `label`, or `None`.
+    """
+    try:
+        outputs = scorer.score(kind, [payload for _, payload in batch])
+    except InvalidInputError as error:
+        if len(batch) == 1:
+            return [], [failure_record(batch[0][0], f"rejected by model: {error}")]
+        middle = len(batch) // 2
+        scored_a, failed_a = score_isolating(scorer, kind, batch[:middle], labels)
+        scored_b, failed_b = score_isolating(scorer, kind, batch[middle:], labels)
+        return scored_a + scored_b, failed_a + failed_b
+    except ServingError as error:
+        # Not the items' fault (their own faults arrive as InvalidInputError): a re-run retries them.
+        kind_of_failure = "timeout" if error.is_timeout else "server error"
+        failures = [failure_record(item, f"{kind_of_failure}: {error}", retryable=True) for item, _ in batch]
+        return [], [{**failure, "code": error.code} for failure in failures]
+    if len(outputs["predicted_loss"]) != len(batch):
+        raise RuntimeError(f"Scorer returned {len(outputs['predicted_loss'])} scores for {len(batch)} items")
+    scored, failed = [], []
+    for row, (item, _) in enumerate(batch):
+        record = scored_record(item, outputs, row, labels)
+        if math.isfinite(record["predicted_loss"]):
+            scored.append(record)
+        else:
+            failed.append(failure_record(item, non_finite_reason(record["predicted_loss"])))
+    return scored, failed

@@ -1,0 +1,417 @@
+"""Records: the formats and rules that in-process triage and the Beam pipeline share.
+
+One place for each of them, so the two ways of scoring a pool write files that
+downstream tools read alike and rank the same items first:
+
+- item records: `scored_record` (id, path, predicted loss, class and
+  probabilities) and `failure_record` (id, path, reason, whether a re-run
+  retries it), with the wording of the common failures;
+- the tie rule (`queue_key`: a higher predicted loss first, then the earlier
+  item), the streaming top-K that applies it (`TopK`) and the rank
+  assignment (`assign_ranks`);
+- the output file names and writers: JSONL (`jsonl_line`, `to_jsonl`, the
+  append-only `JsonlLog` and its crash-tolerant reader `read_jsonl_log`),
+  `queue_csv`, `label_studio_tasks`, and atomic writes (`atomic_write`, `atomic_open`).
+
+Example:
+
+>>> top = TopK(2)
+>>> for input_index, loss in enumerate([0.5, 0.9, 0.5]):
+...     top.push(loss, {"id": f"item_{input_index}", "predicted_loss": loss}, order=input_index)
+>>> [(record["rank"], record["id"]) for record in assign_ranks(top.ranked())]
+[(1, 'item_1'), (2, 'item_0')]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import heapq
+import io
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from keras_lossal.serving.readers import Item
+
+__all__ = [
+    "DUPLICATE_REASON",
+    "FAILURES_FILE",
+    "LABEL_STUDIO_FILE",
+    "QUEUE_CSV",
+    "QUEUE_JSONL",
+    "SCORED_FILE",
+    "STATE_FILE",
+    "SUMMARY_FILE",
+    "Earlier",
+    "JsonlLog",
+    "TopK",
+    "assign_ranks",
+    "atomic_open",
+    "atomic_write",
+    "failure_record",
+    "jsonl_line",
+    "label_studio_tasks",
+    "non_finite_reason",
+    "queue_csv",
+    "queue_key",
+    "read_jsonl_log",
+    "scored_record",
+    "sharded",
+    "to_jsonl",
+]
+
+# Files of an output directory. Triage writes all of them; Beam writes the two logs as shards.
+SCORED_FILE = "scored.jsonl"
+FAILURES_FILE = "failures.jsonl"
+QUEUE_JSONL = "queue.jsonl"
+QUEUE_CSV = "queue.csv"
+LABEL_STUDIO_FILE = "label_studio_tasks.json"
+STATE_FILE = "state.json"
+SUMMARY_FILE = "summary.json"
+
+QUEUE_CSV_COLUMNS = ("rank", "id", "path", "predicted_loss", "class_id", "label", "probabilities")
+# Triage writes it once per repeated id (with `"duplicate": true`); Beam once per extra copy.
+DUPLICATE_REASON = "duplicate item id (an earlier item had the same id; not scored)"
+
+
+# --------------------------------------------------------------------------- item records
+def scored_record(item: Item, outputs: Mapping[str, Any], row: int, labels: Sequence[str] | None) -> dict[str, Any]:
+    """The scored-file record of row `row` of a scorer's `outputs` (`predicted_loss`, optional class outputs).
+
+    Example:
+
+    >>> from keras_lossal.serving.readers import Item
+    >>> outputs = {"predicted_loss": [0.25], "class_id": [1], "probabilities": [[0.1, 0.9]]}
+    >>> scored_record(Item("a.png", "pool/a.png", "image"), outputs, 0, ["cat", "dog"])
+    {'id': 'a.png', 'path': 'pool/a.png', 'predicted_loss': 0.25, 'class_id': 1, 'label': 'dog', 'probabilities': [0.1, 0.9]}
+    """
+    record: dict[str, Any] = {"id": item.item_id, "path": item.path}
+    record["predicted_loss"] = float(outputs["predicted_loss"][row])
+    if "class_id" in outputs:
+        class_id = int(outputs["class_id"][row])
+        record["class_id"] = class_id
+        record["label"] = labels[class_id] if labels and 0 <= class_id < len(labels) else str(class_id)
+    if "probabilities" in outputs:
+        record["probabilities"] = [round(float(p), 6) for p in outputs["probabilities"][row]]
+    if item.extra:
+        record["extra"] = item.extra
+    return record
+
+
+def failure_record(item: Item, reason: str, retryable: bool = False) -> dict[str, Any]:
+    """The failures-file record of an item that could not be scored.
+
+    Example:
+
+    >>> from keras_lossal.serving.readers import Item
+    >>> failure_record(Item("a.png", "pool/a.png", "image"), "corrupt image: not a PNG")
+    {'id': 'a.png', 'path': 'pool/a.png', 'reason': 'corrupt image: not a PNG', 'retryable': False}
+    """
+    return {"id": item.item_id, "path": item.path, "reason": reason, "retryable": retryable}
+
+
+def non_finite_reason(predicted_loss: float) -> str:
+    """The failure reason of an item the model scored NaN/inf: it would corrupt the ranking, so it is not queued."""
+    return f"non-finite predicted loss {predicted_loss!r} (the model returned NaN/inf for this item; not queued)"
+
+
+# --------------------------------------------------------------------------- the tie rule and ranking
+@functools.total_ordering
+class Earlier:
+    """Wraps an item's position so that the *earlier* position sorts *higher*: in a best-first ranking it wins ties.
+
+    Positions are anything ordered: triage's input index, Beam's `(source file, position)`.
+
+    Example:
+
+    >>> Earlier(3) > Earlier(9), Earlier(("a.tfrecord", 9)) > Earlier(("b.tfrecord", 0))
+    (True, True)
+    """
+
+    __slots__ = ("order",)
+
+    def __init__(self, order):
+        self.order = order
+
+    def __lt__(self, other: Earlier) -> bool:
+        return self.order > other.order
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Earlier) and self.order == other.order
+
+    def __hash__(self) -> int:
+        return hash(self.order)
+
+    def __repr__(self) -> str:
+        return f"Earlier({self.order!r})"
+
+
+def queue_key(predicted_loss: float, order) -> tuple[float, Earlier]:
+    """The tie rule as a sort key: larger keys rank first (higher predicted loss, then the earlier `order`).
+
+    Example:
+
+    >>> items = [("b", 0.5, 2), ("a", 0.5, 7), ("c", 0.9, 5)]
+    >>> [name for name, loss, order in sorted(items, key=lambda i: queue_key(i[1], i[2]), reverse=True)]
+    ['c', 'b', 'a']
+    """
+    return float(predicted_loss), Earlier(order)
+
+
+class TopK:
+    """The `k` records with the highest predicted loss (all above `threshold` when `k` is None).
+
+    Ties keep the earlier item (the lower `order`, by default the earlier push; see `queue_key`).
+    Memory is O(k).
+
+    Args:
+        k: queue length, or `None` for every record passing `threshold`.
+        threshold: minimum predicted loss, or `None`.
+
+    Example:
+
+    >>> top = TopK(2)
+    >>> for i, loss in enumerate([0.1, 0.9, 0.5]):
+    ...     top.push(loss, {"id": i})
+    >>> [record["id"] for record in top.ranked()]
+    [1, 2]
+    """
+
+    def __init__(self, k: int | None, threshold: float | None = None):
+        if k is not None and int(k) < 1:
+            raise ValueError(f"Expected top_k >= 1 or None. Received: top_k={k}")
+        if k is None and threshold is None:
+            raise ValueError("Expected top_k and/or threshold; with neither the queue would hold every item.")
+        self.k = None if k is None else int(k)
+        self.threshold = None if threshold is None else float(threshold)
+        self._heap: list[tuple[float, Earlier, int, dict]] = []
+        self._count = 0
+
+    def push(self, predicted_loss: float, record: dict, order: Any = None) -> None:
+        """Offers a record; `order` ranks ties, lower first (default: the order of pushes)."""
+        if not math.isfinite(predicted_loss):
+            raise ValueError(
+                "Expected a finite predicted_loss (an item scored NaN/inf is a failure, never queued). "
+                f"Received: predicted_loss={predicted_loss!r} for id {record.get('id')!r}"
+            )
+        if self.threshold is not None and not predicted_loss >= self.threshold:
+            return
+        self._count += 1
+        # The push count last: entries never tie, so records themselves are never compared.
+        entry = (*queue_key(predicted_loss, self._count if order is None else order), -self._count, record)
+        if self.k is None or len(self._heap) < self.k:
+            heapq.heappush(self._heap, entry)
+        elif entry[:3] > self._heap[0][:3]:
+            heapq.heapreplace(self._heap, entry)
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def ranked(self) -> list[dict]:
+        """The records kept, best first."""
+        return [entry[-1] for entry in sorted(self._heap, key=lambda entry: entry[:3], reverse=True)]
+
+
+def assign_ranks(records: Sequence[dict]) -> list[dict]:
+    """Copies of best-first `records`, each with its 1-based `rank`.
+
+    Example:
+
+    >>> assign_ranks([{"id": "b"}, {"id": "a"}])
+    [{'id': 'b', 'rank': 1}, {'id': 'a', 'rank': 2}]
+    """
+    return [{**record, "rank": rank} for rank, record in enumerate(records, start=1)]
+
+
+# --------------------------------------------------------------------------- JSONL
+def jsonl_line(record: Mapping[str, Any]) -> str:
+    """One record as a JSONL line, without the newline (keys sorted, so equal records are equal bytes)."""
+    return json.dumps(record, sort_keys=True)
+
+
+def to_jsonl(records: Sequence[Mapping[str, Any]]) -> str:
+    """Records as JSONL text, one line each, every line ending in a newline.
+
+    Example:
+
+    >>> to_jsonl([{"id": "a", "predicted_loss": 0.5}, {"rank": 2, "id": "b"}])
+    '{"id": "a", "predicted_loss": 0.5}\\n{"id": "b", "rank": 2}\\n'
+    """
+    return "".join(jsonl_line(record) + "\n" for record in records)
+
+
+def read_jsonl_log(path: str) -> Iterator[dict]:
+    """Reads a JSONL log, dropping a partial last line left by a crash (and truncating it away).
+
+    Yields nothing for a missing file.
+    """
+    if not os.path.exists(path):
+        return
+    good_bytes = 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                record = json.loads(line)
+            except ValueError:
+                break
+            good_bytes += len(line)
+            yield record
+    if good_bytes != os.path.getsize(path):
+        with open(path, "r+b") as handle:
+            handle.truncate(good_bytes)
+
+
+class JsonlLog:
+    """An append-only JSONL log on local disk; `sync` makes what was written survive a crash.
+
+    Args:
+        path: the log file (created if missing, appended to otherwise).
+
+    Example:
+
+    >>> log = JsonlLog("triage_out/scored.jsonl")  # doctest: +SKIP
+    >>> log.write([{"id": "a", "predicted_loss": 0.5}])  # doctest: +SKIP
+    >>> log.close()  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.handle = open(path, "a", encoding="utf-8")
+
+    def write(self, records: Sequence[Mapping[str, Any]]) -> None:
+        if records:
+            self.handle.write(to_jsonl(records))
+
+    def sync(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+    def close(self) -> None:
+        self.sync()
+        self.handle.close()
+
+
+def sharded(name: str) -> tuple[str, str]:
+    """`(prefix, suffix)` of an output file name, for writers that shard it as `prefix-SSSSS-of-NNNNN suffix`.
+
+    Example:
+
+    >>> sharded(SCORED_FILE)
+    ('scored', '.jsonl')
+    """
+    prefix, dot, extension = name.rpartition(".")
+    return (prefix, dot + extension) if dot else (name, "")
+
+
+# --------------------------------------------------------------------------- queue formats
+def queue_csv(queue: Sequence[Mapping[str, Any]]) -> str:
+    """The labeling queue as CSV text, one row per item in rank order.
+
+    Example:
+
+    >>> print(queue_csv([{"id": "a", "path": "pool/a.png", "predicted_loss": 0.5, "class_id": 1, "label": "dog"}]))
+    rank,id,path,predicted_loss,class_id,label,probabilities
+    1,a,pool/a.png,0.5,1,dog,
+    <BLANKLINE>
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(QUEUE_CSV_COLUMNS)
+    for rank, record in enumerate(queue, start=1):
+        writer.writerow(
+            [
+                rank,
+                record["id"],
+                record["path"],
+                repr(record["predicted_loss"]),
+                record.get("class_id", ""),
+                record.get("label", ""),
+                json.dumps(record["probabilities"]) if "probabilities" in record else "",
+            ]
+        )
+    return buffer.getvalue()
+
+
+def label_studio_tasks(queue: Sequence[Mapping[str, Any]], image_prefix: str, model_version: str) -> list[dict]:
+    """Label Studio tasks for the queue: the image URL and id, and the model's class as a pre-annotation.
+
+    Args:
+        queue: ranked records.
+        image_prefix: prepended to each record's path (e.g. `"/data/local-files/?d="`).
+        model_version: shown by Label Studio with each prediction.
+
+    Example:
+
+    >>> (task,) = label_studio_tasks([{"id": "a", "path": "a.png", "predicted_loss": 0.5}], "/data/", "v1")
+    >>> task
+    {'data': {'image': '/data/a.png', 'item_id': 'a', 'predicted_loss': 0.5}}
+    """
+    tasks = []
+    for record in queue:
+        data = {
+            "image": image_prefix + record["path"],
+            "item_id": record["id"],
+            "predicted_loss": record["predicted_loss"],
+        }
+        task: dict[str, Any] = {"data": data}
+        if "label" in record:
+            choice = {"from_name": "label", "to_name": "image", "type": "choices"}
+            choice["value"] = {"choices": [record["label"]]}
+            task["predictions"] = [
+                {"model_version": model_version, "score": record["predicted_loss"], "result": [choice]}
+            ]
+        tasks.append(task)
+    return tasks
+
+
+# --------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_open(path: str, binary: bool = False) -> Iterator[IO]:
+    """Opens a local file for writing so that readers see the old `path` or the whole new one, never a part.
+
+    Writes go to `path + ".tmp"`; when the block ends they are synced and the file is renamed over
+    `path`. If the block raises, the temporary file is removed and `path` is left as it was.
+
+    Example:
+
+    >>> with atomic_open("triage_out/failures.jsonl", binary=True) as handle:  # doctest: +SKIP
+    ...     handle.write(b'{"id": "a"}\\n')
+    """
+    temporary = f"{path}.tmp"
+    try:
+        with open(temporary, "wb") if binary else open(temporary, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Writes `text` (UTF-8, newlines as given) to `path` so that readers see the old file or the new one.
+
+    Local paths go through `atomic_open`. Object-store URLs (`gs://`, `s3://`, ...) are written with
+    `tf.io.gfile`, as the readers read them: an object appears whole when its upload completes.
+
+    Example:
+
+    >>> atomic_write("triage_out/summary.json", '{"scored": 10}\\n')  # doctest: +SKIP
+    """
+    if "://" in path:
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(path, "w") as handle:
+            handle.write(text)
+        return
+    with atomic_open(path) as handle:
+        handle.write(text)
