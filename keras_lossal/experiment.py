@@ -19,7 +19,8 @@ from keras_lossal import acquisition, backbones
 from keras_lossal.acquisition.models import mc_dropout_model
 from keras_lossal.data import ArrayDataset
 from keras_lossal.head import LossPredictionHead
-from keras_lossal.loop import ActiveLearningLoop, LoopResult, write_json_atomic
+from keras_lossal.loop import ActiveLearningLoop, LoopConfig, LoopResult
+from keras_lossal.loop_state import write_json_atomic
 from keras_lossal.model import RECIPES, LossLearningModel
 
 __all__ = [
@@ -60,6 +61,7 @@ OPTIMIZERS = ("sgd", "adam")
 # Strategies whose scores need the loss-prediction head; the others train the bare backbone, as in the paper.
 HEAD_STRATEGIES = ("learning_loss", "learning_loss_clusters", "learning_loss_kcenter")
 ARM_SEPARATOR = "@"
+EXPERIMENT_FILE = "experiment.json"
 
 
 def parse_arm(arm: str) -> tuple[str, str | None]:
@@ -260,75 +262,102 @@ def run_experiment(
         out_dir: output directory.
         spec: the `ModelSpec`.
         initial_size, query_size, subset_size, cycles, epochs, batch_size, augment,
-        warm_start: as in `ActiveLearningLoop`.
+        warm_start, verbose: the `LoopConfig` of every run (validated before
+            anything trains or is written; verbose: 0 silent, 1 a line per
+            cycle, 2 Keras progress bars too).
         lr_schedule: `{epoch: rate}` applied within every cycle.
         head_for_all: also train the loss-prediction head for non-learning-loss strategies.
-        verbose: 0 silent, 1 a line per cycle, 2 Keras progress bars too.
 
     Returns:
         `{strategy name: [LoopResult per seed]}`.
     """
     _check_strategies(strategies, spec, dataset)
+    config = LoopConfig(
+        initial_size=initial_size,
+        query_size=query_size,
+        subset_size=subset_size,
+        cycles=cycles,
+        epochs=epochs,
+        batch_size=batch_size,
+        augment=augment,
+        warm_start=warm_start,
+        verbose=verbose,
+    )
     os.makedirs(out_dir, exist_ok=True)
-    names = [
-        strategy if isinstance(strategy, str) else getattr(strategy, "name", type(strategy).__name__)
-        for strategy in strategies
-    ]
-    settings = {
-        "dataset": dataset.name,
-        "strategies": names,
-        "seeds": list(seeds),
-        "model": dataclasses.asdict(spec),
-        **dict(initial_size=initial_size, query_size=query_size, subset_size=subset_size, cycles=cycles),
-        **dict(epochs=epochs, batch_size=batch_size, augment=augment, warm_start=warm_start),
-        "lr_schedule": {str(k): v for k, v in (lr_schedule or {}).items()},
-        "head_for_all": head_for_all,
-        "preprocessing": dataset.preprocessing.get_config(),
-    }
-    settings_path = os.path.join(out_dir, "experiment.json")
-    callbacks = [lr_schedule_callback(spec.learning_rate, lr_schedule)] if lr_schedule else []
+    arms = _Arms(dataset, spec, out_dir, config, lr_schedule or {}, head_for_all)
+    names = [_arm_name(strategy) for strategy in strategies]
+    runs = [(name, strategy, seed) for seed in seeds for name, strategy in zip(names, strategies)]
+    # Refuse a changed setting before anything is written, so a refused command leaves the directory as it was.
+    for name, strategy, seed in runs:
+        arms.loop(name, strategy, seed).check_resumable()
+    _write_settings(os.path.join(out_dir, EXPERIMENT_FILE), arms.settings(names, seeds))
+    results: dict[str, list[LoopResult]] = {name: [] for name in names}
+    for name, strategy, seed in runs:
+        results[name].append(arms.loop(name, strategy, seed).run())
+    return results
 
-    def make_loop(name, strategy, seed) -> ActiveLearningLoop:
+
+def _arm_name(strategy) -> str:
+    return strategy if isinstance(strategy, str) else getattr(strategy, "name", type(strategy).__name__)
+
+
+class _Arms:
+    """Builds the loop of every (arm, seed) of one experiment, and the settings recorded in experiment.json.
+
+    Args:
+        dataset: the `ArrayDataset`.
+        spec: the `ModelSpec` (an arm's `@recipe` replaces its recipe).
+        out_dir: the experiment's directory; a run lives in `<out_dir>/<arm>/seed_<seed>`.
+        config: the `LoopConfig` shared by every run (its seed is replaced per run).
+        lr_schedule: `{epoch: rate}` within every cycle.
+        head_for_all: train the loss-prediction head for every arm.
+    """
+
+    def __init__(self, dataset, spec, out_dir, config, lr_schedule, head_for_all):
+        self.dataset, self.spec, self.out_dir, self.config = dataset, spec, out_dir, config
+        self.lr_schedule = {str(epoch): rate for epoch, rate in lr_schedule.items()}
+        self.head_for_all = head_for_all
+        self.callbacks = [lr_schedule_callback(spec.learning_rate, lr_schedule)] if lr_schedule else []
+
+    def settings(self, names: list[str], seeds: list[int]) -> dict:
+        """experiment.json's content (the keys and order older runs recorded)."""
+        config = self.config
+        return {
+            "dataset": self.dataset.name,
+            "strategies": names,
+            "seeds": list(seeds),
+            "model": dataclasses.asdict(self.spec),
+            **dict(initial_size=config.initial_size, query_size=config.query_size, subset_size=config.subset_size),
+            **dict(cycles=config.cycles, epochs=config.epochs, batch_size=config.batch_size),
+            **dict(augment=config.augment, warm_start=config.warm_start),
+            "lr_schedule": self.lr_schedule,
+            "head_for_all": self.head_for_all,
+            "preprocessing": self.dataset.preprocessing.get_config(),
+        }
+
+    def loop(self, name: str, strategy, seed: int) -> ActiveLearningLoop:
+        """The loop of arm `name` (built from `strategy`, a name or an object) with seed `seed`."""
         strategy_name, recipe = parse_arm(name) if isinstance(strategy, str) else (name, None)
-        with_head = recipe is not None or head_for_all or strategy_name in HEAD_STRATEGIES
-        arm_spec = spec if recipe is None else dataclasses.replace(spec, recipe=recipe)
+        with_head = recipe is not None or self.head_for_all or strategy_name in HEAD_STRATEGIES
+        arm_spec = self.spec if recipe is None else dataclasses.replace(self.spec, recipe=recipe)
+        dataset = self.dataset
         return ActiveLearningLoop(
             make_model_factory(arm_spec, dataset.preprocessing.input_shape, dataset.num_classes, with_head),
             (dataset.x_train, dataset.y_train),
             (dataset.x_test, dataset.y_test),
             strategy_name if isinstance(strategy, str) else strategy,
-            initial_size=initial_size,
-            query_size=query_size,
-            subset_size=subset_size,
-            cycles=cycles,
-            epochs=epochs,
-            batch_size=batch_size,
             preprocessing=dataset.preprocessing,
-            augment=augment,
-            warm_start=warm_start,
-            seed=seed,
-            work_dir=os.path.join(out_dir, name, f"seed_{seed}"),
-            fit_kwargs={"callbacks": callbacks} if callbacks else None,
-            verbose=verbose,
+            work_dir=os.path.join(self.out_dir, name, f"seed_{seed}"),
+            fit_kwargs={"callbacks": self.callbacks} if self.callbacks else None,
             label=name,
             tags={
                 "model": dataclasses.asdict(arm_spec),
                 "with_head": with_head,
-                "lr_schedule": settings["lr_schedule"],
+                "lr_schedule": self.lr_schedule,
                 "dataset": dataset.name,
             },
+            config=dataclasses.replace(self.config, seed=seed),
         )
-
-    # Refuse a changed setting before anything is written, so a refused command leaves the directory as it was.
-    for seed in seeds:
-        for name, strategy in zip(names, strategies):
-            make_loop(name, strategy, seed).check_resumable()
-    _write_settings(settings_path, settings)
-    results: dict[str, list[LoopResult]] = {name: [] for name in names}
-    for seed in seeds:
-        for name, strategy in zip(names, strategies):
-            results[name].append(make_loop(name, strategy, seed).run())
-    return results
 
 
 def _check_strategies(strategies: Sequence[Any], spec: ModelSpec, dataset: ArrayDataset) -> None:

@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -95,3 +96,30 @@ def test_arms_train_the_head_with_their_recipe_and_the_control_picks_at_random(t
     assert "ranking_accuracy" in results["random@recommended"][0].cycles[0]
     with pytest.raises(ValueError, match="recipe in"):
         experiment.parse_arm("random@fast")
+
+
+def test_a_bad_loop_setting_is_refused_before_anything_is_written(tmp_path):
+    out = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"Expected subset_size >= query_size \(5\) or None. Received: subset_size=3"):
+        experiment.run_experiment(
+            tiny_dataset(), ["random"], seeds=[0], out_dir=out, spec=experiment.ModelSpec(backbone="small_cnn"),
+            initial_size=10, query_size=5, subset_size=3, cycles=2, epochs=1,
+        )  # fmt: skip
+    assert not os.path.exists(out)
+
+
+def test_every_run_gets_the_experiments_settings_and_its_seed(tmp_path):
+    out = str(tmp_path / "run")
+    results = experiment.run_experiment(
+        tiny_dataset(), ["random"], seeds=[3, 1], out_dir=out, spec=experiment.ModelSpec(backbone="small_cnn", width=4),
+        initial_size=10, query_size=5, subset_size=None, cycles=2, epochs=1, batch_size=8, lr_schedule={1: 0.01},
+        verbose=0,
+    )  # fmt: skip
+    assert [run.config["seed"] for run in results["random"]] == [3, 1]
+    assert {run.config["batch_size"] for run in results["random"]} == {8}
+    settings = json.loads(open(os.path.join(out, "experiment.json")).read())
+    assert list(settings) == [
+        "dataset", "strategies", "seeds", "model", "initial_size", "query_size", "subset_size", "cycles", "epochs",
+        "batch_size", "augment", "warm_start", "lr_schedule", "head_for_all", "preprocessing",
+    ]  # fmt: skip
+    assert settings["seeds"] == [3, 1] and settings["lr_schedule"] == {"1": 0.01} and settings["subset_size"] is None
