@@ -3,13 +3,18 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Label Studio is a Django app with its own pins: it lives in a venv of its own, started by tests on localhost.
+LABEL_STUDIO_VERSION := 1.23.2
+LS_VENV  := .venv-labelstudio
+LS_STAMP := $(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION)
+export LOSSAL_LABEL_STUDIO ?= $(CURDIR)/$(LS_VENV)/bin/label-studio
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: help venv test test-all demo fashion-mnist lint format bench bench-all clean
+.PHONY: help venv labelstudio test test-all demo fashion-mnist lint format bench bench-all clean
 
 help:
-	@echo "make test      quick test suite (not slow)"
+	@echo "make test      quick test suite (not slow); installs Label Studio in .venv-labelstudio for its tests"
 	@echo "make test-all  every test, slow ones included (CI)"
 	@echo "make demo      the main job on Fashion-MNIST (CPU, a few minutes)"
 	@echo "make lint      ruff, and no function in keras_lossal/ over 60 lines of code"
@@ -24,11 +29,19 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+$(LS_STAMP):
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LS_VENV)/bin/python -m pip install -q "label-studio==$(LABEL_STUDIO_VERSION)"
+	touch $(LS_STAMP)
+
+labelstudio: $(LS_STAMP)
+
+test: $(STAMP) $(LS_STAMP)
 	$(PY) -m pytest -q -m "not slow and not integration" tests
 	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules keras_lossal
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(LS_STAMP)
 	$(PY) -m pytest -q -m "not integration" tests
 	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules keras_lossal
 
@@ -58,4 +71,4 @@ bench-all: bench
 	$(PY) benchmarks/label_efficiency.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LS_VENV) build dist *.egg-info .pytest_cache .ruff_cache
