@@ -202,9 +202,12 @@ class TopK:
         if self.threshold is not None and not predicted_loss >= self.threshold:
             return
         self._count += 1
+        full = self.k is not None and len(self._heap) >= self.k
+        if full and predicted_loss < self._heap[0][0]:
+            return  # the common case in a long stream, decided without building a key
         # The push count last: entries never tie, so records themselves are never compared.
         entry = (*queue_key(predicted_loss, self._count if order is None else order), -self._count, record)
-        if self.k is None or len(self._heap) < self.k:
+        if not full:
             heapq.heappush(self._heap, entry)
         elif entry[:3] > self._heap[0][:3]:
             heapq.heapreplace(self._heap, entry)

@@ -251,6 +251,17 @@ def test_missing_apache_beam_names_the_extra(monkeypatch):
         importlib.import_module("keras_lossal.beam")
 
 
+def test_cli_reports_a_bad_argument_or_a_missing_beam_in_one_line(model_dir, pool, tmp_path, monkeypatch, capsys):
+    argv = ["beam-score", "--model", model_dir, "--input", pool, "--output", str(tmp_path / "out"), "--top-k", "0"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == "lossal beam-score: Expected top_k to be a positive integer. Received: top_k=0\n"
+    for name in [name for name in sys.modules if name.startswith("keras_lossal.beam")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "apache_beam", None)
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err.startswith("lossal beam-score: keras_lossal.beam needs Apache Beam")
+
+
 def run_in_thread(function, timeout, on_hang):
     """Runs `function()`; a call still running after `timeout` seconds calls `on_hang` and fails the test."""
     import threading

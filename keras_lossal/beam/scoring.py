@@ -7,10 +7,10 @@ The pipeline, per item:
       -> RunInference(LossalModelHandler)   # batched, one model per worker
       -> scores | failures,  scores -> Top.Of(top_k) -> ranked queue
 
-Records, the tie rule and the file names are `keras_lossal.records`', the
-ones in-process triage writes (`scored.jsonl`, `failures.jsonl`,
-`queue.jsonl`), so downstream tools read either. Every item ends in exactly
-one of `scores` and `failures`.
+Records, the tie rule and the file names come from `keras_lossal.records`,
+as for in-process triage (`scored.jsonl`, `failures.jsonl`, `queue.jsonl`),
+so downstream tools read either. Every item ends in exactly one of `scores`
+and `failures`.
 """
 
 from __future__ import annotations

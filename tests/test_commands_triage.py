@@ -1,0 +1,75 @@
+"""`lossal triage` error reporting (`keras_lossal/commands/_errors.py`): one line on stderr, an exit code."""
+
+import socket
+import struct
+import zlib
+
+import pytest
+
+from keras_lossal import cli
+from keras_lossal.commands._errors import CommandError, reports_errors
+
+
+def png_header(height: int, width: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk + b"\x00" * 16
+
+
+@pytest.fixture
+def folder(tmp_path):
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool" / "a.png").write_bytes(png_header(4, 4))
+    return str(tmp_path / "pool")
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_triage(capsys, *argv) -> tuple[int, str]:
+    capsys.readouterr()
+    code = cli.main(["triage", *argv])
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def test_reports_errors_turns_user_errors_into_a_line_and_a_code(capsys):
+    @reports_errors("demo")
+    def run(error):
+        raise error
+
+    assert run(CommandError("bad flag", code=3)) == 3
+    assert capsys.readouterr().err == "lossal demo: bad flag\n"
+    assert run(FileNotFoundError("No such file: 'x'")) == 2
+    assert capsys.readouterr().err == "lossal demo: No such file: 'x'\n"
+    with pytest.raises(KeyError):  # a bug is not a user error: it still raises
+        run(KeyError("bug"))
+
+
+def test_mode_and_limits_are_checked_first(capsys, folder, tmp_path):
+    out = str(tmp_path / "out")
+    code, err = run_triage(capsys, folder, "--output", out, "--model", "m", "--server", "http://localhost:8501")
+    assert code == 2 and err == "lossal triage: pass exactly one of --model DIR (in-process) or --server URL\n"
+    code, err = run_triage(capsys, folder, "--output", out, "--model", str(tmp_path / "missing"), "--top-k", "-1")
+    assert code == 2 and err == "lossal triage: expected --top-k >= 0 (0 = no limit). Received: -1\n"
+
+
+def test_bad_target_and_missing_model_are_one_line_errors(capsys, folder, tmp_path):
+    out = str(tmp_path / "out")
+    code, err = run_triage(capsys, folder, "--output", out, "--server", "grpc://localhost:99999")
+    assert code == 2 and err.startswith("lossal triage: Expected a gRPC target 'host:port' with a port in 1..65535")
+    code, err = run_triage(capsys, folder, "--output", out, "--model", str(tmp_path / "missing"))
+    assert code == 2 and err.startswith("lossal triage: ") and "missing" in err and len(err.splitlines()) == 1
+
+
+def test_an_unreachable_server_stops_with_exit_code_3(capsys, folder, tmp_path):
+    out = str(tmp_path / "out")
+    server = f"http://127.0.0.1:{closed_port()}"
+    argv = [folder, "--output", out, "--server", server, "--retries", "0", "--stop-after-server-errors", "1"]
+    code, err = run_triage(capsys, *argv)
+    assert code == 3
+    assert err.startswith("lossal triage: Triage stopped after 1 scoring calls in a row failed on the server side")
+    assert err.endswith(f"(0 scored so far, see {out}/failures.jsonl)\n")
