@@ -31,7 +31,16 @@ def add_parser(subparsers) -> None:
             "same command again resumes unfinished runs. Then: `lossal report OUT`, `lossal plot OUT`."
         ),
     )
-    data = parser.add_argument_group("data")
+    _add_data_arguments(parser.add_argument_group("data"))
+    _add_protocol_arguments(parser.add_argument_group("protocol"))
+    _add_model_arguments(parser.add_argument_group("model and training"))
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--quiet", action="store_true", help="no per-cycle lines or progress bars")
+    parser.add_argument("--progress", action="store_true", help="progress bars for every fit and every pool scoring")
+    parser.set_defaults(func=run)
+
+
+def _add_data_arguments(data) -> None:
     data.add_argument(
         "--dataset", default="fashion_mnist", help="fashion_mnist (local IDX files) or a TFDS name (cifar10, tfds:NAME)"
     )
@@ -40,7 +49,8 @@ def add_parser(subparsers) -> None:
     data.add_argument("--test-size", type=int, default=None, help="evaluate on the first N test images only")
     data.add_argument("--augment", action="store_true", help="the paper's random flip + 4-pixel pad-crop")
 
-    protocol = parser.add_argument_group("protocol")
+
+def _add_protocol_arguments(protocol) -> None:
     protocol.add_argument(
         "--strategies",
         type=_name_list,
@@ -71,7 +81,8 @@ def add_parser(subparsers) -> None:
         help="train the loss-prediction head for every strategy, not only learning_loss",
     )
 
-    model = parser.add_argument_group("model and training")
+
+def _add_model_arguments(model) -> None:
     model.add_argument(
         "--backbone",
         choices=("resnet18_cifar", "small_cnn"),
@@ -95,11 +106,6 @@ def add_parser(subparsers) -> None:
     model.add_argument("--loss-weight", type=float, default=None, help="lambda (default: the recipe's, 1)")
     model.add_argument("--margin", type=float, default=None, help="xi (default: the recipe's, 1)")
     model.add_argument("--detach-after-epoch", type=int, default=None, help="paper: 120 (of 200)")
-
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--quiet", action="store_true", help="no per-cycle lines or progress bars")
-    parser.add_argument("--progress", action="store_true", help="progress bars for every fit and every pool scoring")
-    parser.set_defaults(func=run)
 
 
 def run(args) -> int:
