@@ -225,7 +225,7 @@ def test_crash_during_export_leaves_no_version(exported, tmp_path, monkeypatch):
         written.extend(os.listdir(os.path.join(tmp_path, "m", os.listdir(tmp_path / "m")[0])))
         raise RuntimeError("simulated crash after the SavedModel was written")
 
-    monkeypatch.setattr(export_lib, "_validate_signatures", crash)
+    monkeypatch.setattr(export_lib.savedmodel, "validate_signatures", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         kl.export.export_for_serving(model, str(tmp_path / "m"))
     assert "saved_model.pb" in written  # the crash hit a half-finished export...

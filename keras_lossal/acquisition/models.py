@@ -9,6 +9,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_lossal.outputs import graph_model, outputs_are_probabilities
+from keras_lossal.outputs import has_graph as _has_graph
+
 __all__ = [
     "graph_model",
     "classifier_outputs",
@@ -18,20 +21,6 @@ __all__ = [
 ]
 
 _STOCHASTIC_LAYERS = (keras.layers.Dropout, keras.layers.GaussianDropout, keras.layers.AlphaDropout)
-_PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
-
-
-def graph_model(model) -> keras.Model:
-    """The functional graph to inspect: a LossLearningModel's backbone, else the model itself."""
-    backbone = getattr(model, "backbone", None)
-    return backbone if isinstance(backbone, keras.Model) else model
-
-
-def _has_graph(model) -> bool:
-    try:
-        return bool(model.inputs) and bool(model.outputs)
-    except (AttributeError, ValueError):
-        return False
 
 
 def _model_name(model) -> str:
@@ -56,30 +45,6 @@ def classifier_outputs(model, features):
             f"{len(outputs)} outputs"
         )
     return outputs
-
-
-def _activation_name(layer) -> str | None:
-    if isinstance(layer, keras.layers.Softmax):
-        return "softmax"
-    activation = getattr(layer, "activation", None)
-    if activation is None:
-        return None
-    return getattr(activation, "__name__", str(activation))
-
-
-def outputs_are_probabilities(model) -> bool:
-    """Whether the classifier's last layer ends in softmax/sigmoid (else its outputs are taken as logits).
-
-    Looks at the layer that produces the functional graph's output. Models
-    without a graph (subclassed) are taken to output logits; pass
-    `from_logits=False` to an uncertainty strategy if yours outputs probabilities.
-    """
-    graph = graph_model(model)
-    if not _has_graph(graph) or len(graph.outputs) != 1:
-        return False
-    history = getattr(graph.outputs[0], "_keras_history", None)
-    layer = history[0] if history is not None else graph.layers[-1]
-    return _activation_name(layer) in _PROBABILITY_ACTIVATIONS
 
 
 def _last_dense(graph: keras.Model):
