@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 _LAZY_NAMES = {
     "ActiveLearningLoop": "keras_lossal.loop",
     "ImagePreprocessing": "keras_lossal.preprocessing",
+    "LoopConfig": "keras_lossal.loop",
     "LossLearningModel": "keras_lossal.model",
     "LossPredictionHead": "keras_lossal.head",
     "export_for_serving": "keras_lossal.export",
@@ -34,6 +35,7 @@ _LAZY_NAMES = {
 __all__ = [
     "ActiveLearningLoop",
     "ImagePreprocessing",
+    "LoopConfig",
     "LossLearningModel",
     "LossPredictionHead",
     "acquisition",
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
     from keras_lossal import acquisition, backbones, data, losses
     from keras_lossal.export import export_for_serving
     from keras_lossal.head import LossPredictionHead
-    from keras_lossal.loop import ActiveLearningLoop
+    from keras_lossal.loop import ActiveLearningLoop, LoopConfig
     from keras_lossal.model import LossLearningModel
     from keras_lossal.preprocessing import ImagePreprocessing
 

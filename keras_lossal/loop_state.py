@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
+
+from keras_lossal.files import atomic_open, atomic_write
 
 __all__ = [
     "STATE_FILE",
@@ -42,18 +43,7 @@ WEIGHTS_DIR = "weights"
 
 def write_json_atomic(path: str, payload: dict) -> None:
     """Writes `payload` as JSON to `path` so that a reader sees the old file or the new one, never a torn one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".state-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=1)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    atomic_write(path, json.dumps(payload, indent=1))
 
 
 def jsonable(value: Any) -> Any:
@@ -158,10 +148,9 @@ class RunDirectory:
         directory = os.path.join(self.path, WEIGHTS_DIR)
         os.makedirs(directory, exist_ok=True)
         name = f"cycle_{cycle:03d}.weights.npz"
-        temporary = os.path.join(directory, f".{name}.tmp.npz")
         # Model weights only: a warm start carries weights over with a fresh optimizer, as the reference code.
-        np.savez(temporary, *model.get_weights())
-        os.replace(temporary, os.path.join(directory, name))
+        with atomic_open(os.path.join(directory, name), binary=True) as handle:
+            np.savez(handle, *model.get_weights())
         return os.path.join(WEIGHTS_DIR, name)
 
     def weights_path(self, relative: str | None) -> str | None:

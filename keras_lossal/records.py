@@ -11,7 +11,7 @@ downstream tools read alike and rank the same items first:
   assignment (`assign_ranks`);
 - the output file names and writers: JSONL (`jsonl_line`, `to_jsonl`, the
   append-only `JsonlLog` and its crash-tolerant reader `read_jsonl_log`),
-  `queue_csv`, `label_studio_tasks`, and atomic writes (`atomic_write`, `atomic_open`).
+  `queue_csv`, `label_studio_tasks` (atomic writes are `keras_lossal.files`').
 
 Example:
 
@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import functools
 import heapq
@@ -33,7 +32,7 @@ import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from keras_lossal.serving.readers import Item
@@ -51,8 +50,6 @@ __all__ = [
     "JsonlLog",
     "TopK",
     "assign_ranks",
-    "atomic_open",
-    "atomic_write",
     "failure_record",
     "jsonl_line",
     "label_studio_tasks",
@@ -372,49 +369,3 @@ def label_studio_tasks(queue: Sequence[Mapping[str, Any]], image_prefix: str, mo
             ]
         tasks.append(task)
     return tasks
-
-
-# --------------------------------------------------------------------------- atomic writes
-@contextlib.contextmanager
-def atomic_open(path: str, binary: bool = False) -> Iterator[IO]:
-    """Opens a local file for writing so that readers see the old `path` or the whole new one, never a part.
-
-    Writes go to `path + ".tmp"`; when the block ends they are synced and the file is renamed over
-    `path`. If the block raises, the temporary file is removed and `path` is left as it was.
-
-    Example:
-
-    >>> with atomic_open("triage_out/failures.jsonl", binary=True) as handle:  # doctest: +SKIP
-    ...     handle.write(b'{"id": "a"}\\n')
-    """
-    temporary = f"{path}.tmp"
-    try:
-        with open(temporary, "wb") if binary else open(temporary, "w", encoding="utf-8", newline="") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def atomic_write(path: str, text: str) -> None:
-    """Writes `text` (UTF-8, newlines as given) to `path` so that readers see the old file or the new one.
-
-    Local paths go through `atomic_open`. Object-store URLs (`gs://`, `s3://`, ...) are written with
-    `tf.io.gfile`, as the readers read them: an object appears whole when its upload completes.
-
-    Example:
-
-    >>> atomic_write("triage_out/summary.json", '{"scored": 10}\\n')  # doctest: +SKIP
-    """
-    if "://" in path:
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "w") as handle:
-            handle.write(text)
-        return
-    with atomic_open(path) as handle:
-        handle.write(text)

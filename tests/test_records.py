@@ -1,9 +1,7 @@
-"""`keras_lossal.records`: record layouts, the tie rule and ranking, JSONL/CSV/Label Studio writers, atomic writes."""
+"""`keras_lossal.records`: record layouts, the tie rule and ranking, JSONL/CSV/Label Studio writers."""
 
 import csv
 import io
-import json
-import os
 
 import numpy as np
 import pytest
@@ -13,8 +11,6 @@ from keras_lossal.records import (
     JsonlLog,
     TopK,
     assign_ranks,
-    atomic_open,
-    atomic_write,
     failure_record,
     label_studio_tasks,
     non_finite_reason,
@@ -239,38 +235,3 @@ def test_label_studio_tasks_layout():
     # The key order is part of the file's bytes.
     assert list(tasks[0]["predictions"][0]) == ["model_version", "score", "result"]
     assert list(tasks[0]["predictions"][0]["result"][0]) == ["from_name", "to_name", "type", "value"]
-
-
-# --------------------------------------------------------------------------- atomic writes
-def test_atomic_write_replaces_the_whole_file(tmp_path):
-    path = str(tmp_path / "queue.csv")
-    atomic_write(path, "old\r\n")
-    atomic_write(path, "new\nline\n")
-    with open(path, "rb") as handle:
-        assert handle.read() == b"new\nline\n"  # newlines as given, not translated
-    assert os.listdir(tmp_path) == ["queue.csv"]
-
-
-def test_a_failed_atomic_write_leaves_the_old_file_and_no_partial_one(tmp_path):
-    path = str(tmp_path / "summary.json")
-    atomic_write(path, '{"scored": 1}\n')
-    with pytest.raises(UnicodeEncodeError):
-        atomic_write(path, "a" * 100_000 + "\ud800")  # not encodable: the write fails
-    with open(path, encoding="utf-8") as handle:
-        assert handle.read() == '{"scored": 1}\n'
-    assert os.listdir(tmp_path) == ["summary.json"]
-    with pytest.raises(RuntimeError, match="stopped"):
-        with atomic_open(path, binary=True) as handle:
-            handle.write(b"partial")
-            raise RuntimeError("stopped")
-    with open(path, encoding="utf-8") as handle:
-        assert handle.read() == '{"scored": 1}\n'
-    assert os.listdir(tmp_path) == ["summary.json"]
-
-
-def test_atomic_write_to_an_object_store_url():
-    tf = pytest.importorskip("tensorflow")
-    path = "ram://keras_lossal_test_records/queue.jsonl"
-    atomic_write(path, to_jsonl(QUEUE))
-    with tf.io.gfile.GFile(path, "r") as handle:
-        assert [json.loads(line) for line in handle.read().splitlines()] == QUEUE

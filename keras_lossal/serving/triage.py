@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from keras_lossal.files import atomic_open, atomic_write
 from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from keras_lossal.records import (
     DUPLICATE_REASON,
@@ -45,8 +46,6 @@ from keras_lossal.records import (
     JsonlLog,
     TopK,
     assign_ranks,
-    atomic_open,
-    atomic_write,
     failure_record,
     label_studio_tasks,
     queue_csv,
