@@ -1,0 +1,556 @@
+"""Label Studio: the project's label config, image URLs, export readers and the rule that resolves annotators.
+
+Triage writes Label Studio tasks whose `data` holds `image` (a URL Label Studio
+serves, from `image_url`) and `item_id` (the pool item's id). People label
+them; `read_export` reads what Label Studio exports (JSON, JSON_MIN or CSV)
+into one `Annotation` per (item, annotation), and `resolve` turns those into
+at most one label per item:
+
+- cancelled ("skipped") annotations are ignored (JSON keeps them with
+  `was_cancelled`; JSON_MIN and CSV leave them out);
+- each annotator has one vote: their latest annotation of the item (the
+  highest annotation id) supersedes their earlier ones;
+- a vote that is not exactly one of the class names (a label outside the
+  class list, which Label Studio accepts through its API; no choice; several
+  choices) is rejected with its reason and does not count;
+- the label with the most valid votes wins; a tie is rejected with the counts.
+
+`ingest` applies them to the labeled-set manifest (`keras_lossal.manifest`):
+unknown ids and labels that conflict with the manifest are rejected, never
+merged, and ingesting the same export twice changes nothing.
+
+Facts checked against Label Studio 1.23.2 (`tests/labelstudio_server.py`
+drives a real server): JSON_MIN and CSV hold one record per annotation, with
+the task's data fields, `id` (the Label Studio task id), `label` (the choice;
+`{"choices": [...]}` for several, absent or empty for none), `annotator` (the
+user id) and `annotation_id`; a data field named `id` collides with the task
+id there (JSON_MIN keeps the task id, CSV the data field), hence `item_id`.
+
+Example:
+
+>>> print(label_config(["cat", "dog & wolf"]))
+<View><Image name="image" value="$image"/><Choices name="label" toName="image" choice="single"><Choice value="cat"/><Choice value="dog &amp; wolf"/></Choices></View>
+>>> image_url("/srv/pool/a b.png", document_root="/srv")
+'/data/local-files/?d=pool/a%20b.png'
+>>> annotations = [Annotation("a", ("cat",), "1", 1), Annotation("a", ("cat",), "2", 2), Annotation("a", ("dog",), "3", 3)]
+>>> labels, rejects = resolve(annotations, ["cat", "dog"])
+>>> labels["a"].label, labels["a"].annotators, rejects
+('cat', ('1', '2'), [])
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import datetime
+import io
+import json
+import os
+import posixpath
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+__all__ = [
+    "CHOICES_NAME",
+    "DEFAULT_ID_FIELD",
+    "EXPORT_TYPES",
+    "IMAGE_FIELD",
+    "LOCAL_FILES_PREFIX",
+    "Annotation",
+    "IngestSummary",
+    "ResolvedLabel",
+    "image_path",
+    "image_url",
+    "ingest",
+    "label_config",
+    "read_export",
+    "read_label_config",
+    "resolve",
+    "write_label_config",
+]
+
+# The task data field holding the pool item's id (what `keras_lossal.records.label_studio_tasks` writes).
+DEFAULT_ID_FIELD = "item_id"
+# The task data field holding the image URL, and the name of the Choices tag (the `label` column of JSON_MIN/CSV).
+IMAGE_FIELD = "image"
+CHOICES_NAME = "label"
+# What Label Studio serves from LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT; `d` is relative to that root.
+LOCAL_FILES_PREFIX = "/data/local-files/?d="
+CLOUD_SCHEMES = ("gs://", "s3://", "azure-blob://", "http://", "https://")
+EXPORT_TYPES = ("JSON", "JSON_MIN", "CSV")
+# Fields JSON_MIN and CSV add to every record: a data field of one of these names is overwritten or ambiguous.
+FLATTENED_FIELDS = ("id", CHOICES_NAME, "annotator", "annotation_id", "created_at", "updated_at", "lead_time")
+
+# Reject reasons (the `reason` field of a rejects file starts with one of these).
+NOT_A_CLASS = "label not in the class list"
+NO_CHOICE = "no choice"
+SEVERAL_CHOICES = "several choices"
+TIE = "tie between annotators"
+NO_ID = "task has no item id"
+UNKNOWN_ID = "unknown id"
+CONFLICT = "conflicts with the labeled set"
+
+
+# --------------------------------------------------------------------------- project setup
+def label_config(class_names: Sequence[str]) -> str:
+    """The Label Studio label config of a single-choice image classification project over `class_names`."""
+    names = _checked_class_names(class_names)
+    view = ElementTree.Element("View")
+    ElementTree.SubElement(view, "Image", {"name": IMAGE_FIELD, "value": "$" + IMAGE_FIELD})
+    choices = ElementTree.SubElement(view, "Choices", {"name": CHOICES_NAME, "toName": IMAGE_FIELD, "choice": "single"})
+    for name in names:
+        ElementTree.SubElement(choices, "Choice", {"value": name})
+    return ElementTree.tostring(view, encoding="unicode", short_empty_elements=True).replace(" />", "/>")
+
+
+def write_label_config(path: str, class_names: Sequence[str]) -> None:
+    """Writes `label_config(class_names)` to `path` (atomically; a trailing newline)."""
+    from keras_lossal.files import atomic_write
+
+    atomic_write(path, label_config(class_names) + "\n")
+
+
+def read_label_config(path: str) -> list[str]:
+    """The class names of a label config file: the `value`s of the `Choice` tags of its `label` Choices.
+
+    Example:
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "label_config.xml")
+    >>> write_label_config(path, ["cat", "dog"])
+    >>> read_label_config(path)
+    ['cat', 'dog']
+    """
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as error:
+        raise ValueError(f"Expected a Label Studio label config (XML). Received {path!r}: {error}") from None
+    for choices in root.iter("Choices"):
+        if choices.get("name") == CHOICES_NAME:
+            return _checked_class_names([choice.get("value", "") for choice in choices.iter("Choice")])
+    raise ValueError(f"Expected a <Choices name={CHOICES_NAME!r}> tag in the label config {path!r}")
+
+
+def _checked_class_names(class_names: Sequence[str]) -> list[str]:
+    names = [str(name) for name in class_names]
+    if not names or any(not name.strip() for name in names):
+        raise ValueError(f"Expected non-empty class names. Received: {names}")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"Expected distinct class names. Received duplicates: {duplicates}")
+    return names
+
+
+def image_url(path: str, document_root: str | None = None, url_prefix: str | None = None) -> str:
+    """The URL Label Studio loads an item's image from.
+
+    Args:
+        path: the image file.
+        document_root: the server's `LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`: gives
+            `/data/local-files/?d=<path relative to it>` (URL-quoted). A path outside
+            it is refused (Label Studio answers 404 for an absolute `d`).
+        url_prefix: a cloud storage or web prefix (`gs://bucket/dir/`, `s3://...`,
+            `https://...`) that stands for `document_root` (default: the current
+            directory): gives the prefix joined with the relative path.
+
+    Example:
+
+    >>> image_url("/srv/pool/été 1.png", document_root="/srv")
+    '/data/local-files/?d=pool/%C3%A9t%C3%A9%201.png'
+    >>> image_url("/srv/pool/a.png", document_root="/srv", url_prefix="gs://bucket/images")
+    'gs://bucket/images/pool/a.png'
+    """
+    if document_root is None and url_prefix is None:
+        raise ValueError("Expected document_root (local files) or url_prefix (cloud storage); received neither")
+    relative = _relative_to(path, document_root or os.curdir)
+    if url_prefix is not None:
+        if not url_prefix.startswith(CLOUD_SCHEMES):
+            raise ValueError(
+                f"Expected url_prefix starting with one of {list(CLOUD_SCHEMES)}. Received: {url_prefix!r}"
+            )
+        return url_prefix.rstrip("/") + "/" + quote(relative, safe="/")
+    return LOCAL_FILES_PREFIX + quote(relative, safe="/")
+
+
+def _relative_to(path: str, root: str) -> str:
+    absolute_root = os.path.realpath(root)
+    absolute = os.path.realpath(path if os.path.isabs(path) else os.path.join(os.getcwd(), path))
+    relative = os.path.relpath(absolute, absolute_root)
+    if relative == os.curdir or relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        raise ValueError(
+            f"Expected an image inside the Label Studio document root {absolute_root!r}. Received: {path!r} "
+            "(set LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT to a folder that holds the pool)"
+        )
+    return relative.replace(os.sep, "/")
+
+
+def image_path(url: str, document_root: str | None = None) -> str:
+    """The inverse of `image_url`: the file a task's image URL names.
+
+    A local-files URL gives its `d` joined to `document_root` (required for
+    one); any other URL (`gs://...`, `https://...`) is returned URL-unquoted.
+
+    Example:
+
+    >>> image_path("/data/local-files/?d=pool/a%20b.png", document_root="/srv")
+    '/srv/pool/a b.png'
+    """
+    if not url.startswith(LOCAL_FILES_PREFIX.split("?")[0]):
+        return unquote(url)
+    values = parse_qs(urlsplit(url).query).get("d")
+    if not values:
+        raise ValueError(f"Expected a local-files URL with a `d` parameter. Received: {url!r}")
+    if document_root is None:
+        raise ValueError(f"Expected the document root to find the file of the local-files URL {url!r}")
+    relative = posixpath.normpath(values[0])
+    if relative.startswith(("/", "../")) or relative == "..":
+        raise ValueError(f"Expected a path relative to the document root in {url!r}. Received d={values[0]!r}")
+    return os.path.join(document_root, *relative.split("/"))
+
+
+# --------------------------------------------------------------------------- export readers
+@dataclasses.dataclass(frozen=True)
+class Annotation:
+    """One person's annotation of one item, as read from a Label Studio export.
+
+    Args:
+        item_id: the item's id (the task's id field); None when the task has none.
+        choices: the chosen labels (one for a valid vote).
+        annotator: who annotated (the Label Studio user id, as text).
+        annotation_id: Label Studio's annotation id (higher = later).
+        task_id: Label Studio's task id.
+        image: the task's image URL.
+        cancelled: the annotator cancelled (skipped) the task; such an annotation never votes.
+    """
+
+    item_id: str | None
+    choices: tuple[str, ...]
+    annotator: str
+    annotation_id: int
+    task_id: int | str | None = None
+    image: str | None = None
+    cancelled: bool = False
+
+    def as_record(self) -> dict[str, Any]:
+        """The annotation as a rejects-file record."""
+        return {
+            "id": self.item_id,
+            "choices": list(self.choices),
+            "annotator": self.annotator,
+            "annotation_id": self.annotation_id,
+            "task_id": self.task_id,
+        }
+
+
+def read_export(path: str, export_type: str | None = None, id_field: str = DEFAULT_ID_FIELD) -> list[Annotation]:
+    """Reads a Label Studio export file into one `Annotation` per annotation (JSON keeps the cancelled ones).
+
+    Args:
+        path: the exported file.
+        export_type: `"JSON"`, `"JSON_MIN"` or `"CSV"`; default: CSV for a `.csv`
+            file, else JSON or JSON_MIN by the records' shape (tasks with
+            `annotations` are JSON).
+        id_field: the task data field holding the item id.
+
+    Example:
+
+    >>> [(a.item_id, a.choices, a.annotator) for a in read_export("tests/data/labelstudio/export.csv")][:2]
+    [('a', ('dog',), '3'), ('a', ('cat',), '2')]
+    """
+    with open(path, encoding="utf-8", newline="") as handle:
+        text = handle.read()
+    if export_type is None:
+        export_type = "CSV" if path.lower().endswith(".csv") else _json_export_type(text, path)
+    if export_type not in EXPORT_TYPES:
+        raise ValueError(f"Expected export_type in {list(EXPORT_TYPES)}. Received: {export_type!r}")
+    if export_type != "JSON" and id_field in FLATTENED_FIELDS:
+        raise ValueError(
+            f"Expected an id field other than {list(FLATTENED_FIELDS)} in a {export_type} export (Label Studio "
+            f"overwrites those when it flattens tasks). Received: id_field={id_field!r}"
+        )
+    if export_type == "CSV":
+        return [_flat_annotation(row, id_field, path) for row in csv.DictReader(io.StringIO(text))]
+    records = _json_list(text, path)
+    if export_type == "JSON_MIN":
+        return [_flat_annotation(record, id_field, path) for record in records]
+    return [annotation for task in records for annotation in _task_annotations(task, id_field, path)]
+
+
+def _json_list(text: str, path: str) -> list[dict]:
+    try:
+        records = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"Expected a Label Studio JSON export in {path!r}: {error}") from None
+    if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
+        raise ValueError(f"Expected a JSON list of objects in the Label Studio export {path!r}")
+    return records
+
+
+def _json_export_type(text: str, path: str) -> str:
+    records = _json_list(text, path)
+    return "JSON" if records and "annotations" in records[0] else "JSON_MIN"
+
+
+def _task_annotations(task: Mapping[str, Any], id_field: str, path: str) -> list[Annotation]:
+    data = task.get("data")
+    if not isinstance(data, dict):
+        raise ValueError(f"Expected a `data` object in every task of the JSON export {path!r}. Task: {task.get('id')}")
+    item_id = _item_id(data.get(id_field))
+    annotations = []
+    for annotation in task.get("annotations", []):
+        if "id" not in annotation:
+            raise ValueError(
+                f"Expected an `id` in every annotation of the JSON export {path!r}. Task: {task.get('id')}"
+            )
+        choices = [
+            choice
+            for result in annotation.get("result", [])
+            if result.get("from_name") == CHOICES_NAME and result.get("type") == "choices"
+            for choice in result.get("value", {}).get("choices", [])
+        ]
+        annotator = annotation.get("completed_by")
+        if isinstance(annotator, dict):  # some versions expand the user
+            annotator = annotator.get("id", annotator.get("email"))
+        annotations.append(
+            Annotation(
+                item_id,
+                tuple(map(str, choices)),
+                str(annotator),
+                int(annotation["id"]),
+                task.get("id"),
+                data.get(IMAGE_FIELD),
+                bool(annotation.get("was_cancelled")),
+            )
+        )
+    return annotations
+
+
+def _flat_annotation(record: Mapping[str, Any], id_field: str, path: str) -> Annotation:
+    for field in ("annotator", "annotation_id"):
+        if record.get(field) in (None, ""):
+            raise ValueError(
+                f"Expected a {field!r} field in every record of the export {path!r}. Received: {dict(record)}"
+            )
+    return Annotation(
+        _item_id(record.get(id_field)),
+        _flat_choices(record.get(CHOICES_NAME)),
+        str(record["annotator"]),
+        int(record["annotation_id"]),
+        _task_id(record.get("id")),
+        record.get(IMAGE_FIELD),
+    )
+
+
+def _flat_choices(value: Any) -> tuple[str, ...]:
+    # JSON_MIN: a string, {"choices": [...]} for several, absent for none; CSV: the same as text, "" for none.
+    if isinstance(value, str) and value.startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return (value,)
+    if isinstance(value, dict):
+        return tuple(map(str, value.get("choices", [])))
+    if value is None or value == "":
+        return ()
+    return (str(value),)
+
+
+def _task_id(value: Any) -> int | str | None:
+    # CSV gives every value as text; a data field named `id` can replace the task id there.
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
+def _item_id(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+# --------------------------------------------------------------------------- resolution
+@dataclasses.dataclass(frozen=True)
+class ResolvedLabel:
+    """An item's label by majority of its annotators.
+
+    Args:
+        item_id: the item's id.
+        label: the winning class name.
+        annotators: who voted for it, sorted.
+        votes: valid votes per label.
+        image: the task's image URL (the last one seen).
+    """
+
+    item_id: str
+    label: str
+    annotators: tuple[str, ...]
+    votes: Mapping[str, int]
+    image: str | None = None
+
+
+def resolve(
+    annotations: Iterable[Annotation], class_names: Sequence[str]
+) -> tuple[dict[str, ResolvedLabel], list[dict[str, Any]]]:
+    """Resolves annotations into one label per item by majority; returns `(labels by id, rejects)`.
+
+    Each annotator's latest annotation of an item is their vote; a vote that is
+    not exactly one class name is rejected (and does not count); a tie between
+    the most voted labels rejects the item. Rejects are records with a `reason`.
+
+    Example:
+
+    >>> votes = [Annotation("a", ("cat",), "1", 1), Annotation("a", ("dog",), "2", 2),
+    ...          Annotation("b", ("NotAClass",), "1", 3)]
+    >>> labels, rejects = resolve(votes, ["cat", "dog"])
+    >>> labels, [reject["reason"] for reject in rejects]
+    ({}, ['label not in the class list: NotAClass', 'tie between annotators: cat (1), dog (1)'])
+    """
+    classes = set(_checked_class_names(class_names))
+    latest: dict[tuple[str | None, str | int], Annotation] = {}
+    for annotation in annotations:
+        if annotation.cancelled:
+            continue
+        # Without an item id there is nothing to group by: each such annotation is rejected on its own.
+        key = (annotation.item_id, annotation.annotator if annotation.item_id is not None else annotation.annotation_id)
+        if key not in latest or annotation.annotation_id > latest[key].annotation_id:
+            latest[key] = annotation
+    votes: dict[str, list[Annotation]] = collections.defaultdict(list)
+    rejects = []
+    for annotation in sorted(latest.values(), key=lambda annotation: annotation.annotation_id):
+        reason = _vote_problem(annotation, classes)
+        if reason:
+            rejects.append({**annotation.as_record(), "reason": reason})
+        else:
+            votes[annotation.item_id].append(annotation)
+    labels = {}
+    for item_id, ballots in votes.items():
+        counts = collections.Counter(ballot.choices[0] for ballot in ballots)
+        ranked = sorted(counts.items(), key=lambda pair: (-pair[1], pair[0]))
+        if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+            tied = ", ".join(f"{label} ({count})" for label, count in ranked)
+            rejects.append({"id": item_id, "votes": dict(ranked), "reason": f"{TIE}: {tied}"})
+            continue
+        winner = ranked[0][0]
+        annotators = tuple(sorted(ballot.annotator for ballot in ballots if ballot.choices[0] == winner))
+        labels[item_id] = ResolvedLabel(item_id, winner, annotators, dict(ranked), ballots[-1].image)
+    return labels, rejects
+
+
+def _vote_problem(annotation: Annotation, classes: set[str]) -> str | None:
+    if annotation.item_id is None:
+        return f"{NO_ID} (task {annotation.task_id})"
+    if not annotation.choices:
+        return NO_CHOICE
+    if len(annotation.choices) > 1:
+        return f"{SEVERAL_CHOICES}: {', '.join(annotation.choices)}"
+    if annotation.choices[0] not in classes:
+        return f"{NOT_A_CLASS}: {annotation.choices[0]}"
+    return None
+
+
+# --------------------------------------------------------------------------- ingest
+@dataclasses.dataclass
+class IngestSummary:
+    """What `ingest` did: counts, the rejects by reason and where the rejects went.
+
+    Args:
+        annotations: annotations read (cancelled ones excluded).
+        cancelled: cancelled annotations ignored (only JSON exports hold them).
+        added: items added to the manifest.
+        present: items already in the manifest with the same label.
+        rejects: rejected records (each with a `reason`).
+        rejects_path: the rejects file written.
+    """
+
+    annotations: int
+    cancelled: int
+    added: int
+    present: int
+    rejects: list[dict[str, Any]]
+    rejects_path: str
+
+    def reasons(self) -> dict[str, int]:
+        """Rejected records per reason (the text before the first colon), most frequent first."""
+        counts = collections.Counter(reject["reason"].split(":")[0].split(" (")[0] for reject in self.rejects)
+        return dict(sorted(counts.items(), key=lambda pair: (-pair[1], pair[0])))
+
+    def describe(self) -> str:
+        """One paragraph for people."""
+        reasons = ", ".join(f"{count} {reason}" for reason, count in self.reasons().items())
+        text = (
+            f"Read {self.annotations} annotation(s) ({self.cancelled} cancelled, ignored): added {self.added} item(s) to the labeled set, "
+            f"{self.present} already present with the same label, rejected {len(self.rejects)}"
+        )
+        return text + (f" ({reasons})" if reasons else "") + f". Rejects: {self.rejects_path}"
+
+
+def ingest(
+    export_path: str,
+    manifest_path: str,
+    class_names: Sequence[str],
+    known_items: Mapping[str, str] | None = None,
+    rejects_path: str | None = None,
+    export_type: str | None = None,
+    id_field: str = DEFAULT_ID_FIELD,
+    document_root: str | None = None,
+) -> IngestSummary:
+    """Adds the labels of a Label Studio export to the labeled-set manifest; writes what it refuses to a rejects file.
+
+    Args:
+        export_path: the Label Studio export (JSON, JSON_MIN or CSV).
+        manifest_path: the labeled-set manifest (JSONL or CSV; created if missing).
+        class_names: the classes a label must be one of.
+        known_items: item id -> path of the pool the tasks came from (see
+            `keras_lossal.manifest.read_known_items`); an id outside it is
+            rejected. None accepts every id and takes the path from the task's
+            image URL (`image_path`, with `document_root` for local files).
+        rejects_path: where rejects go (JSONL, rewritten each run); default
+            `<export file name>.rejects.jsonl` beside the manifest.
+        export_type: see `read_export`.
+        id_field: the task data field holding the item id.
+        document_root: Label Studio's local-files document root (only for
+            `known_items=None` with local-files URLs).
+    """
+    from keras_lossal import manifest
+    from keras_lossal.files import atomic_write
+    from keras_lossal.records import to_jsonl
+
+    annotations = read_export(export_path, export_type, id_field)
+    cancelled = sum(annotation.cancelled for annotation in annotations)
+    labels, rejects = resolve(annotations, class_names)
+    source = os.path.basename(export_path)
+    entries = []
+    for item_id, resolved in sorted(labels.items()):
+        if known_items is not None and item_id not in known_items:
+            rejects.append({"id": item_id, "label": resolved.label, "reason": UNKNOWN_ID})
+            continue
+        path = known_items[item_id] if known_items is not None else _task_path(resolved, document_root)
+        entries.append(_entry(resolved, manifest.relative_to_manifest(path, manifest_path), source))
+    merged = manifest.merge(manifest_path, entries)
+    for entry, existing in merged.conflicts:
+        reason = f"{CONFLICT}: it has {existing['label']!r}"
+        rejects.append({"id": entry["id"], "label": entry["label"], "reason": reason})
+    rejects_path = rejects_path or os.path.join(
+        os.path.dirname(os.path.abspath(manifest_path)), source + ".rejects.jsonl"
+    )
+    atomic_write(rejects_path, to_jsonl(rejects))
+    return IngestSummary(
+        len(annotations) - cancelled, cancelled, len(merged.added), len(merged.present), rejects, rejects_path
+    )
+
+
+def _task_path(resolved: ResolvedLabel, document_root: str | None) -> str:
+    if not resolved.image:
+        raise ValueError(f"Expected an {IMAGE_FIELD!r} field in the task of item {resolved.item_id!r}")
+    return image_path(resolved.image, document_root)
+
+
+def _entry(resolved: ResolvedLabel, path: str, source: str) -> dict[str, Any]:
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    return {
+        "id": resolved.item_id,
+        "path": path,
+        "label": resolved.label,
+        "source": source,
+        "annotators": list(resolved.annotators),
+        "ingested_at": now,
+    }
