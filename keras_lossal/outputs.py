@@ -54,6 +54,14 @@ def outputs_are_probabilities(model) -> bool:
     graph = graph_model(model)
     if not has_graph(graph) or len(graph.outputs) != 1:
         return False
-    history = getattr(graph.outputs[0], "_keras_history", None)
-    layer = history[0] if history is not None else graph.layers[-1]
+    output = graph.outputs[0]
+    layer = next((layer for layer in reversed(graph.layers) if _produces(layer, output)), graph.layers[-1])
     return _activation_name(layer) in _PROBABILITY_ACTIVATIONS
+
+
+def _produces(layer, tensor) -> bool:
+    """Whether `tensor` is `layer`'s output (a layer called more than once has no single output)."""
+    try:
+        return layer.output is tensor
+    except (AttributeError, ValueError):
+        return False
