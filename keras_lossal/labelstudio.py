@@ -476,8 +476,9 @@ class IngestSummary:
     def describe(self) -> str:
         """One paragraph for people."""
         reasons = ", ".join(f"{count} {reason}" for reason, count in self.reasons().items())
+        cancelled = f" (and {self.cancelled} cancelled, ignored)" if self.cancelled else ""
         text = (
-            f"Read {self.annotations} annotation(s) ({self.cancelled} cancelled, ignored): added {self.added} item(s) to the labeled set, "
+            f"Read {self.annotations} annotation(s){cancelled}: added {self.added} item(s) to the labeled set, "
             f"{self.present} already present with the same label, rejected {len(self.rejects)}"
         )
         return text + (f" ({reasons})" if reasons else "") + f". Rejects: {self.rejects_path}"

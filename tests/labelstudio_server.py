@@ -130,16 +130,20 @@ class LabelStudioServer:
         self.log.close()
 
     # ----------------------------------------------------------------------- REST
-    def request(self, method: str, path: str, body=None, expected: int = 200) -> bytes:
-        """One API call with the token; fails the test (with the server's answer) on another status."""
+    def send(self, method: str, path: str, body=None) -> tuple[int, bytes]:
+        """One call with the token (local files need it too): `(HTTP status, body)`."""
         data = None if body is None else json.dumps(body).encode("utf-8")
         headers = {"Authorization": f"Token {self.token}", "Content-Type": "application/json"}
         request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
-                status, content = response.status, response.read()
+                return response.status, response.read()
         except urllib.error.HTTPError as error:
-            status, content = error.code, error.read()
+            return error.code, error.read()
+
+    def request(self, method: str, path: str, body=None, expected: int = 200) -> bytes:
+        """One API call; fails the test (with the server's answer) on another status than `expected`."""
+        status, content = self.send(method, path, body)
         if status != expected:
             pytest.fail(f"{method} {path}: expected HTTP {expected}, received {status}: {content[:500]!r}")
         return content

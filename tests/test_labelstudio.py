@@ -9,6 +9,8 @@ import argparse
 import json
 import os
 import struct
+import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 
@@ -321,7 +323,17 @@ def png(height: int, width: int) -> bytes:
 
 
 CLASSES = ["cat", "dog", "fish & chips"]
-POOL = ["a.png", "b.png", "c.png", "d d.png", "été.png", "e.png", "g.png", "stray.png"]
+POOL = ["a.png", "b.png", "c.png", "d d.png", "été.png", "e.png", "g.png", "h.png", "stray.png"]
+
+
+def triage_task(root: str, name: str) -> dict:
+    """A task as triage writes it: image URL, item id, predicted loss and the model's class as a pre-annotation."""
+    choice = {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["dog"]}}
+    return {
+        "data": {"image": image_url(os.path.join(root, "pool", name), document_root=root), "item_id": name,
+                 "predicted_loss": 1.0},
+        "predictions": [{"model_version": "v1", "score": 1.0, "result": [choice]}],
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -339,11 +351,7 @@ def labeled_round(label_studio, tmp_path_factory):  # noqa: F811 - the fixture i
 
     project = label_studio.create_project("lossal triage round", label_config(CLASSES))
     label_studio.connect_local_storage(project, os.path.join(root, "pool"))
-    tasks = [
-        {"data": {"image": image_url(os.path.join(root, "pool", name), document_root=root), "item_id": name,
-                  "predicted_loss": 1.0}}
-        for name in POOL
-    ]  # fmt: skip
+    tasks = [triage_task(root, name) for name in POOL]
     task_ids = label_studio.import_tasks(project, tasks)
     first = label_studio.current_user()
     second, third = label_studio.create_user("second@example.com"), label_studio.create_user("third@example.com")
@@ -355,6 +363,7 @@ def labeled_round(label_studio, tmp_path_factory):  # noqa: F811 - the fixture i
         ("été.png", third, "dog", False),
         ("e.png", first, "cat", False),  # the labeled set says dog: a conflict
         ("g.png", second, "cat", False),  # already labeled cat: present
+        # h.png: no annotation, only the model's pre-annotation, which must never become a label
         ("stray.png", first, "dog", False),  # not in triage's output: unknown
     ]  # fmt: skip
     annotation_ids = {}
@@ -369,12 +378,12 @@ def labeled_round(label_studio, tmp_path_factory):  # noqa: F811 - the fixture i
 @pytest.mark.labelstudio
 def test_label_studio_serves_the_images_at_the_mapped_urls(label_studio, labeled_round):  # noqa: F811
     for task in labeled_round["tasks"]:
-        request = urllib.request.Request(
-            label_studio.url + task["data"]["image"], headers={"Authorization": f"Token {label_studio.token}"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert response.status == 200
-            assert response.read() == png(4, 6)
+        assert label_studio.send("GET", task["data"]["image"]) == (200, png(4, 6))
+    absolute = os.path.join(labeled_round["root"], "pool", "a.png")
+    status, _ = label_studio.send("GET", "/data/local-files/?d=" + urllib.parse.quote(absolute))
+    assert status == 404  # why image_url refuses paths outside the document root
+    with pytest.raises(urllib.error.HTTPError, match="401"):  # local files are served to logged-in users only
+        urllib.request.urlopen(label_studio.url + labeled_round["tasks"][0]["data"]["image"], timeout=30)
     assert [task["data"]["image"] for task in labeled_round["tasks"]][3:5] == [
         "/data/local-files/?d=pool/d%20d.png",
         "/data/local-files/?d=pool/%C3%A9t%C3%A9.png",
@@ -417,10 +426,10 @@ def test_ingest_of_each_real_export(label_studio, labeled_round, tmp_path, capsy
         {"id": "stray.png", "label": "dog", "reason": "unknown id"},
         {"id": "e.png", "label": "cat", "reason": "conflicts with the labeled set: it has 'dog'"},
     ]  # fmt: skip
-    cancelled = 1 if export_type == "JSON" else 0
+    cancelled = " (and 1 cancelled, ignored)" if export_type == "JSON" else ""
     summary = capsys.readouterr().out
     assert summary == (
-        f"Read 11 annotation(s) ({cancelled} cancelled, ignored): added 3 item(s) to the labeled set, 1 already "
+        f"Read 11 annotation(s){cancelled}: added 3 item(s) to the labeled set, 1 already "
         "present with the same label, rejected 4 (1 conflicts with the labeled set, 1 label not in the class list, "
         f"1 tie between annotators, 1 unknown id). Rejects: {tmp_path / export.name}.rejects.jsonl\n"
     )
@@ -428,4 +437,5 @@ def test_ingest_of_each_real_export(label_studio, labeled_round, tmp_path, capsy
     assert run_ingest(*argv) == 0
     assert labeled.read_bytes() == before
     assert "added 0 item(s) to the labeled set, 4 already present" in capsys.readouterr().out
-    print(f"--- {export_type} summary ---\n{summary}")  # shown with -s, pasted into docs/labeling.md
+    rejects_text = (tmp_path / f"{export.name}.rejects.jsonl").read_text(encoding="utf-8")
+    print(f"--- {export_type} ---\n{summary}{rejects_text}")  # shown with -s, pasted into docs/labeling.md
