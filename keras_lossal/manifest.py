@@ -48,11 +48,13 @@ from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXEL
 
 __all__ = [
     "MANIFEST_FIELDS",
+    "PROVENANCE_FIELDS",
     "LabeledSet",
     "MergeResult",
     "decode_image",
     "from_directory",
     "load_labeled_set",
+    "manifest_text",
     "merge",
     "read_known_items",
     "read_manifest",
@@ -215,7 +217,7 @@ def merge(path: str, records: Sequence[Mapping[str, Any]]) -> MergeResult:
             result.conflicts.append((dict(record), old))
     if not result.added:
         return result
-    old_text = open(path, encoding="utf-8", newline="").read() if os.path.exists(path) else ""
+    old_text = _read_text(path) if os.path.exists(path) else ""
     new_text = manifest_text(result.added, _is_csv(path))
     if old_text and _is_csv(path):
         new_text = new_text.split("\n", 1)[1]  # the header is there already
@@ -283,6 +285,7 @@ def read_known_items(path: str, path_root: str | None = None) -> dict[str, str]:
         path: a directory holding triage's `scored.jsonl` (or Beam's
             `scored-*.jsonl` shards) and/or `queue.jsonl`; or a manifest whose
             records have `path` (or `uri`) and optionally `id` (default: the path).
+            Items triage could not score (`failures.jsonl`) are not known.
         path_root: what relative paths of a triage output directory are
             relative to (default: the current directory, where triage ran). A
             pool manifest's relative paths resolve against its folder, as triage reads them.

@@ -113,3 +113,16 @@ def test_a_bad_manifest_or_export_names_the_value(capsys, tmp_path):
 def test_the_command_module_loads_no_tensorflow():
     code = "import sys, keras_lossal.commands.ingest; print('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_through_the_lossal_entry_point(capsys, tmp_path):
+    from keras_lossal import cli
+
+    assert "ingest" in cli.build_parser().format_help()
+    argv = ["ingest", os.path.join(DATA, "export_min.json"), "--manifest", str(tmp_path / "m.jsonl")]
+    assert cli.main([*argv, "--classes", "cat,dog", "--document-root", str(tmp_path)]) == 0
+    assert "added 3 item(s)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stopped:  # argparse's own usage error
+        cli.main([*argv, "--classes", "cat,dog", "--export-type", "XML"])
+    assert stopped.value.code == 2
+    assert "invalid choice: 'XML'" in capsys.readouterr().err

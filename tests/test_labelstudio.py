@@ -439,3 +439,13 @@ def test_ingest_of_each_real_export(label_studio, labeled_round, tmp_path, capsy
     assert "added 0 item(s) to the labeled set, 4 already present" in capsys.readouterr().out
     rejects_text = (tmp_path / f"{export.name}.rejects.jsonl").read_text(encoding="utf-8")
     print(f"--- {export_type} ---\n{summary}{rejects_text}")  # shown with -s, pasted into docs/labeling.md
+
+
+def test_a_json_export_without_annotation_ids_is_refused(tmp_path):
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([{"id": 1, "data": {"item_id": "a"}, "annotations": [{"result": []}]}]))
+    with pytest.raises(ValueError, match=r"Expected an `id` in every annotation of the JSON export .*Task: 1"):
+        read_export(str(path))
+    path.write_text(json.dumps([{"id": 1, "annotations": []}]))
+    with pytest.raises(ValueError, match="Expected a `data` object in every task"):
+        read_export(str(path))
