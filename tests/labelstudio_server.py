@@ -35,8 +35,8 @@ INSTALL_HINT = (
     "Label Studio is needed for the `labelstudio` tests: run `make labelstudio` (a venv of its own, "
     ".venv-labelstudio, with `pip install label-studio`), or set LOSSAL_LABEL_STUDIO to a label-studio executable"
 )
-# A cold start (Django migrations on an empty data directory) takes about a minute on a busy 2-core machine.
-START_TIMEOUT_SECONDS = 300
+# A cold start (Django migrations on an empty data directory) took 55-140 s on a busy 2-core machine.
+START_TIMEOUT_SECONDS = 480
 USERNAME = "lossal@example.com"
 PASSWORD = "lossal-test-password"
 TOKEN = "lossaltesttoken0123456789abcdef01234567"
