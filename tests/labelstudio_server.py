@@ -1,7 +1,7 @@
 """A real Label Studio on localhost for the ingest tests: started once per test module, stopped at its end.
 
-The executable comes from `LOSSAL_LABEL_STUDIO` (default `/work/ls_venv/bin/label-studio`
-if it exists, else `label-studio` on PATH); without one the tests fail and
+The executable comes from `LOSSAL_LABEL_STUDIO` (default: the repository's
+`.venv-labelstudio/bin/label-studio`, which `make labelstudio` creates, else `label-studio` on PATH); without one the tests fail and
 say how to install it. The server gets a free port, its own data directory,
 local-files serving of a temporary document root, and a legacy API token
 (`Authorization: Token ...`), the setup `docs/labeling.md` describes.
@@ -30,7 +30,9 @@ import urllib.request
 import pytest
 
 EXECUTABLE_VARIABLE = "LOSSAL_LABEL_STUDIO"
-DEFAULT_EXECUTABLE = "/work/ls_venv/bin/label-studio"
+DEFAULT_EXECUTABLE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv-labelstudio", "bin", "label-studio"
+)
 INSTALL_HINT = (
     "Label Studio is needed for the `labelstudio` tests: run `make labelstudio` (a venv of its own, "
     ".venv-labelstudio, with `pip install label-studio`), or set LOSSAL_LABEL_STUDIO to a label-studio executable"
