@@ -40,7 +40,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DUPLICATE_REASON",
     "FAILURES_FILE",
+    "LABEL_CONFIG_FILE",
     "LABEL_STUDIO_FILE",
+    "LABEL_STUDIO_IMAGES_DIR",
+    "MODEL_VERSION",
     "QUEUE_CSV",
     "QUEUE_JSONL",
     "SCORED_FILE",
@@ -68,10 +71,14 @@ FAILURES_FILE = "failures.jsonl"
 QUEUE_JSONL = "queue.jsonl"
 QUEUE_CSV = "queue.csv"
 LABEL_STUDIO_FILE = "label_studio_tasks.json"
+LABEL_CONFIG_FILE = "label_config.xml"
+LABEL_STUDIO_IMAGES_DIR = "label_studio_images"  # TFRecord items' images, written for labeling
 STATE_FILE = "state.json"
 SUMMARY_FILE = "summary.json"
 
-QUEUE_CSV_COLUMNS = ("rank", "id", "path", "predicted_loss", "class_id", "label", "probabilities")
+QUEUE_CSV_COLUMNS = ("rank", "id", "path", "predicted_loss", "class_id", "label", "probabilities", "model_version")
+# The scorer output, and the scored-record field, naming the model version that scored an item.
+MODEL_VERSION = "model_version"
 # Triage writes it once per repeated id (with `"duplicate": true`); Beam once per extra copy.
 DUPLICATE_REASON = "duplicate item id (an earlier item had the same id; not scored)"
 
@@ -80,12 +87,14 @@ DUPLICATE_REASON = "duplicate item id (an earlier item had the same id; not scor
 def scored_record(item: Item, outputs: Mapping[str, Any], row: int, labels: Sequence[str] | None) -> dict[str, Any]:
     """The scored-file record of row `row` of a scorer's `outputs` (`predicted_loss`, optional class outputs).
 
+    `model_version` is the version that scored the item, when the scorer says (`MODEL_VERSION`).
+
     Example:
 
     >>> from keras_lossal.serving.readers import Item
-    >>> outputs = {"predicted_loss": [0.25], "class_id": [1], "probabilities": [[0.1, 0.9]]}
+    >>> outputs = {"predicted_loss": [0.25], "class_id": [1], "probabilities": [[0.1, 0.9]], "model_version": [3]}
     >>> scored_record(Item("a.png", "pool/a.png", "image"), outputs, 0, ["cat", "dog"])
-    {'id': 'a.png', 'path': 'pool/a.png', 'predicted_loss': 0.25, 'class_id': 1, 'label': 'dog', 'probabilities': [0.1, 0.9]}
+    {'id': 'a.png', 'path': 'pool/a.png', 'predicted_loss': 0.25, 'class_id': 1, 'label': 'dog', 'probabilities': [0.1, 0.9], 'model_version': 3}
     """
     record: dict[str, Any] = {"id": item.item_id, "path": item.path}
     record["predicted_loss"] = float(outputs["predicted_loss"][row])
@@ -95,6 +104,9 @@ def scored_record(item: Item, outputs: Mapping[str, Any], row: int, labels: Sequ
         record["label"] = labels[class_id] if labels and 0 <= class_id < len(labels) else str(class_id)
     if "probabilities" in outputs:
         record["probabilities"] = [round(float(p), 6) for p in outputs["probabilities"][row]]
+    if MODEL_VERSION in outputs:
+        version = outputs[MODEL_VERSION][row]
+        record[MODEL_VERSION] = None if version is None else int(version)
     if item.extra:
         record["extra"] = item.extra
     return record
@@ -317,8 +329,8 @@ def queue_csv(queue: Sequence[Mapping[str, Any]]) -> str:
     Example:
 
     >>> print(queue_csv([{"id": "a", "path": "pool/a.png", "predicted_loss": 0.5, "class_id": 1, "label": "dog"}]))
-    rank,id,path,predicted_loss,class_id,label,probabilities
-    1,a,pool/a.png,0.5,1,dog,
+    rank,id,path,predicted_loss,class_id,label,probabilities,model_version
+    1,a,pool/a.png,0.5,1,dog,,
     <BLANKLINE>
     """
     buffer = io.StringIO()
@@ -334,18 +346,29 @@ def queue_csv(queue: Sequence[Mapping[str, Any]]) -> str:
                 record.get("class_id", ""),
                 record.get("label", ""),
                 json.dumps(record["probabilities"]) if "probabilities" in record else "",
+                "" if record.get(MODEL_VERSION) is None else record[MODEL_VERSION],
             ]
         )
     return buffer.getvalue()
 
 
-def label_studio_tasks(queue: Sequence[Mapping[str, Any]], image_prefix: str, model_version: str) -> list[dict]:
-    """Label Studio tasks for the queue: the image URL and id, and the model's class as a pre-annotation.
+def label_studio_tasks(
+    queue: Sequence[Mapping[str, Any]],
+    image_prefix: str = "",
+    model_version: str = "",
+    image_urls: Mapping[str, str] | None = None,
+    model_versions: Mapping[str, str] | None = None,
+) -> list[dict]:
+    """Label Studio tasks for the queue: the image URL, id and predicted loss, the model's class as a pre-annotation.
+
+    The prediction's `score` is the predicted loss, so the Data Manager sorts the queue by it.
 
     Args:
         queue: ranked records.
-        image_prefix: prepended to each record's path (e.g. `"/data/local-files/?d="`).
+        image_prefix: prepended to each record's path when `image_urls` does not name its URL.
         model_version: shown by Label Studio with each prediction.
+        image_urls: the image URL per record id (`keras_lossal.serving.labeling` builds them).
+        model_versions: the model version string per record id (instead of `model_version`).
 
     Example:
 
@@ -356,7 +379,7 @@ def label_studio_tasks(queue: Sequence[Mapping[str, Any]], image_prefix: str, mo
     tasks = []
     for record in queue:
         data = {
-            "image": image_prefix + record["path"],
+            "image": image_urls[record["id"]] if image_urls is not None else image_prefix + record["path"],
             "item_id": record["id"],
             "predicted_loss": record["predicted_loss"],
         }
@@ -364,8 +387,7 @@ def label_studio_tasks(queue: Sequence[Mapping[str, Any]], image_prefix: str, mo
         if "label" in record:
             choice = {"from_name": "label", "to_name": "image", "type": "choices"}
             choice["value"] = {"choices": [record["label"]]}
-            task["predictions"] = [
-                {"model_version": model_version, "score": record["predicted_loss"], "result": [choice]}
-            ]
+            version = model_versions[record["id"]] if model_versions is not None else model_version
+            task["predictions"] = [{"model_version": version, "score": record["predicted_loss"], "result": [choice]}]
         tasks.append(task)
     return tasks

@@ -115,6 +115,14 @@ def test_scored_record_layout():
         "path": "r",
         "predicted_loss": 3.0,
     }
+    # The version that scored each row, as a Python int (JSON), or None when the server did not say.
+    versions = {"predicted_loss": [3.0, 4.0], "model_version": np.array([2, None], object)}
+    assert scored_record(Item("r", "r", "example"), versions, 0, None)["model_version"] == 2
+    from_numpy = scored_record(
+        Item("r", "r", "example"), {"predicted_loss": [1.0], "model_version": np.array([5])}, 0, None
+    )
+    assert type(from_numpy["model_version"]) is int
+    assert scored_record(Item("r", "r", "example"), versions, 1, None)["model_version"] is None
 
 
 def test_failure_record_and_non_finite_reason():
@@ -188,14 +196,14 @@ def test_output_file_names_and_sharding():
 QUEUE = [
     {"rank": 1, "id": "b", "path": "pool/b.png", "predicted_loss": 0.1 + 0.2, "class_id": 0, "label": "cat",
      "probabilities": [0.75, 0.25]},
-    {"rank": 2, "id": "a,1", "path": "pool/a 1.png", "predicted_loss": 0.25},
+    {"rank": 2, "id": "a,1", "path": "pool/a 1.png", "predicted_loss": 0.25, "model_version": 3},
 ]  # fmt: skip
 
 
 def test_queue_csv_layout():
     text = queue_csv(QUEUE)
-    assert text.splitlines()[0] == "rank,id,path,predicted_loss,class_id,label,probabilities"
-    assert text.splitlines()[1] == '1,b,pool/b.png,0.30000000000000004,0,cat,"[0.75, 0.25]"'
+    assert text.splitlines()[0] == "rank,id,path,predicted_loss,class_id,label,probabilities,model_version"
+    assert text.splitlines()[1] == '1,b,pool/b.png,0.30000000000000004,0,cat,"[0.75, 0.25]",'
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [row["rank"] for row in rows] == ["1", "2"]
     assert rows[1] == {
@@ -206,9 +214,10 @@ def test_queue_csv_layout():
         "class_id": "",
         "label": "",
         "probabilities": "",
+        "model_version": "3",
     }
     assert float(rows[0]["predicted_loss"]) == QUEUE[0]["predicted_loss"]  # repr: the float exactly
-    assert queue_csv([]) == "rank,id,path,predicted_loss,class_id,label,probabilities\n"
+    assert queue_csv([]) == "rank,id,path,predicted_loss,class_id,label,probabilities,model_version\n"
 
 
 def test_label_studio_tasks_layout():

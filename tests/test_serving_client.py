@@ -189,21 +189,22 @@ def test_bad_client_arguments():
 
 def test_oversized_request_is_split_down_to_the_large_item():
     from keras_lossal.serving import Item, ServerScorer
-    from keras_lossal.serving.client import RequestTooLargeError
+    from keras_lossal.serving.client import Prediction, RequestTooLargeError
     from keras_lossal.serving.scorers import score_isolating
 
     class FakeClient:
         protocol, model_name, version, label = "grpc", "m", None, None
 
-        def score(self, payloads, signature):
+        def predict(self, payloads, signature):
             if sum(len(p) for p in payloads) > 100:
                 raise RequestTooLargeError("would carry too many bytes")
-            return {"predicted_loss": np.arange(len(payloads), dtype=np.float32)}
+            return Prediction({"predicted_loss": np.arange(len(payloads), dtype=np.float32)}, [7] * len(payloads))
 
     scorer = ServerScorer(FakeClient())
     batch = [(Item(f"id{i}", f"p{i}", "image"), b"x" * (150 if i == 2 else 10)) for i in range(5)]
     scored, failed = score_isolating(scorer, "image", batch, labels=None)
     assert sorted(record["id"] for record in scored) == ["id0", "id1", "id3", "id4"]
+    assert {record["model_version"] for record in scored} == {7}
     assert [record["id"] for record in failed] == ["id2"] and "too many bytes" in failed[0]["reason"]
     assert failed[0]["retryable"] is False
 
@@ -281,3 +282,34 @@ def test_rest_client_loads_no_tensorflow_or_keras():
     assert "keras_lossal.serving.client" in after_import
     assert not heavy & after_import
     assert not heavy & after_construction
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_predict_names_the_version_that_answered_before_and_after_a_rollout(lossal_export, tmp_path, protocol):  # noqa: F811
+    import shutil
+
+    base = tmp_path / "lossal"
+    for version in (1, 2):
+        shutil.copytree(os.path.join(lossal_export["base"], "1"), base / str(version))
+    if protocol == "grpc":
+        server, target, service = start_grpc_standin(str(base), "lossal", labels={"stable": 1})
+        repository, stop = service.repository, lambda: server.stop(None)
+    else:
+        server, target, _ = start_rest_standin(str(base), "lossal", labels={"stable": 1})
+        repository, stop = server.RequestHandlerClass.repository, server.shutdown
+    payloads = [tf.io.encode_png(image).numpy() for image in images(5, seed=3)]
+    try:
+        answered = {}
+        for name, kwargs in (("latest", {}), ("pinned", {"version": 1}), ("label", {"label": "stable"})):
+            with TFServingClient(target, "lossal", protocol=protocol, signature="score_image_bytes", batch_size=2,
+                                 **kwargs) as client:  # fmt: skip
+                prediction = client.predict(payloads)
+                answered[name] = (client.served_version(), prediction.model_versions)
+                np.testing.assert_array_equal(prediction.outputs["class_id"], client.score(payloads)["class_id"])
+        assert answered == {"latest": (2, [2] * 5), "pinned": (1, [1] * 5), "label": (1, [1] * 5)}
+        shutil.copytree(base / "1", base / "3")
+        assert repository.poll(latest_only=True) == [3]  # TF Serving's default policy: the newest version only
+        with TFServingClient(target, "lossal", protocol=protocol, signature="score_image_bytes") as client:
+            assert client.served_version() == 3 and client.predict(payloads).model_versions == [3] * 5
+    finally:
+        stop()

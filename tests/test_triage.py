@@ -69,6 +69,7 @@ class CountingScorer:
         self.max_image_pixels = scorer.max_image_pixels
         self.max_image_bytes = scorer.max_image_bytes
         self.description = scorer.description
+        self.version = getattr(scorer, "version", None)
 
     def score(self, kind, payloads):
         self.calls += 1
@@ -107,6 +108,10 @@ def test_end_to_end_queue_failures_and_exports(setup, tmp_path):
     assert [task["data"]["item_id"] for task in tasks] == ranking
     assert tasks[0]["predictions"][0]["result"][0]["value"]["choices"] == [queue[0]["label"]]
     assert tasks[0]["data"]["image"].endswith(ranking[0])
+    # Every score names the version that computed it; state.json names the model and that version.
+    assert {record["model_version"] for record in scored + queue} == {1} and result.model_version == 1
+    with open(os.path.join(out, "state.json")) as handle:
+        assert json.load(handle) == {"scorer": f"saved_model:{os.path.normpath(setup['base'])}", "model_version": 1}
 
 
 def test_interrupted_run_resumes_without_rescoring(setup, tmp_path):
@@ -578,3 +583,220 @@ def test_top_k_refuses_a_non_finite_predicted_loss():
         with pytest.raises(ValueError, match=rf"Expected a finite predicted_loss.*predicted_loss={loss!r} for id 'b'"):
             top.push(loss, {"id": "b"})
     assert [record["id"] for record in top.ranked()] == ["a"]
+
+
+# --------------------------------------------------------------------------- served model versions
+class ServedAs(CountingScorer):
+    """Stands for a server scorer (description `server:lossal`, pinned to `version`) whose answers name `answering`."""
+
+    def __init__(self, scorer, answering, version=None, **kwargs):
+        super().__init__(scorer, **kwargs)
+        self.description, self.version, self.answering = "server:lossal", version, answering
+
+    def score(self, kind, payloads):
+        outputs = super().score(kind, payloads)
+        return {**outputs, "model_version": np.full(len(payloads), self.answering)}
+
+
+def two_versions(base, tmp_path, versions=(1, 2)):
+    """A base path serving the shared export under each of `versions` (copies: same weights, other numbers)."""
+    import shutil
+
+    target = tmp_path / "two_versions"
+    for version in versions:
+        shutil.copytree(os.path.join(base, "1"), target / str(version))
+    return str(target)
+
+
+def test_resume_after_a_rollout_is_refused_unless_pinned_or_restarted(setup, tmp_path):
+    out = str(tmp_path / "out")
+    scorer = InProcessScorer(setup["base"])
+    with pytest.raises(KeyboardInterrupt):
+        triage(read_items(setup["folder"]), ServedAs(scorer, 1, crash_on_call=3), out, batch_size=4)
+    first = read_jsonl(os.path.join(out, "scored.jsonl"))
+    assert first and {record["model_version"] for record in first} == {1}
+    # The server now answers with version 2: resuming unpinned would mix the two in one queue.
+    with pytest.raises(ValueError, match=r"holds \d+ scores of model version 1, but this run scores with version 2"):
+        triage(read_items(setup["folder"]), ServedAs(scorer, 2, version=2), out, batch_size=4)
+    rolled_out = ServedAs(scorer, 2)
+    with pytest.raises(triage_module().ModelVersionChangedError, match="answered with model version 2") as info:
+        triage(read_items(setup["folder"]), rolled_out, out, batch_size=4)
+    assert "--model-version 1" in str(info.value) and "--restart" in str(info.value)
+    assert read_jsonl(os.path.join(out, "scored.jsonl")) == first  # version 2's answers were not written
+    assert info.value.result.model_version == 1 and rolled_out.calls == 1
+    pinned = triage(read_items(setup["folder"]), ServedAs(scorer, 1, version=1), out, batch_size=4)
+    scored = read_jsonl(os.path.join(out, "scored.jsonl"))
+    assert pinned.total_scored == N_GOOD and {record["model_version"] for record in scored} == {1}
+    restarted = triage(read_items(setup["folder"]), ServedAs(scorer, 2), out, batch_size=4, restart=True)
+    assert restarted.scored == N_GOOD and restarted.model_version == 2
+    assert {record["model_version"] for record in read_jsonl(os.path.join(out, "queue.jsonl"))} == {2}
+
+
+def triage_module():
+    import importlib
+
+    return importlib.import_module("keras_lossal.serving.triage")
+
+
+def strip_versions(out, state):
+    """Rewrites `out` as a triage before model versions were recorded left it: no versions, the old state.json."""
+    records = read_jsonl(os.path.join(out, "scored.jsonl"))
+    with open(os.path.join(out, "scored.jsonl"), "w") as handle:
+        handle.writelines(json.dumps({k: v for k, v in r.items() if k != "model_version"}) + "\n" for r in records)
+    with open(os.path.join(out, "state.json"), "w") as handle:
+        json.dump({"scorer": state}, handle)
+    return len(records)
+
+
+@pytest.mark.parametrize(
+    "legacy_state, resumes_unpinned",
+    [("saved_model:{base}/1", True), ("server:lossal:version=1:label=None", True),
+     ("server:lossal:version=None:label=None", False), ("server:lossal:version=None:label=stable", False)],
+)  # fmt: skip
+def test_outputs_of_older_runs_resume_when_their_version_is_known(setup, tmp_path, legacy_state, resumes_unpinned):
+    out = str(tmp_path / "out")
+    scorer = InProcessScorer(setup["base"])
+    wrapped = CountingScorer(scorer, crash_on_call=2) if legacy_state.startswith("saved") else None
+    wrapped = wrapped or ServedAs(scorer, 1, crash_on_call=2)
+    with pytest.raises(KeyboardInterrupt):
+        triage(read_items(setup["folder"]), wrapped, out, batch_size=4)
+    resumed = strip_versions(out, legacy_state.format(base=os.path.normpath(setup["base"])))
+    unpinned = CountingScorer(scorer) if legacy_state.startswith("saved") else ServedAs(scorer, 1)
+    if resumes_unpinned:
+        result = triage(read_items(setup["folder"]), unpinned, out, batch_size=4)
+    else:
+        with pytest.raises(ValueError, match=f"holds {resumed} scores from an earlier triage that did not record"):
+            triage(read_items(setup["folder"]), unpinned, out, batch_size=4)
+        assert unpinned.calls == 0
+        result = triage(read_items(setup["folder"]), ServedAs(scorer, 1, version=1), out, batch_size=4)
+    assert result.scored == N_GOOD - resumed and result.total_scored == N_GOOD and result.model_version == 1
+    assert {record["model_version"] for record in read_jsonl(os.path.join(out, "queue.jsonl"))} == {1}
+    with open(os.path.join(out, "state.json")) as handle:
+        assert json.load(handle)["model_version"] == 1  # the next resume knows the old scores' version
+    # Another version now would still be refused: the old scores are version 1's.
+    other = CountingScorer(scorer) if legacy_state.startswith("saved") else ServedAs(scorer, 2)
+    other.version = 2
+    with pytest.raises(ValueError, match="scores of model version 1, but this run scores with version 2"):
+        triage(read_items(setup["folder"]), other, out, batch_size=4)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_a_rollout_during_a_run_through_the_standin_stops_it(setup, tmp_path, protocol, capsys):
+    import shutil
+
+    from tfserving_standin import start_rest_standin
+
+    from keras_lossal.serving import ServerScorer, TFServingClient
+
+    base = two_versions(setup["base"], tmp_path, versions=(1,))
+    if protocol == "grpc":
+        server, target, service = start_grpc_standin(base, "lossal")
+        repository, stop = service.repository, lambda: server.stop(None)
+    else:
+        server, target, _ = start_rest_standin(base, "lossal")
+        repository, stop = server.RequestHandlerClass.repository, server.shutdown
+
+    class RollingOut(CountingScorer):
+        def score(self, kind, payloads):
+            if self.calls == 2:  # TF Serving finds version 2 and, with its default policy, unloads version 1
+                shutil.copytree(os.path.join(base, "1"), os.path.join(base, "2"))
+                assert repository.poll(latest_only=True) == [2]
+            return super().score(kind, payloads)
+
+    out = str(tmp_path / "out")
+    try:
+        with TFServingClient(target, "lossal", protocol=protocol, batch_size=2) as client:
+            rolling = RollingOut(ServerScorer(client, labels=LABELS))
+            with pytest.raises(triage_module().ModelVersionChangedError) as info:
+                triage(read_items(setup["folder"]), rolling, out, batch_size=2)
+            assert "version 2 while this queue's 4 scores come from version 1" in str(info.value)
+            scored = read_jsonl(os.path.join(out, "scored.jsonl"))
+            assert len(scored) == 4 and {record["model_version"] for record in scored} == {1}
+            with open(os.path.join(out, "summary.json")) as handle:
+                assert "answered with model version 2" in json.load(handle)["stopped"]
+        # The command line: a resume stops at version 2's first answer, in one line; --restart rescores with it.
+        args = ["triage", setup["folder"], "--server", f"{'grpc://' if protocol == 'grpc' else ''}{target}"]
+        args += ["--output", out, "--labels", ",".join(LABELS)]
+        capsys.readouterr()
+        assert cli.main(args) == 3
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and "--model-version 1" in error and "--restart" in error
+        assert len(read_jsonl(os.path.join(out, "scored.jsonl"))) == 4
+        assert cli.main([*args, "--restart"]) == 0
+        assert "(model version 2)" in capsys.readouterr().out
+    finally:
+        stop()
+    assert {record["model_version"] for record in read_jsonl(os.path.join(out, "scored.jsonl"))} == {2}
+
+
+# --------------------------------------------------------------------------- Label Studio tasks
+def test_label_studio_tasks_name_local_files_or_cloud_urls_and_a_label_config(setup, tmp_path):
+    from urllib.parse import quote
+
+    from keras_lossal.labelstudio import read_label_config
+    from keras_lossal.serving.labeling import LabelStudioOptions
+
+    root = os.path.dirname(setup["folder"])
+    out = str(tmp_path / "out")
+    options = LabelStudioOptions(document_root=root)
+    result = triage(read_items(setup["folder"]), InProcessScorer(setup["base"]), out, top_k=4, label_studio=options)
+    with open(os.path.join(out, "label_studio_tasks.json")) as handle:
+        tasks = json.load(handle)
+    queue = read_jsonl(os.path.join(out, "queue.jsonl"))
+    assert [task["data"]["item_id"] for task in tasks] == [record["id"] for record in queue]
+    for task, record in zip(tasks, queue):
+        relative = os.path.relpath(record["path"], root)
+        assert task["data"]["image"] == "/data/local-files/?d=" + quote(relative)
+        assert task["data"]["predicted_loss"] == task["predictions"][0]["score"] == record["predicted_loss"]
+        assert task["predictions"][0]["model_version"].endswith(":version=1")
+    assert read_label_config(os.path.join(out, "label_config.xml")) == LABELS and result.queued == 4
+    cloud = LabelStudioOptions(document_root=setup["folder"], url_prefix="gs://bucket/pool/")
+    triage(read_items(setup["folder"]), InProcessScorer(setup["base"]), out, top_k=4, label_studio=cloud)
+    with open(os.path.join(out, "label_studio_tasks.json")) as handle:
+        assert json.load(handle)[0]["data"]["image"] == "gs://bucket/pool/" + queue[0]["id"]
+    outside = LabelStudioOptions(document_root=str(tmp_path))
+    with pytest.raises(ValueError, match=r"item '.*': Expected an image inside the Label Studio document root"):
+        triage(read_items(setup["folder"]), InProcessScorer(setup["base"]), out, top_k=4, label_studio=outside)
+    with pytest.raises(ValueError, match="url_prefix starting with one of"):
+        LabelStudioOptions(url_prefix="bucket/pool")
+    with pytest.warns(DeprecationWarning, match="label_studio_image_prefix is deprecated"):
+        triage(read_items(setup["folder"]), InProcessScorer(setup["base"]), out, label_studio_image_prefix="/x/")
+    with open(os.path.join(out, "label_studio_tasks.json")) as handle:
+        assert json.load(handle)[0]["data"]["image"] == "/x/" + queue[0]["path"]
+
+
+def write_tfrecord(path, ids, pixels):
+    with tf.io.TFRecordWriter(path) as writer:
+        for item_id, image in zip(ids, pixels):
+            feature = {
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[tf.io.encode_png(image).numpy()])),
+                "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[item_id.encode()])),
+            }
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+def test_tfrecord_items_get_image_files_for_labeling_or_are_refused(setup, tmp_path):
+    from keras_lossal.serving.labeling import LabelStudioOptions
+
+    path = str(tmp_path / "pool.tfrecord")
+    write_tfrecord(path, setup["ids"][:6], setup["pixels"][:6])
+    out = str(tmp_path / "out")
+    options = LabelStudioOptions(document_root=str(tmp_path))
+    triage(read_items(path), InProcessScorer(setup["base"]), out, top_k=2, label_studio=options)
+    with open(os.path.join(out, "label_studio_tasks.json")) as handle:
+        tasks = json.load(handle)
+    images = sorted(os.listdir(os.path.join(out, "label_studio_images")))
+    assert len(tasks) == len(images) == 2  # queued items only
+    png_of = {item_id: tf.io.encode_png(image).numpy() for item_id, image in zip(setup["ids"], setup["pixels"])}
+    for task in tasks:
+        relative = task["data"]["image"].removeprefix("/data/local-files/?d=")
+        assert relative.startswith("out/label_studio_images/") and relative.endswith(".png")
+        with open(os.path.join(str(tmp_path), relative), "rb") as handle:
+            assert handle.read() == png_of[task["data"]["item_id"]]
+    # A longer queue on resume: the new items' images are written, nothing is scored again.
+    again = CountingScorer(InProcessScorer(setup["base"]))
+    triage(read_items(path), again, out, top_k=4, label_studio=options)
+    assert again.calls == 0 and len(os.listdir(os.path.join(out, "label_studio_images"))) == 4
+    refuse = LabelStudioOptions(document_root=str(tmp_path), tfrecord_images="refuse")
+    with pytest.raises(ValueError, match="items of TFRecord files .* which are no image URLs"):
+        triage(read_items(path), InProcessScorer(setup["base"]), out, top_k=2, label_studio=refuse)

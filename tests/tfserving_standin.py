@@ -5,7 +5,9 @@ serves a SavedModel the way the C++ server does: it loads each integer
 version with the TF1 loader into a `tf.compat.v1.Session` and runs
 SignatureDefs by their tensor names. It implements the gRPC
 `PredictionService` (Predict, Classify, Regress, GetModelMetadata) and a
-tiny REST `:predict` endpoint with TF Serving's documented JSON. Faults can
+tiny REST API with TF Serving's documented JSON (`:predict`, `/metadata` and
+the model status `GET /v1/models/<name>[/versions/<n>|/labels/<label>]`).
+`ModelRepository.poll` loads versions that appear later (a rollout). Faults can
 be injected to test client retries. Never shipped as product code.
 """
 
@@ -83,13 +85,29 @@ class ModelRepository:
 
     def __init__(self, model_name: str, base_path: str, labels: dict[str, int] | None = None):
         self.model_name = model_name
+        self.base_path = base_path
         self.servables: dict[int, SavedModelServable] = {}
-        for entry in sorted(os.listdir(base_path)):
-            if re.fullmatch(r"[0-9]+", entry) and os.path.exists(os.path.join(base_path, entry, "saved_model.pb")):
-                self.servables[int(entry)] = SavedModelServable(os.path.join(base_path, entry), int(entry))
+        self.poll(latest_only=False)
         if not self.servables:
             raise FileNotFoundError(f"no integer version directories under {base_path!r}")
         self.labels = dict(labels or {})
+
+    def poll(self, latest_only: bool = False) -> list[int]:
+        """Loads versions that appeared under the base path, as TF Serving's file-system poll does.
+
+        With `latest_only` (TF Serving's default `latest` version policy) older versions are unloaded
+        once a newer one is loaded: a rollout. Returns the versions now served.
+        """
+        for entry in sorted(os.listdir(self.base_path)):
+            path = os.path.join(self.base_path, entry)
+            if re.fullmatch(r"[0-9]+", entry) and int(entry) not in self.servables:
+                if os.path.exists(os.path.join(path, "saved_model.pb")):
+                    self.servables[int(entry)] = SavedModelServable(path, int(entry))
+        if latest_only and self.servables:
+            newest = max(self.servables)
+            for version in [version for version in self.servables if version != newest]:
+                self.servables.pop(version).close()
+        return sorted(self.servables)
 
     def get(self, name: str, version: int | None = None, label: str | None = None) -> SavedModelServable:
         if name != self.model_name:
@@ -280,6 +298,7 @@ def start_grpc_standin(
 # ------------------------------------------------------------------------------------------ REST
 _REST_PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/([0-9]+)|/labels/([^/:]+))?:predict$")
 _REST_METADATA_PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/([0-9]+)|/labels/([^/:]+))?/metadata$")
+_REST_STATUS_PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/([0-9]+)|/labels/([^/:]+))?$")
 
 
 def _decode_json_value(value):
@@ -334,9 +353,26 @@ class _RestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self):  # noqa: N802 - the model metadata endpoint, as TF Serving's JSON of a SignatureDefMap
+    def _status(self, match):
+        """The model status API: every loaded version (or the one addressed) with its state, as TF Serving's JSON."""
+        name, version, label = match.group(1), match.group(2), match.group(3)
+        try:
+            if version or label:
+                versions = [self.repository.get(name, int(version) if version else None, label).version]
+            else:
+                self.repository.get(name)
+                versions = sorted(self.repository.servables)
+        except KeyError as error:
+            return self._reply(404, {"error": str(error.args[0])})
+        ok = {"error_code": "OK", "error_message": ""}
+        statuses = [{"version": str(number), "state": "AVAILABLE", "status": ok} for number in versions]
+        return self._reply(200, {"model_version_status": statuses})
+
+    def do_GET(self):  # noqa: N802 - model status, and metadata as TF Serving's JSON of a SignatureDefMap
         from google.protobuf import json_format
 
+        if _REST_STATUS_PATH.match(self.path):
+            return self._status(_REST_STATUS_PATH.match(self.path))
         match = _REST_METADATA_PATH.match(self.path)
         if not match:
             return self._reply(404, {"error": f"Malformed request: GET {self.path}"})

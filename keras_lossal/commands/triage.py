@@ -6,14 +6,17 @@ import argparse
 
 from keras_lossal.commands._errors import CommandError, reports_errors
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "class_names", "run"]
 
 EPILOG = """examples:
   lossal triage unlabeled/ --model models/lossal --output triage_out --top-k 500
   lossal triage items.jsonl --server grpc://localhost:8500 --model-name lossal --output triage_out
   lossal triage pool.tfrecord --server http://localhost:8501 --model-name lossal --threshold 2.0 --output out
+  lossal triage /srv/pool --model models/lossal --output /srv/triage --label-studio-document-root /srv
 
-Re-running with the same --output resumes: only items not yet scored are sent to the model.
+Re-running with the same --output resumes: only items not yet scored are sent to the model. A queue holds
+the scores of one model version: a resume or a server that answers with another version stops, saying how
+to go on (--model-version N to keep the queue's version, --restart to rescore with the new one).
 """
 
 
@@ -23,7 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="score unlabeled items by predicted loss and write a ranked labeling queue",
         description="Score unlabeled items (image folder, TFRecord of tf.Examples, or JSONL manifest) with an "
         "exported LossLearningModel, in-process or through TF Serving, and write a ranked labeling queue "
-        "(queue.jsonl, queue.csv, label_studio_tasks.json) plus scored.jsonl and failures.jsonl.",
+        "(queue.jsonl, queue.csv, label_studio_tasks.json, label_config.xml) plus scored.jsonl and failures.jsonl.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -34,7 +37,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--server", help="score through TF Serving: grpc://host:8500 or http://host:8501")
     parser.add_argument("--model-name", default="lossal", help="model name on the server (default: lossal)")
-    parser.add_argument("--model-version", type=int, help="server model version (default: the server's latest)")
+    parser.add_argument(
+        "--model-version",
+        type=int,
+        help="pin the model version: the server's version, or the version directory under --model (default: the "
+        "latest). A queue holds one version's scores: resuming with another version is refused",
+    )
     parser.add_argument("--model-label", help="server version label, e.g. stable")
     parser.add_argument("--labels", help="class names for server mode: a comma-separated list or a text file")
     parser.add_argument(
@@ -61,14 +69,61 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--root", help="manifest paths must resolve inside this directory (default: its folder)")
     parser.add_argument("--max-image-pixels", type=int, help="decompression-bomb guard (default: the export's)")
     parser.add_argument("--max-image-bytes", type=int, help="largest encoded file accepted (default: the export's)")
-    parser.add_argument("--label-studio-prefix", default="", help="prefix for image paths in Label Studio tasks")
+    _add_label_studio_arguments(parser)
     parser.add_argument("--restart", action="store_true", help="discard earlier results in --output")
     parser.add_argument("--show", type=int, default=10, help="print this many queue entries (default 10)")
     parser.set_defaults(func=run)
     return parser
 
 
-def _labels(value: str | None):
+def _add_label_studio_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "Label Studio", "how label_studio_tasks.json names images (label_config.xml is written beside it)"
+    )
+    group.add_argument(
+        "--label-studio-document-root",
+        metavar="DIR",
+        help="the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: images become /data/local-files/?d=<path "
+        "relative to DIR> (an item outside DIR is refused)",
+    )
+    group.add_argument(
+        "--label-studio-url-prefix",
+        metavar="URL",
+        help="cloud storage prefix standing for the document root (default: the current directory), e.g. "
+        "gs://bucket/pool/, s3://bucket/pool/, https://host/pool/",
+    )
+    group.add_argument(
+        "--label-studio-tfrecord-images",
+        choices=("write", "refuse"),
+        default="write",
+        help="TFRecord items: write their images to <output>/label_studio_images/ (default) or refuse",
+    )
+    group.add_argument(
+        "--label-studio-prefix", default="", help="deprecated: prepended to paths as they are (use the options above)"
+    )
+
+
+def _label_studio_options(args: argparse.Namespace):
+    import sys
+
+    from keras_lossal.serving.labeling import LabelStudioOptions
+
+    if args.label_studio_prefix:
+        print(
+            "lossal triage: --label-studio-prefix is deprecated (an absolute path under /data/local-files/?d= is a "
+            "404 in Label Studio); use --label-studio-document-root DIR or --label-studio-url-prefix URL",
+            file=sys.stderr,
+        )
+    return LabelStudioOptions(
+        document_root=args.label_studio_document_root,
+        url_prefix=args.label_studio_url_prefix,
+        image_prefix=args.label_studio_prefix,
+        tfrecord_images=args.label_studio_tfrecord_images,
+    )
+
+
+def class_names(value: str | None) -> list[str] | None:
+    """Class names from a `--labels` value: a text file (one name a line) or a comma-separated list."""
     if value is None:
         return None
     import os
@@ -83,9 +138,10 @@ def _labels(value: str | None):
 def run(args: argparse.Namespace) -> int:
     from keras_lossal.records import FAILURES_FILE
     from keras_lossal.serving import triage
-    from keras_lossal.serving.triage import ServerUnavailableError
+    from keras_lossal.serving.triage import ServerUnavailableError, TriageStopped
 
     top_k, threshold = _queue_limits(args)
+    label_studio = _label_studio_options(args)
     scorer, batch_size = _scorer(args)
     try:
         result = triage(
@@ -97,14 +153,16 @@ def run(args: argparse.Namespace) -> int:
             batch_size=batch_size,
             max_image_pixels=args.max_image_pixels,
             max_image_bytes=args.max_image_bytes,
-            label_studio_image_prefix=args.label_studio_prefix,
+            label_studio=label_studio,
             restart=args.restart,
             dedupe=args.dedupe,
             stop_after_server_errors=args.stop_after_server_errors or None,
         )
-    except ServerUnavailableError as error:
+    except TriageStopped as error:  # the server failed repeatedly, or answered with another model version
         scored = error.result.total_scored
-        raise CommandError(f"{error} ({scored} scored so far, see {args.output}/{FAILURES_FILE})", code=3) from None
+        if isinstance(error, ServerUnavailableError):
+            raise CommandError(f"{error} ({scored} scored so far, see {args.output}/{FAILURES_FILE})", code=3) from None
+        raise CommandError(str(error), code=3) from None
     finally:
         if args.server:
             scorer.client.close()
@@ -131,7 +189,7 @@ def _scorer(args: argparse.Namespace):
     from keras_lossal.serving import InProcessScorer, ServerScorer, TFServingClient
 
     if not args.server:
-        return InProcessScorer(args.model), args.batch_size
+        return InProcessScorer(args.model, version=args.model_version), args.batch_size
     client = TFServingClient(
         args.server,
         args.model_name,
@@ -144,7 +202,7 @@ def _scorer(args: argparse.Namespace):
         max_concurrency=args.concurrency,
     )
     # Each scoring call carries one request per worker, so the server sees `concurrency` requests in flight.
-    return ServerScorer(client, labels=_labels(args.labels)), args.batch_size * args.concurrency
+    return ServerScorer(client, labels=class_names(args.labels)), args.batch_size * args.concurrency
 
 
 def _items(args: argparse.Namespace, scorer):
@@ -162,7 +220,8 @@ def _print_result(result, args: argparse.Namespace) -> None:
     print(
         f"scored {result.scored}, failed {result.failed}, resumed {result.resumed} "
         f"({result.items_per_second:.1f} items/s); queue: {result.queued} items; "
-        f"totals: {result.total_scored} scored, {result.total_failed} failed -> {result.output_dir}"
+        f"totals: {result.total_scored} scored, {result.total_failed} failed -> {result.output_dir} "
+        f"(model version {result.model_version})"
     )
     for record in result.queue[: args.show]:
         label = f"  {record['label']}" if "label" in record else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import random
 import re
 import threading
@@ -14,7 +15,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-__all__ = ["DEFAULT_INPUT_NAMES", "RequestTooLargeError", "ServingError", "TFServingClient"]
+__all__ = ["DEFAULT_INPUT_NAMES", "Prediction", "RequestTooLargeError", "ServingError", "TFServingClient"]
 
 # Input names of the signatures written by `export_for_serving`.
 DEFAULT_INPUT_NAMES = {
@@ -61,6 +62,19 @@ class ServingError(RuntimeError):
 
 class RequestTooLargeError(ValueError):
     """A request would exceed `max_message_bytes`; nothing was sent."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """What `TFServingClient.predict` returns: the outputs and which model version answered each row.
+
+    Attributes:
+        outputs: NumPy arrays by output name, rows in input order.
+        model_versions: per row, the served version that computed it (`None` if the server did not say).
+    """
+
+    outputs: dict[str, np.ndarray]
+    model_versions: list[int | None]
 
 
 class _Attempt(Exception):
@@ -207,9 +221,56 @@ class TFServingClient:
             signature: overrides the client's signature for this call.
             output_filter: only these outputs (gRPC Predict; all when empty).
         """
+        return self._predict(batch, signature or self.signature, output_filter, self.version).outputs
+
+    def predict(self, batch: Any, signature: str | None = None, output_filter: tuple[str, ...] = ()) -> Prediction:
+        """Like `score`, and also says which model version answered each row.
+
+        gRPC responses name the version (`model_spec.version`). REST responses do not, so over REST
+        an unpinned client first asks the model status API (`GET /v1/models/<name>[/labels/<label>]`)
+        which version is available and sends the batch to that version (`/versions/<n>:predict`):
+        a rollout between the two requests then fails the request instead of mixing versions.
+        """
         signature = signature or self.signature
+        version = self.served_version() if self.protocol == "rest" else self.version
+        return self._predict(batch, signature, output_filter, version)
+
+    def served_version(self) -> int | None:
+        """The version an unpinned request is answered by now (the pinned `version` if there is one).
+
+        Over gRPC this asks GetModelMetadata, over REST the model status API (the highest AVAILABLE
+        version, or the label's); `None` if the server cannot say. Transient failures raise `ServingError`.
+        """
+        if self.version is not None:
+            return self.version
+        try:
+            return self._with_retries(self._fetch_served_version, "(model status)")
+        except ServingError as error:
+            if error.retryable:
+                raise
+            return None
+
+    def _predict(self, batch: Any, signature: str, output_filter, version: int | None) -> Prediction:
+        chunks = self._chunks(batch, signature)
+        calls = [self._predict_call(chunk, signature, output_filter, version) for chunk in chunks]
+        if len(chunks) == 1:
+            results = [self._with_retries(calls[0], signature)]
+        else:
+            executor = self._pool()
+            pending = [executor.submit(self._with_retries, call, signature) for call in calls]
+            try:
+                results = [future.result() for future in pending]
+            finally:
+                for future in pending:
+                    future.cancel()
+        outputs = {key: np.concatenate([result[0][key] for result in results], axis=0) for key in results[0][0]}
+        versions = [answered for (_, answered), chunk in zip(results, chunks) for _ in range(_rows(chunk))]
+        return Prediction(outputs, versions)
+
+    def _chunks(self, batch: Any, signature: str) -> list[dict[str, np.ndarray]]:
+        """The batch as requests of at most `batch_size` rows, each checked against `max_message_bytes`."""
         inputs = self._as_inputs(batch, signature)
-        rows = len(next(iter(inputs.values())))
+        rows = _rows(inputs)
         if any(len(value) != rows for value in inputs.values()):
             raise ValueError(
                 f"Expected all inputs to have the same number of rows. Received: "
@@ -229,20 +290,7 @@ class TFServingClient:
                     f"more than max_message_bytes={self.max_message_bytes}; lower batch_size (now {self.batch_size}) "
                     "or raise max_message_bytes (and the server's limit)."
                 )
-        if len(chunks) == 1:
-            results = [self._with_retries(self._predict_call(chunks[0], signature, output_filter), signature)]
-        else:
-            executor = self._pool()
-            pending = [
-                executor.submit(self._with_retries, self._predict_call(chunk, signature, output_filter), signature)
-                for chunk in chunks
-            ]
-            try:
-                results = [future.result() for future in pending]
-            finally:
-                for future in pending:
-                    future.cancel()
-        return {key: np.concatenate([result[key] for result in results], axis=0) for key in results[0]}
+        return chunks
 
     def close(self) -> None:
         """Releases the channel / HTTP sessions and worker threads."""
@@ -311,10 +359,11 @@ class TFServingClient:
             "TFServingClient(input_name=...)." + ("" if expected is None else f" Its inputs: {sorted(expected)}")
         )
 
-    def _predict_call(self, inputs, signature: str, output_filter) -> Callable[[], dict[str, np.ndarray]]:
+    def _predict_call(self, inputs, signature: str, output_filter, version: int | None) -> Callable[[], Any]:
+        """A call returning `(outputs, version that answered)`; over REST `version` addresses the request."""
         if self.protocol == "grpc":
             return lambda: self._grpc_predict(inputs, signature, output_filter)
-        return lambda: self._rest_predict(inputs, signature)
+        return lambda: (self._rest_predict(inputs, signature, version), version)
 
     def _with_retries(self, call: Callable[[], Any], signature: str) -> Any:
         attempt = 0
@@ -353,7 +402,8 @@ class TFServingClient:
             # gRPC also reports a message over the size limit as RESOURCE_EXHAUSTED: that never clears up.
             retryable = code in _RETRYABLE_GRPC and "larger than max" not in details
             raise _Attempt(code, details, retryable) from None
-        return {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}
+        answered = response.model_spec.version.value if response.model_spec.HasField("version") else self.version
+        return {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}, answered
 
     def _fetch_signatures(self) -> dict[str, dict[str, np.dtype]]:
         import tensorflow as tf
@@ -390,6 +440,27 @@ class TFServingClient:
             raise _Attempt("NO_METADATA", "the server sent no signatures", False)
         return signatures
 
+    def _fetch_served_version(self) -> int | None:
+        if self.protocol == "grpc":
+            import grpc
+            from tensorflow_serving.apis import get_model_metadata_pb2
+
+            request = get_model_metadata_pb2.GetModelMetadataRequest()
+            request.model_spec.name = self.model_name
+            if self.label is not None:
+                request.model_spec.version_label = self.label
+            request.metadata_field.append("signature_def")
+            try:
+                response = self._stub.GetModelMetadata(request, timeout=self.timeout)
+            except grpc.RpcError as error:
+                code = error.code().name if error.code() is not None else "UNKNOWN"
+                raise _Attempt(code, error.details() or str(error), code in _RETRYABLE_GRPC) from None
+            return response.model_spec.version.value if response.model_spec.HasField("version") else None
+        # The model status API: {"model_version_status": [{"version": "3", "state": "AVAILABLE", ...}, ...]}
+        statuses = self._rest_get(self._rest_url(method="")).get("model_version_status", [])
+        available = [int(status["version"]) for status in statuses if status.get("state") == "AVAILABLE"]
+        return max(available, default=None)
+
     def _rest_get(self, url: str) -> dict:
         import requests
 
@@ -415,15 +486,16 @@ class TFServingClient:
             session = self._local.session = requests.Session()
         return session
 
-    def _rest_url(self, method: str = ":predict", suffix: str = "") -> str:
+    def _rest_url(self, method: str = ":predict", suffix: str = "", version: int | None = None) -> str:
         url = f"{self._base_url}/v1/models/{self.model_name}"
-        if self.version is not None:
-            url += f"/versions/{self.version}"
+        version = self.version if version is None else version
+        if version is not None:
+            url += f"/versions/{version}"
         elif self.label is not None:
             url += f"/labels/{self.label}"
         return url + (suffix or method)
 
-    def _rest_predict(self, inputs, signature: str) -> dict[str, np.ndarray]:
+    def _rest_predict(self, inputs, signature: str, version: int | None) -> dict[str, np.ndarray]:
         import requests
 
         columns = {key: _to_json(value) for key, value in inputs.items()}
@@ -438,7 +510,7 @@ class TFServingClient:
                 "instances": [{k: v[i] for k, v in columns.items()} for i in range(rows)],
             }
         try:
-            response = self._session().post(self._rest_url(), json=body, timeout=self.timeout)
+            response = self._session().post(self._rest_url(version=version), json=body, timeout=self.timeout)
         except requests.Timeout as error:
             raise _Attempt("TIMEOUT", str(error), True) from None
         except requests.ConnectionError as error:
@@ -548,6 +620,10 @@ def _as_array(value) -> np.ndarray:
     if isinstance(value, (list, tuple)) and value and isinstance(value[0], (bytes, str)):
         return np.array([item.encode() if isinstance(item, str) else item for item in value], dtype=object)
     return np.asarray(value)
+
+
+def _rows(inputs: Mapping[str, np.ndarray]) -> int:
+    return len(next(iter(inputs.values())))
 
 
 def _payload_bytes(value: np.ndarray) -> int:

@@ -2,7 +2,10 @@
 
 A scorer maps a list of payloads (encoded images or serialized
 `tf.Example`s) to NumPy outputs by name (`predicted_loss`, `probabilities`,
-`class_id`). It raises `InvalidInputError` when the server/graph refuses the
+`class_id`), plus `model_version` (`records.MODEL_VERSION`): per row, the
+model version that computed it. Its `description` names the model without
+the version (what scores depend on besides it) and its `version` is the
+version it is fixed to (`None`: whatever the server serves). It raises `InvalidInputError` when the server/graph refuses the
 batch's content (a corrupt image: triage then isolates the bad item), and
 lets transient `ServingError`s (unavailable, timeout) through.
 """
@@ -10,13 +13,14 @@ lets transient `ServingError`s (unavailable, timeout) through.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from keras_lossal.records import failure_record, non_finite_reason, scored_record
+from keras_lossal.records import MODEL_VERSION, failure_record, non_finite_reason, scored_record
 from keras_lossal.serving.client import RequestTooLargeError, ServingError, TFServingClient
 
 if TYPE_CHECKING:
@@ -82,6 +86,10 @@ class InProcessScorer:
             a version directory written by `export_for_serving`.
         version: a specific version under a base path.
 
+    Attributes:
+        version: the version scored with (the version directory's name).
+        description: `"saved_model:<base path>"`, the model without its version.
+
     Example:
 
     >>> scorer = InProcessScorer("models/lossal")  # doctest: +SKIP
@@ -93,13 +101,14 @@ class InProcessScorer:
 
         from keras_lossal.export import read_export_config, resolve_version_dir
 
-        self.version_dir = resolve_version_dir(model_dir, version)
+        self.version_dir = os.path.normpath(resolve_version_dir(model_dir, version))
+        self.version = int(os.path.basename(self.version_dir))  # resolve_version_dir only returns integer names
         self.config = read_export_config(self.version_dir)
         self.labels = self.config.get("labels")
         self.max_image_pixels = self.config.get("max_image_pixels")
         self.max_image_bytes = self.config.get("max_image_bytes")
         self._loaded = tf.saved_model.load(self.version_dir)
-        self.description = f"saved_model:{self.version_dir}"
+        self.description = f"saved_model:{os.path.dirname(self.version_dir)}"
 
     def score(self, kind: str, payloads: Sequence[bytes]) -> dict[str, np.ndarray]:
         import tensorflow as tf
@@ -116,7 +125,9 @@ class InProcessScorer:
             outputs = function(**{input_name: tf.constant(list(payloads), tf.string)})
         except tf.errors.InvalidArgumentError as error:
             raise InvalidInputError(error_cause(error.message)) from None
-        return {key: value.numpy() for key, value in outputs.items()}
+        results = {key: value.numpy() for key, value in outputs.items()}
+        results[MODEL_VERSION] = np.full(len(payloads), self.version, np.int64)
+        return results
 
 
 class ServerScorer:
@@ -137,19 +148,21 @@ class ServerScorer:
         self.labels = list(labels) if labels is not None else None
         self.max_image_pixels = None
         self.max_image_bytes = None
-        # What the scores depend on (not the protocol): resume refuses to mix another version's scores.
-        self.description = f"server:{client.model_name}:version={client.version}:label={client.label}"
+        # What the scores depend on (not the protocol); the version is checked per answer (triage's resume rule).
+        self.description = f"server:{client.model_name}"
+        self.version = client.version
 
     def score(self, kind: str, payloads: Sequence[bytes]) -> dict[str, np.ndarray]:
         signature = _signature_for(kind)
         try:
-            return self.client.score(list(payloads), signature=signature)
+            prediction = self.client.predict(list(payloads), signature=signature)
         except RequestTooLargeError as error:
             raise InvalidInputError(str(error)) from None  # triage splits the batch down to the large item
         except ServingError as error:
             if error.code in _INVALID_CODES:
                 raise InvalidInputError(error_cause(error.cause)) from None
             raise
+        return {**prediction.outputs, MODEL_VERSION: np.array(prediction.model_versions, dtype=object)}
 
 
 def score_isolating(

@@ -5,7 +5,8 @@ Serving). Every item ends up in exactly one of two append-only logs in the
 output directory, flushed after every batch:
 
 - `scored.jsonl`: id, path, predicted loss, class and probabilities, the
-  payload's sha256 and the item's position in the input;
+  model version that scored it, the payload's sha256 and the item's position
+  in the input;
 - `failures.jsonl`: id, path, reason and whether a re-run retries it
   (timeouts and an unavailable server are retried, with the server's error
   `code`; corrupt images are not).
@@ -14,9 +15,18 @@ Re-running on the same output directory reads both logs and scores only what
 is missing, so an interrupted job resumes instead of starting over; at the end
 of every run, failure records superseded by a later score or failure of the
 same id are removed. The ranked queue (`queue.jsonl`, `queue.csv`,
-`label_studio_tasks.json`) is kept in a top-K heap while streaming, so memory
+`label_studio_tasks.json` and its `label_config.xml`, see
+`keras_lossal.serving.labeling`) is kept in a top-K heap while streaming, so memory
 is O(K + batch) for scores (plus one id per item for resume bookkeeping, and
 one content hash per item with `dedupe`).
+
+One queue ranks the scores of one model version. `state.json` names the model
+(without version) and the version its scores come from; a resume that would
+add another version's scores is refused, and a server that starts answering
+with another version mid-run stops the run (`ModelVersionChangedError`,
+outputs kept), unless the scorer is pinned to a version. Outputs of older
+runs, whose records carry no version, resume when `state.json` names the
+version (in-process and pinned runs) or the caller pins it.
 """
 
 from __future__ import annotations
@@ -27,8 +37,10 @@ import json
 import math
 import os
 import queue
+import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -37,7 +49,9 @@ from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXEL
 from keras_lossal.records import (
     DUPLICATE_REASON,
     FAILURES_FILE,
+    LABEL_CONFIG_FILE,
     LABEL_STUDIO_FILE,
+    MODEL_VERSION,
     QUEUE_CSV,
     QUEUE_JSONL,
     SCORED_FILE,
@@ -47,16 +61,16 @@ from keras_lossal.records import (
     TopK,
     assign_ranks,
     failure_record,
-    label_studio_tasks,
     queue_csv,
     read_jsonl_log,
     to_jsonl,
 )
+from keras_lossal.serving.labeling import LabelStudioOptions, write_labeling_files
 from keras_lossal.serving.readers import Item, precheck
 from keras_lossal.serving.scorers import score_isolating
 
 # `TopK` lives in `keras_lossal.records` (Beam ranks with the same rule); re-exported as part of triage's API.
-__all__ = ["ServerUnavailableError", "TopK", "TriageResult", "triage"]
+__all__ = ["ModelVersionChangedError", "ServerUnavailableError", "TopK", "TriageResult", "TriageStopped", "triage"]
 
 
 @dataclasses.dataclass
@@ -73,6 +87,7 @@ class TriageResult:
         seconds: wall time of this run.
         output_dir: where the files are.
         queue: the head of the ranked queue (at most 10 records).
+        model_version: the model version the queue's scores come from (`None`: not known).
     """
 
     scored: int
@@ -84,14 +99,15 @@ class TriageResult:
     seconds: float
     output_dir: str
     queue: list[dict]
+    model_version: int | None = None
 
     @property
     def items_per_second(self) -> float:
         return (self.scored + self.failed) / self.seconds if self.seconds > 0 else float("nan")
 
 
-class ServerUnavailableError(RuntimeError):
-    """Triage stopped because the server failed several scoring calls in a row; re-running resumes.
+class TriageStopped(RuntimeError):
+    """Triage stopped before the end of the stream; what it scored is written.
 
     Attributes:
         result: the `TriageResult` of the stopped run (its logs and queue are written).
@@ -100,6 +116,17 @@ class ServerUnavailableError(RuntimeError):
     def __init__(self, message: str, result: TriageResult):
         super().__init__(message)
         self.result = result
+
+
+class ServerUnavailableError(TriageStopped):
+    """Triage stopped because the server failed several scoring calls in a row; re-running resumes."""
+
+
+class ModelVersionChangedError(TriageStopped):
+    """Triage stopped because the server answered with another model version than the queue's scores come from.
+
+    The answers of the other version are not written; re-run pinned to the queue's version, or restart.
+    """
 
 
 def triage(
@@ -116,6 +143,7 @@ def triage(
     progress: Callable[[int, int], None] | None = None,
     dedupe: bool = False,
     stop_after_server_errors: int | None = 3,
+    label_studio: LabelStudioOptions | None = None,
 ) -> TriageResult:
     """Scores `items` by predicted loss and writes the ranked labeling queue to `output_dir`.
 
@@ -134,8 +162,8 @@ def triage(
         max_image_pixels: header-declared size limit (default: the export's
             limit, else `DEFAULT_MAX_IMAGE_PIXELS`).
         max_image_bytes: encoded size limit (default likewise).
-        label_studio_image_prefix: prepended to paths in Label Studio tasks
-            (e.g. `"/data/local-files/?d="`).
+        label_studio_image_prefix: deprecated (it made absolute `?d=` URLs, which Label Studio
+            answers 404): use `label_studio=LabelStudioOptions(document_root=...)`.
         restart: discard earlier results in `output_dir` instead of resuming.
         progress: called as `progress(scored, failed)` after every batch.
         dedupe: items whose bytes equal an earlier item's are not scored; they go to the failures
@@ -143,6 +171,9 @@ def triage(
         stop_after_server_errors: stop (raising `ServerUnavailableError`, outputs written) after this
             many scoring calls in a row failed on the server side (unavailable, timeouts, ...), instead
             of failing every remaining item; `None` never stops.
+        label_studio: how the Label Studio tasks name images (`LabelStudioOptions`: a local-files
+            document root or a cloud URL prefix; TFRecord items' images written out or refused). The
+            tasks, and `label_config.xml` over the class names, are written beside the queue.
 
     Example:
 
@@ -153,18 +184,20 @@ def triage(
     settings = _Settings.for_scorer(
         scorer, batch_size, max_image_pixels, max_image_bytes, dedupe, stop_after_server_errors
     )
+    labeling = _labeling_options(label_studio, label_studio_image_prefix, scorer)
     run = _Run(output_dir, scorer, TopK(top_k, threshold), settings, progress)
-    _claim_output_dir(output_dir, run.description, restart)
+    recorded_version = _claim_output_dir(output_dir, run.description, restart)
     start = time.perf_counter()
-    run.resume()
+    run.resume(recorded_version)
     run.score(items)
     total_failed = run.compact_failures()
     queue = run.ranked_queue()
-    _write_queue(output_dir, queue, label_studio_image_prefix, run.description)
+    _write_queue(output_dir, queue)
     result = run.result(queue, total_failed, seconds=time.perf_counter() - start)
     _write_summary(output_dir, result, run.stopped)
+    write_labeling_files(output_dir, queue, run.labels, labeling, run.description)
     if run.stopped:
-        raise ServerUnavailableError(f"Triage {run.stopped}", result)
+        raise run.stop_error(f"Triage {run.stopped}", result)
     return result
 
 
@@ -199,30 +232,161 @@ class _Settings:
         )
 
 
-def _claim_output_dir(output_dir: str, description: str, restart: bool) -> None:
-    """Creates `output_dir` for the scorer `description`, clearing it on restart; refuses another model's scores."""
+def _claim_output_dir(output_dir: str, description: str, restart: bool) -> int | None:
+    """Creates `output_dir` for the model `description`, clearing it on restart; refuses another model's scores.
+
+    Returns the model version `state.json` says the scores come from (`None`: not recorded).
+    """
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, STATE_FILE)
     if restart:
-        for name in (SCORED_FILE, FAILURES_FILE, QUEUE_JSONL, QUEUE_CSV, LABEL_STUDIO_FILE, SUMMARY_FILE):
+        names = (SCORED_FILE, FAILURES_FILE, QUEUE_JSONL, QUEUE_CSV, LABEL_STUDIO_FILE, LABEL_CONFIG_FILE, SUMMARY_FILE)
+        for name in (*names, STATE_FILE):
             if os.path.exists(os.path.join(output_dir, name)):
                 os.remove(os.path.join(output_dir, name))
-    elif os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            previous = json.load(handle).get("scorer")
-        if previous != description:
+        return None
+    if not os.path.exists(path):
+        return None
+    previous, version = read_state(path)
+    if previous != description:
+        raise ValueError(
+            f"Output directory {output_dir!r} holds scores from {previous!r}, not {description!r}; scores "
+            "from different models do not rank together. Use a new output directory or restart=True."
+        )
+    return version
+
+
+# The scorer descriptions of state.json before it recorded the version apart (still read, so old runs resume).
+_LEGACY_SERVER = re.compile(r"^(server:.*):version=(None|[0-9]+):label=.*$")
+
+
+def read_state(path: str) -> tuple[str | None, int | None]:
+    """`(model description, model version)` from a triage `state.json`, also in the layout of older runs.
+
+    Older runs wrote one description with the version inside it (`saved_model:<version dir>`,
+    `server:<name>:version=<n or None>:label=<label>`); it is split the way scorers describe models now.
+
+    Example:
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "state.json")
+    >>> _ = open(path, "w").write('{"scorer": "server:lossal:version=2:label=None"}')
+    >>> read_state(path)
+    ('server:lossal', 2)
+    """
+    with open(path, encoding="utf-8") as handle:
+        state = json.load(handle)
+    description = state.get("scorer")
+    if MODEL_VERSION in state or not isinstance(description, str):
+        return description, state.get(MODEL_VERSION)
+    match = _LEGACY_SERVER.match(description)
+    if match:
+        return match.group(1), None if match.group(2) == "None" else int(match.group(2))
+    if description.startswith("saved_model:"):
+        version_dir = os.path.normpath(description[len("saved_model:") :])
+        if os.path.basename(version_dir).isdigit():
+            return f"saved_model:{os.path.dirname(version_dir)}", int(os.path.basename(version_dir))
+    return description, None
+
+
+def _write_state(output_dir: str, description: str, version: int | None) -> None:
+    state = {"scorer": description, MODEL_VERSION: version}
+    atomic_write(os.path.join(output_dir, STATE_FILE), json.dumps(state, indent=2) + "\n")
+
+
+class _ServedVersion:
+    """The one model version a queue's scores come from: the resumed scores' version, else the first answer's.
+
+    Args:
+        pinned: the version the scorer is fixed to (`None`: whatever the server serves).
+    """
+
+    def __init__(self, pinned: int | None):
+        self.pinned = pinned
+        self.version = pinned
+        self.recorded: dict[int, int] = {}  # version -> resumed scores
+        self.unknown = 0  # resumed scores whose version was never recorded (an older, unpinned server run)
+
+    def resumed(self, version: int | None) -> None:
+        if version is None:
+            self.unknown += 1
+        else:
+            self.recorded[version] = self.recorded.get(version, 0) + 1
+
+    def settle(self, output_dir: str) -> None:
+        """Fixes the version from the resumed scores; refuses a resume that would mix versions in one queue."""
+        recorded = dict(self.recorded)
+        if self.unknown and self.pinned is None:
             raise ValueError(
-                f"Output directory {output_dir!r} holds scores from {previous!r}, not {description!r}; scores "
-                "from different models do not rank together. Use a new output directory or restart=True."
+                f"Output directory {output_dir!r} holds {self.unknown} scores from an earlier triage that did not "
+                "record which model version answered, and the server may serve another one now. Pin the version "
+                "that scored them (--model-version N / TFServingClient(version=N)) to resume with it, or restart "
+                "(--restart) to rescore everything."
             )
-    atomic_write(path, json.dumps({"scorer": description}, indent=2) + "\n")
+        if self.unknown:
+            recorded[self.pinned] = recorded.get(self.pinned, 0) + self.unknown  # the caller names their version
+        if len(recorded) > 1:
+            raise ValueError(
+                f"Output directory {output_dir!r} already mixes scores of model versions {sorted(recorded)}; "
+                "they do not rank together. Restart (--restart) or use a new output directory."
+            )
+        if recorded:
+            (version,) = recorded
+            if self.pinned is not None and self.pinned != version:
+                raise ValueError(
+                    f"Output directory {output_dir!r} holds {recorded[version]} scores of model version {version}, "
+                    f"but this run scores with version {self.pinned}; versions do not rank together in one queue. "
+                    f"Pin version {version} (--model-version {version}) to finish this queue, or restart "
+                    f"(--restart) to rescore everything with version {self.pinned}."
+                )
+            self.version = version
+
+    def admit(self, records: list[dict]) -> tuple[list[dict], list[int | None]]:
+        """`(records of the queue's version, the other versions that answered)`; the first answer fixes it."""
+        if self.version is None:
+            self.version = next((r[MODEL_VERSION] for r in records if r.get(MODEL_VERSION) is not None), None)
+        kept, others = [], []
+        for record in records:
+            version = record.get(MODEL_VERSION, self.version)  # a scorer that names no version: nothing to check
+            if version == self.version:
+                kept.append(record)
+            else:
+                others.append(version)
+        return kept, others
+
+    def changed_message(self, other: int | None, scored: int) -> str:
+        version = self.version
+        return (
+            f"stopped: the server answered with model version {other} while this queue's {scored} scores come "
+            f"from version {version} (they are kept; the answers of version {other} were not written). To finish "
+            f"this queue with version {version}, re-run pinned to it (--model-version {version}) while the server "
+            f"still serves it; to rank everything with version {other}, re-run with --restart (or a new output "
+            "directory)."
+        )
 
 
-def _write_queue(output_dir: str, queue: list[dict], image_prefix: str, model_version: str) -> None:
+def _labeling_options(options: LabelStudioOptions | None, image_prefix: str, scorer) -> LabelStudioOptions:
+    """The Label Studio options, the deprecated prefix folded in; TFRecord images from the export's feature."""
+    if image_prefix:
+        if options is not None:
+            raise ValueError(
+                "Pass label_studio (LabelStudioOptions) or label_studio_image_prefix (deprecated), not both."
+            )
+        warnings.warn(
+            "label_studio_image_prefix is deprecated: pass label_studio=LabelStudioOptions(document_root=...) "
+            "(Label Studio answers 404 for an absolute path under /data/local-files/?d=)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        options = LabelStudioOptions(image_prefix=image_prefix)
+    options = options or LabelStudioOptions()
+    feature = (getattr(scorer, "config", None) or {}).get("example_feature")
+    return dataclasses.replace(options, example_feature=feature) if feature else options
+
+
+def _write_queue(output_dir: str, queue: list[dict]) -> None:
     atomic_write(os.path.join(output_dir, QUEUE_JSONL), to_jsonl(queue))
     atomic_write(os.path.join(output_dir, QUEUE_CSV), queue_csv(queue))
-    tasks = label_studio_tasks(queue, image_prefix, model_version)
-    atomic_write(os.path.join(output_dir, LABEL_STUDIO_FILE), json.dumps(tasks, indent=1) + "\n")
 
 
 def _write_summary(output_dir: str, result: TriageResult, stopped: str | None) -> None:
@@ -266,14 +430,21 @@ class _Run:
         self.pending: list[tuple[Item, bytes, int, str]] = []
         self.server_error_streak = 0
         self.stopped: str | None = None
+        self.stop_error: type[TriageStopped] = ServerUnavailableError
+        self.versions = _ServedVersion(getattr(scorer, "version", None))
+        self.state_version: object = _UNWRITTEN
 
     # ------------------------------------------------------------------ resume
-    def resume(self) -> None:
-        """Reads what earlier runs logged (queueing their scores) and opens the logs for appending."""
+    def resume(self, recorded_version: int | None) -> None:
+        """Reads what earlier runs logged (queueing their scores), checks their version, opens the logs for appending.
+
+        Records without `model_version` (older runs) count as `recorded_version`, the version `state.json` names.
+        """
         for record in read_jsonl_log(self.scored_path):
             if record["id"] in self.scored_ids or not math.isfinite(record["predicted_loss"]):
                 continue  # a NaN/inf score (logged by an older version) is scored again and becomes a failure
             self.scored_ids.add(record["id"])
+            self.versions.resumed(record.get(MODEL_VERSION, recorded_version))
             self.top.push(record["predicted_loss"], record, order=record.get("input_index"))
             self._own_content(record.get("sha256"), record["id"])
         last_failure: dict[str, dict] = {}
@@ -288,7 +459,14 @@ class _Run:
                 done.add(item_id)
                 self._own_content(record.get("sha256"), item_id)
         self.done = frozenset(done)
+        self.versions.settle(self.output_dir)
+        self._save_state()
         self.scored_log, self.failures_log = JsonlLog(self.scored_path), JsonlLog(self.failures_path)
+
+    def _save_state(self) -> None:
+        if self.state_version != self.versions.version:
+            _write_state(self.output_dir, self.description, self.versions.version)
+            self.state_version = self.versions.version
 
     def _own_content(self, digest: str | None, item_id: str) -> str:
         """The id of the first item with these bytes (this one if it is the first); ids only with dedupe."""
@@ -360,6 +538,7 @@ class _Run:
         facts = {item.item_id: (position, digest) for item, _, position, digest in self.pending}
         self.pending.clear()
         scored, failed = score_isolating(self.scorer, batch[0][0].kind, batch, self.labels)
+        scored, other_versions = self.versions.admit(scored)
         for record in scored:
             record["input_index"], record["sha256"] = facts[record["id"]]
         for record in failed:
@@ -373,7 +552,12 @@ class _Run:
             self.top.push(record["predicted_loss"], record, order=record["input_index"])
         self.counts["scored"] += len(scored)
         self.counts["failed"] += len(failed)
-        self._watch_server(scored, failed)
+        self._save_state()
+        if other_versions:
+            self.stopped = self.versions.changed_message(other_versions[0], len(self.scored_ids))
+            self.stop_error = ModelVersionChangedError
+        else:
+            self._watch_server(scored, failed)
         if self.progress is not None:
             self.progress(self.counts["scored"], self.counts["failed"])
 
@@ -397,7 +581,9 @@ class _Run:
         return _compact_failures(self.failures_path, self.scored_ids)
 
     def ranked_queue(self) -> list[dict]:
-        return assign_ranks(self.top.ranked())
+        # Scores resumed from older runs carry no version: they are the queue's version (checked by `settle`).
+        version = self.versions.version
+        return assign_ranks([r if MODEL_VERSION in r else {**r, MODEL_VERSION: version} for r in self.top.ranked()])
 
     def result(self, queue: list[dict], total_failed: int, seconds: float) -> TriageResult:
         return TriageResult(
@@ -410,6 +596,7 @@ class _Run:
             seconds=seconds,
             output_dir=self.output_dir,
             queue=queue[:10],
+            model_version=self.versions.version,
         )
 
 
@@ -442,6 +629,7 @@ def _compact_failures(path: str, scored_ids: set[str]) -> int:
 
 
 _END = object()
+_UNWRITTEN = object()
 
 
 def _read_ahead(items: Iterable[Item], prepare: Callable[[Item], Any], depth: int) -> Iterator[tuple[Item, Any]]:
