@@ -1,16 +1,31 @@
 """Datasets for active-learning experiments and their `tf.data` input pipelines.
 
-Images stay raw (uint8, channels last) in memory so the loop can index any
-labeled subset cheaply; `ImagePreprocessing` turns them into model input inside
-the pipelines, the same object that export records for serving.
+Inputs stay raw in memory so the loop can index any labeled subset cheaply; a
+preprocessing object turns them into model input inside the pipelines. Images
+(`(N, H, W, C)` uint8, channels last) get an `ImagePreprocessing`, the same
+object that export records for serving; any other input (tabular features
+`(N, F)`, 1-D signals `(N, T, C)`) gets `IdentityPreprocessing`: used as it
+is, cast to float32. Which one applies:
+
+- `preprocessing` given: that one (`"identity"` is `IdentityPreprocessing` of
+  the inputs' item shape);
+- otherwise rank 4 (or grayscale rank 3, which gains a channel axis) is images,
+  their preprocessing inferred from the dtype, and rank 2 is features, used
+  unchanged. A rank-3 signal needs `preprocessing="identity"`: a `(N, H, W)`
+  array is a grayscale image set, as it always was.
+
+Labeled images of your own: a folder of class subfolders or a labeled-set
+manifest (`keras_lossal.manifest`), read by `labeled_images` / `load`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
 import os
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,18 +36,33 @@ from keras_lossal.preprocessing import ImagePreprocessing, infer_preprocessing
 __all__ = [
     "ArrayDataset",
     "DEFAULT_FASHION_MNIST_DIR",
+    "IDENTITY",
+    "IdentityPreprocessing",
+    "LabeledImages",
     "as_images",
+    "as_inputs",
     "as_labels",
     "augment_flip_and_crop",
     "batch_without_singletons",
     "evaluation_pipeline",
     "from_arrays",
+    "from_labeled_images",
+    "input_preprocessing",
+    "is_own_data",
+    "labeled_images",
     "load",
     "load_fashion_mnist",
     "load_tfds",
+    "preprocessing_from_config",
     "read_idx",
+    "stratified_split",
     "training_pipeline",
 ]
+
+# The `preprocessing=` shorthand for "use the inputs as they are" (any rank).
+IDENTITY = "identity"
+# Manifest files `load` and `labeled_images` recognise by their name (`keras_lossal.manifest` reads both).
+MANIFEST_SUFFIXES = (".jsonl", ".csv")
 
 # Where Debian's package `dataset-fashion-mnist` installs the IDX files (`dpkg -L dataset-fashion-mnist`).
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -54,20 +84,75 @@ NORMALISATION = {
 }
 
 
-@dataclasses.dataclass
-class ArrayDataset:
-    """Raw train/test images and integer labels, with the preprocessing that fits them.
+@dataclasses.dataclass(frozen=True)
+class IdentityPreprocessing:
+    """Inputs used as they are, cast to float32: the preprocessing of non-image data (features, signals).
 
     Args:
-        x_train: raw training images `(N, H, W, C)`, usually uint8.
+        input_shape: the shape of one item, e.g. `(20,)` for 20 tabular features or
+            `(128, 1)` for a one-channel signal of 128 samples.
+
+    Example:
+
+    >>> import numpy as np
+    >>> prep = IdentityPreprocessing((3,))
+    >>> prep(np.array([[1, 2, 3]], np.int64)).numpy().tolist(), prep.describe()
+    ([[1.0, 2.0, 3.0]], 'x unchanged, input (3,)')
+    >>> preprocessing_from_config(prep.get_config()) == prep
+    True
+    """
+
+    input_shape: tuple[int, ...]
+
+    def __post_init__(self):
+        shape = tuple(int(size) for size in self.input_shape)
+        if not shape or min(shape) <= 0:
+            raise ValueError(f"Expected a non-empty input_shape of positive sizes. Received: {self.input_shape}")
+        object.__setattr__(self, "input_shape", shape)
+
+    def __call__(self, inputs) -> tf.Tensor:
+        """`inputs` `(batch, *input_shape)` as float32."""
+        return tf.cast(tf.convert_to_tensor(inputs), tf.float32)
+
+    def describe(self) -> str:
+        return f"x unchanged, input {self.input_shape}"
+
+    def get_config(self) -> dict[str, Any]:
+        # `kind` tells it apart from an ImagePreprocessing config, which has no such key.
+        return {"kind": IDENTITY, "input_shape": list(self.input_shape)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> IdentityPreprocessing:
+        return cls(tuple(config["input_shape"]))
+
+    def to_json(self) -> str:
+        return json.dumps(self.get_config(), sort_keys=True)
+
+
+def preprocessing_from_config(config: dict[str, Any]) -> ImagePreprocessing | IdentityPreprocessing:
+    """The preprocessing a `get_config()` (or a `preprocessing.json`) describes, image or identity."""
+    if config.get("kind") == IDENTITY:
+        return IdentityPreprocessing.from_config(config)
+    return ImagePreprocessing.from_config(config)
+
+
+@dataclasses.dataclass
+class ArrayDataset:
+    """Raw train/test inputs and integer labels, with the preprocessing that fits them.
+
+    Args:
+        x_train: raw training inputs: images `(N, H, W, C)` (usually uint8) or
+            any other array `(N, ...)` with `IdentityPreprocessing`.
         y_train: integer labels `(N,)`.
-        x_test: raw test images.
+        x_test: raw test inputs.
         y_test: integer test labels.
-        preprocessing: how raw images become model input.
+        preprocessing: how raw inputs become model input (`ImagePreprocessing`
+            or `IdentityPreprocessing`).
         num_classes: number of classes.
         name: a label for logs and results.
-        preprocessing_inferred: whether `preprocessing` was inferred from the images' dtype
+        preprocessing_inferred: whether `preprocessing` was inferred from the inputs
             (the summary then says what it does).
+        class_names: the classes' names in label order, when known.
 
     Example:
 
@@ -82,10 +167,11 @@ class ArrayDataset:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    preprocessing: ImagePreprocessing
+    preprocessing: ImagePreprocessing | IdentityPreprocessing
     num_classes: int
     name: str = "arrays"
     preprocessing_inferred: bool = False
+    class_names: tuple[str, ...] | None = None
 
     def summary(self) -> str:
         text = (
@@ -93,7 +179,8 @@ class ArrayDataset:
             f"input {self.preprocessing.input_shape}, {self.num_classes} classes"
         )
         if self.preprocessing_inferred:
-            text += f"; preprocessing inferred from {self.x_train.dtype} images: {self.preprocessing.describe()}"
+            kind = "images" if isinstance(self.preprocessing, ImagePreprocessing) else "inputs"
+            text += f"; preprocessing inferred from {self.x_train.dtype} {kind}: {self.preprocessing.describe()}"
         return text
 
 
@@ -105,6 +192,61 @@ def as_images(x: Any, name: str) -> np.ndarray:
     if x.ndim != 4:
         raise ValueError(f"Expected `{name}` of shape (N, H, W) or (N, H, W, C). Received shape {x.shape}")
     return x
+
+
+def as_inputs(x: Any, name: str, preprocessing: Any = None) -> np.ndarray:
+    """`x` as the array the pipelines index: images `(N, H, W, C)`, or any `(N, ...)` for identity preprocessing.
+
+    Args:
+        x: the raw inputs.
+        name: what to call them in an error.
+        preprocessing: `None` (rank 2 is features, rank 3-4 images), `"identity"`,
+            an `IdentityPreprocessing` (any rank >= 2, checked against its
+            `input_shape`) or an `ImagePreprocessing` (images).
+
+    Example:
+
+    >>> import numpy as np
+    >>> as_inputs(np.zeros((5, 3)), "x").shape, as_inputs(np.zeros((5, 4, 4)), "x").shape
+    ((5, 3), (5, 4, 4, 1))
+    >>> as_inputs(np.zeros((5, 16, 2)), "x", "identity").shape
+    (5, 16, 2)
+    """
+    x = np.asarray(x)
+    identity = preprocessing == IDENTITY or isinstance(preprocessing, IdentityPreprocessing)
+    if not identity and not (preprocessing is None and x.ndim == 2):
+        return as_images(x, name)
+    if x.ndim < 2:
+        raise ValueError(
+            f"Expected `{name}` of shape (N, ...) with at least one feature axis. Received shape {x.shape}"
+        )
+    if isinstance(preprocessing, IdentityPreprocessing) and x.shape[1:] != preprocessing.input_shape:
+        raise ValueError(
+            f"Expected `{name}` items of shape {preprocessing.input_shape} (the preprocessing's input_shape). "
+            f"Received shape {x.shape}"
+        )
+    return x
+
+
+def input_preprocessing(x: np.ndarray, preprocessing: Any = None, name: str = "x") -> tuple[Any, bool]:
+    """The preprocessing of inputs `x` (as `as_inputs` returns them) and whether it was inferred.
+
+    `"identity"` or `None` with non-image `x` gives `IdentityPreprocessing(x.shape[1:])`;
+    `None` with images `infer_preprocessing(x)` (uint8 / 255, float unchanged).
+
+    Example:
+
+    >>> import numpy as np
+    >>> input_preprocessing(np.zeros((4, 7)))
+    (IdentityPreprocessing(input_shape=(7,)), True)
+    """
+    if preprocessing == IDENTITY:
+        return IdentityPreprocessing(x.shape[1:]), False
+    if preprocessing is not None:
+        return preprocessing, False
+    if x.ndim != 4:
+        return IdentityPreprocessing(x.shape[1:]), True
+    return infer_preprocessing(x, name), True
 
 
 def as_labels(y: Any, count: int, name: str, num_classes: int | None = None) -> np.ndarray:
@@ -137,48 +279,56 @@ def from_arrays(
     y_train,
     x_test,
     y_test,
-    preprocessing: ImagePreprocessing | None = None,
+    preprocessing: ImagePreprocessing | IdentityPreprocessing | str | None = None,
     num_classes: int | None = None,
     name: str = "arrays",
+    class_names: Sequence[str] | None = None,
 ) -> ArrayDataset:
-    """Wraps NumPy images and labels as an `ArrayDataset`.
+    """Wraps NumPy inputs and labels as an `ArrayDataset`.
 
     Args:
-        x_train: training images `(N, H, W[, C])`.
+        x_train: training images `(N, H, W[, C])`, features `(N, F)`, or any
+            `(N, ...)` with `preprocessing="identity"` (e.g. signals `(N, T, C)`).
         y_train: integer labels `(N,)`.
-        x_test: test images.
+        x_test: test inputs, of the training inputs' item shape.
         y_test: integer test labels.
-        preprocessing: defaults to `infer_preprocessing(x_train)`: uint8 pixels
-            divided by 255, float inputs unchanged; the summary says which.
-        num_classes: defaults to `max(label) + 1`; labels must lie in `[0, num_classes)`.
+        preprocessing: defaults to `infer_preprocessing(x_train)` for images
+            (uint8 pixels divided by 255, float inputs unchanged) and to
+            `IdentityPreprocessing` for features; the summary says which.
+        num_classes: defaults to `max(label) + 1` (or `len(class_names)`); labels must lie in `[0, num_classes)`.
         name: a label for logs and results.
+        class_names: the classes' names in label order.
 
     Example:
 
     >>> import numpy as np
     >>> from_arrays(np.zeros((3, 4, 4), np.uint8), [0, 1, 2], np.zeros((1, 4, 4), np.uint8), [1]).x_train.shape
     (3, 4, 4, 1)
+    >>> from_arrays(np.zeros((3, 5)), [0, 1, 1], np.zeros((2, 5)), [1, 0]).summary()
+    'arrays: 3 train, 2 test, input (5,), 2 classes; preprocessing inferred from float64 inputs: x unchanged, input (5,)'
     """
-    x_train, x_test = as_images(x_train, "x_train"), as_images(x_test, "x_test")
+    x_train, x_test = as_inputs(x_train, "x_train", preprocessing), as_inputs(x_test, "x_test", preprocessing)
     if x_train.shape[1:] != x_test.shape[1:]:
+        kind = "images" if x_train.ndim == 4 else "inputs"
         raise ValueError(
-            f"Expected train and test images of one shape. Received {x_train.shape[1:]} and {x_test.shape[1:]}"
+            f"Expected train and test {kind} of one shape. Received {x_train.shape[1:]} and {x_test.shape[1:]}"
         )
+    if num_classes is None and class_names is not None:
+        num_classes = len(class_names)
     y_train = as_labels(y_train, len(x_train), "y_train")
     y_test = as_labels(y_test, len(x_test), "y_test")
     if num_classes is None:
         num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
     as_labels(y_train, len(x_train), "y_train", num_classes)
     as_labels(y_test, len(x_test), "y_test", num_classes)
-    inferred = preprocessing is None
-    if inferred:
-        if x_test.dtype != x_train.dtype:
-            raise ValueError(
-                "Expected train and test images of one dtype to infer their preprocessing (or pass preprocessing=). "
-                f"Received {x_train.dtype} and {x_test.dtype}"
-            )
-        preprocessing = infer_preprocessing(x_train, "x_train")
-    return ArrayDataset(x_train, y_train, x_test, y_test, preprocessing, int(num_classes), name, inferred)
+    if preprocessing is None and x_train.ndim == 4 and x_test.dtype != x_train.dtype:
+        raise ValueError(
+            "Expected train and test images of one dtype to infer their preprocessing (or pass preprocessing=). "
+            f"Received {x_train.dtype} and {x_test.dtype}"
+        )
+    preprocessing, inferred = input_preprocessing(x_train, preprocessing, "x_train")
+    names = None if class_names is None else tuple(str(name) for name in class_names)
+    return ArrayDataset(x_train, y_train, x_test, y_test, preprocessing, int(num_classes), name, inferred, names)
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -321,13 +471,168 @@ def _tfds_arrays(dataset: tf.data.Dataset, keys: tuple[str, ...]) -> dict[str, n
     return {key: np.concatenate(values) for key, values in chunks.items()}
 
 
-def load(name: str, data_dir: str | None = None) -> ArrayDataset:
-    """Loads a dataset by name: `fashion_mnist` from local IDX files, anything else through TFDS.
+@dataclasses.dataclass
+class LabeledImages:
+    """Your own labeled images in memory: raw uint8 pixels, integer labels and the class names.
 
     Args:
-        name: `"fashion_mnist"` (local IDX), or a TFDS name such as `"cifar10"`;
-            prefix with `tfds:` to force TFDS (`"tfds:fashion_mnist"`).
+        x: images `(N, H, W, C)` uint8, resized to one size.
+        y: int64 labels `(N,)`, indices into `class_names`.
+        class_names: the classes in label order (sorted names unless given).
+        ids: the items' ids (manifest ids; for a folder, paths relative to it).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    class_names: list[str]
+    ids: np.ndarray
+
+
+def is_own_data(source: str) -> bool:
+    """Whether `source` names your own labeled images: a folder of class subfolders or a manifest file."""
+    return os.path.isdir(source) or source.lower().endswith(MANIFEST_SUFFIXES)
+
+
+def labeled_images(
+    source: str,
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> LabeledImages:
+    """Reads labeled images from a folder of class subfolders or a labeled-set manifest (JSONL/CSV).
+
+    A folder follows `keras.utils.image_dataset_from_directory`: each subfolder
+    is a class, every PNG/JPEG/BMP below it an item (`keras_lossal.manifest.from_directory`).
+    A manifest has `id, path, label` records (`keras_lossal.manifest.load_labeled_set`).
+    Every image passes the decompression-bomb header guard before it is decoded.
+
+    Args:
+        source: the folder or the manifest's path.
+        image_size: `(height, width)` every image is resized to; default: the first image's size.
+        channels: 1 (grayscale) or 3 (RGB); default: the first image's (alpha dropped).
+        class_names: the class order (e.g. an earlier model's); default: the labels, sorted.
+
+    Example:
+
+    >>> import os, tempfile, tensorflow as tf
+    >>> root = tempfile.mkdtemp()
+    >>> for name in ("cat/1.png", "dog/2.png", "dog/3.png"):
+    ...     os.makedirs(os.path.join(root, os.path.dirname(name)), exist_ok=True)
+    ...     tf.io.write_file(os.path.join(root, name), tf.io.encode_png(tf.zeros((6, 4, 1), tf.uint8)))
+    >>> images = labeled_images(root)
+    >>> images.x.shape, images.y.tolist(), images.class_names
+    ((3, 6, 4, 1), [0, 1, 1], ['cat', 'dog'])
+    """
+    from keras_lossal import manifest
+
+    if os.path.isdir(source):
+        records = manifest.from_directory(source)
+        if not records:
+            raise ValueError(
+                f"Expected images ({', '.join(manifest.IMAGE_EXTENSIONS)}) in the class subfolders of {source!r}"
+            )
+        names = sorted({record["label"] for record in records}) if class_names is None else list(class_names)
+        outside = [record for record in records if record["label"] not in names]
+        if outside:
+            raise ValueError(f"Expected class subfolders in {names}. Received: {outside[0]['label']!r} in {source!r}")
+        labeled = manifest.LabeledSet(
+            np.array([record["id"] for record in records], dtype=object),
+            np.array([os.path.join(source, record["path"]) for record in records], dtype=object),
+            np.array([names.index(record["label"]) for record in records], dtype=np.int64),
+            names,
+        )
+    else:
+        labeled = manifest.load_labeled_set(source, class_names)
+        if not len(labeled.paths):
+            raise ValueError(f"Expected labeled records in {source!r}. Received none")
+    first_size, first_channels = _image_size_and_channels(str(labeled.paths[0]))
+    x, y = labeled.arrays(tuple(image_size or first_size), int(channels or first_channels))
+    return LabeledImages(x, y, list(labeled.class_names), labeled.ids)
+
+
+def _image_size_and_channels(path: str) -> tuple[tuple[int, int], int]:
+    """The `(height, width)` and channels (1 or 3) of one image, after the header guard."""
+    from keras_lossal.images import DEFAULT_MAX_IMAGE_PIXELS, image_header_size
+
+    encoded = tf.io.read_file(path).numpy()
+    _, height, width = image_header_size(encoded)
+    if height * width > DEFAULT_MAX_IMAGE_PIXELS:
+        raise ValueError(f"{path}: image of {height}x{width} pixels is over the limit of {DEFAULT_MAX_IMAGE_PIXELS}")
+    decoded_channels = int(tf.io.decode_image(encoded, expand_animations=False).shape[-1])
+    return (height, width), 1 if decoded_channels <= 2 else 3
+
+
+def stratified_split(labels, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of item positions into `(kept, held_out)`, about `fraction` of every class held out.
+
+    Each class with at least two items gives `round(fraction * count)` items
+    (at least one, never all) to the held-out part; both parts are sorted.
+
+    Example:
+
+    >>> kept, held_out = stratified_split([0, 0, 0, 0, 1, 1, 1, 1, 1, 1], 0.5, seed=0)
+    >>> len(kept), len(held_out), sorted(np.asarray([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])[held_out].tolist())
+    (5, 5, [0, 0, 1, 1, 1])
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"Expected a held-out fraction in [0, 1). Received: {fraction}")
+    labels = np.asarray(labels).reshape(-1)
+    rng = np.random.default_rng(seed)
+    held_out = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if fraction == 0 or len(members) < 2:
+            continue
+        count = min(max(int(round(fraction * len(members))), 1), len(members) - 1)
+        held_out.append(rng.choice(members, size=count, replace=False))
+    held_out = np.sort(np.concatenate(held_out)) if held_out else np.zeros(0, np.int64)
+    kept = np.setdiff1d(np.arange(len(labels)), held_out)
+    return kept, held_out
+
+
+def from_labeled_images(
+    source: str,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+) -> ArrayDataset:
+    """Your labeled images as an `ArrayDataset`: a seeded stratified test split, the rest the pool.
+
+    Args:
+        source: a folder of class subfolders or a labeled-set manifest (see `labeled_images`).
+        test_fraction: share of every class held out for evaluation.
+        seed: seed of the split.
+        image_size: `(height, width)`; default: the first image's.
+        channels: 1 or 3; default: the first image's.
+    """
+    images = labeled_images(source, image_size, channels)
+    pool, test = stratified_split(images.y, test_fraction, seed)
+    if not len(test):
+        raise ValueError(f"Expected a test split: test_fraction={test_fraction} of {len(images.y)} items holds none")
+    name = os.path.basename(os.path.normpath(source))
+    return from_arrays(
+        images.x[pool],
+        images.y[pool],
+        images.x[test],
+        images.y[test],
+        num_classes=len(images.class_names),
+        name=name,
+        class_names=images.class_names,
+    )
+
+
+def load(name: str, data_dir: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> ArrayDataset:
+    """Loads a dataset by name: `fashion_mnist` from local IDX files, your own images, anything else through TFDS.
+
+    Args:
+        name: `"fashion_mnist"` (local IDX), a folder of class subfolders or a
+            labeled-set manifest (`.jsonl`/`.csv`; see `from_labeled_images`),
+            or a TFDS name such as `"cifar10"`; prefix with `tfds:` to force
+            TFDS (`"tfds:fashion_mnist"`).
         data_dir: IDX directory for Fashion-MNIST, TFDS data directory otherwise.
+        test_fraction: for your own images, the share of every class held out as the test set.
+        seed: for your own images, the seed of that split.
 
     Example:
 
@@ -338,6 +643,8 @@ def load(name: str, data_dir: str | None = None) -> ArrayDataset:
         return load_tfds(name[len("tfds:") :], data_dir=data_dir)
     if name in ("fashion_mnist", "fashion-mnist"):
         return load_fashion_mnist(data_dir)
+    if is_own_data(name):
+        return from_labeled_images(name, test_fraction=test_fraction, seed=seed)
     return load_tfds(name, data_dir=data_dir)
 
 
@@ -369,7 +676,7 @@ def augment_flip_and_crop(image, seed, padding: int = 4):
 def training_pipeline(
     x,
     y,
-    preprocessing: ImagePreprocessing,
+    preprocessing: ImagePreprocessing | IdentityPreprocessing,
     batch_size: int = 128,
     augment: bool = False,
     shuffle: bool = True,
@@ -382,11 +689,11 @@ def training_pipeline(
     normalises whole batches with `preprocessing`.
 
     Args:
-        x: raw images `(N, H, W, C)`.
+        x: raw inputs: images `(N, H, W, C)`, or any `(N, ...)` with `IdentityPreprocessing`.
         y: labels `(N,)`.
-        preprocessing: the `ImagePreprocessing` of the run.
+        preprocessing: the run's `ImagePreprocessing` or `IdentityPreprocessing`.
         batch_size: batch size.
-        augment: apply random flip + 4-pixel pad-crop.
+        augment: apply random flip + 4-pixel pad-crop (images only).
         shuffle: shuffle every epoch.
         seed: seed for the shuffle order and the augmentation.
 
@@ -399,6 +706,11 @@ def training_pipeline(
     [2, 3]
     """
     seed = 0 if seed is None else int(seed)
+    if augment and np.ndim(x) != 4:
+        raise ValueError(
+            f"Expected images (N, H, W, C) to augment (flip and crop). Received inputs of shape {np.shape(x)}; "
+            "pass augment=False"
+        )
     dataset = tf.data.Dataset.from_tensor_slices((np.asarray(x), np.asarray(y)))
     if shuffle:
         dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
@@ -447,8 +759,10 @@ def batch_without_singletons(dataset: tf.data.Dataset, num_items: int, batch_siz
     return dataset.batch(num_items).flat_map(split).apply(tf.data.experimental.assert_cardinality(len(sizes)))
 
 
-def evaluation_pipeline(x, y, preprocessing: ImagePreprocessing, batch_size: int = 256) -> tf.data.Dataset:
-    """A `tf.data` pipeline of normalised `(model input, label)` batches, in order, no augmentation.
+def evaluation_pipeline(
+    x, y, preprocessing: ImagePreprocessing | IdentityPreprocessing, batch_size: int = 256
+) -> tf.data.Dataset:
+    """A `tf.data` pipeline of preprocessed `(model input, label)` batches, in order, no augmentation.
 
     Example:
 

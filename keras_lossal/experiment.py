@@ -8,6 +8,8 @@ resumes unfinished runs and skips finished ones.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -25,6 +27,7 @@ from keras_lossal.model import RECIPES, LossLearningModel
 
 __all__ = [
     "ModelSpec",
+    "backbone_builder",
     "make_model_factory",
     "parse_arm",
     "small_cnn",
@@ -57,6 +60,9 @@ def small_cnn(
 
 
 BACKBONES = {"resnet18_cifar": backbones.resnet18_cifar, "small_cnn": small_cnn}
+# `ModelSpec.backbone` may also name your own backbone: a `.keras` file or a `package.module:function` factory.
+KERAS_FILE_SUFFIX = ".keras"
+FACTORY_SEPARATOR = ":"
 OPTIMIZERS = ("sgd", "adam")
 # Strategies whose scores need the loss-prediction head; the others train the bare backbone, as in the paper.
 HEAD_STRATEGIES = ("learning_loss", "learning_loss_clusters", "learning_loss_kcenter")
@@ -88,8 +94,10 @@ class ModelSpec:
     """How to build and compile the model trained in every cycle.
 
     Args:
-        backbone: a name in `BACKBONES`.
-        width: first-stage channels of `resnet18_cifar` (64 in the paper).
+        backbone: a name in `BACKBONES`, or your own backbone (see `backbone_builder`):
+            a `.keras` file or an importable factory `"package.module:function"`.
+        width: first-stage channels of `resnet18_cifar` (64 in the paper); the
+            built-in backbones only.
         optimizer: `"sgd"` (momentum, weight decay: the paper) or `"adam"`.
         learning_rate: initial learning rate.
         momentum: SGD momentum.
@@ -97,8 +105,9 @@ class ModelSpec:
             momentum (`w -= lr * wd * w`); PyTorch's SGD in the reference code adds
             it to the gradient, where momentum 0.9 amplifies it about 10x.
         batch_norm_momentum: moving-average momentum of every BatchNormalization
-            layer; 0.9 equals PyTorch's default (0.1) used by the reference code,
-            and lets short runs on small labeled sets evaluate sensibly.
+            layer of the backbone (yours too; `None` leaves them as built); 0.9
+            equals PyTorch's default (0.1) used by the reference code, and lets
+            short runs on small labeled sets evaluate sensibly.
         recipe: the `LossLearningModel` recipe (`"recommended"` or `"paper"`);
             the head options below override it when not `None`.
         loss_weight: lambda of `LossLearningModel`.
@@ -153,24 +162,118 @@ class ModelSpec:
         return {key: value for key, value in options.items() if value is not None}
 
 
+def backbone_builder(backbone: str) -> Callable[[tuple[int, ...], int, int], keras.Model]:
+    """A callable `(input_shape, num_classes, width) -> new backbone` for a `ModelSpec.backbone`.
+
+    - a name in `BACKBONES` (`"resnet18_cifar"`, `"small_cnn"`): built fresh,
+      with `width`;
+    - a `.keras` file: reloaded on every call, so every run and cycle gets a
+      model of its own, and **its stored weights are the initialisation** (a
+      pretrained backbone, or the `model.keras` of `lossal train`, whose
+      backbone is taken). Every (strategy, seed) starts from the same weights;
+      the seed still sets the head's initialisation, the initial labeled set
+      and the shuffles. For a random initialisation per seed, use a factory;
+      custom layers must be registered (`keras.saving.register_keras_serializable`);
+    - `"package.module:function"`: an importable factory called as
+      `function(input_shape=(H, W, C), num_classes=N)` returning a new,
+      uncompiled, functional or Sequential `keras.Model` that outputs logits
+      `(batch, N)`. It is called after the loop seeds Keras' global generator
+      (`keras.utils.set_random_seed`) from the run's seed and cycle, so create
+      layers inside it with default (unseeded) initialisers.
+
+    The model must take inputs of the dataset's `input_shape` (checked).
+
+    Example:
+
+    >>> build = backbone_builder("keras_lossal.experiment:small_cnn")
+    >>> build((8, 8, 1), 3, 16).output.shape
+    (None, 3)
+    >>> backbone_builder("resnet50")
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected backbone in ['resnet18_cifar', 'small_cnn'], a .keras file or a 'package.module:function' factory. Received: backbone='resnet50'
+    """
+    if backbone in BACKBONES:
+        builtin = BACKBONES[backbone]
+        return lambda input_shape, num_classes, width: builtin(
+            input_shape=tuple(input_shape), num_classes=num_classes, width=width
+        )
+    if backbone.endswith(KERAS_FILE_SUFFIX):
+        if not os.path.isfile(backbone):
+            raise ValueError(f"Expected a .keras backbone file. Received: backbone={backbone!r} (no such file)")
+        return lambda input_shape, num_classes, width: _checked(_load_backbone(backbone), backbone, input_shape)
+    if FACTORY_SEPARATOR in backbone:
+        factory = _import_factory(backbone)
+        return lambda input_shape, num_classes, width: _checked(
+            factory(input_shape=tuple(input_shape), num_classes=num_classes), backbone, input_shape
+        )
+    raise ValueError(
+        f"Expected backbone in {sorted(BACKBONES)}, a .keras file or a 'package.module:function' factory. "
+        f"Received: backbone={backbone!r}"
+    )
+
+
+def _import_factory(backbone: str) -> Callable[..., keras.Model]:
+    module_name, _, function_name = backbone.partition(FACTORY_SEPARATOR)
+    try:
+        factory = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(
+            f"Expected an importable backbone factory 'package.module:function'. Received: backbone={backbone!r} "
+            f"({type(error).__name__}: {error})"
+        ) from None
+    if not callable(factory):
+        raise ValueError(f"Expected {backbone!r} to be a callable factory. Received: {type(factory).__name__}")
+    return factory
+
+
+def _load_backbone(path: str) -> keras.Model:
+    """The model in a `.keras` file; a `LossLearningModel`'s backbone (a model of `lossal train`)."""
+    model = keras.saving.load_model(path, compile=False)
+    return model.backbone if isinstance(model, LossLearningModel) else model
+
+
+def _checked(model, backbone: str, input_shape: tuple[int, ...]) -> keras.Model:
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"Expected backbone {backbone!r} to give a keras.Model. Received: {type(model).__name__}")
+    expected = tuple(int(size) for size in input_shape)
+    inputs = getattr(model, "inputs", None) or []
+    received = tuple(inputs[0].shape[1:]) if len(inputs) == 1 else None
+    if received != expected:
+        raise ValueError(
+            f"Expected backbone {backbone!r} to take one input of shape {expected} (the data's). Received: {received}"
+        )
+    return model
+
+
+def backbone_fingerprint(backbone: str) -> str | None:
+    """The SHA-256 of a `.keras` backbone file (recorded so a resume with a changed file is refused), else `None`."""
+    if not backbone.endswith(KERAS_FILE_SUFFIX) or not os.path.isfile(backbone):
+        return None  # a missing file is refused by `backbone_builder`
+    digest = hashlib.sha256()
+    with open(backbone, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def make_model_factory(
     spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, with_head: bool
 ) -> Callable[[], keras.Model]:
     """A zero-argument callable building a fresh compiled model from `spec`.
 
     Args:
-        spec: the `ModelSpec`.
+        spec: the `ModelSpec` (its backbone: see `backbone_builder`).
         input_shape: model input shape, e.g. `(28, 28, 1)`.
         num_classes: number of classes.
         with_head: wrap the backbone in a `LossLearningModel`.
     """
-    if spec.backbone not in BACKBONES:
-        raise ValueError(f"Expected backbone in {sorted(BACKBONES)}. Received: backbone={spec.backbone!r}")
+    build_backbone = backbone_builder(spec.backbone)
     if spec.optimizer not in OPTIMIZERS:
         raise ValueError(f"Expected optimizer in {OPTIMIZERS}. Received: optimizer={spec.optimizer!r}")
 
     def factory() -> keras.Model:
-        backbone = BACKBONES[spec.backbone](input_shape=tuple(input_shape), num_classes=num_classes, width=spec.width)
+        backbone = build_backbone(tuple(input_shape), num_classes, spec.width)
         if spec.batch_norm_momentum is not None:
             for layer in backbone.layers:
                 if isinstance(layer, keras.layers.BatchNormalization):
@@ -182,20 +285,20 @@ def make_model_factory(
             model = LossLearningModel(backbone, head=head, **options)
         else:
             model = backbone
-        if spec.optimizer == "sgd":
-            optimizer = keras.optimizers.SGD(
-                spec.learning_rate, momentum=spec.momentum, weight_decay=spec.weight_decay or None
-            )
-        else:
-            optimizer = keras.optimizers.Adam(spec.learning_rate, weight_decay=spec.weight_decay or None)
         model.compile(
-            optimizer=optimizer,
+            optimizer=_optimizer(spec),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
         return model
 
     return factory
+
+
+def _optimizer(spec: ModelSpec) -> keras.optimizers.Optimizer:
+    if spec.optimizer == "sgd":
+        return keras.optimizers.SGD(spec.learning_rate, momentum=spec.momentum, weight_decay=spec.weight_decay or None)
+    return keras.optimizers.Adam(spec.learning_rate, weight_decay=spec.weight_decay or None)
 
 
 def parse_lr_schedule(text: str | None) -> dict[int, float]:
@@ -318,6 +421,7 @@ class _Arms:
         self.lr_schedule = {str(epoch): rate for epoch, rate in lr_schedule.items()}
         self.head_for_all = head_for_all
         self.callbacks = [lr_schedule_callback(spec.learning_rate, lr_schedule)] if lr_schedule else []
+        self.backbone_sha256 = backbone_fingerprint(spec.backbone)
 
     def settings(self, names: list[str], seeds: list[int]) -> dict:
         """experiment.json's content (the keys and order older runs recorded)."""
@@ -350,18 +454,27 @@ class _Arms:
             work_dir=os.path.join(self.out_dir, name, f"seed_{seed}"),
             fit_kwargs={"callbacks": self.callbacks} if self.callbacks else None,
             label=name,
-            tags={
-                "model": dataclasses.asdict(arm_spec),
-                "with_head": with_head,
-                "lr_schedule": self.lr_schedule,
-                "dataset": dataset.name,
-            },
+            tags=self._tags(arm_spec, with_head),
             config=dataclasses.replace(self.config, seed=seed),
         )
 
+    def _tags(self, arm_spec: ModelSpec, with_head: bool) -> dict:
+        """The facts a run's state records beside the loop's config (a resume with others is refused)."""
+        tags = {
+            "model": dataclasses.asdict(arm_spec),
+            "with_head": with_head,
+            "lr_schedule": self.lr_schedule,
+            "dataset": self.dataset.name,
+        }
+        if self.backbone_sha256 is not None:  # only for a .keras backbone: older runs' tags stay as they were
+            tags["backbone_sha256"] = self.backbone_sha256
+        return tags
+
 
 def _check_strategies(strategies: Sequence[Any], spec: ModelSpec, dataset: ArrayDataset) -> None:
-    """Fails before any training on an unknown strategy name or one the model cannot serve."""
+    """Fails before any training on an unknown strategy name, a backbone that does not fit, or a strategy the model cannot serve."""
+    if spec.backbone not in BACKBONES:  # your own backbone: build one now, so a wrong input shape fails here
+        backbone_builder(spec.backbone)(dataset.preprocessing.input_shape, dataset.num_classes, spec.width)
     for strategy in strategies:
         resolved = acquisition.get(parse_arm(strategy)[0]) if isinstance(strategy, str) else strategy
         if isinstance(resolved, acquisition.BALD):

@@ -216,11 +216,13 @@ class ActiveLearningLoop:
     Args:
         model_factory: a callable returning a new *compiled* Keras model, e.g. a
             `LossLearningModel` for the `learning_loss` strategy.
-        train_data: `(x, y)` NumPy arrays of raw images and integer labels (the
+        train_data: `(x, y)` NumPy arrays of raw inputs and integer labels (the
             pool; labels are revealed only when an index is labeled), or a
-            `tf.data.Dataset` of unbatched `(image, label)` pairs, read into
-            memory once. Labels must be integers in `[0, classes)` of the
-            model's output (checked before the first cycle trains).
+            `tf.data.Dataset` of unbatched `(input, label)` pairs, read into
+            memory once. Inputs are images `(N, H, W[, C])`, tabular features
+            `(N, F)`, or any `(N, ...)` with `preprocessing="identity"` (e.g.
+            1-D signals `(N, T, C)`). Labels must be integers in `[0, classes)`
+            of the model's output (checked before the first cycle trains).
         test_data: `(x, y)` arrays or a `tf.data.Dataset`, like `train_data`.
         strategy: an acquisition strategy name (`keras_lossal.acquisition.get`)
             or a `keras_lossal.acquisition.Strategy`; its `select` is called with
@@ -234,8 +236,10 @@ class ActiveLearningLoop:
             `config=`.
         preprocessing: the `ImagePreprocessing` turning raw images into model
             input; default `infer_preprocessing(x)`: uint8 pixels divided by 255,
-            float inputs unchanged (the first log line says which). Recorded
-            in the state.
+            float inputs unchanged (the first log line says which). Non-image
+            inputs use `keras_lossal.data.IdentityPreprocessing` (`"identity"`;
+            the default for `(N, F)` features): cast to float32, nothing else,
+            and `augment` must stay off. Recorded in the state.
         work_dir: where state and warm-start weights live; `None` keeps
             nothing on disk (no resume).
         fit_kwargs: extra `fit` arguments (e.g. `callbacks` for a learning-rate
@@ -274,7 +278,7 @@ class ActiveLearningLoop:
         cycles: int = 10,
         epochs: int = 1,
         batch_size: int = 128,
-        preprocessing: ImagePreprocessing | None = None,
+        preprocessing: ImagePreprocessing | data_lib.IdentityPreprocessing | str | None = None,
         augment: bool = False,
         warm_start: bool = True,
         seed: int = 0,
@@ -291,8 +295,8 @@ class ActiveLearningLoop:
                 f"Expected `model_factory` to be a callable returning a compiled model. Received: {model_factory!r}"
             )
         self.model_factory = model_factory
-        self.x_train, self.y_train = _materialise(train_data, "train_data")
-        self.x_test, self.y_test = _materialise(test_data, "test_data")
+        self.x_train, self.y_train = _materialise(train_data, "train_data", preprocessing)
+        self.x_test, self.y_test = _materialise(test_data, "test_data", preprocessing)
         _check_finite_test_images(self.x_test)
         # Items with NaN/inf features are never labeled (not in the initial set, never scored).
         self.finite_pool = _finite_items(self.x_train)
@@ -313,6 +317,7 @@ class ActiveLearningLoop:
         self.loop_config.check_pool(int(self.finite_pool.sum()))
         self.strategy, self.strategy_name = _resolve_strategy(strategy)
         self.preprocessing, self.preprocessing_note = self._resolve_preprocessing(preprocessing)
+        self._check_augment()
         self.work_dir = work_dir
         self.run_directory = None if work_dir is None else RunDirectory(work_dir)
         self.fit_kwargs = _check_fit_kwargs(fit_kwargs)
@@ -327,10 +332,20 @@ class ActiveLearningLoop:
             return getattr(config, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def _resolve_preprocessing(self, preprocessing: ImagePreprocessing | None) -> tuple[ImagePreprocessing, str | None]:
-        """The given preprocessing, or the one the images' dtype implies and the note saying so."""
-        if preprocessing is not None:
-            return preprocessing, None
+    def _resolve_preprocessing(self, preprocessing) -> tuple[Any, str | None]:
+        """The given preprocessing, or the one the inputs imply (images: their dtype) and the note saying so."""
+        if self.x_train.ndim != 4 or preprocessing == data_lib.IDENTITY or _is_identity(preprocessing):
+            if self.x_test.shape[1:] != self.x_train.shape[1:]:
+                raise ValueError(
+                    "Expected train_data and test_data inputs of one item shape. Received "
+                    f"{self.x_train.shape[1:]} and {self.x_test.shape[1:]}"
+                )
+        if preprocessing is not None or self.x_train.ndim != 4:
+            resolved, inferred = data_lib.input_preprocessing(self.x_train, preprocessing, "train_data")
+            note = (
+                f"inputs of shape {self.x_train.shape[1:]} are used unchanged (no preprocessing)" if inferred else None
+            )
+            return resolved, note
         if self.x_test.dtype != self.x_train.dtype:
             raise ValueError(
                 "Expected train and test images of one dtype to infer their preprocessing (or pass "
@@ -338,6 +353,13 @@ class ActiveLearningLoop:
             )
         inferred = infer_preprocessing(self.x_train, "train_data")
         return inferred, f"preprocessing inferred from {self.x_train.dtype} images: {inferred.describe()}"
+
+    def _check_augment(self) -> None:
+        if self.loop_config.augment and self.x_train.ndim != 4:
+            raise ValueError(
+                f"Expected images (N, H, W, C) for augment=True (flip and crop). Received train_data of shape "
+                f"{self.x_train.shape}; pass augment=False"
+            )
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict:
@@ -643,22 +665,27 @@ def _finite_items(x: np.ndarray) -> np.ndarray:
     return np.isfinite(x.reshape(len(x), -1)).all(axis=1)
 
 
-def _materialise(dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _is_identity(preprocessing) -> bool:
+    return isinstance(preprocessing, data_lib.IdentityPreprocessing)
+
+
+def _materialise(dataset, name: str, preprocessing=None) -> tuple[np.ndarray, np.ndarray]:
+    """`(inputs, labels)` arrays from `(x, y)` or a `tf.data.Dataset` of unbatched pairs (`data.as_inputs` shapes)."""
     if isinstance(dataset, tf.data.Dataset):
         images, labels = [], []
         for element in dataset.as_numpy_iterator():
             if not isinstance(element, tuple) or len(element) != 2:
-                raise ValueError(f"Expected `{name}` to yield unbatched (image, label) pairs. Received {type(element)}")
+                raise ValueError(f"Expected `{name}` to yield unbatched (input, label) pairs. Received {type(element)}")
             images.append(element[0])
             labels.append(element[1])
         if not images:
             raise ValueError(f"Expected a non-empty `{name}`.")
         dataset = (np.stack(images), np.asarray(labels))
     if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
-        x, y = data_lib.as_images(dataset[0], name), np.asarray(dataset[1]).reshape(-1)
+        x, y = data_lib.as_inputs(dataset[0], name, preprocessing), np.asarray(dataset[1]).reshape(-1)
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(
-                f"Expected `{name}` images and labels of one non-zero length. Received {len(x)} and {len(y)}"
+                f"Expected `{name}` inputs and labels of one non-zero length. Received {len(x)} and {len(y)}"
             )
         return x, data_lib.as_labels(y, len(x), f"{name} labels")
     raise TypeError(

@@ -89,7 +89,9 @@ def test_from_arrays_validates_shapes():
     with pytest.raises(ValueError, match=r"3 labels \(one per image\)"):
         data.from_arrays(np.zeros((3, 4, 4)), [0, 1], np.zeros((1, 4, 4)), [0])
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
-        data.from_arrays(np.zeros((3, 4)), [0, 1, 2], np.zeros((1, 4)), [0])
+        data.from_arrays(np.zeros(3), [0, 1, 2], np.zeros(1), [0])
+    with pytest.raises(ValueError, match=r"train and test inputs of one shape. Received \(4,\) and \(5,\)"):
+        data.from_arrays(np.zeros((3, 4)), [0, 1, 2], np.zeros((1, 5)), [0])
 
 
 def _epochs(dataset, count):

@@ -123,3 +123,74 @@ def test_every_run_gets_the_experiments_settings_and_its_seed(tmp_path):
         "batch_size", "augment", "warm_start", "lr_schedule", "head_for_all", "preprocessing",
     ]  # fmt: skip
     assert settings["seeds"] == [3, 1] and settings["lr_schedule"] == {"1": 0.01} and settings["subset_size"] is None
+
+
+def tiny_backbone(input_shape, num_classes):
+    """A user's backbone factory, imported by `run_experiment` as `test_experiment:tiny_backbone`."""
+    import keras
+
+    inputs = keras.Input(input_shape)
+    hidden = keras.layers.Dense(6, activation="relu", name="hidden")(keras.layers.Flatten()(inputs))
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits")(hidden))
+
+
+def _own_backbone_run(out, backbone, strategies, epochs=1, seeds=(0,), cycles=2):
+    return experiment.run_experiment(
+        tiny_dataset(), strategies, seeds=list(seeds), out_dir=out,
+        spec=experiment.ModelSpec(backbone=backbone, optimizer="adam", learning_rate=0.01),
+        initial_size=10, query_size=5, subset_size=None, cycles=cycles, epochs=epochs, batch_size=8, verbose=0,
+    )  # fmt: skip
+
+
+def test_a_keras_file_backbone_is_every_runs_initialisation_and_gets_the_head(tmp_path):
+    import keras
+
+    path = str(tmp_path / "backbone.keras")
+    keras.utils.set_random_seed(5)
+    tiny_backbone((8, 8, 1), 3).save(path)
+    stored = keras.saving.load_model(path, compile=False)
+    dataset = tiny_dataset()
+    expected = np.mean(
+        np.argmax(stored.predict(dataset.preprocessing(dataset.x_test).numpy(), verbose=0), axis=1) == dataset.y_test
+    )
+    # epochs=0: the evaluated model is the initialisation itself, for every strategy and seed.
+    results = _own_backbone_run(str(tmp_path / "run"), path, ["random", "learning_loss"], 0, seeds=(0, 1), cycles=1)
+    for runs in results.values():
+        for run in runs:
+            assert [cycle["accuracy"] for cycle in run.cycles] == pytest.approx([expected])
+            assert run.config["tags"]["backbone_sha256"] == experiment.backbone_fingerprint(path)
+    assert type(results["learning_loss"][0].model).__name__ == "LossLearningModel"
+    assert type(results["random"][0].model).__name__ == "Functional"
+    # The file changed: its runs are refused, not resumed with other weights.
+    tiny_backbone((8, 8, 1), 3).save(path)
+    with pytest.raises(ValueError, match="backbone_sha256"):
+        _own_backbone_run(str(tmp_path / "run"), path, ["random"], epochs=0, cycles=1)
+
+
+def test_a_factory_backbone_gives_every_arm_of_a_seed_the_same_start(tmp_path):
+    results = _own_backbone_run(str(tmp_path / "run"), "test_experiment:tiny_backbone", ["random", "entropy"])
+    # Same seed, same initial set, same fresh initialisation: cycle 0 trains identically in both arms.
+    assert results["random"][0].cycles[0]["accuracy"] == results["entropy"][0].cycles[0]["accuracy"]
+    assert results["random"][0].cycles[0]["train_loss"] == results["entropy"][0].cycles[0]["train_loss"]
+    assert results["random"][0].config["tags"]["model"]["backbone"] == "test_experiment:tiny_backbone"
+    assert "backbone_sha256" not in results["random"][0].config["tags"]
+
+
+@pytest.mark.parametrize(
+    "backbone, message",
+    [
+        ("no_such_module:f", "importable backbone factory"),
+        ("test_experiment:missing", "importable backbone factory"),
+        ("missing.keras", "no such file"),
+        ("test_experiment:wrong_input_backbone", r"input of shape \(8, 8, 1\)"),
+    ],
+)
+def test_a_bad_own_backbone_is_refused_before_anything_is_written(tmp_path, backbone, message):
+    out = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=message):
+        _own_backbone_run(out, backbone, ["random"])
+    assert not os.path.exists(os.path.join(out, "random"))
+
+
+def wrong_input_backbone(input_shape, num_classes):
+    return tiny_backbone((4, 4, 1), num_classes)

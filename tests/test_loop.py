@@ -342,3 +342,97 @@ def test_a_finished_run_whose_weights_were_not_kept_still_loads(tmp_path):
     again = _loop(work_dir, "random", cycles=2).run()  # nothing to train: the state says finished
     assert again.cycles == first.cycles and again.labeled_indices == first.labeled_indices
     assert again.model is None
+
+
+# --------------------------------------------------------------------------- non-image inputs
+def _signals(count, seed):
+    """A learnable 1-D task: the class sets the frequency of a noisy sine of 32 samples, one channel."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, count)
+    time_axis = np.linspace(0, 1, 32)
+    phase = rng.uniform(0, 2 * np.pi, (count, 1))
+    x = np.sin(2 * np.pi * (2 + 3 * y[:, None]) * time_axis[None] + phase) + rng.normal(0, 0.3, (count, 32))
+    return x[..., None].astype(np.float32), y
+
+
+def _signal_model():
+    inputs = keras.Input((32, 1))
+    hidden = keras.layers.Conv1D(8, 5, activation="relu", name="conv1")(inputs)
+    hidden = keras.layers.MaxPooling1D(name="stage1")(hidden)
+    hidden = keras.layers.Conv1D(8, 5, activation="relu", name="conv2")(hidden)
+    hidden = keras.layers.GlobalAveragePooling1D(name="pool")(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(hidden))
+    model.compile(
+        keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
+    return model
+
+
+def _tabular(count, seed):
+    """A learnable tabular task: 10 features, the class is the sign pattern of two of them."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (count, 10)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + 2 * (x[:, 3] > 0)
+    return x, y
+
+
+def _tabular_model():
+    inputs = keras.Input((10,))
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden1")(inputs)
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden2")(hidden)
+    backbone = keras.Model(inputs, keras.layers.Dense(4, name="logits")(hidden))
+    model = kl.LossLearningModel(backbone, head=kl.LossPredictionHead(units=4))  # automatic taps: the hidden layers
+    model.compile(
+        keras.optimizers.Adam(0.02), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
+    return model
+
+
+@pytest.mark.parametrize(
+    "make_data, model_factory, strategy, preprocessing, chance",
+    [
+        (_signals, _signal_model, "entropy", "identity", 1 / 3),
+        (_tabular, _tabular_model, "learning_loss", None, 1 / 4),
+    ],
+    ids=["signal_1d", "tabular"],
+)
+def test_non_image_inputs_run_through_the_loop_unchanged(
+    tmp_path, make_data, model_factory, strategy, preprocessing, chance
+):
+    x, y = make_data(300, seed=0)
+    x_test, y_test = make_data(150, seed=1)
+    loop = ActiveLearningLoop(
+        model_factory, (x, y), tf.data.Dataset.from_tensor_slices((x_test, y_test)), strategy,
+        initial_size=60, query_size=30, subset_size=150, cycles=3, epochs=4, batch_size=32, seed=3,
+        preprocessing=preprocessing, work_dir=str(tmp_path), verbose=0,
+    )  # fmt: skip
+    assert isinstance(loop.preprocessing, kl.data.IdentityPreprocessing)
+    assert loop.preprocessing.input_shape == x.shape[1:]
+    np.testing.assert_array_equal(loop.preprocessing(x[:3]).numpy(), x[:3])  # identity: the model sees x itself
+    result = loop.run()
+    sizes, accuracy = result.learning_curve()
+    assert sizes.tolist() == [60, 90, 120]
+    assert len(set(result.labeled_indices)) == 120
+    assert accuracy[-1] > chance + 0.25, accuracy
+    state = json.loads((tmp_path / STATE_FILE).read_text())
+    assert state["config"]["preprocessing"] == {"kind": "identity", "input_shape": list(x.shape[1:])}
+    # A resume of the finished run reads the identity preprocessing back and accepts it.
+    again = ActiveLearningLoop(
+        model_factory, (x, y), (x_test, y_test), strategy, initial_size=60, query_size=30, subset_size=150,
+        cycles=3, epochs=4, batch_size=32, seed=3, preprocessing=preprocessing, work_dir=str(tmp_path), verbose=0,
+    )  # fmt: skip
+    assert again.run().labeled_indices == result.labeled_indices
+
+
+def test_non_image_inputs_refuse_augmentation_and_mismatched_test_shapes():
+    x, y = _tabular(40, seed=0)
+    with pytest.raises(ValueError, match="augment=False"):
+        ActiveLearningLoop(_tabular_model, (x, y), (x, y), "random", 10, 5, cycles=2, augment=True)
+    with pytest.raises(ValueError, match=r"one item shape. Received \(10,\) and \(9,\)"):
+        ActiveLearningLoop(_tabular_model, (x, y), (x[:, :9], y), "random", 10, 5, cycles=2)
+    signals, labels = _signals(40, seed=0)
+    grayscale = ActiveLearningLoop(
+        _classifier, (signals[..., 0][:, :6, None].repeat(6, 2), labels), (signals[:8, :6, :].repeat(6, 2), labels[:8]),
+        "random", initial_size=10, query_size=5, cycles=2,
+    )  # fmt: skip
+    assert grayscale.x_train.shape == (40, 6, 6, 1)  # without "identity", rank 3 is a grayscale image set, as before

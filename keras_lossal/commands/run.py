@@ -42,7 +42,18 @@ def add_parser(subparsers) -> None:
 
 def _add_data_arguments(data) -> None:
     data.add_argument(
-        "--dataset", default="fashion_mnist", help="fashion_mnist (local IDX files) or a TFDS name (cifar10, tfds:NAME)"
+        "--dataset",
+        default="fashion_mnist",
+        help=(
+            "fashion_mnist (local IDX files), a TFDS name (cifar10, tfds:NAME), or your own labeled images: a "
+            "folder of class subfolders or a labeled-set manifest (.jsonl/.csv of id, path, label)"
+        ),
+    )
+    data.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="your own images: share of every class held out as the test set (one seeded split for all seeds)",
     )
     data.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory, or the TFDS data directory")
     data.add_argument("--pool-size", type=int, default=None, help="use only the first N training images as the pool")
@@ -85,9 +96,12 @@ def _add_protocol_arguments(protocol) -> None:
 def _add_model_arguments(model) -> None:
     model.add_argument(
         "--backbone",
-        choices=("resnet18_cifar", "small_cnn"),
         default="resnet18_cifar",
-        help="resnet18_cifar (the paper) or small_cnn (quick CPU runs)",
+        help=(
+            "resnet18_cifar (the paper), small_cnn (quick CPU runs), your own backbone as a .keras file (its "
+            "weights are every run's initialisation) or a factory package.module:function called with "
+            "input_shape= and num_classes= (a fresh model per run and cycle)"
+        ),
     )
     model.add_argument("--width", type=int, default=16, help="first-stage channels of resnet18_cifar (paper: 64)")
     model.add_argument("--epochs", type=int, default=10, help="epochs per cycle (paper: 200)")
@@ -111,7 +125,12 @@ def _add_model_arguments(model) -> None:
 def run(args) -> int:
     from keras_lossal import data, experiment, results
 
-    dataset = data.load(args.dataset, data_dir=args.data_dir)
+    try:
+        # A fixed split seed: runs of other seeds, in other invocations, share one test set.
+        dataset = data.load(args.dataset, data_dir=args.data_dir, test_fraction=args.test_fraction, seed=0)
+    except (ValueError, OSError) as error:  # an unreadable folder or manifest: one line
+        print(f"lossal run: {error}", file=sys.stderr)
+        return 2
     if args.pool_size:
         dataset.x_train, dataset.y_train = dataset.x_train[: args.pool_size], dataset.y_train[: args.pool_size]
     if args.test_size:
