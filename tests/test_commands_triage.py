@@ -1,5 +1,6 @@
 """`lossal triage` error reporting (`keras_lossal/commands/_errors.py`): one line on stderr, an exit code."""
 
+import os
 import socket
 import struct
 import zlib
@@ -73,3 +74,17 @@ def test_an_unreachable_server_stops_with_exit_code_3(capsys, folder, tmp_path):
     assert code == 3
     assert err.startswith("lossal triage: Triage stopped after 1 scoring calls in a row failed on the server side")
     assert err.endswith(f"(0 scored so far, see {out}/failures.jsonl)\n")
+
+
+def test_label_studio_options_are_checked_before_anything_is_scored(capsys, folder, tmp_path):
+    out = str(tmp_path / "out")
+    base = [folder, "--output", out, "--model", str(tmp_path / "missing")]
+    code, err = run_triage(capsys, *base, "--label-studio-url-prefix", "bucket/pool/")
+    assert code == 2 and err.startswith("lossal triage: Expected a Label Studio url_prefix starting with one of")
+    assert "Received: url_prefix='bucket/pool/'" in err and len(err.splitlines()) == 1
+    code, err = run_triage(capsys, *base, "--label-studio-document-root", str(tmp_path / "nowhere"))
+    assert code == 2 and "document root to be an existing directory" in err and "nowhere" in err
+    code, err = run_triage(capsys, *base, "--label-studio-document-root", str(tmp_path), "--label-studio-prefix", "/x/")
+    assert code == 2 and "not both" in err.splitlines()[-1]
+    assert "--label-studio-prefix is deprecated" in err.splitlines()[0]
+    assert not os.path.exists(out)  # refused before the output directory was claimed

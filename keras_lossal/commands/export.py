@@ -1,0 +1,111 @@
+"""`lossal export`: a trained `LossLearningModel` (`.keras`) -> the next version under a TF Serving base path."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from keras_lossal.commands._errors import CommandError, reports_errors
+from keras_lossal.commands.triage import class_names
+
+__all__ = ["add_parser", "run"]
+
+PREPROCESSING_FILE = "preprocessing.json"  # what `make demo` (examples/demo.py) writes beside the model
+
+EPILOG = """examples:
+  lossal export demo_out/learning_loss_model.keras --base-path models/lossal --labels labels.txt
+  lossal export model.keras --base-path gs://bucket/models/lossal --model-name lossal --version 7
+
+Prints the version directory written. An existing version is never overwritten; TF Serving loads the
+new version when it polls the base path.
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a trained LossLearningModel (.keras) as the next TF Serving version",
+        description="Export a trained LossLearningModel saved as .keras to <base path>/<next version>/ with the "
+        "serving signatures, lossal.json and warmup requests (keras_lossal.export.export_for_serving).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", help="the .keras file of a trained LossLearningModel")
+    parser.add_argument("--base-path", required=True, help="TF Serving base path (local or gs://, s3://, ...)")
+    parser.add_argument(
+        "--preprocessing",
+        help=f"ImagePreprocessing JSON (default: {PREPROCESSING_FILE} beside the model; without one only "
+        "serving_default, the model-input signature, is exported)",
+    )
+    parser.add_argument("--labels", help="class names: a comma-separated list or a text file, one per line")
+    parser.add_argument("--model-name", default="lossal", help="the serving model name (warmup requests name it)")
+    parser.add_argument("--version", type=int, help="the version to write (default: the next free one)")
+    parser.add_argument("--task", default="auto", choices=("auto", "classification", "other"), help="default: auto")
+    parser.add_argument("--no-warmup", action="store_true", help="do not write warmup requests")
+    parser.set_defaults(func=run)
+    return parser
+
+
+@reports_errors("export")
+def run(args: argparse.Namespace) -> int:
+    model_path = _checked_model_path(args.model)
+    preprocessing = _preprocessing(args.preprocessing, model_path)
+    if args.version is not None and args.version < 0:
+        raise CommandError(f"expected --version >= 0. Received: {args.version}")
+    model = _load_model(model_path)
+    from keras_lossal.export import export_for_serving
+
+    try:
+        version_dir = export_for_serving(
+            model,
+            args.base_path,
+            version=args.version,
+            preprocessing=preprocessing,
+            labels=class_names(args.labels),
+            task=args.task,
+            warmup=not args.no_warmup,
+            model_name=args.model_name,
+        )
+    except FileExistsError as error:
+        raise CommandError(f"{error} Pass another --version, or none for the next free one.") from None
+    except TypeError as error:  # not a LossLearningModel
+        raise CommandError(f"{model_path!r}: {error}") from None
+    print(version_dir)
+    return 0
+
+
+def _checked_model_path(path: str) -> str:
+    if not path.endswith(".keras"):
+        raise CommandError(f"expected a .keras file (model.save('model.keras')). Received: {path!r}")
+    if not os.path.isfile(path):
+        raise CommandError(f"no such model file: {path!r}")
+    return path
+
+
+def _preprocessing(path: str | None, model_path: str):
+    """The `ImagePreprocessing` from `path`, or from `preprocessing.json` beside the model; `None` without one."""
+    if path is None:
+        beside = os.path.join(os.path.dirname(os.path.abspath(model_path)), PREPROCESSING_FILE)
+        if not os.path.isfile(beside):
+            return None
+        path = beside
+    import json
+
+    from keras_lossal.preprocessing import ImagePreprocessing
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return ImagePreprocessing.from_config(json.load(handle))
+    except (ValueError, TypeError) as error:  # not JSON, or not an ImagePreprocessing config
+        raise CommandError(f"expected an ImagePreprocessing JSON in {path!r}: {error}") from None
+
+
+def _load_model(path: str):
+    import keras
+
+    import keras_lossal.model  # noqa: F401 - registers LossLearningModel and its head for deserialisation
+
+    try:
+        return keras.saving.load_model(path)
+    except (ValueError, TypeError, OSError) as error:
+        raise CommandError(f"could not load {path!r} as a Keras model: {' '.join(str(error).split())[:300]}") from None
