@@ -55,6 +55,23 @@ def test_exports_the_next_version_and_names_the_serving_model(saved_model, tmp_p
     assert sorted(os.listdir(base)) == ["1", "2"]
 
 
+def test_class_names_default_to_classes_json_beside_the_model(saved_model, tmp_path, capsys):
+    import shutil
+
+    from keras_lossal.export import read_export_config
+
+    trained = tmp_path / "train_out"  # what lossal train writes: model.keras, preprocessing.json, classes.json
+    trained.mkdir()
+    shutil.copy(saved_model, trained / "model.keras")
+    (trained / "preprocessing.json").write_text(PREP.to_json())
+    (trained / "classes.json").write_text(json.dumps(["coat", "shirt", "bag"]))
+    code, printed, _ = run_export(capsys, str(trained / "model.keras"), "--base-path", str(tmp_path / "m"))
+    assert code == 0 and read_export_config(printed)["labels"] == ["coat", "shirt", "bag"]
+    code, _, error = run_export(capsys, str(trained / "model.keras"), "--base-path", str(tmp_path / "m"),
+                                "--labels", str(trained / "preprocessing.json"))  # fmt: skip
+    assert code == 2 and "expected a JSON list of class names" in error
+
+
 def test_bad_arguments_are_one_line_errors_with_the_value(saved_model, tmp_path, capsys):
     base = str(tmp_path / "lossal")
     cases = [

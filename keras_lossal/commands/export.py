@@ -10,7 +10,9 @@ from keras_lossal.commands.triage import class_names
 
 __all__ = ["add_parser", "run"]
 
-PREPROCESSING_FILE = "preprocessing.json"  # what `make demo` (examples/demo.py) writes beside the model
+# What `lossal train` (keras_lossal.training, which loads TensorFlow) and `make demo` write beside the model.
+PREPROCESSING_FILE = "preprocessing.json"
+CLASSES_FILE = "classes.json"
 
 EPILOG = """examples:
   lossal export demo_out/learning_loss_model.keras --base-path models/lossal --labels labels.txt
@@ -37,7 +39,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help=f"ImagePreprocessing JSON (default: {PREPROCESSING_FILE} beside the model; without one only "
         "serving_default, the model-input signature, is exported)",
     )
-    parser.add_argument("--labels", help="class names: a comma-separated list or a text file, one per line")
+    parser.add_argument(
+        "--labels",
+        help=f"class names: a comma-separated list, a text file (one per line) or a JSON list (default: "
+        f"{CLASSES_FILE} beside the model, as lossal train writes it; else 0, 1, ...)",
+    )
     parser.add_argument("--model-name", default="lossal", help="the serving model name (warmup requests name it)")
     parser.add_argument("--version", type=int, help="the version to write (default: the next free one)")
     parser.add_argument("--task", default="auto", choices=("auto", "classification", "other"), help="default: auto")
@@ -61,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             args.base_path,
             version=args.version,
             preprocessing=preprocessing,
-            labels=class_names(args.labels),
+            labels=_class_names(args.labels, model_path),
             task=args.task,
             warmup=not args.no_warmup,
             model_name=args.model_name,
@@ -82,6 +88,23 @@ def _checked_model_path(path: str) -> str:
     return path
 
 
+def _class_names(value: str | None, model_path: str) -> list[str] | None:
+    import json
+
+    beside = os.path.join(os.path.dirname(os.path.abspath(model_path)), CLASSES_FILE)
+    path = value if value is not None and value.endswith(".json") else beside if value is None else None
+    if path is None or (value is None and not os.path.isfile(path)):
+        return class_names(value)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            names = json.load(handle)
+    except ValueError as error:
+        raise CommandError(f"expected a JSON list of class names in {path!r}: {error}") from None
+    if not isinstance(names, list):
+        raise CommandError(f"expected a JSON list of class names in {path!r}. Received: {type(names).__name__}")
+    return [str(name) for name in names]
+
+
 def _preprocessing(path: str | None, model_path: str):
     """The `ImagePreprocessing` from `path`, or from `preprocessing.json` beside the model; `None` without one."""
     if path is None:
@@ -95,7 +118,10 @@ def _preprocessing(path: str | None, model_path: str):
 
     try:
         with open(path, encoding="utf-8") as handle:
-            return ImagePreprocessing.from_config(json.load(handle))
+            config = json.load(handle)
+        if isinstance(config, dict) and config.get("kind") == "identity":
+            return None  # non-image inputs: only serving_default (the model input) is exported
+        return ImagePreprocessing.from_config(config)
     except (ValueError, TypeError) as error:  # not JSON, or not an ImagePreprocessing config
         raise CommandError(f"expected an ImagePreprocessing JSON in {path!r}: {error}") from None
 
