@@ -124,3 +124,26 @@ def test_cli_is_quiet_unless_verbose(tmp_path, lossal_export):  # noqa: F811 - p
     )
     assert verbose.returncode == 0 and "scored 3, failed 0" in verbose.stdout
     assert len(_tensorflow_log_lines(verbose.stderr)) >= 1  # TensorFlow's start-up lines, on this CPU-only machine
+
+
+def test_run_on_a_folder_of_your_images_with_your_backbone(tmp_path, capsys):
+    from test_training import write_image_folder
+
+    source, out = write_image_folder(tmp_path / "images", per_class=10), str(tmp_path / "out")
+    argv = ["run", "--dataset", source, "--test-fraction", "0.3", "--backbone", "test_experiment:tiny_backbone",
+            "--strategies", "random,entropy", "--cycles", "2", "--initial-size", "6", "--query-size", "4",
+            "--subset-size", "0", "--epochs", "1", "--batch-size", "4", "--optimizer", "adam", "--lr", "0.01",
+            "--out", out, "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 0
+    settings = json.load(open(os.path.join(out, "experiment.json")))
+    assert settings["dataset"] == "images" and settings["model"]["backbone"] == "test_experiment:tiny_backbone"
+    for strategy in ("random", "entropy"):
+        state = json.load(open(os.path.join(out, strategy, "seed_0", "state.json")))
+        # 30 images, 3 of each class's 10 held out: a pool of 21, a test set of 9.
+        assert state["config"]["pool_size"] == 21 and state["config"]["test_size"] == 9
+        assert [cycle["num_labeled"] for cycle in state["cycles"]] == [6, 10]
+    capsys.readouterr()
+    bad = ["run", "--dataset", str(tmp_path / "nowhere.jsonl"), "--out", out, "--quiet"]
+    assert cli.main(bad) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("lossal run: ") and "nowhere.jsonl" in error[0]

@@ -182,3 +182,59 @@ def test_labels_outside_the_classes_are_refused():
         data.from_arrays(images, [-1, 0, 1], images[:1], [0])
     with pytest.raises(ValueError, match="integer class labels"):
         data.from_arrays(images, [0.0, 1.5, 1.0], images[:1], [0])
+
+
+def test_your_images_from_a_folder_or_a_manifest(tmp_path):
+    from test_training import write_image_folder
+
+    from keras_lossal import manifest
+
+    folder = write_image_folder(tmp_path / "images", per_class=5)
+    images = data.labeled_images(folder)
+    assert images.x.shape == (15, 8, 8, 1) and images.x.dtype == np.uint8
+    assert images.class_names == ["bright", "dark", "mid"] and np.bincount(images.y).tolist() == [5, 5, 5]
+    assert images.x[images.y == 0].mean() > 180 > 60 > images.x[images.y == 1].mean()  # pixels, as written
+    resized = data.labeled_images(folder, image_size=(4, 6), channels=3, class_names=["mid", "dark", "bright"])
+    assert resized.x.shape == (15, 4, 6, 3) and resized.class_names == ["mid", "dark", "bright"]
+    assert (resized.y[images.y == 0] == 2).all()
+    path = str(tmp_path / "labeled.csv")
+    records = manifest.from_directory(folder)
+    manifest.write_manifest(path, [{**record, "path": os.path.join(folder, record["path"])} for record in records])
+    from_manifest = data.labeled_images(path)
+    np.testing.assert_array_equal(from_manifest.x, images.x)
+    assert from_manifest.ids.tolist() == images.ids.tolist()
+    # The dataset: a seeded, stratified test split (one of each class's five), the rest the pool.
+    dataset = data.load(path, test_fraction=0.2)
+    assert (len(dataset.x_train), len(dataset.x_test)) == (12, 3) and sorted(dataset.y_test.tolist()) == [0, 1, 2]
+    assert dataset.class_names == ("bright", "dark", "mid") and dataset.preprocessing.scale == pytest.approx(1 / 255)
+    assert dataset.summary().startswith("labeled.csv: 12 train, 3 test, input (8, 8, 1), 3 classes")
+    with pytest.raises(ValueError, match="Expected class subfolders in"):
+        data.labeled_images(folder, class_names=["bright", "dark"])
+
+
+def test_stratified_split_is_seeded_and_keeps_every_class():
+    labels = np.repeat([0, 1, 2], [10, 20, 1])
+    kept, held_out = data.stratified_split(labels, 0.3, seed=4)
+    assert np.bincount(labels[held_out], minlength=3).tolist() == [3, 6, 0]  # a class of one stays in training
+    assert sorted(np.concatenate([kept, held_out]).tolist()) == list(range(31))
+    assert data.stratified_split(labels, 0.3, seed=4)[1].tolist() == held_out.tolist()
+    assert data.stratified_split(labels, 0.3, seed=5)[1].tolist() != held_out.tolist()
+    assert len(data.stratified_split(labels, 0.0)[1]) == 0
+
+
+def test_non_image_inputs_use_identity_preprocessing():
+    features = data.from_arrays(np.ones((4, 3), np.float32), [0, 1, 0, 1], np.ones((2, 3), np.float32), [0, 1])
+    assert features.preprocessing == data.IdentityPreprocessing((3,)) and features.preprocessing_inferred
+    signals = data.from_arrays(np.ones((4, 16, 2)), [0, 1, 0, 1], np.ones((2, 16, 2)), [0, 1], preprocessing="identity")
+    assert signals.x_train.shape == (4, 16, 2) and signals.preprocessing.input_shape == (16, 2)
+    batch = next(iter(data.training_pipeline(signals.x_train, signals.y_train, signals.preprocessing, 4)))[0]
+    assert batch.dtype == tf.float32 and batch.shape == (4, 16, 2)
+    with pytest.raises(ValueError, match="augment=False"):
+        data.training_pipeline(signals.x_train, signals.y_train, signals.preprocessing, 4, augment=True)
+    with pytest.raises(ValueError, match=r"items of shape \(16, 2\)"):
+        data.as_inputs(np.ones((4, 8, 2)), "x", data.IdentityPreprocessing((16, 2)))
+    # Images are unchanged: rank 3 is grayscale, the preprocessing inferred from the dtype.
+    assert (
+        data.from_arrays(np.ones((4, 5, 5), np.uint8), [0, 1, 0, 1], np.ones((1, 5, 5), np.uint8), [0]).x_train.ndim
+        == 4
+    )
