@@ -227,6 +227,7 @@ class _TrainingRun:
         if not 0 <= validation_fraction < 1:
             raise ValueError(f"Expected validation_fraction in [0, 1). Received: {validation_fraction}")
         experiment.backbone_builder(self.spec.backbone)  # an unknown name, file or factory fails before reading data
+        self.backbone_sha256 = experiment.backbone_fingerprint(self.spec.backbone)
         self.epochs, self.batch_size, self.seed = int(epochs), int(batch_size), int(seed)
         self.validation_fraction, self.augment = float(validation_fraction), bool(augment)
         self.data: TrainingData | None = None
@@ -251,13 +252,14 @@ class _TrainingRun:
             raise ValueError(f"Expected at least 2 training items. Received: {len(self.train_positions)}")
         if self.augment and self.data.x.ndim != 4:
             raise ValueError(f"Expected images (N, H, W, C) to augment. Received inputs of shape {self.data.x.shape}")
+        self.data_sha256 = self.data.fingerprint()
 
     def settings(self) -> dict:
         """What `training.json` records and a resume must match."""
         source = self.source if isinstance(self.source, TrainingData) else os.path.abspath(str(self.source))
-        return {
+        settings = {
             "source": "<TrainingData>" if isinstance(source, TrainingData) else source,
-            "data_sha256": self.data.fingerprint(),
+            "data_sha256": self.data_sha256,
             "num_items": int(len(self.data.y)),
             "class_names": self.data.class_names,
             "preprocessing": self.data.preprocessing.get_config(),
@@ -268,6 +270,9 @@ class _TrainingRun:
             "seed": self.seed,
             "augment": self.augment,
         }
+        if self.backbone_sha256 is not None:  # a .keras backbone: its weights are the initialisation
+            settings["backbone_sha256"] = self.backbone_sha256
+        return settings
 
     def check_resumable(self) -> TrainingResult | None:
         """The recorded result of a finished run with these settings; `None` to train; raises for other settings."""

@@ -143,3 +143,16 @@ def test_bad_inputs_are_refused_with_the_value(tmp_path):
         training.train(write_tabular_npz(tmp_path / "t.npz"), str(occupied), MLP_SPEC, epochs=1, verbose=0)
     with pytest.raises(ValueError, match="augment"):
         training.train(write_tabular_npz(tmp_path / "t.npz"), str(tmp_path / "m"), MLP_SPEC, augment=True, verbose=0)
+
+
+def test_the_next_round_starts_from_the_last_rounds_backbone(tmp_path):
+    source = write_tabular_npz(tmp_path / "tabular.npz")
+    first = training.train(source, str(tmp_path / "round_1"), MLP_SPEC, epochs=2, batch_size=16, verbose=0)
+    previous = str(tmp_path / "round_1" / training.MODEL_FILE)
+    # Learning rate 0: the new model keeps its initialisation, which must be the last round's backbone.
+    frozen = experiment.ModelSpec(backbone=previous, learning_rate=0.0)
+    second = training.train(source, str(tmp_path / "round_2"), frozen, epochs=1, batch_size=16, verbose=0)
+    for old, new in zip(first.model.backbone.get_weights(), second.model.backbone.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    recorded = json.load(open(tmp_path / "round_2" / training.TRAINING_FILE))["settings"]
+    assert recorded["backbone_sha256"] == experiment.backbone_fingerprint(previous)
