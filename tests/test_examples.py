@@ -1,3 +1,6 @@
+import json
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -21,3 +24,44 @@ def test_custom_backbone_example_runs():
     histories = custom_backbone.main(["--train-size", "600", "--epochs", "2"])
     assert set(histories) == {"my_cnn", "mobilenetv2_1.00_32"}
     assert histories["my_cnn"].history["val_ranking_accuracy"][-1] > 0.5
+
+
+def test_production_round_example_runs_two_rounds(tmp_path, capsys):
+    import production_round
+
+    from keras_lossal import data, manifest
+
+    try:
+        data.load_fashion_mnist()
+    except FileNotFoundError:
+        pytest.skip("needs Fashion-MNIST (Debian's dataset-fashion-mnist)")
+    argv = ["--out", str(tmp_path / "out"), "--seed-size", "60", "--pool-size", "120", "--top-k", "40", "--epochs", "1"]
+    rounds = production_round.main(argv)["rounds"]
+    printed = capsys.readouterr().out
+    space = production_round.Workspace(str(tmp_path / "out"))
+
+    # Every round ingests the queue minus the annotator's planted cases: one skipped task (ignored), one
+    # label outside the class list and two ties (rejected); the manifest grows by exactly that.
+    assert [record["labeled"] for record in rounds] == [60, 96]
+    assert [record["added"] for record in rounds] == [36, 36]
+    assert len(manifest.read_manifest(space.manifest)) == 60 + 36 + 36
+    assert sorted(os.listdir(space.models)) == ["1", "2"]
+    for number in range(2):
+        with open(os.path.join(space.round_dir(number), "rejects.jsonl")) as stream:
+            reasons = [json.loads(line)["reason"] for line in stream]
+        assert sorted(reason.split(":")[0] for reason in reasons) == [
+            "label not in the class list",
+            "tie between annotators",
+            "tie between annotators",
+        ]
+        assert f"label not in the class list: {production_round.BAD_LABEL}" in reasons
+    accuracies = [float(value) for value in re.findall(r"test accuracy (\d\.\d{4})", printed)]
+    assert len(accuracies) == 2 and all(0 <= value <= 1 for value in accuracies)
+    assert accuracies == pytest.approx([record["accuracy"] for record in rounds], abs=1e-4)
+
+    # A re-run does nothing again: no third version, the manifest byte for byte as it was.
+    before = open(space.manifest, "rb").read()
+    again = production_round.main(argv)["rounds"]
+    assert [record["added"] for record in again] == [36, 36]
+    assert sorted(os.listdir(space.models)) == ["1", "2"]
+    assert open(space.manifest, "rb").read() == before
