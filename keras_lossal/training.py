@@ -172,6 +172,7 @@ def train(
     channels: int | None = None,
     verbose: int = 1,
     callbacks: list | None = None,
+    preprocessing: Any = None,
 ) -> TrainingResult:
     """Trains a `LossLearningModel` on labeled data and writes `model.keras`, `preprocessing.json`, `classes.json`.
 
@@ -192,6 +193,9 @@ def train(
         image_size, channels: for images read from a folder or a manifest.
         verbose: 0 silent, 1 progress bars and a line per step, 2 one line per epoch.
         callbacks: extra Keras callbacks, called after the checkpoint of each epoch.
+        preprocessing: for an `.npz`: `"identity"` to use its inputs unchanged
+            (needed for signals `(N, T, C)`, which would otherwise be grayscale
+            images), an `ImagePreprocessing`, or `None` to infer it.
 
     Example:
 
@@ -202,7 +206,7 @@ def train(
     ('models/round_1/model.keras', 0.91)
     """
     run = _TrainingRun(source, out_dir, spec, epochs, batch_size, validation_fraction, seed, augment)
-    run.load(image_size, channels)
+    run.load(image_size, channels, preprocessing)
     finished = run.check_resumable()
     if finished is not None:
         if verbose:
@@ -235,12 +239,12 @@ class _TrainingRun:
     def path(self, name: str) -> str:
         return os.path.join(self.out_dir, name)
 
-    def load(self, image_size, channels) -> None:
+    def load(self, image_size, channels, preprocessing=None) -> None:
         """Reads the data and splits it (seeded, stratified)."""
         from keras_lossal import data as data_lib
 
         data = self.source if isinstance(self.source, TrainingData) else None
-        self.data = data or load_training_data(str(self.source), image_size, channels)
+        self.data = data or load_training_data(str(self.source), image_size, channels, preprocessing)
         if len(self.data.class_names) < 2:
             raise ValueError(f"Expected at least 2 classes to train a classifier. Received: {self.data.class_names}")
         self.train_positions, self.validation_positions = data_lib.stratified_split(

@@ -63,3 +63,20 @@ def test_mistakes_are_one_line_with_exit_2(tmp_path, capsys):
 def test_importing_the_command_loads_no_tensorflow():
     code = "import sys, keras_lossal.commands.train; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(__file__))).returncode == 0
+
+
+def test_raw_inputs_train_a_signal_npz_unchanged(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    x = np.sin(np.linspace(0, 6, 16))[None, :, None] * (1 + 2 * y[:, None, None]) + rng.normal(0, 0.1, (60, 16, 2))
+    np.savez(tmp_path / "signals.npz", x=x.astype(np.float32), y=y)
+    out = str(tmp_path / "model")
+    argv = ["train", "--data", str(tmp_path / "signals.npz"), "--out", out, "--raw-inputs", "--backbone",
+            "test_training:mlp", "--epochs", "1", "--batch-size", "16", "--quiet"]  # fmt: skip
+    assert _main(argv) == 0
+    assert json.load(open(os.path.join(out, training.PREPROCESSING_FILE))) == {
+        "kind": "identity",
+        "input_shape": [16, 2],
+    }

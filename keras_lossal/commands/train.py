@@ -42,6 +42,11 @@ def add_parser(subparsers) -> None:
     )
     data.add_argument("--channels", type=int, choices=(1, 3), default=None, help="default: the first image's")
     data.add_argument("--augment", action="store_true", help="the paper's random flip + 4-pixel pad-crop (images)")
+    data.add_argument(
+        "--raw-inputs",
+        action="store_true",
+        help="an .npz's x used unchanged, no image preprocessing (signals (N, T, C); (N, F) features are by default)",
+    )
     model = parser.add_argument_group("model and training")
     model.add_argument(
         "--backbone",
@@ -94,6 +99,7 @@ def run(args) -> int:
         image_size=args.image_size,
         channels=args.channels,
         verbose=0 if args.quiet else 1,
+        preprocessing="identity" if args.raw_inputs else None,
     )
     if not args.quiet:
         shown = ", ".join(f"{key} {value:.4f}" for key, value in sorted(result.validation.items()))
