@@ -48,9 +48,6 @@ CLASS_NAMES = list(data.FASHION_MNIST_CLASSES)
 # What the simulated annotator types once instead of "T-shirt/top": Label Studio stores labels outside the
 # label config as they are, so ingest must reject it.
 BAD_LABEL = "T-shirt"
-# Until `lossal train` is registered in keras_lossal/cli.py's COMMANDS, add it here (a no-op after).
-if "train" not in cli.COMMANDS:
-    cli.COMMANDS = ("train", *cli.COMMANDS)
 
 
 # Every step is a `lossal` command. It is printed as the shell line a person would type, then run
