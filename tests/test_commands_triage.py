@@ -88,3 +88,18 @@ def test_label_studio_options_are_checked_before_anything_is_scored(capsys, fold
     assert code == 2 and "not both" in err.splitlines()[-1]
     assert "--label-studio-prefix is deprecated" in err.splitlines()[0]
     assert not os.path.exists(out)  # refused before the output directory was claimed
+
+
+def test_labels_read_a_json_list_a_text_file_or_a_comma_list(tmp_path):
+    from keras_lossal.commands._errors import CommandError
+    from keras_lossal.commands.triage import class_names
+
+    (tmp_path / "classes.json").write_text('["Ankle boot", "Bag", "T-shirt/top"]')
+    (tmp_path / "labels.txt").write_text("Ankle boot\nBag\n\nT-shirt/top\n")
+    expected = ["Ankle boot", "Bag", "T-shirt/top"]
+    assert class_names(str(tmp_path / "classes.json")) == expected  # what lossal train writes
+    assert class_names(str(tmp_path / "labels.txt")) == expected
+    assert class_names("Ankle boot, Bag,T-shirt/top") == expected
+    (tmp_path / "bad.json").write_text('{"classes": ["a"]}')
+    with pytest.raises(CommandError, match="expected a JSON list of class names"):
+        class_names(str(tmp_path / "bad.json"))

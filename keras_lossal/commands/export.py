@@ -89,20 +89,11 @@ def _checked_model_path(path: str) -> str:
 
 
 def _class_names(value: str | None, model_path: str) -> list[str] | None:
-    import json
-
+    """`--labels` as `lossal triage` reads it; without one, `classes.json` beside the model if present."""
     beside = os.path.join(os.path.dirname(os.path.abspath(model_path)), CLASSES_FILE)
-    path = value if value is not None and value.endswith(".json") else beside if value is None else None
-    if path is None or (value is None and not os.path.isfile(path)):
-        return class_names(value)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            names = json.load(handle)
-    except ValueError as error:
-        raise CommandError(f"expected a JSON list of class names in {path!r}: {error}") from None
-    if not isinstance(names, list):
-        raise CommandError(f"expected a JSON list of class names in {path!r}. Received: {type(names).__name__}")
-    return [str(name) for name in names]
+    if value is None and os.path.isfile(beside):
+        value = beside
+    return class_names(value)
 
 
 def _preprocessing(path: str | None, model_path: str):

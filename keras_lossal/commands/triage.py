@@ -123,11 +123,22 @@ def _label_studio_options(args: argparse.Namespace):
 
 
 def class_names(value: str | None) -> list[str] | None:
-    """Class names from a `--labels` value: a text file (one name a line) or a comma-separated list."""
+    """Class names from a `--labels` value: a `.json` list (what `lossal train` writes as `classes.json`),
+    a text file (one name a line) or a comma-separated list."""
     if value is None:
         return None
+    import json
     import os
 
+    if os.path.isfile(value) and value.endswith(".json"):
+        try:
+            with open(value, encoding="utf-8") as handle:
+                names = json.load(handle)
+        except ValueError as error:
+            raise CommandError(f"expected a JSON list of class names in {value!r}: {error}") from None
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise CommandError(f"expected a JSON list of class names (strings) in {value!r}. Received: {names!r:.80}")
+        return names
     if os.path.isfile(value):
         with open(value, encoding="utf-8") as handle:
             return [line.strip() for line in handle if line.strip()]
