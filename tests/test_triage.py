@@ -730,6 +730,33 @@ def test_a_rollout_during_a_run_through_the_standin_stops_it(setup, tmp_path, pr
 
 
 # --------------------------------------------------------------------------- Label Studio tasks
+def test_relative_manifest_paths_mean_the_same_from_any_working_directory(setup, tmp_path, monkeypatch):
+    import shutil
+
+    from keras_lossal.manifest import read_known_items
+    from keras_lossal.serving.labeling import LabelStudioOptions
+
+    names = sorted(name for name in os.listdir(setup["folder"]) if name.endswith(".png"))[:3]
+    (tmp_path / "pool").mkdir()
+    for name in names:
+        shutil.copy(os.path.join(setup["folder"], name), tmp_path / "pool" / name)
+    manifest = tmp_path / "pool.jsonl"  # entries relative to the manifest's folder
+    manifest.write_text("".join(json.dumps({"id": name, "path": f"pool/{name}"}) + "\n" for name in names))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not the manifest's folder
+    out = str(tmp_path / "out")
+    options = LabelStudioOptions(document_root=str(tmp_path))
+    triage(read_items(str(manifest)), InProcessScorer(setup["base"]), out, top_k=3, label_studio=options)
+    with open(os.path.join(out, "label_studio_tasks.json")) as handle:
+        images = sorted(task["data"]["image"] for task in json.load(handle))
+    assert images == sorted(f"/data/local-files/?d=pool/{name}" for name in names)
+    known = read_known_items(out)
+    assert {item: os.path.realpath(path) for item, path in known.items()} == {
+        name: os.path.realpath(tmp_path / "pool" / name) for name in names
+    }
+
+
 def test_label_studio_tasks_name_local_files_or_cloud_urls_and_a_label_config(setup, tmp_path):
     from urllib.parse import quote
 
