@@ -734,6 +734,7 @@ def test_relative_manifest_paths_mean_the_same_from_any_working_directory(setup,
     import shutil
 
     from keras_lossal.manifest import read_known_items
+    from keras_lossal.serving.labeling import LabelStudioOptions
 
     names = sorted(name for name in os.listdir(setup["folder"]) if name.endswith(".png"))[:3]
     (tmp_path / "pool").mkdir()
@@ -741,10 +742,12 @@ def test_relative_manifest_paths_mean_the_same_from_any_working_directory(setup,
         shutil.copy(os.path.join(setup["folder"], name), tmp_path / "pool" / name)
     manifest = tmp_path / "pool.jsonl"  # entries relative to the manifest's folder
     manifest.write_text("".join(json.dumps({"id": name, "path": f"pool/{name}"}) + "\n" for name in names))
-    monkeypatch.chdir(os.path.dirname(setup["folder"]))  # another folder, outside the document root
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not the manifest's folder
     out = str(tmp_path / "out")
-    args = ["triage", str(manifest), "--model", setup["base"], "--output", out, "--top-k", "3"]
-    assert cli.main([*args, "--label-studio-document-root", str(tmp_path)]) == 0
+    options = LabelStudioOptions(document_root=str(tmp_path))
+    triage(read_items(str(manifest)), InProcessScorer(setup["base"]), out, top_k=3, label_studio=options)
     with open(os.path.join(out, "label_studio_tasks.json")) as handle:
         images = sorted(task["data"]["image"] for task in json.load(handle))
     assert images == sorted(f"/data/local-files/?d=pool/{name}" for name in names)
