@@ -411,21 +411,7 @@ class TFServingClient:
 
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         if self.protocol == "grpc":
-            import grpc
-
-            request = get_model_metadata_pb2.GetModelMetadataRequest()
-            request.model_spec.name = self.model_name
-            if self.version is not None:
-                request.model_spec.version.value = self.version
-            if self.label is not None:
-                request.model_spec.version_label = self.label
-            request.metadata_field.append("signature_def")
-            try:
-                response = self._stub.GetModelMetadata(request, timeout=self.timeout)
-            except grpc.RpcError as error:
-                code = error.code().name if error.code() is not None else "UNKNOWN"
-                raise _Attempt(code, error.details() or str(error), code in _RETRYABLE_GRPC) from None
-            response.metadata["signature_def"].Unpack(signature_map)
+            self._grpc_metadata(pin_version=True).metadata["signature_def"].Unpack(signature_map)
         else:
             from google.protobuf import json_format
 
@@ -440,21 +426,27 @@ class TFServingClient:
             raise _Attempt("NO_METADATA", "the server sent no signatures", False)
         return signatures
 
+    def _grpc_metadata(self, pin_version: bool):
+        """GetModelMetadata (signature defs) for this model, at its pinned version when `pin_version`."""
+        import grpc
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = self.model_name
+        if pin_version and self.version is not None:
+            request.model_spec.version.value = self.version
+        if self.label is not None:
+            request.model_spec.version_label = self.label
+        request.metadata_field.append("signature_def")
+        try:
+            return self._stub.GetModelMetadata(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            code = error.code().name if error.code() is not None else "UNKNOWN"
+            raise _Attempt(code, error.details() or str(error), code in _RETRYABLE_GRPC) from None
+
     def _fetch_served_version(self) -> int | None:
         if self.protocol == "grpc":
-            import grpc
-            from tensorflow_serving.apis import get_model_metadata_pb2
-
-            request = get_model_metadata_pb2.GetModelMetadataRequest()
-            request.model_spec.name = self.model_name
-            if self.label is not None:
-                request.model_spec.version_label = self.label
-            request.metadata_field.append("signature_def")
-            try:
-                response = self._stub.GetModelMetadata(request, timeout=self.timeout)
-            except grpc.RpcError as error:
-                code = error.code().name if error.code() is not None else "UNKNOWN"
-                raise _Attempt(code, error.details() or str(error), code in _RETRYABLE_GRPC) from None
+            response = self._grpc_metadata(pin_version=False)
             return response.model_spec.version.value if response.model_spec.HasField("version") else None
         # The model status API: {"model_version_status": [{"version": "3", "state": "AVAILABLE", ...}, ...]}
         statuses = self._rest_get(self._rest_url(method="")).get("model_version_status", [])
