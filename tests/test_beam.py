@@ -197,8 +197,9 @@ def test_tfrecord_and_manifest_via_cli_match_triage(model_dir, pool, tmp_path):
             assert reasons["m0"].startswith("duplicate item id")
             assert "path traversal" in reasons["escape"] and reasons["missing"].startswith("not found")
             assert all(record["extra"] == {"source": "cam-1"} for record in scored)
-            # The kept m0 is the first occurrence (b/00.png), like triage.
-            assert {record["id"]: record["path"] for record in scored}["m0"] == "b/00.png"
+            # The kept m0 is the first occurrence (b/00.png), like triage, named under the manifest's root.
+            kept = {record["id"]: record["path"] for record in scored}["m0"]
+            assert kept == os.path.join(os.path.realpath(pool), "b", "00.png")
 
 
 def test_model_handler_batches_and_isolates_refused_items(model_dir):

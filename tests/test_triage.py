@@ -252,9 +252,13 @@ def test_duplicate_ids_recorded_once_across_reruns(setup, tmp_path):
         result = triage(read_items(str(manifest)), InProcessScorer(setup["base"]), out, top_k=3)
     assert result.total_scored == 2 and result.total_failed == 1 and result.resumed == 3
     (failure,) = read_jsonl(os.path.join(out, "failures.jsonl"))
-    assert failure["path"] == "y.png" and failure["reason"].startswith("duplicate item id")
+    assert failure["path"] == os.path.join(os.path.realpath(root), "y.png")
+    assert failure["reason"].startswith("duplicate item id")
     scored = {record["id"]: record["path"] for record in read_jsonl(os.path.join(out, "scored.jsonl"))}
-    assert scored == {"same": "x.png", "other": "y.png"}
+    assert scored == {
+        "same": os.path.join(os.path.realpath(root), "x.png"),
+        "other": os.path.join(os.path.realpath(root), "y.png"),
+    }
 
 
 def test_tfrecord_of_examples(setup, tmp_path):
@@ -734,27 +738,26 @@ def test_relative_manifest_paths_mean_the_same_from_any_working_directory(setup,
     import shutil
 
     from keras_lossal.manifest import read_known_items
-    from keras_lossal.serving.labeling import LabelStudioOptions
 
-    names = sorted(name for name in os.listdir(setup["folder"]) if name.endswith(".png"))[:3]
+    names = [os.path.basename(item) for item in setup["ids"][:3]]
     (tmp_path / "pool").mkdir()
-    for name in names:
-        shutil.copy(os.path.join(setup["folder"], name), tmp_path / "pool" / name)
+    for item, name in zip(setup["ids"], names):
+        shutil.copy(os.path.join(setup["folder"], item), tmp_path / "pool" / name)
     manifest = tmp_path / "pool.jsonl"  # entries relative to the manifest's folder
     manifest.write_text("".join(json.dumps({"id": name, "path": f"pool/{name}"}) + "\n" for name in names))
-    elsewhere = tmp_path / "elsewhere"
+    elsewhere = tmp_path / "elsewhere"  # inside the document root, so a cwd-relative reading gives wrong URLs
     elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)  # not the manifest's folder
-    out = str(tmp_path / "out")
-    options = LabelStudioOptions(document_root=str(tmp_path))
-    triage(read_items(str(manifest)), InProcessScorer(setup["base"]), out, top_k=3, label_studio=options)
-    with open(os.path.join(out, "label_studio_tasks.json")) as handle:
-        images = sorted(task["data"]["image"] for task in json.load(handle))
-    assert images == sorted(f"/data/local-files/?d=pool/{name}" for name in names)
-    known = read_known_items(out)
-    assert {item: os.path.realpath(path) for item, path in known.items()} == {
-        name: os.path.realpath(tmp_path / "pool" / name) for name in names
-    }
+    for cwd, out in ((elsewhere, tmp_path / "out"), (os.path.dirname(setup["folder"]), tmp_path / "out_outside")):
+        monkeypatch.chdir(cwd)  # not the manifest's folder
+        args = ["triage", str(manifest), "--model", setup["base"], "--output", str(out), "--top-k", "3"]
+        assert cli.main([*args, "--label-studio-document-root", str(tmp_path)]) == 0
+        with open(out / "label_studio_tasks.json") as handle:
+            images = sorted(task["data"]["image"] for task in json.load(handle))
+        assert len(names) == 3 and images == sorted(f"/data/local-files/?d=pool/{name}" for name in names)
+        known = read_known_items(str(out))
+        assert {item: os.path.realpath(path) for item, path in known.items()} == {
+            name: os.path.realpath(tmp_path / "pool" / name) for name in names
+        }
 
 
 def test_label_studio_tasks_name_local_files_or_cloud_urls_and_a_label_config(setup, tmp_path):

@@ -63,3 +63,60 @@ def test_triage_tasks_and_label_config_import_into_label_studio(label_studio, lo
         assert prediction["result"][0]["value"]["choices"][0] in LABELS
         status, body = label_studio.send("GET", task["data"]["image"])
         assert status == 200 and tf.io.decode_png(body).shape == (8, 8, 3), task["data"]["image"]
+
+
+@pytest.mark.labelstudio
+def test_one_round_triage_label_studio_ingest(label_studio, lossal_export, tmp_path, monkeypatch):  # noqa: F811
+    """The round as a user runs it: triage a pool manifest, label its queue in Label Studio, ingest the exports."""
+    from keras_lossal import cli
+
+    root = label_studio.document_root
+    pool = os.path.join(root, "round_pool")
+    os.makedirs(pool)
+    pixels = np.random.default_rng(9).integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
+    for index, image in enumerate(pixels):
+        with open(os.path.join(pool, f"p{index}.png"), "wb") as handle:
+            handle.write(tf.io.encode_png(image).numpy())
+    manifest = os.path.join(root, "round_pool.jsonl")  # entries relative to the manifest's folder
+    with open(manifest, "w") as handle:
+        handle.writelines(json.dumps({"id": f"p{i}", "path": f"round_pool/p{i}.png"}) + "\n" for i in range(4))
+    monkeypatch.chdir(tmp_path)  # outside the document root: paths must not depend on the working directory
+    out = str(tmp_path / "triage_out")
+    argv = ["triage", manifest, "--model", lossal_export["base"], "--output", out, "--top-k", "3"]
+    assert cli.main([*argv, "--label-studio-document-root", root]) == 0
+
+    with open(os.path.join(out, "label_config.xml")) as handle:
+        project = label_studio.create_project("one round", handle.read())
+    label_studio.connect_local_storage(project, pool)
+    with open(os.path.join(out, "label_studio_tasks.json")) as handle:
+        tasks = json.load(handle)
+    task_ids = label_studio.import_tasks(project, tasks)
+    queued = [task["data"]["item_id"] for task in tasks]  # highest predicted loss first
+    assert len(queued) == 3 and set(task_ids) == set(queued)
+    status, body = label_studio.send("GET", tasks[0]["data"]["image"])
+    assert status == 200 and body == open(os.path.join(pool, f"{queued[0]}.png"), "rb").read()
+    user = label_studio.current_user()
+    for item, label in zip(queued, ["cat", "NotAClass", "bird"]):  # Label Studio accepts the bad label
+        label_studio.annotate(task_ids[item], user, [label])
+
+    for export_type, name in (("JSON", "export.json"), ("JSON_MIN", "export_min.json")):
+        export = tmp_path / name
+        export.write_bytes(label_studio.export(project, export_type))
+        labeled = tmp_path / f"labeled_{export_type}.jsonl"
+        argv = ["ingest", str(export), "--manifest", str(labeled), "--known-items", out]
+        argv += ["--label-config", os.path.join(out, "label_config.xml")]
+        assert cli.main(argv) == 0, export_type
+        with open(labeled) as handle:
+            records = [json.loads(line) for line in handle]
+        assert sorted((r["id"], os.path.realpath(r["path"]), r["label"]) for r in records) == sorted(
+            [
+                (queued[0], os.path.realpath(os.path.join(pool, f"{queued[0]}.png")), "cat"),
+                (queued[2], os.path.realpath(os.path.join(pool, f"{queued[2]}.png")), "bird"),
+            ]
+        ), export_type
+        with open(tmp_path / f"{name}.rejects.jsonl") as handle:
+            rejects = [json.loads(line) for line in handle]
+        assert [(r["id"], r["reason"]) for r in rejects] == [(queued[1], "label not in the class list: NotAClass")]
+        before = labeled.read_bytes()
+        assert cli.main(argv) == 0
+        assert labeled.read_bytes() == before, f"{export_type}: a repeated ingest changed the labeled set"

@@ -228,8 +228,10 @@ def _resolve_manifest_path(entry: str, root: str) -> str:
 def read_manifest(path: str, root: str | None = None, max_bytes: int | None = None) -> Iterator[Item]:
     """Yields the items of a JSONL manifest: one `{"path": ...}` or `{"uri": ...}` object per line.
 
-    Relative paths resolve against `root` (default: the manifest's folder);
-    paths that escape `root` (`../`, absolute paths elsewhere, symlinks) and
+    Relative paths resolve against `root` (default: the manifest's folder), and
+    such an item's `path` is the file it names under `root`, so records, Label
+    Studio URLs and `lossal ingest --known-items` mean the same file from any
+    working directory; paths that escape `root` (`../`, absolute paths elsewhere, symlinks) and
     unsupported URI schemes become failures. `id` defaults to the path;
     other fields are passed through to the queue.
     """
@@ -256,7 +258,8 @@ def read_manifest(path: str, root: str | None = None, max_bytes: int | None = No
             except UnsafePathError as error:
                 yield Item(item_id, location, "image", error=str(error), extra=extra)
                 continue
-            yield Item(item_id, location, "image", functools.partial(read_file, resolved, max_bytes), extra=extra)
+            shown = location if "://" in location or os.path.isabs(location) else os.path.join(root, location)
+            yield Item(item_id, shown, "image", functools.partial(read_file, resolved, max_bytes), extra=extra)
 
 
 def detect_input_type(path: str) -> str:
