@@ -14,8 +14,8 @@ export PYTHONHASHSEED ?= 0
 .PHONY: help venv labelstudio test test-all demo fashion-mnist lint format bench bench-all clean
 
 help:
-	@echo "make test      quick test suite (not slow); installs Label Studio in .venv-labelstudio for its tests"
-	@echo "make test-all  every test, slow ones included (CI)"
+	@echo "make test      quick test suite (not slow)"
+	@echo "make test-all  every test, slow ones included (CI); installs Label Studio in .venv-labelstudio for its tests"
 	@echo "make demo      the main job on Fashion-MNIST (CPU, a few minutes)"
 	@echo "make lint      ruff, and no function in keras_lossal/ over 60 lines of code"
 	@echo "make bench     speed benchmarks (ratios on stdout; see benchmarks/RESULTS.md)"
@@ -37,7 +37,7 @@ $(LS_STAMP):
 
 labelstudio: $(LS_STAMP)
 
-test: $(STAMP) $(LS_STAMP)
+test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not integration" tests
 	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules keras_lossal
 

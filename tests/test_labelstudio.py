@@ -375,6 +375,7 @@ def labeled_round(label_studio, tmp_path_factory):  # noqa: F811 - the fixture i
     }  # fmt: skip
 
 
+@pytest.mark.slow  # starts a real Label Studio (1-2 min cold)
 @pytest.mark.labelstudio
 def test_label_studio_serves_the_images_at_the_mapped_urls(label_studio, labeled_round):  # noqa: F811
     for task in labeled_round["tasks"]:
@@ -390,6 +391,7 @@ def test_label_studio_serves_the_images_at_the_mapped_urls(label_studio, labeled
     ]
 
 
+@pytest.mark.slow  # starts a real Label Studio (1-2 min cold)
 @pytest.mark.labelstudio
 @pytest.mark.parametrize("export_type", EXPORTS)
 def test_ingest_of_each_real_export(label_studio, labeled_round, tmp_path, capsys, export_type):  # noqa: F811

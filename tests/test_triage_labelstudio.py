@@ -18,6 +18,7 @@ from serving_fixtures import LABELS, lossal_export  # noqa: E402, F401 - pytest 
 NAMES = ["a.png", "b b.png", "été.png", "d.png", "e.png"]
 
 
+@pytest.mark.slow  # starts a real Label Studio (1-2 min cold)
 @pytest.mark.labelstudio
 def test_triage_tasks_and_label_config_import_into_label_studio(label_studio, lossal_export, tmp_path):  # noqa: F811
     root = label_studio.document_root
@@ -65,6 +66,7 @@ def test_triage_tasks_and_label_config_import_into_label_studio(label_studio, lo
         assert status == 200 and tf.io.decode_png(body).shape == (8, 8, 3), task["data"]["image"]
 
 
+@pytest.mark.slow  # starts a real Label Studio (1-2 min cold)
 @pytest.mark.labelstudio
 def test_one_round_triage_label_studio_ingest(label_studio, lossal_export, tmp_path, monkeypatch):  # noqa: F811
     """The round as a user runs it: triage a pool manifest, label its queue in Label Studio, ingest the exports."""
