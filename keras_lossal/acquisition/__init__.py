@@ -1,7 +1,7 @@
 """Acquisition: score an unlabeled pool and pick the items to label next.
 
 `get(name, **options)` builds a strategy; `strategy.select(model, pool, k,
-subset_size=None, seed=None, batch_size=256, verbose=0, labeled=None)` returns
+subset_size=None, seed=None, batch_size=512, verbose=0, labeled=None)` returns
 a `Selection` with the picked pool positions (best first) and their scores.
 Every strategy takes these arguments (`Strategy.select` is the contract);
 `labeled` matters to the diversity strategies only.

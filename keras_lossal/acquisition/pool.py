@@ -12,8 +12,9 @@ scoring function sees a single input shape.
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,11 +35,19 @@ class IndexedPool:
         dataset: yields `(indices int64 [batch_size], features [batch_size, ...])`.
         num_items: how many real items it yields, or `None` when unknown.
         batch_size: rows per batch.
+        array_rows: for a NumPy pool, a function yielding the same batches as
+            NumPy arrays without `tf.data` (full batches of a whole pool are
+            views of it; only the last one is padded), else `None`.
     """
 
     dataset: tf.data.Dataset
     num_items: int | None
     batch_size: int
+    array_rows: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None
+
+    def batches(self) -> Iterator[tuple]:
+        """The `(indices, features)` batches: NumPy arrays for a NumPy pool, tensors otherwise."""
+        return self.array_rows() if self.array_rows is not None else iter(self.dataset)
 
 
 def model_input_spec(model) -> tf.TensorSpec | None:
@@ -114,30 +123,34 @@ def _pad_batch(batch_size: int):
     return pad
 
 
-def _array_batches(array: np.ndarray, positions, batch_size: int, input_spec) -> tf.data.Dataset:
-    dtype = array.dtype
-    if input_spec is not None and input_spec.dtype.is_floating and np.issubdtype(dtype, np.floating):
-        dtype = np.dtype(input_spec.dtype.as_numpy_dtype)
+def _array_dtype(array: np.ndarray, input_spec) -> np.dtype:
+    if input_spec is not None and input_spec.dtype.is_floating and np.issubdtype(array.dtype, np.floating):
+        return np.dtype(input_spec.dtype.as_numpy_dtype)
+    return array.dtype
+
+
+def _array_rows(array: np.ndarray, positions, batch_size: int, dtype: np.dtype) -> Iterator[tuple]:
+    """`(indices, rows)` NumPy batches of `array` (or its `positions`); only a short last batch is copied to pad."""
     count = len(array) if positions is None else len(positions)
+    for start in range(0, count, batch_size):
+        stop = min(start + batch_size, count)
+        if positions is None:
+            indices, rows = np.arange(start, stop, dtype=np.int64), array[start:stop]
+        else:
+            indices, rows = positions[start:stop], array[positions[start:stop]]
+        rows = rows.astype(dtype, copy=False)
+        if stop - start < batch_size:
+            indices = np.concatenate([indices, np.full(batch_size - (stop - start), PAD_INDEX, np.int64)])
+            rows = np.concatenate([rows, np.zeros((batch_size - (stop - start), *array.shape[1:]), dtype)])
+        yield indices, rows
 
-    def generate():
-        for start in range(0, count, batch_size):
-            stop = min(start + batch_size, count)
-            if positions is None:
-                indices, rows = np.arange(start, stop, dtype=np.int64), array[start:stop]
-            else:
-                indices, rows = positions[start:stop], array[positions[start:stop]]
-            padded_indices = np.full(batch_size, PAD_INDEX, np.int64)
-            padded_indices[: stop - start] = indices
-            padded_rows = np.zeros((batch_size, *array.shape[1:]), dtype)
-            padded_rows[: stop - start] = rows
-            yield padded_indices, padded_rows
 
+def _array_batches(array: np.ndarray, rows: Callable, batch_size: int, dtype: np.dtype) -> tf.data.Dataset:
     signature = (
         tf.TensorSpec([batch_size], tf.int64),
         tf.TensorSpec([batch_size, *array.shape[1:]], tf.as_dtype(dtype)),
     )
-    return tf.data.Dataset.from_generator(generate, output_signature=signature)
+    return tf.data.Dataset.from_generator(rows, output_signature=signature)
 
 
 def _iterable_as_dataset(pool: Iterable) -> tf.data.Dataset:
@@ -250,8 +263,10 @@ def index_pool(
 
     num_items = size if positions is None else len(positions)
     if isinstance(pool, np.ndarray):
-        dataset = _array_batches(pool, positions, batch_size, input_spec)
-    else:
-        source = pool if isinstance(pool, tf.data.Dataset) else _iterable_as_dataset(pool)
-        dataset = _dataset_batches(source, positions, batch_size, input_spec, True if source is not pool else batched)
+        dtype = _array_dtype(pool, input_spec)
+        rows = functools.partial(_array_rows, pool, positions, batch_size, dtype)
+        dataset = _array_batches(pool, rows, batch_size, dtype)
+        return IndexedPool(dataset.prefetch(tf.data.AUTOTUNE), num_items, batch_size, rows)
+    source = pool if isinstance(pool, tf.data.Dataset) else _iterable_as_dataset(pool)
+    dataset = _dataset_batches(source, positions, batch_size, input_spec, True if source is not pool else batched)
     return IndexedPool(dataset.prefetch(tf.data.AUTOTUNE), num_items, batch_size)

@@ -1,10 +1,14 @@
 """The scoring loop: runs a compiled per-batch function over an indexed pool.
 
 One `tf.function` per (strategy, model, batch size): every batch has the same
-padded shape, so it traces once. Under an active `tf.distribute` strategy the
-batches are split across replicas and gathered back with their indices.
-Results stream to a consumer (a running top-K, or a collector for embeddings),
-so scoring memory does not grow with the pool.
+padded shape, so it traces once. A top-K selection merges each batch into a
+running top-K inside that compiled step, on the device, and reads the result
+back once at the end: per batch the host only slices the pool and calls the
+step (NumPy pools skip `tf.data`), which is what keeps scoring at the speed of
+a bare compiled forward pass. Under an active `tf.distribute` strategy the
+batches are split across replicas and gathered back with their indices, and
+the running top-K is merged on the host. Results stream, so scoring memory
+does not grow with the pool (a collector for embeddings is the exception).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_lossal.acquisition.pool import IndexedPool
+from keras_lossal.acquisition.pool import PAD_INDEX, IndexedPool
 from keras_lossal.acquisition.ranking import merge_top_k
 
 __all__ = [
@@ -81,13 +85,17 @@ class BatchFunction:
     Args:
         fn: maps a `(batch, ...)` features tensor to a tensor or tuple of
             tensors with the batch as dim 0.
+        jit_compile: compile the per-batch steps with XLA (the strategies pass
+            the model's own `jit_compile`, which Keras resolves to XLA on GPUs).
     """
 
-    def __init__(self, fn: Callable):
+    def __init__(self, fn: Callable, jit_compile: bool = False):
         self.fn = fn
+        self.jit_compile = bool(jit_compile)
         self.distribution = _replica_strategy()
+        self._top_k_step = None
         if self.distribution is None:
-            self._compiled = tf.function(fn)
+            self._compiled = tf.function(fn, jit_compile=self.jit_compile)
         else:
             distribution = self.distribution
 
@@ -101,15 +109,48 @@ class BatchFunction:
         return 1 if self.distribution is None else self.distribution.num_replicas_in_sync
 
     def tracing_count(self) -> int:
-        """How many times the compiled function has been traced."""
-        return self._compiled.experimental_get_tracing_count()
+        """How many times the compiled functions (the batch function and the top-K step) have been traced."""
+        steps = [self._compiled] + ([self._top_k_step] if self._top_k_step is not None else [])
+        return sum(step.experimental_get_tracing_count() for step in steps)
+
+    def top_k_step(self) -> Callable:
+        """The compiled `step(best_keys, best_scores, best_indices, counts, indices, features)` of a device top-K.
+
+        It scores the batch with `fn` (one float32 score per item, NaN for an
+        item never to pick), merges it into the running top-K (length k, best
+        first) and adds `[real items, NaN items]` to `counts`. The ranking key
+        is `_order_key` of the score, so subnormal scores order exactly even
+        where the device flushes them to zero; padding rows (index
+        `PAD_INDEX`) and NaN scores get the lowest key. `tf.math.top_k` puts
+        the lower position first among equal keys, and the running set
+        precedes the batch, whose indices only grow along the pool: so ties go
+        to the lower pool index, the order of `ranking.rank_order`.
+        """
+        if self._top_k_step is None:
+            fn = self.fn
+
+            def step(best_keys, best_scores, best_indices, counts, indices, features):
+                scores = tf.reshape(tf.cast(fn(features), tf.float32), (-1,))
+                real = indices >= 0
+                is_nan = tf.logical_and(real, tf.math.is_nan(scores))
+                usable = tf.logical_and(real, tf.logical_not(is_nan))
+                keys = tf.where(usable, _order_key(scores), tf.fill(tf.shape(scores), tf.int32.min))
+                merged_keys = tf.concat([best_keys, keys], axis=0)
+                top = tf.math.top_k(merged_keys, k=best_keys.shape[0], sorted=True)
+                new_scores = tf.gather(tf.concat([best_scores, scores], axis=0), top.indices)
+                new_indices = tf.gather(tf.concat([best_indices, indices], axis=0), top.indices)
+                added = tf.stack([tf.reduce_sum(tf.cast(real, tf.int64)), tf.reduce_sum(tf.cast(is_nan, tf.int64))])
+                return top.values, new_scores, new_indices, counts + added
+
+            self._top_k_step = tf.function(step, jit_compile=self.jit_compile)
+        return self._top_k_step
 
     def batches(self, indexed: IndexedPool):
         """Yields `(indices, outputs)` NumPy pairs for the real (unpadded) rows of each batch."""
         if self.distribution is None:
-            for indices, features in indexed.dataset:
+            for indices, features in indexed.batches():
                 outputs = self._compiled(features)
-                yield _unpad(indices.numpy(), outputs)
+                yield _unpad(np.asarray(indices), outputs)
         else:
             for indices, features in self.distribution.experimental_distribute_dataset(indexed.dataset):
                 replica_indices, replica_outputs = self._compiled(indices, features)
@@ -122,6 +163,17 @@ class BatchFunction:
         return np.concatenate([np.asarray(part) for part in self.distribution.experimental_local_results(per_replica)])
 
 
+def _order_key(scores):
+    """int32 keys ordered as the float32 `scores` (not NaN), computed on the bits: -0.0 and 0.0 are equal.
+
+    Integer comparisons are exact where a device's float comparisons treat
+    subnormals as zero.
+    """
+    bits = tf.bitcast(scores, tf.int32)
+    bits = tf.where(bits == tf.int32.min, tf.zeros_like(bits), bits)  # -0.0 -> 0.0
+    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, tf.int32.max), bits)
+
+
 def _unpad(indices: np.ndarray, outputs):
     keep = indices >= 0
     if isinstance(outputs, (tuple, list)):
@@ -129,14 +181,16 @@ def _unpad(indices: np.ndarray, outputs):
     return indices[keep], np.asarray(outputs)[keep]
 
 
+def _progress_bar(indexed: IndexedPool, verbose: int):
+    if not verbose:
+        return None
+    steps = None if indexed.num_items is None else -(-indexed.num_items // indexed.batch_size)
+    return keras.utils.Progbar(steps, verbose=1 if verbose == 1 else 2, stateful_metrics=["items"], unit_name="batch")
+
+
 def run(batch_function: BatchFunction, indexed: IndexedPool, consume: Callable, verbose: int = 0) -> int:
     """Feeds every batch's `(indices, outputs)` to `consume`; returns the number of items seen."""
-    progress = None
-    if verbose:
-        steps = None if indexed.num_items is None else -(-indexed.num_items // indexed.batch_size)
-        progress = keras.utils.Progbar(
-            steps, verbose=1 if verbose == 1 else 2, stateful_metrics=["items"], unit_name="batch"
-        )
+    progress = _progress_bar(indexed, verbose)
     seen = steps_done = 0
     for indices, outputs in batch_function.batches(indexed):
         consume(indices, outputs)
@@ -166,16 +220,11 @@ def top_k_selection(
     features and NaN/inf scores into NaN) rank last, are counted and are never
     picked: if fewer than `k` items have a finite score, this raises.
     """
-    state = {"scores": np.zeros(0, np.float32), "indices": np.zeros(0, np.int64), "nan": 0}
-
-    def consume(indices, scores):
-        scores = np.asarray(scores, np.float32).reshape(-1)
-        state["nan"] += int(np.isnan(scores).sum())
-        state["scores"], state["indices"] = merge_top_k(state["scores"], state["indices"], scores, indices, k)
-
-    num_scored = run(batch_function, indexed, consume, verbose)
+    if batch_function.distribution is None:
+        scores, indices, num_scored, num_nan = _device_top_k(batch_function, indexed, k, verbose)
+    else:
+        scores, indices, num_scored, num_nan = _host_top_k(batch_function, indexed, k, verbose)
     check_scored(k, num_scored)
-    num_nan = state["nan"]
     if num_nan:
         if num_scored - num_nan < k:
             raise ValueError(
@@ -189,7 +238,42 @@ def top_k_selection(
             RuntimeWarning,
             stacklevel=3,
         )
-    return Selection(state["indices"], state["scores"], strategy, num_scored, num_nan)
+    return Selection(indices, scores, strategy, num_scored, num_nan)
+
+
+def _device_top_k(batch_function: BatchFunction, indexed: IndexedPool, k: int, verbose: int):
+    """The running top-K kept on the device by the compiled step; one transfer at the end."""
+    step = batch_function.top_k_step()
+    best_keys = tf.fill([k], tf.int32.min)
+    best_scores = tf.fill([k], float("nan"))
+    best_indices = tf.fill([k], tf.constant(PAD_INDEX, tf.int64))
+    counts = tf.zeros([2], tf.int64)  # [items scored, NaN items]
+    progress = _progress_bar(indexed, verbose)
+    steps_done = 0
+    for indices, features in indexed.batches():
+        best_keys, best_scores, best_indices, counts = step(
+            best_keys, best_scores, best_indices, counts, indices, features
+        )
+        steps_done += 1
+        if progress is not None:
+            progress.update(steps_done, [("items", int(counts[0]))], finalize=False)
+    num_scored, num_nan = (int(count) for count in counts.numpy())
+    if progress is not None:
+        progress.update(steps_done, [("items", num_scored)], finalize=True)
+    return best_scores.numpy(), best_indices.numpy(), num_scored, num_nan
+
+
+def _host_top_k(batch_function: BatchFunction, indexed: IndexedPool, k: int, verbose: int):
+    """The running top-K merged on the host from each batch's gathered scores (the multi-replica path)."""
+    state = {"scores": np.zeros(0, np.float32), "indices": np.zeros(0, np.int64), "nan": 0}
+
+    def consume(indices, scores):
+        scores = np.asarray(scores, np.float32).reshape(-1)
+        state["nan"] += int(np.isnan(scores).sum())
+        state["scores"], state["indices"] = merge_top_k(state["scores"], state["indices"], scores, indices, k)
+
+    num_scored = run(batch_function, indexed, consume, verbose)
+    return state["scores"], state["indices"], num_scored, state["nan"]
 
 
 def collect(batch_function: BatchFunction, indexed: IndexedPool, verbose: int = 0) -> tuple[np.ndarray, tuple]:

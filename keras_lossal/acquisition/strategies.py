@@ -40,7 +40,15 @@ __all__ = [
     "get",
 ]
 
-DEFAULT_BATCH_SIZE = 256
+DEFAULT_BATCH_SIZE = 512
+
+
+def _jit_compile(model) -> bool:
+    """Whether scoring compiles with XLA: as the model was compiled (Keras' "auto" is XLA on a GPU, not on CPU)."""
+    try:
+        return getattr(model, "jit_compile", False) is True
+    except (AttributeError, ValueError):
+        return False
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -104,14 +112,15 @@ class Strategy:
     # ------------------------------------------------------------ machinery
     def _batch_function(self, model, fn, batch_size: int, extra_key=()) -> BatchFunction:
         """The compiled batch function, reused while the model, settings, batch size and distribution stay the same."""
-        key = (batch_size, tuple(sorted(self.get_config().items())), *extra_key)
+        jit_compile = _jit_compile(model)
+        key = (batch_size, tuple(sorted(self.get_config().items())), jit_compile, *extra_key)
         active = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
         cached = getattr(self, "_compiled_cache", None)
         if cached is not None:
             model_ref, cached_key, function = cached
             if model_ref() is model and cached_key == key and function.distribution is active:
                 return function
-        function = BatchFunction(fn)
+        function = BatchFunction(fn, jit_compile)
         self._compiled_cache = (weakref.ref(model), key, function)
         return function
 
@@ -357,7 +366,9 @@ class _MonteCarloDropout(Strategy):
         k, subset_size, batch_size = _check_arguments(k, subset_size, batch_size)
         twin = models.mc_dropout_model(model, seed)
         # A fresh twin per call, so a fresh compiled function (traced once for this call), never cached.
-        function = BatchFunction(lambda features: mask_non_finite(features, self.score(twin, features)))
+        function = BatchFunction(
+            lambda features: mask_non_finite(features, self.score(twin, features)), _jit_compile(model)
+        )
         return self._top_k(model, function, pool, k, subset_size, seed, batch_size, verbose)
 
 

@@ -1,0 +1,106 @@
+"""The scoring loop: the device-side running top-K against NumPy, XLA, mixed precision, indices carried."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_lossal as kl
+from keras_lossal import acquisition as acq
+from keras_lossal.acquisition import ranking, scoring
+from keras_lossal.backbones import resnet18_cifar
+
+TINY = np.float32(1.4e-45)  # the smallest positive subnormal
+
+
+class ScoreEcho(keras.Model):
+    """Predicted loss = the item's first feature."""
+
+    def call(self, inputs, training=False):
+        return {"output": inputs, "predicted_loss": inputs[:, 0]}
+
+
+def numpy_top_k(scores, k):
+    order = ranking.rank_order(scores, np.arange(len(scores)))[:k]
+    return order.tolist()
+
+
+def test_order_key_orders_like_the_floats_including_subnormals_and_signed_zero():
+    rng = np.random.default_rng(0)
+    special = np.array([0.0, -0.0, TINY, -TINY, 2 * TINY, np.inf, -np.inf, 1.0, -1.0, 3.4e38, -3.4e38], np.float32)
+    values = np.concatenate([special, rng.normal(size=500).astype(np.float32), rng.normal(size=100) * 1e-40])
+    values = values.astype(np.float32)
+    keys = scoring._order_key(tf.constant(values)).numpy()
+    for a, b in zip(*np.triu_indices(len(values), 1)):
+        assert np.sign(int(keys[a]) - int(keys[b])) == np.sign(values[a] - values[b]), (values[a], values[b])
+    assert keys[0] == keys[1]  # -0.0 ties with 0.0, as in NumPy
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_device_top_k_equals_numpy_on_subnormals_zeros_ties_and_nan(batch_size):
+    values = np.array([0.0, TINY, -0.0, -TINY, 1.0, 1.0, np.nan, 2 * TINY, -1.0, 0.0, 1.0, np.inf], np.float32)
+    pool = values[:, None]
+    masked = np.where(np.isfinite(values), values, np.nan)  # NaN/inf scores are never picked
+    for k in range(1, int(np.isfinite(values).sum()) + 1):
+        with pytest.warns(RuntimeWarning, match="2 of 12 pool items"):
+            selection = acq.LearningLoss().select(ScoreEcho(), pool, k=k, batch_size=batch_size)
+        assert selection.indices.tolist() == numpy_top_k(masked, k), k
+        np.testing.assert_array_equal(selection.scores, values[selection.indices])
+        assert (selection.num_scored, selection.num_nan) == (12, 2)
+
+
+def test_indices_travel_with_the_items_across_subsets_padding_and_pool_types():
+    # Each item's score is its own position: any drift between scores and indices shows.
+    pool = np.arange(1000, dtype=np.float32)[:, None]
+    pools = {
+        "array": pool,
+        "tf.data": tf.data.Dataset.from_tensor_slices(pool).batch(37),
+        "list": [pool[:333], pool[333:]],
+    }
+    for name, source in pools.items():
+        for subset_size in (None, 401):
+            selection = acq.LearningLoss().select(
+                ScoreEcho(), source, k=50, subset_size=subset_size, seed=3, batch_size=64
+            )
+            np.testing.assert_array_equal(selection.scores, selection.indices.astype(np.float32), err_msg=name)
+            expected = np.arange(1000) if subset_size is None else ranking.sample_subset(1000, 401, 3)
+            assert selection.indices.tolist() == sorted(expected.tolist(), reverse=True)[:50], name
+
+
+def test_one_trace_across_repeated_selects():
+    strategy = acq.LearningLoss()
+    model = kl.LossLearningModel(resnet18_cifar(input_shape=(8, 8, 1), num_classes=3, width=4))
+    pool = np.random.default_rng(0).random((70, 8, 8, 1), dtype=np.float32)
+    for _ in range(3):
+        strategy.select(model, pool, k=5, batch_size=16)
+    function = strategy._batch_function(model, None, 16)
+    assert function.tracing_count() == 1
+
+
+def test_jit_compiled_scoring_when_the_model_is_compiled_with_xla():
+    keras.utils.set_random_seed(0)
+    model = kl.LossLearningModel(resnet18_cifar(input_shape=(8, 8, 1), num_classes=3, width=4))
+    pool = np.random.default_rng(1).random((90, 8, 8, 1), dtype=np.float32)
+    plain = acq.LearningLoss().select(model, pool, k=10, batch_size=32)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", jit_compile=True)
+    strategy = acq.LearningLoss()
+    with_xla = strategy.select(model, pool, k=10, batch_size=32)
+    assert strategy._batch_function(model, None, 32).jit_compile
+    assert with_xla.indices.tolist() == plain.indices.tolist()
+    np.testing.assert_allclose(with_xla.scores, plain.scores, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_models_score_in_float32_equal_to_their_own_predictions(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        model = kl.LossLearningModel(resnet18_cifar(input_shape=(8, 8, 1), num_classes=3, width=4))
+        pool = np.random.default_rng(2).random((75, 8, 8, 1), dtype=np.float32)
+        selection = acq.LearningLoss().select(model, pool, k=75, batch_size=32)
+        expected = model.predict_loss(pool).astype(np.float32)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert selection.scores.dtype == np.float32
+    np.testing.assert_array_equal(selection.scores, expected[selection.indices])
+    assert selection.indices.tolist() == numpy_top_k(expected, 75)
