@@ -20,6 +20,15 @@ beside wall time. The picks of every method are checked against the floor's.
 Models (issue 13): a small CNN on 16x16x1 images, 30,000 items; and
 `resnet18_cifar` width 8 on 28x28x1, 10,000 items. Target: select >= 0.9x.
 
+Then the exported model (`export_for_serving` of the ResNet, PNG bytes in), at
+`--export-batch-size` items per call on `--export-items` PNGs. The floor is
+the SavedModel's `score_image_bytes` signature (decode, preprocessing and
+forward, compiled) called on ready-made batches of the PNG bytes; beside it
+`InProcessScorer.score` (what triage and Beam score with), the Beam
+`LossalModelHandler.run_inference` on pool-item batches, and a whole
+`triage` run over a folder of the same PNG files (file reads, records, the
+queue: not only scoring). Target: the scorer and the handler >= 0.9x.
+
 Run: `python benchmarks/scoring.py` (about 5 minutes on 2 cores), on a quiet machine.
 """
 
@@ -27,6 +36,7 @@ import argparse
 import os
 import platform
 import statistics
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -37,6 +47,10 @@ import tensorflow as tf  # noqa: E402
 
 import keras_lossal as kl  # noqa: E402
 from keras_lossal import acquisition  # noqa: E402
+from keras_lossal.beam import LossalModelHandler  # noqa: E402
+from keras_lossal.export import export_for_serving  # noqa: E402
+from keras_lossal.preprocessing import ImagePreprocessing  # noqa: E402
+from keras_lossal.serving import InProcessScorer, read_items, triage  # noqa: E402
 
 
 def small_cnn(input_shape=(16, 16, 1)):
@@ -96,24 +110,70 @@ def measure(name: str, args) -> dict:
     for method in names[1:]:
         overlap = len(picks[method] & picks["floor"]) / args.k
         assert overlap >= 0.999, f"{method} picks differ from the floor's: overlap {overlap:.4f}"
+    timings = interleaved({method: (lambda run=methods[method]: run(pool)) for method in names}, args.rounds)
+    return {"items": items, "input_shape": input_shape, **timings}
+
+
+def interleaved(methods: dict, rounds: int) -> dict:
+    """`{"wall": {method: [seconds per round]}, "cpu": {...}}`, the order rotating per round."""
+    names = list(methods)
     wall = {method: [] for method in names}
     cpu = {method: [] for method in names}
-    for round_number in range(args.rounds):
+    for round_number in range(rounds):
         shift = round_number % len(names)
         for method in names[shift:] + names[:shift]:
             wall_start, cpu_start = time.perf_counter(), time.process_time()
-            methods[method](pool)
+            methods[method]()
             wall[method].append(time.perf_counter() - wall_start)
             cpu[method].append(time.process_time() - cpu_start)
-    return {"items": items, "input_shape": input_shape, "wall": wall, "cpu": cpu}
+    return {"wall": wall, "cpu": cpu}
+
+
+def export_runners(args, workdir: str) -> tuple[dict, int]:
+    keras.utils.set_random_seed(0)
+    model = kl.LossLearningModel(MODELS["resnet18_cifar_w8"][0]())
+    base = os.path.join(workdir, "models", "lossal")
+    export_for_serving(model, base, preprocessing=ImagePreprocessing(28, 28, 1, mean=(0.3,), std=(0.3,)))
+    pixels = np.random.default_rng(0).integers(0, 256, size=(args.export_items, 28, 28, 1), dtype=np.uint8)
+    pngs = [tf.io.encode_png(image).numpy() for image in pixels]
+    folder = os.path.join(workdir, "unlabeled")
+    os.makedirs(folder)
+    for index, png in enumerate(pngs):
+        with open(os.path.join(folder, f"{index:06d}.png"), "wb") as handle:
+            handle.write(png)
+    size = args.export_batch_size
+    batches = [pngs[start : start + size] for start in range(0, len(pngs), size)]
+    tensors = [tf.constant(batch) for batch in batches]
+    scorer = InProcessScorer(base)
+    signature = tf.saved_model.load(scorer.version_dir).signatures["score_image_bytes"]
+    (input_name,) = signature.structured_input_signature[1].keys()
+    handler = LossalModelHandler(base, max_batch_size=size)
+    handler_model = handler.load_model()
+    items = [
+        [{"id": f"{start + i}", "path": f"{start + i}.png", "kind": "image", "payload": png, "extra": None}
+         for i, png in enumerate(batch)]
+        for start, batch in zip(range(0, len(pngs), size), batches)
+    ]  # fmt: skip
+    methods = {
+        "floor (score_image_bytes)": lambda: [signature(**{input_name: t})["predicted_loss"].numpy() for t in tensors],
+        "InProcessScorer.score": lambda: [scorer.score("image", batch) for batch in batches],
+        "LossalModelHandler.run_inference": lambda: [list(handler.run_inference(b, handler_model)) for b in items],
+        "triage (whole run, files)": lambda: triage(
+            read_items(folder), scorer, os.path.join(workdir, "triage"), top_k=100, batch_size=size, restart=True
+        ),
+    }
+    for method in methods.values():  # warm-up: tracing, first reads
+        method()
+    return methods, len(pngs)
 
 
 def report(name: str, result: dict, rounds: int) -> None:
     wall, cpu, items = result["wall"], result["cpu"], result["items"]
     print(f"{name}: {items} items of {result['input_shape']}, median of {rounds} interleaved rounds")
+    floor = next(iter(wall))
     for method in wall:
-        ratios = [floor / mine for floor, mine in zip(wall["floor"], wall[method])]
-        cpu_ratio = statistics.median(f / m for f, m in zip(cpu["floor"], cpu[method]))
+        ratios = [reference / mine for reference, mine in zip(wall[floor], wall[method])]
+        cpu_ratio = statistics.median(f / m for f, m in zip(cpu[floor], cpu[method]))
         median = statistics.median(wall[method])
         print(
             f"    {method:27s} {items / median:8.0f} items/s  x floor {statistics.median(ratios):.3f} "
@@ -127,6 +187,9 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--export-items", type=int, default=2048)
+    parser.add_argument("--export-batch-size", type=int, default=64)
+    parser.add_argument("--skip-export", action="store_true")
     args = parser.parse_args(argv)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cpus, tensorflow {tf.__version__}, "
@@ -135,6 +198,12 @@ def main(argv=None):
     for name in args.models.split(","):
         report(name, measure(name, args), args.rounds)
     print("target: select >= 0.9x floor")
+    if not args.skip_export:
+        with tempfile.TemporaryDirectory(prefix="lossal_bench_scoring_") as workdir:
+            methods, items = export_runners(args, workdir)
+            result = {"items": items, "input_shape": "PNG 28x28x1", **interleaved(methods, args.rounds)}
+            report(f"exported resnet18_cifar_w8, batch {args.export_batch_size}", result, args.rounds)
+        print("target: InProcessScorer.score and LossalModelHandler.run_inference >= 0.9x floor")
 
 
 if __name__ == "__main__":

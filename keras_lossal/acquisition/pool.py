@@ -115,12 +115,18 @@ def _pad_batch(batch_size: int):
         missing = batch_size - tf.shape(indices)[0]
         indices = tf.pad(indices, [[0, missing]], constant_values=PAD_INDEX)
         paddings = [[0, missing]] + [[0, 0]] * (len(features.shape) - 1)
-        features = tf.pad(features, paddings)
+        return indices, tf.pad(features, paddings)
+
+    def pad_if_short(indices, features):
+        # Only a short (last) batch is copied; full ones pass through untouched.
+        indices, features = tf.cond(
+            tf.shape(indices)[0] < batch_size, lambda: pad(indices, features), lambda: (indices, features)
+        )
         indices.set_shape([batch_size])
         features.set_shape([batch_size, *features.shape[1:]])
         return indices, features
 
-    return pad
+    return pad_if_short
 
 
 def _array_dtype(array: np.ndarray, input_spec) -> np.dtype:
@@ -188,17 +194,24 @@ def _dataset_batches(
         batched = input_spec is None or spec.shape.rank == len(input_spec.shape)
     item_shape = spec.shape[1:] if batched else spec.shape
     _check_item_shape(item_shape, input_spec, "dataset")
-    if batched:
-        dataset = dataset.unbatch()
     if input_spec is not None and spec.dtype != input_spec.dtype:
         dataset = dataset.map(lambda features: _cast_to_input(features, input_spec))
-    dataset = dataset.enumerate()
+    if batched and positions is None:
+        # Whole batches keep their rows together: numbered by a running count, re-cut to `batch_size`.
+        dataset = dataset.scan(np.int64(0), _number_rows).rebatch(batch_size)
+        return dataset.map(_pad_batch(batch_size))
+    dataset = (dataset.unbatch() if batched else dataset).enumerate()
     if positions is not None:
         in_subset = np.zeros(int(positions[-1]) + 1, bool)
         in_subset[positions] = True
         table = tf.constant(in_subset)
         dataset = dataset.take(len(in_subset)).filter(lambda index, _: tf.gather(table, index))
     return dataset.batch(batch_size).map(_pad_batch(batch_size))
+
+
+def _number_rows(start, batch):
+    count = tf.cast(tf.shape(batch)[0], tf.int64)
+    return start + count, (start + tf.range(count, dtype=tf.int64), batch)
 
 
 def index_pool(

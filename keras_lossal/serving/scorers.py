@@ -108,19 +108,13 @@ class InProcessScorer:
         self.max_image_pixels = self.config.get("max_image_pixels")
         self.max_image_bytes = self.config.get("max_image_bytes")
         self._loaded = tf.saved_model.load(self.version_dir)
+        self._signatures = {}
         self.description = f"saved_model:{os.path.dirname(self.version_dir)}"
 
     def score(self, kind: str, payloads: Sequence[bytes]) -> dict[str, np.ndarray]:
         import tensorflow as tf
 
-        signature = _signature_for(kind)
-        if signature not in self._loaded.signatures:
-            raise ValueError(
-                f"The export at {self.version_dir!r} has no {signature!r} signature (exported without "
-                f"preprocessing?); available: {sorted(self._loaded.signatures)}"
-            )
-        function = self._loaded.signatures[signature]
-        (input_name,) = function.structured_input_signature[1].keys()
+        function, input_name = self._signature(_signature_for(kind))
         try:
             outputs = function(**{input_name: tf.constant(list(payloads), tf.string)})
         except tf.errors.InvalidArgumentError as error:
@@ -128,6 +122,19 @@ class InProcessScorer:
         results = {key: value.numpy() for key, value in outputs.items()}
         results[MODEL_VERSION] = np.full(len(payloads), self.version, np.int64)
         return results
+
+    def _signature(self, name: str):
+        """The signature's concrete function and its one input's name, looked up once per signature."""
+        if name not in self._signatures:
+            if name not in self._loaded.signatures:
+                raise ValueError(
+                    f"The export at {self.version_dir!r} has no {name!r} signature (exported without "
+                    f"preprocessing?); available: {sorted(self._loaded.signatures)}"
+                )
+            function = self._loaded.signatures[name]
+            (input_name,) = function.structured_input_signature[1].keys()
+            self._signatures[name] = (function, input_name)
+        return self._signatures[name]
 
 
 class ServerScorer:
