@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_lossal as kl
 from keras_lossal import acquisition as acq
@@ -162,3 +163,22 @@ def test_hard_and_diverse_strategies_need_a_loss_model(name):
     classifier = keras.Model(inputs, keras.layers.Dense(3, name="logits")(keras.layers.Dense(4)(inputs)))
     with pytest.raises(ValueError, match="predicted_loss"):
         acq.get(name).select(classifier, blobs()[0], k=2, seed=0)
+
+
+def test_hard_and_diverse_strategies_run_the_backbone_once_per_batch():
+    keras.utils.set_random_seed(0)
+    model = kl.LossLearningModel(kl.backbones.resnet18_cifar(input_shape=(8, 8, 1), num_classes=3, width=4))
+    pool = np.random.default_rng(3).normal(size=(20, 8, 8, 1)).astype("float32")
+    predicted, embedding = acquisition_models.loss_and_embedding(model)(tf.constant(pool))
+    np.testing.assert_allclose(predicted.numpy(), model.predict_loss(pool), rtol=1e-5, atol=1e-6)
+    expected = acquisition_models.embedding_model(model).predict(pool, verbose=0)[0].reshape(20, -1)
+    np.testing.assert_allclose(embedding.numpy(), expected, rtol=1e-5, atol=1e-6)
+    calls = []
+    first_conv = next(layer for layer in model.backbone.layers if isinstance(layer, keras.layers.Conv2D))
+    original_call = first_conv.call
+    first_conv.call = lambda *args, **kwargs: calls.append(1) or original_call(*args, **kwargs)
+    try:
+        acq.get("learning_loss_clusters").select(model, pool, k=3, seed=0, batch_size=32)
+    finally:
+        first_conv.call = original_call
+    assert len(calls) == 1  # traced once, through one backbone pass (two before: the embedding and the head's)

@@ -17,6 +17,7 @@ __all__ = [
     "classifier_outputs",
     "outputs_are_probabilities",
     "embedding_model",
+    "loss_and_embedding",
     "mc_dropout_model",
 ]
 
@@ -88,6 +89,29 @@ def embedding_model(model, layer: str | None = None) -> keras.Model:
         embedding = dense.input
     output = graph.outputs[0] if len(graph.outputs) == 1 else graph.outputs
     return keras.Model(graph.inputs, [embedding, output], name=f"{graph.name}_embedding")
+
+
+def loss_and_embedding(model, layer: str | None = None):
+    """`fn(features) -> (predicted loss (batch,) float32, embedding (batch, d))` from one backbone pass.
+
+    For a `LossLearningModel`: its head runs on the feature taps of the same
+    forward pass that gives the embedding (as in `model(features)`, where the
+    head reads the backbone's taps), so the backbone runs once per batch, not
+    twice. `None` for a model without a loss-prediction head.
+    """
+    if not all(hasattr(model, name) for name in ("backbone", "head", "feature_layers")):
+        return None
+    embedding = embedding_model(model, layer).outputs[0]
+    backbone = model.backbone
+    taps = [backbone.get_layer(name).output for name in model.feature_layers]
+    combined = keras.Model(backbone.inputs, [embedding, taps], name=f"{backbone.name}_embedding_and_taps")
+
+    def fn(features):
+        embedded, features_for_head = combined(features, training=False)
+        predicted = ops.cast(model.head(features_for_head, training=False), "float32")
+        return ops.reshape(predicted, (-1,)), flatten_batch(embedded)
+
+    return fn
 
 
 def flatten_batch(tensor):

@@ -612,12 +612,16 @@ class _HardAndDiverse(_Embedding):
     """Base for strategies that combine the predicted loss with diversity in the embedding."""
 
     def _losses_and_embeddings(self, model, pool, k, subset_size, seed, batch_size, verbose):
-        embedder = models.embedding_model(model, self.layer)
-        scorer = LearningLoss()
+        one_pass = models.loss_and_embedding(model, self.layer)
+        embedder = models.embedding_model(model, self.layer) if one_pass is None else None
 
         def losses_and_embeddings(features):
-            embedding = models.flatten_batch(embedder(features, training=False)[0])
-            return mask_non_finite(features, scorer.score(model, features)), embedding
+            if one_pass is not None:  # a LossLearningModel: one backbone pass gives both
+                predicted, embedding = one_pass(features)
+            else:  # any model returning "predicted_loss": its call, and the embedding model
+                predicted = LearningLoss().score(model, features)
+                embedding = models.flatten_batch(embedder(features, training=False)[0])
+            return mask_non_finite(features, predicted), embedding
 
         indices, (predicted, embeddings) = self._collect(
             model, pool, batch_size, subset_size, seed, verbose, losses_and_embeddings, purpose="loss_and_embed"
