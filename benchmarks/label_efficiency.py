@@ -51,7 +51,14 @@ import numpy as np  # noqa: E402
 
 from keras_lossal import data, experiment, results  # noqa: E402
 
-LEARNING_LOSS_ARMS = ["learning_loss", "learning_loss_clusters", "learning_loss_kcenter", "learning_loss@paper"]
+LEARNING_LOSS_ARMS = [
+    "learning_loss",
+    "learning_loss_clusters",
+    "learning_loss_kcenter",
+    "learning_loss@paper",
+    # Added on 2026-12-02, after seeds 0-2 (see benchmarks/RESULTS.md): the paper's training with the clusters' picks.
+    "learning_loss_clusters@paper",
+]
 BASELINE_ARMS = ["random", "coreset", "entropy", "margin", "badge"]
 CONTROL_ARMS = ["random@recommended", "random@paper"]
 # Run order within a seed: the recommended arms and the strongest baselines first.
@@ -67,6 +74,7 @@ ARMS = [
     "learning_loss@paper",
     "random@recommended",
     "random@paper",
+    "learning_loss_clusters@paper",
 ]
 
 
