@@ -516,7 +516,28 @@ class LossLearningModel(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         # Checked before the forward pass, so NaN/inf reaches neither the weights nor BatchNorm statistics.
-        return super().train_step((_after_finite_check(x, y), y, sample_weight))
+        return _reducible_logs(super().train_step((_after_finite_check(x, y), y, sample_weight)))
+
+    def test_step(self, data):
+        return _reducible_logs(super().test_step(data))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # A private Keras hook, overridden because Keras (3.15.1) builds from the mean over replicas of the first
+        # distributed batch, one `strategy.reduce` of the whole (x, y) structure: MultiWorkerMirroredStrategy refuses
+        # it ("Attempt to convert a value (PerReplica...)", keras-team/keras#20585), and MirroredStrategy fails when
+        # the batch does not split evenly (3 validation items over 2 replicas: "Inputs to operation AddN must have
+        # the same size and shape"). Building needs only shapes and dtypes, which one replica's part of it has.
+        if iterator is not None and self.distribute_strategy.num_replicas_in_sync > 1:
+            for _, _, batches in iterator:
+                data_batch = keras.tree.map_structure(self._local_part, next(batches))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _local_part(self, value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return self.distribute_strategy.experimental_local_results(value)[0]
+        return value
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if isinstance(y_pred, dict) and set(y_pred) == {"output", "predicted_loss"}:
@@ -591,6 +612,25 @@ def _check_options(objective: str, detach_after_epoch, options: dict) -> None:
     warmup = options["loss_weight_warmup_epochs"]
     if int(warmup) != warmup or warmup < 0:
         raise ValueError(f"Expected loss_weight_warmup_epochs >= 0. Received: loss_weight_warmup_epochs={warmup}")
+
+
+def _on_several_workers(strategy) -> bool:
+    """Whether `strategy` is a MultiWorkerMirroredStrategy whose replicas span more than this worker."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.num_replicas_in_sync > len(
+        strategy.extended.worker_devices
+    )
+
+
+def _reducible_logs(logs):
+    """A step's logs, scalars as shape `(1,)` when training on several workers.
+
+    There Keras (3.15.1) averages each log over the replicas with
+    `strategy.reduce("MEAN", value, axis=0)`, an axis a scalar lacks; a `(1,)`
+    value gives the scalar mean over the replicas, as one worker's replicas get.
+    """
+    if not _on_several_workers(tf.distribute.get_strategy()):
+        return logs
+    return keras.tree.map_structure(lambda value: ops.reshape(value, (1,)) if len(value.shape) == 0 else value, logs)
 
 
 _NON_FINITE_MARKER = "keras_lossal: non-finite training data"

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 import textwrap
@@ -367,7 +368,9 @@ MIRRORED_SCRIPT = textwrap.dedent(
     grads = tape.gradient(total, reference.trainable_weights)
     expected = [w.numpy() - 0.1 * g.numpy() for w, g in zip(reference.trainable_weights, grads)]
     got = [w.numpy() for w in model.trainable_weights]
-    print(json.dumps(max(float(np.abs(a - b).max()) for a, b in zip(expected, got))))
+    # 3 items split 2 + 1 over the replicas: Keras' own build from their mean fails on such a batch.
+    odd = model.evaluate(x[:3], y[:3], verbose=0, return_dict=True)
+    print(json.dumps({"difference": max(float(np.abs(a - b).max()) for a, b in zip(expected, got)), "odd": odd}))
     """
 )
 
@@ -378,7 +381,9 @@ def test_mirrored_strategy_matches_single_replica_update(tmp_path):
     tests_dir = str(__import__("pathlib").Path(__file__).parent)
     result = subprocess.run([sys.executable, str(script), tests_dir], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert printed["difference"] < 1e-5
+    assert all(np.isfinite(value) for value in printed["odd"].values()) and "task_loss" in printed["odd"]
 
 
 # ------------------------------------------------------------------ saving
