@@ -62,6 +62,7 @@ format: $(STAMP)
 
 bench: $(STAMP) fashion-mnist
 	$(PY) benchmarks/train_overhead.py
+	$(PY) benchmarks/scoring.py
 	$(PY) benchmarks/acquisition.py
 	$(PY) benchmarks/serving.py
 

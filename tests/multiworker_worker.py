@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_lossal as kl  # noqa: E402
+from keras_lossal import acquisition  # noqa: E402
 from keras_lossal import data as data_lib  # noqa: E402
 from keras_lossal import experiment, training  # noqa: E402
 
@@ -129,6 +130,18 @@ def loop_recipe(strategy, out: str, name: str, run_in_scope: bool) -> tuple[dict
     return named("loop.weights", result.model.get_weights()), {"labeled": result.labeled_indices}
 
 
+def select_in_scope(strategy) -> dict:
+    """`learning_loss` and `coreset` picks from a model built and scored inside the strategy's scope."""
+    with strategy.scope():
+        model = build("recommended")
+        pool = images(40, seed=4)[0].astype("float32") / 255.0
+        picks = {}
+        for name in ("learning_loss", "coreset"):
+            selection = acquisition.get(name).select(model, pool, k=5, seed=0, batch_size=8)
+            picks[name] = {"num_scored": selection.num_scored, "indices": selection.indices.tolist()}
+    return picks
+
+
 def run_recipes(strategy, out: str, name: str, run_in_scope: bool) -> tuple[dict, dict]:
     train_arrays, train_logs = train_recipe(strategy, out, name)
     loop_arrays, loop_logs = loop_recipe(strategy, out, name, run_in_scope)
@@ -140,6 +153,7 @@ def run_worker(out: str) -> str:
     name = f"worker_{json.loads(os.environ['TF_CONFIG'])['task']['index']}"
     arrays, logs = fit_recipes(strategy)
     recipe_arrays, recipe_logs = run_recipes(strategy, out, name, run_in_scope=False)
+    logs["select_in_scope"] = select_in_scope(strategy)
     return write(out, name, {**arrays, **recipe_arrays}, {**logs, **recipe_logs})
 
 
@@ -179,6 +193,7 @@ def run_reference(out: str) -> str:
         arrays.update(named(f"{recipe}.by_hand", update_by_hand(recipe)))
         arrays.update(named(f"{recipe}.paired_across_replicas", update_by_hand(recipe, pair_across_replicas=True)))
     recipe_arrays, recipe_logs = run_recipes(strategy, out, "reference", run_in_scope=True)
+    logs["select_in_scope"] = select_in_scope(strategy)
     return write(out, "reference", {**arrays, **recipe_arrays}, {**logs, **recipe_logs})
 
 

@@ -208,3 +208,13 @@ def test_loop_recipe_labels_on_both_workers_what_one_process_with_two_replicas_l
     # Synchronized BatchNormalization: every weight, statistics included, is the same on both workers.
     assert_equal(weights(first, "loop.weights"), weights(second, "loop.weights"), "the last cycle's model")
     assert_close(weights(first, "loop.weights"), weights(reference, "loop.weights"), "vs MirroredStrategy")
+
+
+def test_acquisition_inside_the_scope_scores_the_whole_pool_on_every_worker(results):
+    # A distributed dataset would give each worker half of the pool; scoring runs on each worker's own device instead.
+    _, reference_logs = results["reference"]
+    expected = reference_logs["select_in_scope"]
+    for name in ("learning_loss", "coreset"):
+        assert expected[name]["num_scored"] == 40 and len(set(expected[name]["indices"])) == 5
+    for index, (_, logs) in enumerate(workers(results)):
+        assert logs["select_in_scope"] == expected, f"worker {index}"

@@ -33,6 +33,7 @@ __all__ = [
     "check_scored",
     "finite_items",
     "mask_non_finite",
+    "scoring_strategy",
 ]
 
 
@@ -75,8 +76,21 @@ def mask_non_finite(features, scores):
     return tf.where(keep, scores, tf.fill(tf.shape(scores), float("nan")))
 
 
-def _replica_strategy() -> tf.distribute.Strategy | None:
-    return tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
+def scoring_strategy() -> tf.distribute.Strategy | None:
+    """The active `tf.distribute` strategy to split scoring batches over, or `None` to score on one device.
+
+    `None` outside any strategy, and under one whose replicas span several
+    workers (`MultiWorkerMirroredStrategy`): there a distributed dataset gives
+    each worker only its share of the pool, so each worker would pick from its
+    share; on one device of its own every worker scores the whole pool and
+    picks the same items.
+    """
+    if not tf.distribute.has_strategy():
+        return None
+    strategy = tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync > len(strategy.extended.worker_devices):
+        return None
+    return strategy
 
 
 class BatchFunction:
@@ -92,7 +106,7 @@ class BatchFunction:
     def __init__(self, fn: Callable, jit_compile: bool = False):
         self.fn = fn
         self.jit_compile = bool(jit_compile)
-        self.distribution = _replica_strategy()
+        self.distribution = scoring_strategy()
         self._top_k_step = None
         if self.distribution is None:
             self._compiled = tf.function(fn, jit_compile=self.jit_compile)

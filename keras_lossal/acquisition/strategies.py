@@ -6,7 +6,6 @@ import warnings
 import weakref
 
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from keras_lossal.acquisition import diversity, models, scores
@@ -19,6 +18,7 @@ from keras_lossal.acquisition.scoring import (
     collect,
     finite_items,
     mask_non_finite,
+    scoring_strategy,
     top_k_selection,
 )
 
@@ -114,7 +114,7 @@ class Strategy:
         """The compiled batch function, reused while the model, settings, batch size and distribution stay the same."""
         jit_compile = _jit_compile(model)
         key = (batch_size, tuple(sorted(self.get_config().items())), jit_compile, *extra_key)
-        active = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
+        active = scoring_strategy()
         cached = getattr(self, "_compiled_cache", None)
         if cached is not None:
             model_ref, cached_key, function = cached
