@@ -24,9 +24,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_lossal as kl  # noqa: E402
-from keras_lossal import acquisition  # noqa: E402
+from keras_lossal import acquisition, experiment, training  # noqa: E402
 from keras_lossal import data as data_lib  # noqa: E402
-from keras_lossal import experiment, training  # noqa: E402
 
 RECIPES = ("paper", "recommended")
 REPLICAS = 2
