@@ -38,7 +38,7 @@ $(LS_STAMP):
 labelstudio: $(LS_STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not integration" tests
+	$(PY) -m pytest -q --durations=15 -m "not slow and not integration" tests
 	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules keras_lossal
 
 test-all: $(STAMP) $(LS_STAMP)
