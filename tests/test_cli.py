@@ -36,6 +36,7 @@ def _run_args(data_dir, out):
     ]  # fmt: skip
 
 
+@pytest.mark.slow  # end to end, 20-30 s on 2 cores
 def test_run_report_plot_end_to_end(tmp_path, capsys):
     data_dir, out = str(tmp_path / "fashion"), str(tmp_path / "out")
     write_fake_fashion_mnist(data_dir, train=60, test=16)

@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 
+@pytest.mark.slow  # end to end, 20-30 s on 2 cores
 def test_dense_regression_example_learns_difficulty():
     import dense_regression
 
@@ -26,6 +27,7 @@ def test_custom_backbone_example_runs():
     assert histories["my_cnn"].history["val_ranking_accuracy"][-1] > 0.5
 
 
+@pytest.mark.slow  # end to end, 20-30 s on 2 cores
 def test_production_round_example_runs_two_rounds(tmp_path, capsys):
     import production_round
 

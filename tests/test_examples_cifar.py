@@ -4,9 +4,12 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 
+@pytest.mark.slow  # end to end, 20-30 s on 2 cores
 def test_cifar10_paper_smoke(tmp_path):
     import cifar10_paper
 

@@ -80,6 +80,7 @@ def test_cli_refusal_is_one_line(tmp_path, capsys):
     assert open(os.path.join(out, "experiment.json")).read() == settings
 
 
+@pytest.mark.slow  # end to end, 20-30 s on 2 cores
 def test_arms_train_the_head_with_their_recipe_and_the_control_picks_at_random(tmp_path):
     out = str(tmp_path / "run")
     results = _run(out, ["random", "random@recommended", "learning_loss@paper", "learning_loss"])
