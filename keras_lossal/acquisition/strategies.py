@@ -612,15 +612,11 @@ class _HardAndDiverse(_Embedding):
     """Base for strategies that combine the predicted loss with diversity in the embedding."""
 
     def _losses_and_embeddings(self, model, pool, k, subset_size, seed, batch_size, verbose):
-        one_pass = models.loss_and_embedding(model, self.layer)
-        embedder = models.embedding_model(model, self.layer) if one_pass is None else None
+        # A LossLearningModel: one backbone pass gives both; any other model returning "predicted_loss": two calls.
+        one_pass = models.loss_and_embedding(model, self.layer) or self._two_calls(model)
 
         def losses_and_embeddings(features):
-            if one_pass is not None:  # a LossLearningModel: one backbone pass gives both
-                predicted, embedding = one_pass(features)
-            else:  # any model returning "predicted_loss": its call, and the embedding model
-                predicted = LearningLoss().score(model, features)
-                embedding = models.flatten_batch(embedder(features, training=False)[0])
+            predicted, embedding = one_pass(features)
             return mask_non_finite(features, predicted), embedding
 
         indices, (predicted, embeddings) = self._collect(
@@ -631,6 +627,14 @@ class _HardAndDiverse(_Embedding):
         num_non_finite = int(np.sum(~finite))
         _report_non_finite(num_non_finite, len(indices), k, self.name)
         return indices, predicted, embeddings, finite, num_non_finite
+
+    def _two_calls(self, model):
+        embedder, scorer = models.embedding_model(model, self.layer), LearningLoss()
+
+        def fn(features):
+            return scorer.score(model, features), models.flatten_batch(embedder(features, training=False)[0])
+
+        return fn
 
 
 class LearningLossClusters(_HardAndDiverse):
