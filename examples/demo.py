@@ -6,7 +6,10 @@
 2. Train a narrow CIFAR ResNet-18 with a loss-prediction head on them (the recommended recipe:
    the head learns from the backbone's detached features, so the backbone trains exactly as it
    would alone and the head can only help choose images, never cost accuracy).
-3. Score a random subset of 5,000 unlabeled images by predicted loss, label the 500 highest.
+3. Score a random subset of 5,000 unlabeled images by predicted loss and label 500 that are hard
+   and diverse: the highest predicted loss in each of 500 k-means clusters of the backbone's
+   features (`learning_loss_clusters`; plain top-500 piles onto a few confusable classes and was no
+   better than random in `benchmarks/label_efficiency.py`).
 4. Repeat, warm-starting from the previous cycle's weights, and measure test accuracy each cycle.
 
 The same is done with random labeling from the same initial 500 images, so the two learning curves
@@ -34,7 +37,9 @@ import keras_lossal as kl  # noqa: E402
 from keras_lossal import data, experiment, results  # noqa: E402
 from keras_lossal.loop import ActiveLearningLoop  # noqa: E402
 
-STRATEGIES = ("learning_loss", "random")
+# The recommended learning-loss strategy (benchmarks/RESULTS.md, "Label efficiency, paired"), and random.
+LEARNING_LOSS = "learning_loss_clusters"
+STRATEGIES = (LEARNING_LOSS, "random")
 
 
 def run_protocol(args) -> dict:
@@ -53,7 +58,7 @@ def run_protocol(args) -> dict:
     for seed in args.seeds:
         for strategy in STRATEGIES:
             factory = experiment.make_model_factory(
-                spec, dataset.preprocessing.input_shape, dataset.num_classes, with_head=strategy == "learning_loss"
+                spec, dataset.preprocessing.input_shape, dataset.num_classes, with_head=strategy == LEARNING_LOSS
             )
             loop = ActiveLearningLoop(
                 factory,
@@ -77,7 +82,7 @@ def run_protocol(args) -> dict:
 def first_cycle_comparison(runs: dict) -> str:
     """The head's cost: at cycle 0 both strategies train on the same 500 images from the same start."""
     lines = []
-    for with_head, bare in zip(runs["learning_loss"], runs["random"]):
+    for with_head, bare in zip(runs[LEARNING_LOSS], runs["random"]):
         head_cycle, bare_cycle = with_head.cycles[0], bare.cycles[0]
         lines.append(
             f"first cycle, seed {with_head.config['seed']} ({head_cycle['num_labeled']} identical labels): "
@@ -142,7 +147,7 @@ def main(argv=None) -> dict:
     outcome = run_protocol(args)
     summary = report(args.out, outcome["runs"])
     dataset = outcome["dataset"]
-    model = outcome["runs"]["learning_loss"][0].model
+    model = outcome["runs"][LEARNING_LOSS][0].model
     saved = save_for_production(model, dataset.preprocessing, args.out)
     print(f"trained learning-loss model: {saved['model']}; preprocessing: {saved['preprocessing']}")
     print(f"protocol time: {time.perf_counter() - start:.0f} s")
