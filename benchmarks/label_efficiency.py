@@ -58,9 +58,13 @@ LEARNING_LOSS_ARMS = [
     "learning_loss@paper",
     # Added on 2026-12-02, after seeds 0-2 (see benchmarks/RESULTS.md): the paper's training with the clusters' picks.
     "learning_loss_clusters@paper",
+    # Registered on 2026-12-02 before any of their runs (see benchmarks/RESULTS.md): the joint recipe chosen on
+    # the validation split (head ablation), the primary arm first.
+    "learning_loss_clusters@light_joint",
+    "learning_loss_kcenter@light_joint",
 ]
 BASELINE_ARMS = ["random", "coreset", "entropy", "margin", "badge"]
-CONTROL_ARMS = ["random@recommended", "random@paper"]
+CONTROL_ARMS = ["random@recommended", "random@paper", "random@light_joint"]
 # Run order within a seed: the recommended arms and the strongest baselines first.
 ARMS = [
     "learning_loss",
@@ -75,6 +79,9 @@ ARMS = [
     "random@recommended",
     "random@paper",
     "learning_loss_clusters@paper",
+    "random@light_joint",
+    "learning_loss_clusters@light_joint",
+    "learning_loss_kcenter@light_joint",
 ]
 
 
