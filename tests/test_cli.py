@@ -22,7 +22,6 @@ def _run_args(data_dir, out):
         "--data-dir", data_dir,
         "--backbone", "small_cnn",
         "--width", "2",
-        "--strategies", "learning_loss,random",
         "--seeds", "0,1",
         "--cycles", "2",
         "--initial-size", "10",
@@ -40,8 +39,8 @@ def _run_args(data_dir, out):
 def test_run_report_plot_end_to_end(tmp_path, capsys):
     data_dir, out = str(tmp_path / "fashion"), str(tmp_path / "out")
     write_fake_fashion_mnist(data_dir, train=60, test=16)
-    assert cli.main(_run_args(data_dir, out)) == 0
-    for strategy in ("learning_loss", "random"):
+    assert cli.main(_run_args(data_dir, out)) == 0  # the default arms: learning_loss_clusters and random
+    for strategy in ("learning_loss_clusters", "random"):
         for seed in (0, 1):
             state = json.load(open(os.path.join(out, strategy, f"seed_{seed}", "state.json")))
             assert state["finished"] and [c["num_labeled"] for c in state["cycles"]] == [10, 15]
@@ -50,22 +49,23 @@ def test_run_report_plot_end_to_end(tmp_path, capsys):
     # Both strategies start from the same seeded initial set.
     initial = [
         json.load(open(os.path.join(out, s, "seed_1", "state.json")))["labeled_indices"][:10]
-        for s in ("learning_loss", "random")
+        for s in ("learning_loss_clusters", "random")
     ]
     assert initial[0] == initial[1]
     assert (
-        "ranking_accuracy" in json.load(open(os.path.join(out, "learning_loss", "seed_0", "state.json")))["cycles"][0]
+        "ranking_accuracy"
+        in json.load(open(os.path.join(out, "learning_loss_clusters", "seed_0", "state.json")))["cycles"][0]
     )
 
     capsys.readouterr()
     assert cli.main(["report", out]) == 0
     printed = capsys.readouterr().out
-    assert "| strategy | 10 | 15 | AUC (10–15) |" in printed and "| learning_loss |" in printed
+    assert "| strategy | 10 | 15 | AUC (10–15) |" in printed and "| learning_loss_clusters |" in printed
     report = json.load(open(os.path.join(out, "report.json")))
     assert report["strategies"]["random"]["seeds"] == [0, 1] and report["strategies"]["random"]["runs"] == [2, 2]
     rows = list(csv.DictReader(open(os.path.join(out, "report.csv"))))
     assert [(r["strategy"], r["num_labeled"]) for r in rows] == [
-        ("learning_loss", "10"), ("learning_loss", "15"), ("random", "10"), ("random", "15")
+        ("learning_loss_clusters", "10"), ("learning_loss_clusters", "15"), ("random", "10"), ("random", "15")
     ]  # fmt: skip
 
     assert cli.main(["plot", out, "-o", str(tmp_path / "curve.png"), "--quiet"]) == 0

@@ -65,9 +65,10 @@ def _add_protocol_arguments(protocol) -> None:
     protocol.add_argument(
         "--strategies",
         type=_name_list,
-        default=["learning_loss", "random"],
+        default=["learning_loss_clusters", "random"],
         help=(
-            "comma-separated arms strategy[@recipe], e.g. learning_loss,learning_loss_clusters,random,coreset; "
+            "comma-separated arms strategy[@recipe] (default: the recommended learning-loss strategy, "
+            "learning_loss_clusters, against random), e.g. learning_loss_clusters,learning_loss,random,coreset; "
             "learning_loss@paper trains the head with the paper's recipe, random@recommended is the control "
             "that trains the head but picks at random"
         ),
@@ -89,7 +90,7 @@ def _add_protocol_arguments(protocol) -> None:
     protocol.add_argument(
         "--head-for-all",
         action="store_true",
-        help="train the loss-prediction head for every strategy, not only learning_loss",
+        help="train the loss-prediction head for every strategy, not only the learning_loss ones",
     )
 
 
