@@ -58,7 +58,10 @@ def run_protocol(args) -> dict:
     for seed in args.seeds:
         for strategy in STRATEGIES:
             factory = experiment.make_model_factory(
-                spec, dataset.preprocessing.input_shape, dataset.num_classes, with_head=strategy == LEARNING_LOSS
+                spec,
+                dataset.preprocessing.input_shape,
+                dataset.num_classes,
+                with_head=strategy in experiment.HEAD_STRATEGIES,
             )
             loop = ActiveLearningLoop(
                 factory,

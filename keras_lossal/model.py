@@ -190,31 +190,24 @@ class HeadSchedule(keras.callbacks.Callback):
         self.model.loss_weight_scale.assign(1.0 if warmup <= 0 else min(1.0, (epoch + 1) / warmup))
 
 
+# Yoo & Kweon 2019 and their reference code: joint training, detach after 60 % of training.
+_PAPER_RECIPE = {
+    "loss_weight": 1.0,
+    "margin": 1.0,
+    "pairs": "disjoint",
+    "backbone_gradient_scale": 1.0,
+    "detach_after_fraction": 0.6,
+    "loss_weight_warmup_epochs": 0,
+    "normalize_head_inputs": False,
+}
 # What each recipe sets; explicit constructor arguments override it.
 RECIPES = {
-    # Yoo & Kweon 2019 and their reference code: joint training, detach after 60 % of training.
-    "paper": {
-        "loss_weight": 1.0,
-        "margin": 1.0,
-        "pairs": "disjoint",
-        "backbone_gradient_scale": 1.0,
-        "detach_after_fraction": 0.6,
-        "loss_weight_warmup_epochs": 0,
-        "normalize_head_inputs": False,
-    },
+    "paper": _PAPER_RECIPE,
     # The paper's recipe with a tenth of the ranking gradient reaching the backbone: in
     # benchmarks/head_ablation.py (validation split) the only joint recipe that lifted first-cycle accuracy
     # on 5 of 5 seeds. Its effect on the backbone depends on data and schedule; measure it with a
     # `random@light_joint` control before relying on it.
-    "light_joint": {
-        "loss_weight": 1.0,
-        "margin": 1.0,
-        "pairs": "disjoint",
-        "backbone_gradient_scale": 0.1,
-        "detach_after_fraction": 0.6,
-        "loss_weight_warmup_epochs": 0,
-        "normalize_head_inputs": False,
-    },
+    "light_joint": {**_PAPER_RECIPE, "backbone_gradient_scale": 0.1},
     # Chosen in benchmarks/head_ablation.py on a validation split: the backbone trains exactly as it
     # would without the head (no harm by construction), and all-pairs ranking ranks best among such recipes.
     "recommended": {
