@@ -5,7 +5,44 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-__all__ = ["resnet18_cifar"]
+__all__ = ["resnet18_cifar", "unsafe_strided_1x1"]
+
+# oneDNN's reduce-to-unit-stride workspace holds one block of input channels (16 floats with AVX-512, 8 with AVX2).
+_ONEDNN_CHANNEL_BLOCK = 16
+
+
+def unsafe_strided_1x1(model: keras.Model) -> list[str]:
+    """Names of the layers whose weight gradient can crash TensorFlow's oneDNN CPU kernels.
+
+    A `Conv2D` with a 1x1 kernel, a stride above 1 and fewer than 16 input
+    channels: with oneDNN on (TensorFlow's x86 default), its weight gradient
+    writes past a workspace and corrupts the heap whenever the batch does not
+    divide evenly among the intra-op threads, which aborts or segfaults the
+    process (measured on TF 2.21 with AVX-512; oneDNN issue #6035). Rebuild
+    such a layer as `MaxPooling2D(pool_size=1, strides=s)` followed by a
+    unit-stride 1x1 `Conv2D` (the same function and weights, as
+    `resnet18_cifar` does), or set `TF_ENABLE_ONEDNN_OPTS=0` before importing
+    TensorFlow.
+
+    Example:
+
+    >>> unsafe_strided_1x1(resnet18_cifar(width=4))
+    []
+    >>> inputs = keras.Input((8, 8, 4))
+    >>> unsafe_strided_1x1(keras.Model(inputs, layers.Conv2D(8, 1, strides=2, name="proj")(inputs)))
+    ['proj']
+    """
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found.extend(unsafe_strided_1x1(layer))
+            continue
+        if not isinstance(layer, layers.Conv2D) or max(layer.strides) <= 1 or tuple(layer.kernel_size) != (1, 1):
+            continue
+        channels_axis = -1 if layer.data_format == "channels_last" else 1
+        if layer.input.shape[channels_axis] < _ONEDNN_CHANNEL_BLOCK:
+            found.append(layer.name)
+    return found
 
 
 def _basic_block(x, filters: int, stride: int, name: str, weight_decay: float):
@@ -18,9 +55,13 @@ def _basic_block(x, filters: int, stride: int, name: str, weight_decay: float):
     x = layers.Conv2D(filters, name=f"{name}_conv2", **conv)(x)
     x = layers.BatchNormalization(name=f"{name}_bn2")(x)
     if stride != 1 or shortcut.shape[-1] != filters:
-        shortcut = layers.Conv2D(
-            filters, 1, strides=stride, use_bias=False, kernel_regularizer=regularizer, name=f"{name}_proj"
-        )(shortcut)
+        if stride != 1:
+            # A 1x1 conv with stride s equals taking every s-th pixel, then a unit-stride 1x1 conv. Built
+            # this way because oneDNN's strided 1x1 weight gradient corrupts the heap (see `unsafe_strided_1x1`).
+            shortcut = layers.MaxPooling2D(pool_size=1, strides=stride, name=f"{name}_proj_subsample")(shortcut)
+        shortcut = layers.Conv2D(filters, 1, use_bias=False, kernel_regularizer=regularizer, name=f"{name}_proj")(
+            shortcut
+        )
         shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
     x = layers.Add(name=f"{name}_add")([x, shortcut])
     return layers.ReLU(name=f"{name}_out")(x)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -10,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_lossal import backbones as backbones_lib
 from keras_lossal import data as data_lib
 from keras_lossal import losses as losses_lib
 from keras_lossal.head import LossPredictionHead
@@ -149,6 +152,22 @@ def _automatic_taps(backbone: keras.Model) -> list[str]:
             f"`feature_layers=[...]` explicitly; available: {[layer.name for layer in backbone.layers]}"
         )
     return hidden[-_NON_SPATIAL_TAPS:]
+
+
+def _warn_about_unsafe_convolutions(backbone: keras.Model) -> None:
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").lower() in ("0", "false"):
+        return
+    unsafe = backbones_lib.unsafe_strided_1x1(backbone)
+    if unsafe:
+        warnings.warn(
+            f"Backbone '{backbone.name}' has 1x1 convolutions with stride > 1 and fewer than 16 input channels: "
+            f"{unsafe}. Training it on a CPU with oneDNN (TensorFlow's default on x86) can crash the process when "
+            "the batch does not divide evenly among the threads. Rebuild each as MaxPooling2D(pool_size=1, "
+            "strides=s) + a unit-stride 1x1 Conv2D (see keras_lossal.backbones.unsafe_strided_1x1), or set "
+            "TF_ENABLE_ONEDNN_OPTS=0 before importing TensorFlow.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 class HeadSchedule(keras.callbacks.Callback):
@@ -326,6 +345,7 @@ class LossLearningModel(keras.Model):
         self.loss_weight_warmup_epochs = int(options["loss_weight_warmup_epochs"])
         self.objective = objective
 
+        _warn_about_unsafe_convolutions(backbone)
         self._connect_head()
         # Variables, not Python flags, so the compiled step sees schedule changes without retracing.
         self.head_detached = self.add_weight(

@@ -1,9 +1,10 @@
 """`keras_lossal/backbones.py`: the paper's CIFAR ResNet-18."""
 
+import keras
 import numpy as np
 import pytest
 
-from keras_lossal.backbones import resnet18_cifar
+from keras_lossal.backbones import resnet18_cifar, unsafe_strided_1x1
 
 
 def _resnet18_parameters(width, channels, num_classes):
@@ -56,3 +57,52 @@ def test_weight_decay_adds_one_l2_term_per_convolution():
 def test_bad_sizes_name_the_value():
     with pytest.raises(ValueError, match=r"Received: width=0, num_classes=10"):
         resnet18_cifar(width=0)
+
+
+# ------------------------------------------------------------------ oneDNN's strided 1x1 weight-gradient crash
+@pytest.mark.parametrize("width", [4, 8, 16, 64])
+def test_resnet_has_no_strided_1x1_convolution_by_construction(width):
+    # The crash needs a strided 1x1 conv; the projections subsample first, so no batch size can reach it.
+    model = resnet18_cifar((16, 16, 1), 10, width=width)
+    strided_1x1 = [
+        layer.name
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Conv2D) and tuple(layer.kernel_size) == (1, 1) and max(layer.strides) > 1
+    ]
+    assert strided_1x1 == []
+    assert unsafe_strided_1x1(model) == []
+    assert [layer.name for layer in model.layers if layer.name.endswith("_proj_subsample")] == [
+        f"stage{stage}_block1_proj_subsample" for stage in (2, 3, 4)
+    ]
+
+
+@pytest.mark.parametrize("size", [8, 7])
+def test_subsampled_projection_equals_a_strided_1x1_convolution(size):
+    # NumPy reference of the paper's projection: a 1x1 conv with stride 2 reads pixels (0, 0), (0, 2), ...
+    model = resnet18_cifar((size, size, 3), 10, width=4)
+    probe = keras.Model(model.input, model.get_layer("stage2_block1_proj").output)
+    x = np.random.default_rng(0).normal(size=(3, size, size, 3)).astype("float32")
+    stem = keras.Model(model.input, model.get_layer("stage1").output)(x)
+    kernel = model.get_layer("stage2_block1_proj").kernel.numpy()[0, 0]
+    expected = np.einsum("bhwc,cd->bhwd", np.asarray(stem)[:, ::2, ::2, :], kernel)
+    np.testing.assert_allclose(np.asarray(probe(x)), expected, rtol=1e-5, atol=1e-5)
+    assert probe.output.shape[1:3] == ((size + 1) // 2, (size + 1) // 2)
+
+
+def test_unsafe_strided_1x1_finds_nested_layers_and_loss_learning_model_warns():
+    import keras_lossal as kl
+
+    inputs = keras.Input((8, 8, 4))
+    inner = keras.Model(inputs, keras.layers.Conv2D(8, 1, strides=2, name="narrow_proj")(inputs), name="inner")
+    wide_inputs = keras.Input((8, 8, 16))
+    wide = keras.layers.Conv2D(8, 1, strides=2, name="wide_proj")(wide_inputs)  # 16 channels: one full block
+    outer_inputs = keras.Input((8, 8, 4))
+    features = keras.layers.GlobalAveragePooling2D(name="pool")(inner(outer_inputs))
+    outer = keras.Model(outer_inputs, keras.layers.Dense(3, name="logits")(features))
+    assert unsafe_strided_1x1(outer) == ["narrow_proj"]
+    assert unsafe_strided_1x1(keras.Model(wide_inputs, wide)) == []
+    flat_inputs = keras.Input((8, 8, 4))
+    flat = keras.layers.Conv2D(8, 1, strides=2, name="flat_proj")(flat_inputs)
+    flat = keras.layers.Dense(3, name="logits")(keras.layers.GlobalAveragePooling2D(name="pool")(flat))
+    with pytest.warns(RuntimeWarning, match=r"flat_proj.*TF_ENABLE_ONEDNN_OPTS=0"):
+        kl.LossLearningModel(keras.Model(flat_inputs, flat))
