@@ -15,9 +15,19 @@ at most one label per item:
   choices) is rejected with its reason and does not count;
 - the label with the most valid votes wins; a tie is rejected with the counts.
 
+A task or record of the wrong shape (`"annotations": {...}`, `"result": "cat"`,
+a non-integer annotation id, ...) is rejected as a whole with the field and
+what was expected (`malformed task: ...`), and its item gets no label from
+the export; a file in which no record has the shape of an export is an error
+naming the file.
+
 `ingest` applies them to the labeled-set manifest (`keras_lossal.manifest`):
 unknown ids and labels that conflict with the manifest are rejected, never
-merged, and ingesting the same export twice changes nothing.
+merged, and ingesting the same export twice changes nothing. Without the pool
+the tasks came from, an item's file comes from its task's image URL, and only
+what `ImageSources` allows is accepted (local-files URLs and plain paths inside
+the document root by default; `file://` and other URL schemes, or files
+outside the root, only when asked for).
 
 Facts checked against Label Studio 1.23.2 (`tests/labelstudio_server.py`
 drives a real server): JSON_MIN and CSV hold one record per annotation, with
@@ -48,10 +58,13 @@ import io
 import json
 import os
 import posixpath
+import re
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from keras_lossal.files import DEFAULT_LOCK_TIMEOUT
 
 __all__ = [
     "CHOICES_NAME",
@@ -60,7 +73,9 @@ __all__ = [
     "IMAGE_FIELD",
     "LOCAL_FILES_PREFIX",
     "Annotation",
+    "ImageSources",
     "IngestSummary",
+    "RefusedImage",
     "ResolvedLabel",
     "image_path",
     "image_url",
@@ -92,6 +107,12 @@ TIE = "tie between annotators"
 NO_ID = "task has no item id"
 UNKNOWN_ID = "unknown id"
 CONFLICT = "conflicts with the labeled set"
+MALFORMED = "malformed task"
+NO_IMAGE = "task has no image URL"
+REFUSED_IMAGE = "image refused"
+# What a JSON value is, for "`result` is a string 'cat', expected a list".
+_KINDS = ((bool, "a boolean"), (str, "a string"), (int, "an integer"), (float, "a number"), (list, "a list"),
+          (dict, "an object"))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- project setup
@@ -198,17 +219,110 @@ def image_path(url: str, document_root: str | None = None) -> str:
     >>> image_path("/data/local-files/?d=pool/a%20b.png", document_root="/srv")
     '/srv/pool/a b.png'
     """
-    if not url.startswith(LOCAL_FILES_PREFIX.split("?")[0]):
+    if not _is_local_files_url(url):
         return unquote(url)
     values = parse_qs(urlsplit(url).query).get("d")
     if not values:
-        raise ValueError(f"Expected a local-files URL with a `d` parameter. Received: {url!r}")
+        raise RefusedImage(f"Expected a local-files URL with a `d` parameter. Received: {url!r}")
     if document_root is None:
         raise ValueError(f"Expected the document root to find the file of the local-files URL {url!r}")
     relative = posixpath.normpath(values[0])
-    if relative.startswith(("/", "../")) or relative == "..":
-        raise ValueError(f"Expected a path relative to the document root in {url!r}. Received d={values[0]!r}")
+    if relative.startswith(("/", "../")) or relative in ("..", "."):
+        raise RefusedImage(f"Expected a path relative to the document root in {url!r}. Received d={values[0]!r}")
     return os.path.join(document_root, *relative.split("/"))
+
+
+def _is_local_files_url(url: str) -> bool:
+    return url.startswith(LOCAL_FILES_PREFIX.split("?")[0])
+
+
+class RefusedImage(ValueError):
+    """A task's image URL that ingest does not turn into a manifest path (its item is rejected with the message)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSources:
+    """Which task image URLs `ingest` turns into manifest paths when the pool is not given; others are refused.
+
+    Accepted by default: Label Studio local-files URLs (`/data/local-files/?d=...`)
+    and plain file paths (URL-unquoted; relative ones resolve against the
+    document root) whose file, symlinks resolved, is inside the document root.
+    Refused unless allowed: files outside the root (absolute paths, `..`),
+    and every URL with a scheme (`file://`, `http(s)://`, `s3://`, ...):
+    `lossal train` reads what the manifest names, so a task must not be able
+    to point it at `/etc/passwd`.
+
+    Args:
+        document_root: Label Studio's `LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT` (required for
+            local-files URLs). Plain paths must stay in it; default for them: the current directory.
+        allow_paths_outside_root: accept plain file paths outside the document root.
+        url_schemes: URL schemes whose URLs are accepted as they are (URL-unquoted), e.g.
+            `("gs", "s3")`, `("https",)` or `("file",)`.
+
+    Example:
+
+    >>> sources = ImageSources(document_root="/srv", url_schemes=("gs",))
+    >>> sources.path("/data/local-files/?d=pool/a%20b.png"), sources.path("gs://bucket/a.png")
+    ('/srv/pool/a b.png', 'gs://bucket/a.png')
+    >>> sources.path("file:///etc/passwd")
+    Traceback (most recent call last):
+    ...
+    keras_lossal.labelstudio.RefusedImage: image refused: URL scheme 'file' not allowed (file:///etc/passwd)
+    """
+
+    document_root: str | None = None
+    allow_paths_outside_root: bool = False
+    url_schemes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        schemes = tuple(str(scheme).lower() for scheme in self.url_schemes)
+        bad = [scheme for scheme in schemes if not _SCHEME.fullmatch(scheme)]
+        if bad:
+            raise ValueError(
+                f"Expected URL scheme names such as 's3' or 'https' (no ':' or '/'). Received: url_schemes={bad}"
+            )
+        object.__setattr__(self, "url_schemes", schemes)
+
+    def path(self, url: str) -> str:
+        """The file (or allowed URL) a task's image URL names; `RefusedImage` with the reason when it is not allowed."""
+        if "\0" in unquote(url):  # no file has this name; some readers would cut the name there
+            raise RefusedImage(f"{REFUSED_IMAGE}: a NUL character in the path ({url})")
+        if _is_local_files_url(url):
+            try:
+                path = image_path(url, self.document_root)
+            except RefusedImage:
+                raise RefusedImage(
+                    f"{REFUSED_IMAGE}: a local-files URL without a path inside the root ({url})"
+                ) from None
+            self._check_inside(path, self.document_root, url)
+            return path
+        text = unquote(url)
+        scheme = _scheme(text)
+        if scheme is not None:
+            if scheme in self.url_schemes:
+                return text
+            raise RefusedImage(f"{REFUSED_IMAGE}: URL scheme {scheme!r} not allowed ({url})")
+        root = self.document_root or os.getcwd()
+        path = os.path.join(root, text)  # an absolute path stays as it is
+        if not self.allow_paths_outside_root:
+            self._check_inside(path, root, url)
+        return path
+
+    @staticmethod
+    def _check_inside(path: str, root: str, url: str) -> None:
+        real_root = os.path.realpath(root)
+        real_path = os.path.realpath(path)
+        if real_path == real_root or os.path.commonpath([real_root, real_path]) != real_root:
+            raise RefusedImage(f"{REFUSED_IMAGE}: outside the document root {real_root!r} ({url})")
+
+
+# An RFC 3986 scheme; one letter is a Windows drive more likely than a URL, still refused as a scheme.
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+
+
+def _scheme(text: str) -> str | None:
+    head, colon, _ = text.partition(":")
+    return head.lower() if colon and _SCHEME.fullmatch(head.lower()) else None
 
 
 # --------------------------------------------------------------------------- export readers
@@ -220,22 +334,27 @@ class Annotation:
         item_id: the item's id (the task's id field); None when the task has none.
         choices: the chosen labels (one for a valid vote).
         annotator: who annotated (the Label Studio user id, as text).
-        annotation_id: Label Studio's annotation id (higher = later).
+        annotation_id: Label Studio's annotation id (higher = later); None only for a malformed record.
         task_id: Label Studio's task id.
         image: the task's image URL.
         cancelled: the annotator cancelled (skipped) the task; such an annotation never votes.
+        problem: why the task or record is malformed (`"malformed task: ..."`); such an
+            annotation stands for the whole task, never votes, and keeps its item out of the labels.
     """
 
     item_id: str | None
     choices: tuple[str, ...]
     annotator: str
-    annotation_id: int
+    annotation_id: int | None
     task_id: int | str | None = None
     image: str | None = None
     cancelled: bool = False
+    problem: str | None = None
 
     def as_record(self) -> dict[str, Any]:
         """The annotation as a rejects-file record."""
+        if self.problem is not None:
+            return {"id": self.item_id, "task_id": self.task_id, "annotation_id": self.annotation_id}
         return {
             "id": self.item_id,
             "choices": list(self.choices),
@@ -245,14 +364,27 @@ class Annotation:
         }
 
 
+# What each export holds, for the error about a file in which no record has that shape.
+_EXPECTED_SHAPE = {
+    "JSON": "a list of tasks, each with a `data` object and a list of `annotations`",
+    "JSON_MIN": "a list of records, each with `annotator` and `annotation_id`",
+    "CSV": "rows with `annotator` and `annotation_id`",
+}
+_FLAT_FIELDS = ("annotator", "annotation_id")
+
+
 def read_export(path: str, export_type: str | None = None, id_field: str = DEFAULT_ID_FIELD) -> list[Annotation]:
     """Reads a Label Studio export file into one `Annotation` per annotation (JSON keeps the cancelled ones).
+
+    A task or record of the wrong shape becomes one `Annotation` with its `problem`; a file
+    that is not an export (not JSON, not a list, no record of the export's shape) is a
+    `ValueError` naming the file and what was expected.
 
     Args:
         path: the exported file.
         export_type: `"JSON"`, `"JSON_MIN"` or `"CSV"`; default: CSV for a `.csv`
             file, else JSON or JSON_MIN by the records' shape (tasks with
-            `annotations` are JSON).
+            `annotations` or `data` are JSON).
         id_field: the task data field holding the item id.
 
     Example:
@@ -260,88 +392,145 @@ def read_export(path: str, export_type: str | None = None, id_field: str = DEFAU
     >>> [(a.item_id, a.choices, a.annotator) for a in read_export("tests/data/labelstudio/export.csv")][:2]
     [('a', ('dog',), '3'), ('a', ('cat',), '2')]
     """
-    with open(path, encoding="utf-8", newline="") as handle:
-        text = handle.read()
-    if export_type is None:
-        export_type = "CSV" if path.lower().endswith(".csv") else _json_export_type(text, path)
-    if export_type not in EXPORT_TYPES:
+    if export_type is not None and export_type not in EXPORT_TYPES:
         raise ValueError(f"Expected export_type in {list(EXPORT_TYPES)}. Received: {export_type!r}")
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"Expected a Label Studio export (UTF-8 text) in {path!r}: {error}") from None
+    is_csv = export_type == "CSV" or (export_type is None and path.lower().endswith(".csv"))
+    records = _csv_rows(text, path) if is_csv else _json_list(text, path)
+    if export_type is None:
+        export_type = "CSV" if is_csv else _json_export_type(records)
     if export_type != "JSON" and id_field in FLATTENED_FIELDS:
         raise ValueError(
             f"Expected an id field other than {list(FLATTENED_FIELDS)} in a {export_type} export (Label Studio "
             f"overwrites those when it flattens tasks). Received: id_field={id_field!r}"
         )
-    if export_type == "CSV":
-        return [_flat_annotation(row, id_field, path) for row in csv.DictReader(io.StringIO(text))]
-    records = _json_list(text, path)
-    if export_type == "JSON_MIN":
-        return [_flat_annotation(record, id_field, path) for record in records]
-    return [annotation for task in records for annotation in _task_annotations(task, id_field, path)]
-
-
-def _json_list(text: str, path: str) -> list[dict]:
-    try:
-        records = json.loads(text)
-    except ValueError as error:
-        raise ValueError(f"Expected a Label Studio JSON export in {path!r}: {error}") from None
-    if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
-        raise ValueError(f"Expected a JSON list of objects in the Label Studio export {path!r}")
-    return records
-
-
-def _json_export_type(text: str, path: str) -> str:
-    records = _json_list(text, path)
-    return "JSON" if records and "annotations" in records[0] else "JSON_MIN"
-
-
-def _task_annotations(task: Mapping[str, Any], id_field: str, path: str) -> list[Annotation]:
-    data = task.get("data")
-    if not isinstance(data, dict):
-        raise ValueError(f"Expected a `data` object in every task of the JSON export {path!r}. Task: {task.get('id')}")
-    item_id = _item_id(data.get(id_field))
-    annotations = []
-    for annotation in task.get("annotations", []):
-        if "id" not in annotation:
-            raise ValueError(
-                f"Expected an `id` in every annotation of the JSON export {path!r}. Task: {task.get('id')}"
-            )
-        choices = [
-            choice
-            for result in annotation.get("result", [])
-            if result.get("from_name") == CHOICES_NAME and result.get("type") == "choices"
-            for choice in result.get("value", {}).get("choices", [])
-        ]
-        annotator = annotation.get("completed_by")
-        if isinstance(annotator, dict):  # some versions expand the user
-            annotator = annotator.get("id", annotator.get("email"))
-        annotations.append(
-            Annotation(
-                item_id,
-                tuple(map(str, choices)),
-                str(annotator),
-                int(annotation["id"]),
-                task.get("id"),
-                data.get(IMAGE_FIELD),
-                bool(annotation.get("was_cancelled")),
-            )
+    if export_type == "JSON":
+        annotations = [annotation for task in records for annotation in _task_annotations(task, id_field)]
+    else:
+        annotations = [_flat_annotation(record, id_field) for record in records]
+    if annotations and all(annotation.problem for annotation in annotations):
+        task = "" if annotations[0].task_id is None else f" (task {annotations[0].task_id})"
+        raise ValueError(
+            f"Expected a Label Studio {export_type} export ({_EXPECTED_SHAPE[export_type]}) in {path!r}; no record "
+            f"has that shape. First: {annotations[0].problem}{task}"
         )
     return annotations
 
 
-def _flat_annotation(record: Mapping[str, Any], id_field: str, path: str) -> Annotation:
-    for field in ("annotator", "annotation_id"):
-        if record.get(field) in (None, ""):
+def _json_list(text: str, path: str) -> list:
+    try:
+        records = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"Expected a Label Studio JSON export in {path!r}: {error}") from None
+    if not isinstance(records, list):
+        raise ValueError(
+            f"Expected a Label Studio JSON export (a JSON list of tasks) in {path!r}. Received: {_kind(records)}"
+        )
+    return records
+
+
+def _csv_rows(text: str, path: str) -> list[dict]:
+    try:
+        reader = csv.DictReader(io.StringIO(text))
+        missing = [field for field in _FLAT_FIELDS if field not in (reader.fieldnames or [])]
+        if missing:
             raise ValueError(
-                f"Expected a {field!r} field in every record of the export {path!r}. Received: {dict(record)}"
+                f"Expected a Label Studio CSV export (columns {list(_FLAT_FIELDS)} among others) in {path!r}. "
+                f"Received columns: {reader.fieldnames}"
             )
+        return list(reader)
+    except csv.Error as error:
+        raise ValueError(f"Expected a Label Studio CSV export in {path!r}: {error}") from None
+
+
+def _json_export_type(records: list) -> str:
+    # JSON_MIN flattens `data` and `annotations` away: a record holding either is a JSON task.
+    tasks = (record for record in records if isinstance(record, dict) and ("annotations" in record or "data" in record))
+    return "JSON" if next(tasks, None) is not None else "JSON_MIN"
+
+
+class _Malformed(Exception):
+    """A field of an export record has the wrong shape (internal: becomes an `Annotation.problem`)."""
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    name = next((name for kind, name in _KINDS if isinstance(value, kind)), type(value).__name__)
+    text = repr(value)
+    return f"{name} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _expect(value: Any, kind: type, name: str) -> Any:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        expected = dict(_KINDS)[kind]
+        raise _Malformed(f"`{name}` is {'missing' if value is None else _kind(value)}, expected {expected}")
+    return value
+
+
+def _malformed(problem: _Malformed, item_id: str | None, task_id: Any, annotation_id: int | None = None) -> Annotation:
+    return Annotation(item_id, (), "", annotation_id, task_id, problem=f"{MALFORMED}: {problem}")
+
+
+def _task_annotations(task: Any, id_field: str) -> list[Annotation]:
+    task_id = _task_id(task.get("id")) if isinstance(task, dict) else None
+    item_id = None
+    try:
+        task = _expect(task, dict, "task")
+        data = _expect(task.get("data"), dict, "data")
+        item_id = _item_id(data.get(id_field), f"data.{id_field}")
+        image = _image(data.get(IMAGE_FIELD), f"data.{IMAGE_FIELD}")
+        entries = _expect(task.get("annotations", []), list, "annotations")
+        return [_json_annotation(entry, f"annotations[{index}]", item_id, task_id, image)
+                for index, entry in enumerate(entries)]  # fmt: skip
+    except _Malformed as problem:
+        return [_malformed(problem, item_id, task_id)]
+
+
+def _json_annotation(entry: Any, where: str, item_id: str | None, task_id: Any, image: str | None) -> Annotation:
+    entry = _expect(entry, dict, where)
+    annotation_id = _annotation_id(entry.get("id"), f"{where}.id")
+    choices = []
+    for index, result in enumerate(_expect(entry.get("result", []), list, f"{where}.result")):
+        result = _expect(result, dict, f"{where}.result[{index}]")
+        if result.get("from_name") == CHOICES_NAME and result.get("type") == "choices":
+            value = _expect(result.get("value"), dict, f"{where}.result[{index}].value")
+            chosen = _expect(value.get("choices"), list, f"{where}.result[{index}].value.choices")
+            for position, choice in enumerate(chosen):
+                choices.append(_expect(choice, str, f"{where}.result[{index}].value.choices[{position}]"))
+    annotator = entry.get("completed_by")
+    if isinstance(annotator, dict):  # some versions expand the user
+        annotator = annotator.get("id", annotator.get("email"))
     return Annotation(
-        _item_id(record.get(id_field)),
-        _flat_choices(record.get(CHOICES_NAME)),
-        str(record["annotator"]),
-        int(record["annotation_id"]),
-        _task_id(record.get("id")),
-        record.get(IMAGE_FIELD),
+        item_id, tuple(choices), str(annotator), annotation_id, task_id, image, bool(entry.get("was_cancelled"))
     )
+
+
+def _flat_annotation(record: Any, id_field: str) -> Annotation:
+    task_id = _task_id(record.get("id")) if isinstance(record, dict) else None
+    item_id = annotation_id = None
+    try:
+        record = _expect(record, dict, "record")
+        item_id = _item_id(record.get(id_field), id_field)
+        annotation_id = _annotation_id(record.get("annotation_id"), "annotation_id")
+        annotator = record.get("annotator")
+        if annotator in (None, "") or isinstance(annotator, (bool, list, dict)):
+            raise _Malformed(f"`annotator` is {'missing' if annotator in (None, '') else _kind(annotator)}, "
+                             "expected a user id")  # fmt: skip
+        return Annotation(
+            item_id,
+            _flat_choices(record.get(CHOICES_NAME)),
+            str(annotator),
+            annotation_id,
+            task_id,
+            _image(record.get(IMAGE_FIELD), IMAGE_FIELD),
+        )
+    except _Malformed as problem:
+        return _malformed(problem, item_id, task_id, annotation_id)
 
 
 def _flat_choices(value: Any) -> tuple[str, ...]:
@@ -349,22 +538,40 @@ def _flat_choices(value: Any) -> tuple[str, ...]:
     if isinstance(value, str) and value.startswith("{"):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return (value,)
     if isinstance(value, dict):
-        return tuple(map(str, value.get("choices", [])))
+        chosen = _expect(value.get("choices"), list, f"{CHOICES_NAME}.choices")
+        return tuple(_expect(choice, str, f"{CHOICES_NAME}.choices[{index}]") for index, choice in enumerate(chosen))
     if value is None or value == "":
         return ()
-    return (str(value),)
+    if not isinstance(value, str):
+        raise _Malformed(f'`{CHOICES_NAME}` is {_kind(value)}, expected a string or {{"choices": [...]}}')
+    return (value,)
+
+
+def _annotation_id(value: Any, name: str) -> int:
+    # CSV gives every value as text.
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return _expect(value, int, name)
 
 
 def _task_id(value: Any) -> int | str | None:
     # CSV gives every value as text; a data field named `id` can replace the task id there.
-    return int(value) if isinstance(value, str) and value.isdigit() else value
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else value
 
 
-def _item_id(value: Any) -> str | None:
-    return None if value is None or value == "" else str(value)
+def _item_id(value: Any, name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (bool, list, dict)):
+        raise _Malformed(f"`{name}` is {_kind(value)}, expected a string")
+    return str(value)
+
+
+def _image(value: Any, name: str) -> str | None:
+    return None if value is None else _expect(value, str, name)
 
 
 # --------------------------------------------------------------------------- resolution
@@ -394,7 +601,9 @@ def resolve(
 
     Each annotator's latest annotation of an item is their vote; a vote that is
     not exactly one class name is rejected (and does not count); a tie between
-    the most voted labels rejects the item. Rejects are records with a `reason`.
+    the most voted labels rejects the item. A malformed task or record (an
+    annotation with a `problem`) is rejected and its item gets no label, whatever
+    its other votes say. Rejects are records with a `reason`.
 
     Example:
 
@@ -406,7 +615,13 @@ def resolve(
     """
     classes = set(_checked_class_names(class_names))
     latest: dict[tuple[str | None, str | int], Annotation] = {}
+    rejects = []
+    malformed_items = set()
     for annotation in annotations:
+        if annotation.problem is not None:
+            rejects.append({**annotation.as_record(), "reason": annotation.problem})
+            malformed_items.add(annotation.item_id)
+            continue
         if annotation.cancelled:
             continue
         # Without an item id there is nothing to group by: each such annotation is rejected on its own.
@@ -414,7 +629,6 @@ def resolve(
         if key not in latest or annotation.annotation_id > latest[key].annotation_id:
             latest[key] = annotation
     votes: dict[str, list[Annotation]] = collections.defaultdict(list)
-    rejects = []
     for annotation in sorted(latest.values(), key=lambda annotation: annotation.annotation_id):
         reason = _vote_problem(annotation, classes)
         if reason:
@@ -423,6 +637,8 @@ def resolve(
             votes[annotation.item_id].append(annotation)
     labels = {}
     for item_id, ballots in votes.items():
+        if item_id in malformed_items:
+            continue  # its malformed task's reject says why
         counts = collections.Counter(ballot.choices[0] for ballot in ballots)
         ranked = sorted(counts.items(), key=lambda pair: (-pair[1], pair[0]))
         if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
@@ -492,7 +708,8 @@ def ingest(
     rejects_path: str | None = None,
     export_type: str | None = None,
     id_field: str = DEFAULT_ID_FIELD,
-    document_root: str | None = None,
+    image_sources: ImageSources | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> IngestSummary:
     """Adds the labels of a Label Studio export to the labeled-set manifest; writes what it refuses to a rejects file.
 
@@ -503,18 +720,22 @@ def ingest(
         known_items: item id -> path of the pool the tasks came from (see
             `keras_lossal.manifest.read_known_items`); an id outside it is
             rejected. None accepts every id and takes the path from the task's
-            image URL (`image_path`, with `document_root` for local files).
+            image URL, as far as `image_sources` allows (an item whose URL it
+            refuses is rejected with the reason).
         rejects_path: where rejects go (JSONL, rewritten each run); default
             `<export file name>.rejects.jsonl` beside the manifest.
         export_type: see `read_export`.
         id_field: the task data field holding the item id.
-        document_root: Label Studio's local-files document root (only for
-            `known_items=None` with local-files URLs).
+        image_sources: which image URLs give a path (only for `known_items=None`); default
+            `ImageSources()`: plain paths inside the current directory, no URL scheme, and
+            local-files URLs refused for want of a document root.
+        lock_timeout: seconds to wait for another writer of the manifest (see `keras_lossal.manifest.merge`).
     """
     from keras_lossal import manifest
     from keras_lossal.files import atomic_write
     from keras_lossal.records import to_jsonl
 
+    image_sources = image_sources or ImageSources()
     annotations = read_export(export_path, export_type, id_field)
     cancelled = sum(annotation.cancelled for annotation in annotations)
     labels, rejects = resolve(annotations, class_names)
@@ -524,9 +745,13 @@ def ingest(
         if known_items is not None and item_id not in known_items:
             rejects.append({"id": item_id, "label": resolved.label, "reason": UNKNOWN_ID})
             continue
-        path = known_items[item_id] if known_items is not None else _task_path(resolved, document_root)
+        try:
+            path = known_items[item_id] if known_items is not None else _task_path(resolved, image_sources)
+        except RefusedImage as refused:
+            rejects.append({"id": item_id, "label": resolved.label, "image": resolved.image, "reason": str(refused)})
+            continue
         entries.append(_entry(resolved, manifest.relative_to_manifest(path, manifest_path), source))
-    merged = manifest.merge(manifest_path, entries)
+    merged = manifest.merge(manifest_path, entries, lock_timeout)
     for entry, existing in merged.conflicts:
         reason = f"{CONFLICT}: it has {existing['label']!r}"
         rejects.append({"id": entry["id"], "label": entry["label"], "reason": reason})
@@ -539,10 +764,10 @@ def ingest(
     )
 
 
-def _task_path(resolved: ResolvedLabel, document_root: str | None) -> str:
+def _task_path(resolved: ResolvedLabel, image_sources: ImageSources) -> str:
     if not resolved.image:
-        raise ValueError(f"Expected an {IMAGE_FIELD!r} field in the task of item {resolved.item_id!r}")
-    return image_path(resolved.image, document_root)
+        raise RefusedImage(f"{NO_IMAGE} (no {IMAGE_FIELD!r} field in its task)")
+    return image_sources.path(resolved.image)
 
 
 def _entry(resolved: ResolvedLabel, path: str, source: str) -> dict[str, Any]:

@@ -9,7 +9,9 @@ as in triage's manifest input.
   and `label`, no repeated id; errors name the line and the value);
 - `merge` adds new records atomically (temp file, fsync, `os.replace`) and never
   overwrites: a record whose id is present with the same label is counted as
-  present, with another label it is returned as a conflict;
+  present, with another label it is returned as a conflict. It holds the
+  manifest's lock (`<manifest>.lock` beside it) from reading to renaming, so
+  two ingests into one manifest add both their labels;
 - `from_directory` turns a folder of class subfolders (the
   `keras.utils.image_dataset_from_directory` layout) into records;
 - `read_known_items` reads the pool a labeling round came from (a triage
@@ -44,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_lossal.files import DEFAULT_LOCK_TIMEOUT
 from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 
 __all__ = [
@@ -162,12 +165,13 @@ def _csv_value(value: Any) -> str:
     return ";".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def write_manifest(path: str, records: Sequence[Mapping[str, Any]]) -> None:
-    """Writes a whole manifest atomically (after validating it), JSONL or CSV by the name."""
-    from keras_lossal.files import atomic_write
+def write_manifest(path: str, records: Sequence[Mapping[str, Any]], lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+    """Writes a whole manifest atomically (after validating it), JSONL or CSV by the name, holding its lock."""
+    from keras_lossal.files import atomic_write, exclusive_lock
 
     _validated(records, "records")
-    atomic_write(path, manifest_text(records, _is_csv(path)))
+    with exclusive_lock(path, lock_timeout):
+        atomic_write(path, manifest_text(records, _is_csv(path)))
 
 
 def _validated(records: Sequence[Mapping[str, Any]], where: str) -> None:
@@ -194,17 +198,28 @@ class MergeResult:
     conflicts: list[tuple[dict[str, Any], dict[str, Any]]]
 
 
-def merge(path: str, records: Sequence[Mapping[str, Any]]) -> MergeResult:
+def merge(path: str, records: Sequence[Mapping[str, Any]], lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> MergeResult:
     """Adds records to the manifest at `path` (created if missing) without changing any existing line.
 
     The old content and the new lines go to a temporary file that is synced
     and renamed over `path`, so a crash leaves the old manifest or the new one.
     Nothing is written when nothing is added: merging the same records twice
     leaves the file byte for byte as the first merge did.
+
+    The whole read-compare-write holds the manifest's lock (`keras_lossal.files.exclusive_lock`):
+    a second merge waits for the first (up to `lock_timeout` seconds, then `TimeoutError`) and
+    then sees its records, so concurrent merges lose nothing.
     """
-    from keras_lossal.files import atomic_open
+    from keras_lossal.files import exclusive_lock
 
     _validated(records, "records")
+    with exclusive_lock(path, lock_timeout):
+        return _merge_locked(path, records)
+
+
+def _merge_locked(path: str, records: Sequence[Mapping[str, Any]]) -> MergeResult:
+    from keras_lossal.files import atomic_open
+
     existing = {record["id"]: record for record in read_manifest(path, missing_ok=True)}
     result = MergeResult([], [], [])
     for record in records:

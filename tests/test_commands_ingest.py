@@ -1,14 +1,18 @@
-"""`lossal ingest` (keras_lossal/commands/ingest.py): arguments, summary, one-line errors with exit code 2."""
+"""`lossal ingest` (keras_lossal/commands/ingest.py): arguments, summary, one-line errors with exit code 2, the lock,
+the image URL guard and malformed exports."""
 
 import argparse
 import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
+import keras_lossal
 from keras_lossal.commands import ingest
+from keras_lossal.files import exclusive_lock
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "labelstudio")
 
@@ -126,3 +130,165 @@ def test_through_the_lossal_entry_point(capsys, tmp_path):
         cli.main([*argv, "--classes", "cat,dog", "--export-type", "XML"])
     assert stopped.value.code == 2
     assert "invalid choice: 'XML'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- concurrent ingests
+# The `lossal` entry point (`keras_lossal.cli.main`) in a fresh interpreter. Not `python -m keras_lossal.cli`:
+# run that way it imports TensorFlow up front to silence its logs, seconds per process that ingest never needs.
+LOSSAL = "import sys; from keras_lossal.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def json_min_export(path, prefix, count):
+    records = [
+        {"image": f"/data/local-files/?d=pool/{prefix}{i}.png", "item_id": f"{prefix}{i}", "id": i + 1,
+         "label": "cat" if i % 2 else "dog", "annotator": 1, "annotation_id": i + 1}
+        for i in range(count)
+    ]  # fmt: skip
+    path.write_text(json.dumps(records))
+    return str(path)
+
+
+def test_two_concurrent_ingests_into_one_manifest_add_every_label(tmp_path):
+    labeled = tmp_path / "labeled.jsonl"
+    exports = [json_min_export(tmp_path / f"{prefix}.json", prefix, 5000) for prefix in "ab"]
+    environment = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(keras_lossal.__file__))}
+    with exclusive_lock(str(labeled)):  # both start while the manifest is busy, so their writes meet
+        processes = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    LOSSAL,
+                    "ingest",
+                    export,
+                    "--manifest",
+                    str(labeled),
+                    "--classes",
+                    "cat,dog",
+                    "--document-root",
+                    str(tmp_path),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=environment,
+            )  # fmt: skip
+            for export in exports
+        ]
+        time.sleep(1.0)
+        assert [process.poll() for process in processes] == [None, None]  # both wait for the lock
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert [(process.returncode, err) for process, (_, err) in zip(processes, outputs)] == [(0, ""), (0, "")]
+    assert all("added 5000 item(s) to the labeled set" in out for out, _ in outputs)
+    ids = [json.loads(line)["id"] for line in labeled.read_text().splitlines()]
+    assert len(ids) == 10000 and set(ids) == {f"{prefix}{i}" for prefix in "ab" for i in range(5000)}
+    assert sorted(os.listdir(tmp_path)) == [
+        "a.json", "a.json.rejects.jsonl", "b.json", "b.json.rejects.jsonl", "labeled.jsonl", "labeled.jsonl.lock",
+    ]  # fmt: skip
+
+
+def test_an_ingest_that_cannot_get_the_lock_gives_up_in_one_line(capsys, tmp_path):
+    labeled = tmp_path / "labeled.jsonl"
+    export = json_min_export(tmp_path / "a.json", "a", 3)
+    with exclusive_lock(str(labeled)):
+        started = time.monotonic()
+        code, out, err = run(
+            capsys, export, "--manifest", str(labeled), "--classes", "cat,dog", "--document-root", str(tmp_path),
+            "--lock-timeout", "0.3",
+        )  # fmt: skip
+        waited = time.monotonic() - started
+    assert (code, out) == (2, "") and 0.3 <= waited < 3.0
+    assert err == (
+        f"lossal ingest: Timed out after 0.3 s waiting for another process writing {str(labeled)!r} to release its "
+        f"lock file {str(labeled) + '.lock'!r}; retry when it has finished (the lock ends with its process)\n"
+    )
+    assert not labeled.exists() and not (tmp_path / "a.json.rejects.jsonl").exists()
+    code, _, err = run(capsys, export, "--manifest", str(labeled), "--classes", "cat", "--lock-timeout", "-1")
+    assert (code, err) == (2, "lossal ingest: Expected --lock-timeout >= 0 seconds. Received: -1\n")
+
+
+# --------------------------------------------------------------------------- image URLs
+IMAGES = {
+    "local": "/data/local-files/?d=pool/local.png",
+    "relative": "pool/relative.png",
+    "file": "file:///etc/passwd",
+    "absolute": "/etc/passwd",
+    "up": "../../../../etc/passwd",
+    "http": "http://example.com/a.png",
+    "s3": "s3://bucket/a.png",
+    "local_up": "/data/local-files/?d=../etc/passwd",
+}
+
+
+def test_image_urls_outside_the_root_or_with_a_scheme_are_rejected_unless_allowed(capsys, tmp_path):
+    records = [{"image": url, "item_id": item, "id": number, "label": "cat", "annotator": 1, "annotation_id": number}
+               for number, (item, url) in enumerate(IMAGES.items(), start=1)]  # fmt: skip
+    (tmp_path / "e.json").write_text(json.dumps(records))
+    root = tmp_path / "root"
+    root.mkdir()
+    argv = [str(tmp_path / "e.json"), "--classes", "cat", "--document-root", str(root)]
+    code, out, _ = run(capsys, *argv, "--manifest", str(root / "strict.jsonl"))
+    assert code == 0 and "added 2 item(s)" in out and "rejected 6 (6 image refused)" in out
+    manifest = [json.loads(line) for line in (root / "strict.jsonl").read_text().splitlines()]
+    assert [(entry["id"], entry["path"]) for entry in manifest] == [
+        ("local", "pool/local.png"), ("relative", "pool/relative.png"),
+    ]  # fmt: skip
+    rejects = [json.loads(line) for line in (root / "e.json.rejects.jsonl").read_text().splitlines()]
+    assert {reject["id"]: reject["reason"].split(" (")[0] for reject in rejects} == {
+        "absolute": f"image refused: outside the document root {str(root)!r}",
+        "file": "image refused: URL scheme 'file' not allowed",
+        "http": "image refused: URL scheme 'http' not allowed",
+        "local_up": "image refused: a local-files URL without a path inside the root",
+        "s3": "image refused: URL scheme 's3' not allowed",
+        "up": f"image refused: outside the document root {str(root)!r}",
+    }
+    code, out, _ = run(
+        capsys, *argv, "--manifest", str(root / "open.jsonl"), "--allow-url-schemes", "file, s3,http",
+        "--allow-paths-outside-root",
+    )  # fmt: skip
+    assert code == 0 and "added 7 item(s)" in out and "rejected 1 (1 image refused)" in out
+    paths = {
+        json.loads(line)["id"]: json.loads(line)["path"] for line in (root / "open.jsonl").read_text().splitlines()
+    }
+    assert (paths["file"], paths["absolute"], paths["s3"]) == ("file:///etc/passwd", "/etc/passwd", "s3://bucket/a.png")
+    assert "local_up" not in paths  # a local-files URL is never outside the root: Label Studio would not serve it
+
+
+# --------------------------------------------------------------------------- malformed exports
+def test_a_malformed_task_is_rejected_and_the_rest_ingested(capsys, tmp_path):
+    tasks = json.loads(open(os.path.join(DATA, "export.json"), encoding="utf-8").read())
+    tasks[0]["annotations"][0]["result"] = "cat"  # item a
+    tasks[1]["annotations"] = {"id": 4}  # item b
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    code, out, err = run(
+        capsys, str(tmp_path / "export.json"), "--manifest", str(tmp_path / "m.jsonl"), "--classes", "cat,dog",
+        "--document-root", str(tmp_path),
+    )  # fmt: skip
+    assert (code, err) == (0, "") and "added 2 item(s)" in out and "2 malformed task" in out
+    assert [json.loads(line)["id"] for line in (tmp_path / "m.jsonl").read_text().splitlines()] == ["d", "f"]
+    rejects = [json.loads(line) for line in (tmp_path / "export.json.rejects.jsonl").read_text().splitlines()]
+    assert [(reject["id"], reject["reason"]) for reject in rejects[:2]] == [
+        ("a", "malformed task: `annotations[0].result` is a string 'cat', expected a list"),
+        ("b", "malformed task: `annotations` is an object {'id': 4}, expected a list"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"tasks": []}', "Expected a Label Studio JSON export (a JSON list of tasks) in {export!r}. Received: an object "
+                          "{{'tasks': []}}"),
+        ('[{"id": 1, "data": {"item_id": "a"}, "annotations": {"id": 2}}]',
+         "Expected a Label Studio JSON export (a list of tasks, each with a `data` object and a list of `annotations`) "
+         "in {export!r}; no record has that shape. First: malformed task: `annotations` is an object {{'id': 2}}, expected a "
+         "list (task 1)"),
+    ],
+)  # fmt: skip
+def test_a_file_that_is_not_an_export_is_one_line_from_the_command_line(tmp_path, text, message):
+    export = tmp_path / "export.json"
+    export.write_text(text)
+    environment = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(keras_lossal.__file__))}
+    argv = ["ingest", str(export), "--manifest", str(tmp_path / "m.jsonl"), "--classes", "cat"]
+    done = subprocess.run([sys.executable, "-c", LOSSAL, *argv], capture_output=True, text=True, env=environment)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "lossal ingest: " + message.format(export=str(export)) + "\n"

@@ -6,6 +6,7 @@ Studio 1.23.2; the `labelstudio` tests at the end drive a real server
 """
 
 import argparse
+import collections
 import json
 import os
 import struct
@@ -110,6 +111,73 @@ def test_image_path_inverts_image_url(tmp_path):
         image_path("/data/local-files/?d=a.png")
 
 
+def test_image_sources_accept_local_files_urls_and_plain_paths_inside_the_root(tmp_path, monkeypatch):
+    root = str(tmp_path)
+    sources = labelstudio.ImageSources(document_root=root)
+    assert sources.path("/data/local-files/?d=pool/a%20b.png") == os.path.join(root, "pool", "a b.png")
+    assert sources.path("pool/%C3%A9t%C3%A9.png") == os.path.join(root, "pool", "été.png")
+    assert sources.path(os.path.join(root, "pool", "c.png")) == os.path.join(root, "pool", "c.png")
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    assert labelstudio.ImageSources().path("d.png") == os.path.join(root, "here", "d.png")  # default root: cwd
+    with pytest.raises(ValueError, match="Expected the document root to find the file of the local-files URL"):
+        labelstudio.ImageSources().path("/data/local-files/?d=a.png")  # a setup error, not a task's
+
+
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("file:///etc/passwd", "URL scheme 'file' not allowed (file:///etc/passwd)"),
+        ("FILE:///etc/passwd", "URL scheme 'file' not allowed (FILE:///etc/passwd)"),
+        ("file%3A%2F%2F%2Fetc%2Fpasswd", "URL scheme 'file' not allowed (file%3A%2F%2F%2Fetc%2Fpasswd)"),
+        ("file:/etc/passwd", "URL scheme 'file' not allowed (file:/etc/passwd)"),
+        ("http://example.com/a.png", "URL scheme 'http' not allowed (http://example.com/a.png)"),
+        ("https://example.com/a.png", "URL scheme 'https' not allowed (https://example.com/a.png)"),
+        ("s3://bucket/a.png", "URL scheme 's3' not allowed (s3://bucket/a.png)"),
+        ("gs://bucket/a.png", "URL scheme 'gs' not allowed (gs://bucket/a.png)"),
+        ("data:image/png;base64,iVBO", "URL scheme 'data' not allowed (data:image/png;base64,iVBO)"),
+        ("/etc/passwd", "outside the document root ROOT (/etc/passwd)"),
+        ("../../../../etc/passwd", "outside the document root ROOT (../../../../etc/passwd)"),
+        ("pool/../../etc/passwd", "outside the document root ROOT (pool/../../etc/passwd)"),
+        ("%2e%2e/%2e%2e/etc/passwd", "outside the document root ROOT (%2e%2e/%2e%2e/etc/passwd)"),
+        ("link/passwd", "outside the document root ROOT (link/passwd)"),
+        ("/data/local-files/?d=link/passwd", "outside the document root ROOT (/data/local-files/?d=link/passwd)"),
+        ("/data/local-files/?d=../etc/passwd",
+         "a local-files URL without a path inside the root (/data/local-files/?d=../etc/passwd)"),
+        ("/data/local-files/?d=%2e%2e%2fetc%2fpasswd",
+         "a local-files URL without a path inside the root (/data/local-files/?d=%2e%2e%2fetc%2fpasswd)"),
+        ("/data/local-files/?d=/etc/passwd",
+         "a local-files URL without a path inside the root (/data/local-files/?d=/etc/passwd)"),
+        ("/data/local-files/?x=a.png", "a local-files URL without a path inside the root (/data/local-files/?x=a.png)"),
+        ("pool/a%00.png", "a NUL character in the path (pool/a%00.png)"),
+    ],
+)  # fmt: skip
+def test_image_sources_refuse_other_schemes_and_files_outside_the_root(tmp_path, url, reason):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link").symlink_to("/etc")  # inside the root by name, outside by what it opens
+    with pytest.raises(labelstudio.RefusedImage) as refused:
+        labelstudio.ImageSources(document_root=str(root)).path(url)
+    assert str(refused.value) == "image refused: " + reason.replace("ROOT", repr(str(root)))
+
+
+def test_image_sources_allow_what_they_are_told_and_no_more(tmp_path):
+    root = str(tmp_path)
+    sources = labelstudio.ImageSources(root, allow_paths_outside_root=True, url_schemes=("file", "S3", "https"))
+    assert sources.url_schemes == ("file", "s3", "https")
+    assert sources.path("file:///etc/passwd") == "file:///etc/passwd"
+    assert sources.path("s3://bucket/a%20b.png") == "s3://bucket/a b.png"
+    assert sources.path("https://example.com/a.png") == "https://example.com/a.png"
+    assert sources.path("/etc/passwd") == "/etc/passwd"
+    assert os.path.normpath(sources.path("../x.png")) == os.path.join(os.path.dirname(root), "x.png")
+    for url in ("http://example.com/a.png", "gs://bucket/a.png", "/data/local-files/?d=../etc/passwd"):
+        with pytest.raises(labelstudio.RefusedImage):
+            sources.path(url)
+    with pytest.raises(ValueError, match=r"Expected URL scheme names such as 's3' or 'https' \(no ':' or '/'\). "
+                                         r"Received: url_schemes=\['s3://'\]"):  # fmt: skip
+        labelstudio.ImageSources(url_schemes=("s3://",))
+
+
 # --------------------------------------------------------------------------- export readers
 def votes(annotations):
     return [(a.item_id, a.choices, a.annotator, a.annotation_id, a.cancelled) for a in annotations]
@@ -157,7 +225,7 @@ def test_export_type_from_the_file_or_given(tmp_path):
     with pytest.raises(ValueError, match=r"export_type in \['JSON', 'JSON_MIN', 'CSV'\]. Received: 'XML'"):
         read_export(str(path), export_type="XML")
     path.write_text('{"not": "a list"}')
-    with pytest.raises(ValueError, match="JSON list of objects"):
+    with pytest.raises(ValueError, match=r"a JSON list of tasks\) in .*export.txt'. Received: an object"):
         read_export(str(path))
 
 
@@ -300,8 +368,9 @@ def test_ingesting_a_recorded_export_twice_changes_nothing(tmp_path, export_type
 def test_without_known_items_every_id_is_known_and_the_path_comes_from_the_url(tmp_path):
     labeled = tmp_path / "labeled.jsonl"
     summary = labelstudio.ingest(
-        os.path.join(DATA, "export.csv"), str(labeled), ["cat", "dog"], document_root=str(tmp_path)
-    )
+        os.path.join(DATA, "export.csv"), str(labeled), ["cat", "dog"],
+        image_sources=labelstudio.ImageSources(document_root=str(tmp_path)),
+    )  # fmt: skip
     assert [(entry["id"], entry["label"], entry["path"]) for entry in read_jsonl(labeled)] == [
         ("a", "cat", "pool/a.png"),
         ("d", "cat", "pool/a.png"),
@@ -443,11 +512,196 @@ def test_ingest_of_each_real_export(label_studio, labeled_round, tmp_path, capsy
     print(f"--- {export_type} ---\n{summary}{rejects_text}")  # shown with -s, pasted into docs/labeling.md
 
 
-def test_a_json_export_without_annotation_ids_is_refused(tmp_path):
+# --------------------------------------------------------------------------- malformed exports
+def json_task(task_id, item, choice="cat"):
+    result = {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [choice]}}
+    annotation = {"id": task_id, "completed_by": 1, "result": [result], "was_cancelled": False}
+    return {"id": task_id, "data": {"item_id": item, "image": f"pool/{item}.png"}, "annotations": [annotation]}
+
+
+DELETE = object()
+
+
+def changed(value, where, new):
+    """`value` with the element at the key path `where` replaced by `new` (deleted when `new` is DELETE)."""
+    if not where:
+        return new
+    value = value.copy()
+    if new is DELETE and len(where) == 1:
+        del value[where[0]]
+    else:
+        value[where[0]] = changed(value[where[0]], where[1:], new)
+    return value
+
+
+@pytest.mark.parametrize(
+    "where, new, item, problem",
+    [
+        (("annotations",), {"id": 2}, "bad", "`annotations` is an object {'id': 2}, expected a list"),
+        (("annotations", 0), ["cat"], "bad", "`annotations[0]` is a list ['cat'], expected an object"),
+        (("annotations", 0, "id"), "x", "bad", "`annotations[0].id` is a string 'x', expected an integer"),
+        (("annotations", 0, "id"), DELETE, "bad", "`annotations[0].id` is missing, expected an integer"),
+        (("annotations", 0, "result"), "cat", "bad", "`annotations[0].result` is a string 'cat', expected a list"),
+        (("annotations", 0, "result", 0), "cat", "bad",
+         "`annotations[0].result[0]` is a string 'cat', expected an object"),
+        (("annotations", 0, "result", 0, "value"), "cat", "bad",
+         "`annotations[0].result[0].value` is a string 'cat', expected an object"),
+        (("annotations", 0, "result", 0, "value", "choices"), "cat", "bad",
+         "`annotations[0].result[0].value.choices` is a string 'cat', expected a list"),
+        (("annotations", 0, "result", 0, "value", "choices"), {"cat": 1}, "bad",
+         "`annotations[0].result[0].value.choices` is an object {'cat': 1}, expected a list"),
+        (("annotations", 0, "result", 0, "value", "choices", 0), 7, "bad",
+         "`annotations[0].result[0].value.choices[0]` is an integer 7, expected a string"),
+        (("data",), ["bad"], None, "`data` is a list ['bad'], expected an object"),
+        (("data", "item_id"), {"x": 1}, None, "`data.item_id` is an object {'x': 1}, expected a string"),
+        (("data", "image"), ["a.png"], "bad", "`data.image` is a list ['a.png'], expected a string"),
+        ((), "a task", None, "`task` is a string 'a task', expected an object"),
+    ],
+)  # fmt: skip
+def test_a_malformed_json_task_is_rejected_with_its_reason_and_the_rest_read(tmp_path, where, new, item, problem):
     path = tmp_path / "export.json"
-    path.write_text(json.dumps([{"id": 1, "data": {"item_id": "a"}, "annotations": [{"result": []}]}]))
-    with pytest.raises(ValueError, match=r"Expected an `id` in every annotation of the JSON export .*Task: 1"):
+    path.write_text(json.dumps([json_task(1, "good"), changed(json_task(2, "bad", "dog"), where, new)]))
+    labels, rejects = resolve(read_export(str(path)), ["cat", "dog"])
+    assert [(item_id, label.label) for item_id, label in labels.items()] == [("good", "cat")]
+    task_id = None if where == () else 2
+    assert rejects == [{"id": item, "task_id": task_id, "annotation_id": None, "reason": f"malformed task: {problem}"}]
+
+
+def test_a_malformed_task_keeps_its_item_out_whatever_its_other_votes(tmp_path):
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([json_task(1, "a"), changed(json_task(2, "a"), ("annotations", 0, "result"), "cat")]))
+    labels, rejects = resolve(read_export(str(path)), ["cat"])
+    assert labels == {} and [reject["reason"] for reject in rejects] == [
+        "malformed task: `annotations[0].result` is a string 'cat', expected a list"
+    ]
+
+
+FLAT = {"image": "pool/bad.png", "item_id": "bad", "id": 2, "label": "dog", "annotator": 1, "annotation_id": 2}
+
+
+@pytest.mark.parametrize(
+    "field, new, problem",
+    [
+        ("label", ["dog"], "`label` is a list ['dog'], expected a string or {\"choices\": [...]}"),
+        ("label", 3, "`label` is an integer 3, expected a string or {\"choices\": [...]}"),
+        ("label", {"choices": "dog"}, "`label.choices` is a string 'dog', expected a list"),
+        ("label", {"choices": [None]}, "`label.choices[0]` is missing, expected a string"),
+        ("annotation_id", "x", "`annotation_id` is a string 'x', expected an integer"),
+        ("annotation_id", 2.5, "`annotation_id` is a number 2.5, expected an integer"),
+        ("annotation_id", DELETE, "`annotation_id` is missing, expected an integer"),
+        ("annotator", DELETE, "`annotator` is missing, expected a user id"),
+        ("annotator", {"id": 1}, "`annotator` is an object {'id': 1}, expected a user id"),
+        ("image", 5, "`image` is an integer 5, expected a string"),
+    ],
+)  # fmt: skip
+def test_a_malformed_json_min_record_is_rejected_with_its_reason(tmp_path, field, new, problem):
+    good = {**FLAT, "item_id": "good", "label": "cat", "annotation_id": 1, "id": 1}
+    path = tmp_path / "export_min.json"
+    path.write_text(json.dumps([good, changed(FLAT, (field,), new)]))
+    labels, rejects = resolve(read_export(str(path)), ["cat", "dog"])
+    assert list(labels) == ["good"] and labels["good"].label == "cat"
+    annotation_id = None if field == "annotation_id" else 2
+    assert rejects == [
+        {"id": "bad", "task_id": 2, "annotation_id": annotation_id, "reason": f"malformed task: {problem}"}
+    ]
+
+
+def test_a_malformed_csv_row_is_rejected_with_its_reason(tmp_path):
+    path = tmp_path / "export.csv"
+    path.write_text("annotation_id,annotator,id,image,item_id,label\n1,1,1,pool/a.png,a,cat\nx,1,2,pool/b.png,b,dog\n")
+    labels, rejects = resolve(read_export(str(path)), ["cat", "dog"])
+    assert list(labels) == ["a"]
+    assert [(reject["id"], reject["reason"]) for reject in rejects] == [
+        ("b", "malformed task: `annotation_id` is a string 'x', expected an integer")
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("e.json", '{"tasks": []}', r"Expected a Label Studio JSON export \(a JSON list of tasks\) in '.*e.json'. "
+                                    r"Received: an object \{'tasks': \[\]\}"),
+        ("e.json", '"cat"', r"a JSON list of tasks\) in '.*e.json'. Received: a string 'cat'"),
+        ("e.json", "[1, 2]", r"Expected a Label Studio JSON_MIN export \(a list of records, each with `annotator` and "
+                             r"`annotation_id`\) in '.*e.json'; no record has that shape. First: malformed task: "
+                             r"`record` is an integer 1, expected an object$"),
+        ("e.json", '[{"annotations": {}}]', r"Expected a Label Studio JSON export \(a list of tasks, each with a `data` "
+                                            r"object and a list of `annotations`\) in '.*e.json'; no record has that "
+                                            r"shape. First: malformed task: `data` is missing, expected an object$"),
+        ("e.json", '[{"id": 1, "data": {}, "annotations": [{"result": []}]}]',
+         r"no record has that shape. First: malformed task: `annotations\[0\].id` is missing, expected an integer "
+         r"\(task 1\)$"),
+        ("e.json", "[" * 100_000, r"Expected a Label Studio JSON export in '.*e.json': maximum recursion depth"),
+        ("e.json", "not json", r"Expected a Label Studio JSON export in '.*e.json': Expecting value"),
+        ("e.csv", "a,b\n1,2\n", r"Expected a Label Studio CSV export \(columns \['annotator', 'annotation_id'\] "
+                                 r"among others\) in '.*e.csv'. Received columns: \['a', 'b'\]"),
+        ("e.csv", "annotator,annotation_id,label\n1,1," + "x" * 200_000 + "\n",
+         r"Expected a Label Studio CSV export in '.*e.csv': field larger than field limit"),
+    ],
+)  # fmt: skip
+def test_a_file_that_is_not_an_export_is_one_error_naming_it(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as refused:
         read_export(str(path))
-    path.write_text(json.dumps([{"id": 1, "annotations": []}]))
-    with pytest.raises(ValueError, match="Expected a `data` object in every task"):
+    assert "\n" not in str(refused.value)
+
+
+def test_a_binary_file_is_one_error_naming_it(tmp_path):
+    path = tmp_path / "export.json"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ValueError, match=r"Expected a Label Studio export \(UTF-8 text\) in '.*export.json': 'utf-8'"):
         read_export(str(path))
+
+
+WRONG_VALUES = [DELETE, None, "x", 7, ["x"], {"x": 1}]
+# What ingest reads of a JSON export; the recorded tasks' other fields are left out of the test below.
+READ_FIELDS = {"id", "data", "annotations", "completed_by", "result", "from_name", "type", "value", "choices",
+               "was_cancelled", "item_id", "image"}  # fmt: skip
+
+
+def only_read_fields(value):
+    if isinstance(value, dict):
+        return {key: only_read_fields(child) for key, child in value.items() if key in READ_FIELDS}
+    return [only_read_fields(child) for child in value] if isinstance(value, list) else value
+
+
+def json_paths(value, where=()):
+    yield where
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        yield from json_paths(child, (*where, key))
+
+
+def test_no_wrong_value_anywhere_in_a_recorded_export_gets_past_ingest_as_an_exception(tmp_path, capsys, monkeypatch):
+    with open(os.path.join(DATA, "export.json"), encoding="utf-8") as handle:
+        recorded = only_read_fields(json.load(handle))[:3]  # 3 tasks: 7 annotations, one cancelled
+    monkeypatch.setattr(os, "fsync", lambda descriptor: None)  # hundreds of runs: durability is not the point here
+    export = tmp_path / "export.json"
+    outcomes = collections.Counter()
+    for where in json_paths(recorded):
+        for new in WRONG_VALUES:
+            if new is DELETE and (not where or isinstance(recorded_at(recorded, where[:-1]), list)):
+                continue
+            export.write_text(json.dumps(changed(recorded, where, new)), encoding="utf-8")
+            code = run_ingest(
+                str(export), "--manifest", str(tmp_path / "m.jsonl"), "--classes", "cat,dog",
+                "--document-root", str(tmp_path), "--rejects", str(tmp_path / "rejects.jsonl"),
+            )  # fmt: skip
+            out, err = capsys.readouterr()
+            assert code in (0, 2), (where, new)
+            assert (err.startswith("lossal ingest: ") and err.count("\n") == 1) if code else err == "", (where, new)
+            malformed = code == 0 and "malformed task" in (tmp_path / "rejects.jsonl").read_text(encoding="utf-8")
+            outcomes["malformed" if malformed else code] += 1
+            if os.path.exists(tmp_path / "m.jsonl"):
+                os.remove(tmp_path / "m.jsonl")
+    # 85 values (the file, 3 tasks and what ingest reads of them), 6 changes each (deletions only of object
+    # keys): 488 exports, each ingested with or without a malformed-task reject, or (the 5 that replace the
+    # whole file by something that is not a list of tasks) refused in one line.
+    assert outcomes == {"malformed": 264, 0: 219, 2: 5}
+
+
+def recorded_at(value, where):
+    for key in where:
+        value = value[key]
+    return value

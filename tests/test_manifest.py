@@ -2,6 +2,10 @@
 
 import json
 import os
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -65,7 +69,7 @@ def test_merge_appends_new_ids_and_keeps_existing_lines_byte_for_byte(tmp_path):
     result = manifest.merge(path, [A, B])
     assert ([r["id"] for r in result.added], [r["id"] for r in result.present], result.conflicts) == (["b"], ["a"], [])
     assert (tmp_path / "m.jsonl").read_text() == original + "\n" + json.dumps(B, sort_keys=True) + "\n"
-    assert os.listdir(tmp_path) == ["m.jsonl"]  # the temporary file was renamed over it
+    assert sorted(os.listdir(tmp_path)) == ["m.jsonl", "m.jsonl.lock"]  # the temporary file was renamed over it
 
 
 def test_merge_returns_conflicts_and_never_overwrites(tmp_path):
@@ -109,7 +113,62 @@ def test_a_failed_write_leaves_the_old_manifest(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         manifest.merge(path, [B])
-    assert (tmp_path / "m.jsonl").read_bytes() == before and os.listdir(tmp_path) == ["m.jsonl"]
+    assert (tmp_path / "m.jsonl").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m.jsonl", "m.jsonl.lock"]  # no temporary file left
+
+
+def test_concurrent_merges_lose_no_record(tmp_path):
+    path = str(tmp_path / "m.jsonl")
+
+    def writer(prefix):
+        for start in range(0, 200, 50):  # four read-merge-write cycles each
+            manifest.merge(path, [{"id": f"{prefix}{i}", "path": f"{prefix}{i}.png", "label": "cat"}
+                                  for i in range(start, start + 50)])  # fmt: skip
+
+    threads = [threading.Thread(target=writer, args=(prefix,)) for prefix in "abcdef"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids = [record["id"] for record in manifest.read_manifest(path)]
+    assert len(ids) == 1200 and set(ids) == {f"{prefix}{i}" for prefix in "abcdef" for i in range(200)}
+
+
+def test_merge_waits_for_the_lock_and_gives_up_after_its_timeout(tmp_path):
+    from keras_lossal.files import exclusive_lock
+
+    path = str(tmp_path / "m.jsonl")
+    with exclusive_lock(path):
+        with pytest.raises(
+            TimeoutError, match=r"Timed out after 0.2 s .*m.jsonl' to release its lock file '.*m.jsonl.lock'"
+        ):
+            manifest.merge(path, [A], lock_timeout=0.2)
+        with pytest.raises(TimeoutError):
+            manifest.write_manifest(path, [A], lock_timeout=0.2)
+    assert not os.path.exists(path)
+    assert len(manifest.merge(path, [A], lock_timeout=0.2).added) == 1
+
+
+def test_a_writer_killed_mid_merge_leaves_a_whole_manifest_and_no_stale_lock(tmp_path):
+    path = str(tmp_path / "m.jsonl")
+    writer = (
+        "import sys; from keras_lossal import manifest\n"
+        "for i in range(100000):\n"
+        "    manifest.merge(sys.argv[1], [{'id': f'x{i}', 'path': f'x{i}.png', 'label': 'cat' * 200}])\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", writer, path])
+    try:
+        deadline = time.monotonic() + 60
+        while (not os.path.exists(path) or os.path.getsize(path) < 200_000) and time.monotonic() < deadline:
+            time.sleep(0.01)  # ~300 records: each merge now rewrites 200 kB
+    finally:
+        process.kill()  # SIGKILL, most likely mid-write
+        process.wait()
+    records = manifest.read_manifest(path)  # the old manifest or the new one, never a torn line
+    assert len(records) >= 300 and [record["id"] for record in records] == [f"x{i}" for i in range(len(records))]
+    assert len([name for name in os.listdir(tmp_path) if name.endswith(".tmp")]) <= 1  # at most the cut write's
+    assert len(manifest.merge(path, [A], lock_timeout=1.0).added) == 1  # the dead writer's lock was released
+    assert len(manifest.read_manifest(path)) == len(records) + 1
 
 
 def test_write_manifest_validates_first(tmp_path):

@@ -8,6 +8,7 @@ are `keras_lossal.labelstudio`'s; this module only reads the command line.
 from __future__ import annotations
 
 from keras_lossal.commands._errors import CommandError, reports_errors
+from keras_lossal.files import DEFAULT_LOCK_TIMEOUT
 
 
 def add_parser(subparsers) -> None:
@@ -18,7 +19,10 @@ def add_parser(subparsers) -> None:
             "Reads a Label Studio export (JSON, JSON_MIN or CSV), resolves several annotators of an item by "
             "majority (ties rejected), and adds the labels to the labeled-set manifest. Labels outside the "
             "class list, unknown ids and labels that conflict with the manifest go to a rejects file with "
-            "the reason. Ingesting the same export twice changes nothing."
+            "the reason. Ingesting the same export twice changes nothing. Without --known-items an item's "
+            "file comes from its task's image URL: local-files URLs and plain paths inside --document-root "
+            "are accepted, anything else (file://, http(s)://, s3://, paths outside the root) is rejected "
+            "unless allowed below. Concurrent ingests into one manifest take turns (a lock file beside it)."
         ),
     )
     parser.add_argument("export", help="the Label Studio export file (.json or .csv)")
@@ -44,8 +48,23 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--document-root",
         default=None,
-        help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, to find the files of local-files URLs "
-        "(only without --known-items)",
+        help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, to find the files of local-files URLs; "
+        "plain image paths must stay inside it (default for those: the current directory). Only without "
+        "--known-items",
+    )
+    parser.add_argument(
+        "--allow-paths-outside-root",
+        action="store_true",
+        help="accept plain image paths outside the document root (absolute, or going up with ..); default: "
+        "rejected as 'image refused'. Only without --known-items",
+    )
+    parser.add_argument(
+        "--allow-url-schemes",
+        default="",
+        metavar="SCHEMES",
+        help="comma-separated URL schemes whose image URLs are written to the manifest as they are, e.g. "
+        "'gs,s3' or 'https' ('file' for file:// URLs); default: none, every URL with a scheme is rejected. "
+        "Only without --known-items",
     )
     parser.add_argument("--export-type", choices=("JSON", "JSON_MIN", "CSV"), help="default: from the file")
     parser.add_argument(
@@ -53,6 +72,14 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--rejects", default=None, help="rejects file (default: <export name>.rejects.jsonl beside the manifest)"
+    )
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=DEFAULT_LOCK_TIMEOUT,
+        metavar="SECONDS",
+        help="how long to wait while another ingest writes the manifest (it holds <manifest>.lock); then "
+        f"give up with an error, nothing written (default: {DEFAULT_LOCK_TIMEOUT:g})",
     )
     parser.set_defaults(func=run)
 
@@ -72,6 +99,8 @@ def run(args) -> int:
             known_items.update(manifest.read_known_items(path, path_root=args.path_root))
     elif args.path_root is not None:
         raise CommandError("--path-root only applies to --known-items")
+    if args.lock_timeout < 0:
+        raise CommandError(f"Expected --lock-timeout >= 0 seconds. Received: {args.lock_timeout:g}")
     summary = labelstudio.ingest(
         args.export,
         args.manifest,
@@ -80,7 +109,12 @@ def run(args) -> int:
         rejects_path=args.rejects,
         export_type=args.export_type,
         id_field=args.id_field,
-        document_root=args.document_root,
+        image_sources=labelstudio.ImageSources(
+            document_root=args.document_root,
+            allow_paths_outside_root=args.allow_paths_outside_root,
+            url_schemes=tuple(scheme.strip() for scheme in args.allow_url_schemes.split(",") if scheme.strip()),
+        ),
+        lock_timeout=args.lock_timeout,
     )
     print(summary.describe())
     return 0
