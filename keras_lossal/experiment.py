@@ -65,7 +65,7 @@ KERAS_FILE_SUFFIX = ".keras"
 FACTORY_SEPARATOR = ":"
 OPTIMIZERS = ("sgd", "adam")
 # Strategies whose scores need the loss-prediction head; the others train the bare backbone, as in the paper.
-HEAD_STRATEGIES = ("learning_loss", "learning_loss_clusters", "learning_loss_kcenter")
+HEAD_STRATEGIES = ("learning_loss", "learning_loss_clusters", "learning_loss_kcenter", "learning_loss_badge")
 ARM_SEPARATOR = "@"
 EXPERIMENT_FILE = "experiment.json"
 

@@ -114,6 +114,27 @@ def loss_and_embedding(model, layer: str | None = None):
     return fn
 
 
+def loss_embedding_and_outputs(model, layer: str | None = None):
+    """`fn(features) -> (predicted loss (batch,), embedding (batch, d), class outputs)` from one backbone pass.
+
+    For a `LossLearningModel` only (`None` otherwise): the embedding, the
+    backbone's outputs and the head's taps come from the same forward pass.
+    """
+    if not all(hasattr(model, name) for name in ("backbone", "head", "feature_layers")):
+        return None
+    embedder = embedding_model(model, layer)
+    backbone = model.backbone
+    taps = [backbone.get_layer(name).output for name in model.feature_layers]
+    combined = keras.Model(backbone.inputs, [embedder.outputs, taps], name=f"{backbone.name}_embedding_outputs_taps")
+
+    def fn(features):
+        (embedded, outputs), features_for_head = combined(features, training=False)
+        predicted = ops.cast(model.head(features_for_head, training=False), "float32")
+        return ops.reshape(predicted, (-1,)), flatten_batch(embedded), outputs
+
+    return fn
+
+
 def flatten_batch(tensor):
     """`(batch, ...)` -> `(batch, features)` in float32."""
     return ops.reshape(ops.cast(tensor, "float32"), (ops.shape(tensor)[0], -1))

@@ -735,6 +735,84 @@ class LearningLossKCenter(_HardAndDiverse):
         return Selection(indices[positions], distances.astype(np.float32), self.name, len(indices), num_non_finite)
 
 
+class LearningLossBadge(_Embedding):
+    """BADGE's k-means++ on gradient embeddings, each weighted by the item's predicted-loss rank.
+
+    BADGE (Ash et al. 2020) samples items far apart in gradient-embedding space
+    `(p - onehot(argmax p)) (x) h`, so its picks are uncertain and diverse in
+    one draw. Here each item's residual `p - onehot(argmax p)` is multiplied by
+    `w = rank(predicted loss) / n` in `(0, 1]` (the head learns an order, not a
+    scale, so only the rank is used): the loss-prediction head moves the draw
+    toward items it expects the model to get wrong, without giving up BADGE's
+    diversity. One backbone pass gives the predicted loss, the embedding and the
+    class outputs. Needs a `LossLearningModel`; `scores` are the picks'
+    predicted losses.
+
+    Args:
+        layer: name of the layer whose output is `h`, or `None` for the input
+            of the last Dense layer.
+        from_logits: see `Entropy`.
+
+    Example:
+
+    >>> import numpy as np, keras_lossal as kl
+    >>> model = kl.LossLearningModel(kl.backbones.resnet18_cifar(input_shape=(8, 8, 1), width=4))
+    >>> selection = LearningLossBadge().select(model, np.random.rand(40, 8, 8, 1), k=4, seed=0)
+    >>> len(set(selection.indices.tolist()))
+    4
+    """
+
+    name = "learning_loss_badge"
+
+    def __init__(self, layer: str | None = None, from_logits: bool | None = None):
+        super().__init__(layer)
+        self.from_logits = _check_from_logits(from_logits)
+
+    def get_config(self) -> dict:
+        return {"layer": self.layer, "from_logits": self.from_logits}
+
+    def select(
+        self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0, labeled=None
+    ) -> Selection:
+        k, subset_size, batch_size = _check_arguments(k, subset_size, batch_size)
+        one_pass = models.loss_embedding_and_outputs(model, self.layer)
+        if one_pass is None:
+            raise ValueError(f"Expected a LossLearningModel for '{self.name}'. Received: {type(model).__name__}")
+        from_logits = _resolve_from_logits(self.from_logits, model)
+
+        def gradient_factors(features):
+            predicted, embedding, outputs = one_pass(features)
+            probabilities = scores.class_probabilities(outputs, from_logits)
+            predicted_class = ops.one_hot(ops.argmax(probabilities, axis=-1), probabilities.shape[-1])
+            return mask_non_finite(features, predicted), probabilities - predicted_class, embedding
+
+        indices, (predicted, residuals, features) = self._collect(
+            model, pool, batch_size, subset_size, seed, verbose, gradient_factors, purpose="loss_badge"
+        )
+        check_scored(k, len(indices))
+        kept = np.flatnonzero(_finite_rows(predicted, residuals, features))
+        _report_non_finite(len(indices) - len(kept), len(indices), k, self.name)
+        weights = loss_rank_weights(predicted[kept])
+        chosen, _ = diversity.kmeans_plus_plus_gradients(residuals[kept] * weights[:, None], features[kept], k, seed)
+        positions = kept[chosen]
+        return Selection(
+            indices[positions], predicted[positions].astype(np.float32), self.name, len(indices), len(indices) - len(kept)
+        )
+
+
+def loss_rank_weights(predicted: np.ndarray) -> np.ndarray:
+    """`rank / n` in `(0, 1]` of each predicted loss (1 for the highest; ties by position).
+
+    Example:
+
+    >>> loss_rank_weights(np.array([0.3, -2.0, 5.0, 0.1])).tolist()
+    [0.75, 0.25, 1.0, 0.5]
+    """
+    ranks = np.empty(len(predicted), np.float64)
+    ranks[np.lexsort((np.arange(len(predicted)), predicted))] = np.arange(1, len(predicted) + 1)
+    return (ranks / max(len(predicted), 1)).astype(np.float32)
+
+
 STRATEGIES = {
     strategy.name: strategy
     for strategy in (
@@ -748,6 +826,7 @@ STRATEGIES = {
         Badge,
         LearningLossClusters,
         LearningLossKCenter,
+        LearningLossBadge,
         MCDropoutVariance,
     )
 }
@@ -760,7 +839,7 @@ def get(name, **options) -> Strategy:
         name: one of `learning_loss`, `random`, `entropy`, `margin`,
             `least_confidence`, `coreset`, `bald`, `badge`,
             `learning_loss_clusters`, `learning_loss_kcenter`,
-            `mc_dropout_variance`; or a
+            `learning_loss_badge`, `mc_dropout_variance`; or a
             `Strategy` instance, returned as is.
         **options: the strategy's constructor arguments (e.g. `num_samples`
             for `bald`, `from_logits` for uncertainty strategies).
