@@ -57,7 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 @reports_errors("export")
 def run(args: argparse.Namespace) -> int:
     model_path = _checked_model_path(args.model)
-    _check_training_finished(model_path)
+    _check_training_finished(model_path, args)
     preprocessing = _preprocessing(args.preprocessing, model_path)
     if args.version is not None and args.version < 0:
         raise CommandError(f"expected --version >= 0. Received: {args.version}")
@@ -91,7 +91,7 @@ def _checked_model_path(path: str) -> str:
     return path
 
 
-def _check_training_finished(model_path: str) -> None:
+def _check_training_finished(model_path: str, args: argparse.Namespace) -> None:
     """Refuses a `lossal train` directory (it holds `training.json`) whose training did not finish.
 
     A run killed after `model.keras` was written but before `preprocessing.json` and `classes.json` would
@@ -108,16 +108,20 @@ def _check_training_finished(model_path: str) -> None:
             finished = json.load(handle).get("finished") is True
     except (ValueError, AttributeError):  # not JSON, or not an object
         finished = False
-    missing = [name for name in (PREPROCESSING_FILE, CLASSES_FILE) if not os.path.isfile(os.path.join(directory, name))]
-    if finished and not missing:
-        return
-    problems = ([] if finished else [f"{TRAINING_FILE} does not say finished"]) + [
-        f"{name} is missing" for name in missing
-    ]
-    raise CommandError(
-        f"{directory!r} is an unfinished lossal train directory ({'; '.join(problems)}); re-run the same lossal "
-        "train command to finish it, then export."
-    )
+    absent = [name for name in (PREPROCESSING_FILE, CLASSES_FILE) if not os.path.isfile(os.path.join(directory, name))]
+    if not finished:
+        not_written = f"; {', '.join(absent)} not written" if absent else ""
+        raise CommandError(
+            f"{directory!r} is an unfinished lossal train directory ({TRAINING_FILE} does not say finished"
+            f"{not_written}); re-run the same lossal train command to finish it, then export."
+        )
+    flags = {PREPROCESSING_FILE: args.preprocessing, CLASSES_FILE: args.labels}
+    missing = [name for name in absent if flags[name] is None]
+    if missing:
+        raise CommandError(
+            f"{', '.join(missing)} missing from the lossal train directory {directory!r}; restore it, or pass "
+            "--preprocessing / --labels."
+        )
 
 
 def _class_names(value: str | None, model_path: str) -> list[str] | None:
