@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from keras_lossal.commands import export as export_command
@@ -93,3 +94,78 @@ def test_importing_the_command_loads_no_tensorflow():
     code = "import sys, keras_lossal.commands.export; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False False"
+
+
+def assert_one_line_refusal(code, printed, error, *fragments):
+    assert code == 2 and printed == "", (code, printed)
+    assert len(error.splitlines()) < 5 and "Traceback" not in error, error
+    assert error.startswith("lossal export: ") and all(fragment in error for fragment in fragments), error
+
+
+def test_file_names_match_what_lossal_train_writes():
+    from keras_lossal import training
+
+    names = (export_command.PREPROCESSING_FILE, export_command.CLASSES_FILE, export_command.TRAINING_FILE)
+    assert names == (training.PREPROCESSING_FILE, training.CLASSES_FILE, training.TRAINING_FILE)
+
+
+def test_an_unfinished_training_directory_is_refused(saved_model, tmp_path, capsys):
+    import shutil
+
+    trained = tmp_path / "train_out"
+    trained.mkdir()
+    shutil.copy(saved_model, trained / "model.keras")
+    # Killed after model.keras was renamed into place, before preprocessing.json and classes.json.
+    (trained / "training.json").write_text(json.dumps({"settings": {}, "history": {}, "finished": False}))
+    base = tmp_path / "models"
+    code, printed, error = run_export(capsys, str(trained / "model.keras"), "--base-path", str(base))
+    assert_one_line_refusal(code, printed, error, "unfinished lossal train directory", "training.json does not say",
+                            "preprocessing.json, classes.json not written")  # fmt: skip
+    # Marked finished, but a file export needs is gone: refused, naming that file, unless a flag stands in.
+    (trained / "training.json").write_text(json.dumps({"finished": True}))
+    (trained / "preprocessing.json").write_text(PREP.to_json())
+    code, printed, error = run_export(capsys, str(trained / "model.keras"), "--base-path", str(base))
+    assert_one_line_refusal(code, printed, error, "classes.json missing from the lossal train directory")
+    assert "preprocessing.json" not in error
+    assert not base.exists()
+    code, printed, _ = run_export(capsys, str(trained / "model.keras"), "--base-path", str(base), "--no-warmup",
+                                  "--labels", "coat,shirt,bag")  # fmt: skip
+    assert (code, printed) == (0, str(base / "1"))
+
+
+def test_a_model_with_a_nan_weight_is_refused_naming_the_variable(tmp_path, capsys):
+    from keras_lossal.export import export_for_serving
+
+    model = make_model()
+    variable = model.backbone.trainable_weights[3]
+    values = np.array(variable.numpy())
+    values.flat[1] = np.nan
+    variable.assign(values)
+    path = str(tmp_path / "diverged.keras")
+    model.save(path)
+    base = tmp_path / "models"
+    code, printed, error = run_export(capsys, path, "--base-path", str(base), "--labels", ",".join(LABELS))
+    assert_one_line_refusal(code, printed, error, "non-finite weights", repr(variable.path), "1 NaN/inf value(s)")
+    with pytest.raises(ValueError, match="non-finite weights"):
+        export_for_serving(model, str(base))
+    assert not base.exists()  # refused before the base path was created
+
+
+def test_a_base_path_that_is_a_file_or_not_writable_is_a_one_line_error(saved_model, tmp_path, capsys):
+    a_file = tmp_path / "lossal"
+    a_file.write_text("not a directory")
+    code, printed, error = run_export(capsys, saved_model, "--base-path", str(a_file), "--no-warmup")
+    assert_one_line_refusal(code, printed, error, repr(str(a_file)), "it is a file")
+    # Tests run as root, so chmod does not stop a write; a path under a file cannot be written by anyone.
+    under_a_file = str(a_file / "models" / "lossal")
+    code, printed, error = run_export(capsys, saved_model, "--base-path", under_a_file, "--no-warmup")
+    assert_one_line_refusal(code, printed, error, "Cannot write an export under the base path", "Not a directory")
+    assert a_file.read_text() == "not a directory"
+
+
+def test_the_command_line_refusal_is_one_line_without_a_traceback(saved_model, tmp_path):
+    (tmp_path / "base").write_text("a file")
+    command = [sys.executable, "-m", "keras_lossal.cli", "export", saved_model, "--base-path", str(tmp_path / "base")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.splitlines()) < 5 and "Traceback" not in result.stderr, result.stderr

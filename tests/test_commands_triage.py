@@ -103,3 +103,28 @@ def test_labels_read_a_json_list_a_text_file_or_a_comma_list(tmp_path):
     (tmp_path / "bad.json").write_text('{"classes": ["a"]}')
     with pytest.raises(CommandError, match="expected a JSON list of class names"):
         class_names(str(tmp_path / "bad.json"))
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_non_finite_threshold_is_refused(capsys, folder, tmp_path, value):
+    out = str(tmp_path / "out")
+    code, err = run_triage(
+        capsys, folder, "--output", out, "--model", str(tmp_path / "missing"), f"--threshold={value}"
+    )
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err == f"lossal triage: expected --threshold to be a finite number. Received: {float(value)}\n"
+    assert not os.path.exists(out)
+
+
+def test_a_negative_show_is_refused(capsys, folder, tmp_path):
+    code, err = run_triage(capsys, folder, "--output", str(tmp_path / "out"), "--model", "m", "--show", "-1")
+    assert code == 2 and err == "lossal triage: expected --show >= 0 (0 = none). Received: -1\n"
+
+
+def test_the_library_refuses_a_threshold_no_score_can_reach(tmp_path):
+    from keras_lossal.serving import triage
+
+    for threshold in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"Expected a threshold some predicted loss can reach"):
+            triage([], scorer=None, output_dir=str(tmp_path / "out"), threshold=threshold)
+    assert not os.path.exists(tmp_path / "out")

@@ -109,6 +109,20 @@ def test_staging_dir_is_hidden_and_removed_on_error(tmp_path):
     assert os.listdir(base) == [os.path.basename(other)]
 
 
+def test_staging_dir_is_created_and_refuses_a_base_path_that_is_a_file_or_under_one(tmp_path, ram_base):
+    with versions.staging_dir(ram_base) as staging:  # object stores too: created before anything is written
+        assert tf.io.gfile.isdir(staging)
+    (tmp_path / "lossal").write_text("a file")
+    with pytest.raises(NotADirectoryError, match=r"base path .*lossal' to be a directory .*it is a file"):
+        with versions.staging_dir(str(tmp_path / "lossal")):
+            pass
+    with pytest.raises(OSError, match=r"Cannot write an export under the base path .*Not a directory") as info:
+        with versions.staging_dir(str(tmp_path / "lossal" / "models")):
+            pass
+    assert not isinstance(info.value, FileExistsError)  # `lossal export` advises another --version for that one
+    assert (tmp_path / "lossal").read_text() == "a file"
+
+
 def test_local_publish_renames_to_next_version(tmp_path):
     base = str(tmp_path)
     (tmp_path / "4").mkdir()

@@ -209,18 +209,50 @@ def test_oversized_request_is_split_down_to_the_large_item():
     assert failed[0]["retryable"] is False
 
 
-def test_float64_arrays_are_cast_to_the_signature_dtype_over_grpc(served):
-    target, faults = served["grpc"]
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_numeric_inputs_are_checked_against_the_signature_over_both_protocols(served, protocol):
+    target, faults = served[protocol]
     x = PREP(images(3, seed=4)).numpy()
     reference = served["model"].predict(x, verbose=0)["predicted_loss"]
     before = faults.requests
-    with TFServingClient(target, "lossal", retries=0) as client:
+    with TFServingClient(target, "lossal", protocol=protocol, retries=0) as client:
         outputs = client.score(x.astype(np.float64))
         assert client.signatures()["serving_default"] == {"images": np.dtype(np.float32)}
+        # Raw pixels would skip the preprocessing: REST used to send them and return wrong scores, silently.
         with pytest.raises(ValueError, match=r"as float32 .*Received dtype uint8"):
-            client.score(images(3, seed=4))  # raw pixels would skip the preprocessing: refused, not cast
+            client.score(images(3, seed=4))
+        with pytest.raises(ValueError, match=r"within float32's range .*Received values in \[-1.9\d*, 1e\+300\]"):
+            client.score(np.concatenate([x[:1], np.full((1, 8, 8, 3), 1e300)]))  # would be inf as float32
+        with pytest.raises(ValueError, match=r"Expected the inputs \['images'\] .*Received: \['pixels'\]"):
+            client.score({"pixels": x})
     np.testing.assert_allclose(outputs["predicted_loss"], reference, atol=1e-5)
-    assert faults.requests - before == 1
+    assert faults.requests - before == 1  # every refusal before a Predict was sent
+
+
+def test_both_protocols_validate_with_the_one_shared_function(served, monkeypatch):
+    from keras_lossal.serving import client as client_lib
+
+    calls = []
+    real = client_lib.checked_inputs
+    monkeypatch.setattr(client_lib, "checked_inputs", lambda *args: calls.append(args[2]) or real(*args))
+    x = PREP(images(2, seed=5)).numpy()
+    for protocol in ("grpc", "rest"):
+        with TFServingClient(served[protocol][0], "lossal", protocol=protocol, retries=0) as client:
+            client.score(x)
+    assert calls == ["serving_default", "serving_default"]
+
+
+def test_signature_dtypes_from_metadata_json_and_range_checks():
+    from keras_lossal.serving.client import checked_inputs, signature_input_dtypes
+
+    metadata = {"signatureDef": {"s": {"inputs": {"ids": {"dtype": "DT_INT32"}, "bf": {"dtype": "DT_BFLOAT16"}}}}}
+    assert signature_input_dtypes(metadata) == {"s": {"ids": np.dtype(np.int32), "bf": None}}
+    expected = signature_input_dtypes(metadata)["s"]
+    bf = np.ones((2, 1), np.float64)  # no NumPy dtype to check against: sent as given
+    checked = checked_inputs({"ids": np.array([1, 2**31 - 1]), "bf": bf}, expected, "s")
+    assert checked["ids"].dtype == np.int32 and checked["ids"].tolist() == [1, 2**31 - 1] and checked["bf"] is bf
+    with pytest.raises(ValueError, match=r"within int32's range .*Received values in \[1, 2147483648\]"):
+        checked_inputs({"ids": np.array([1, 2**31]), "bf": bf}, expected, "s")  # would wrap to -2**31
 
 
 @pytest.mark.parametrize(

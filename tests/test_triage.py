@@ -830,3 +830,55 @@ def test_tfrecord_items_get_image_files_for_labeling_or_are_refused(setup, tmp_p
     refuse = LabelStudioOptions(document_root=str(tmp_path), tfrecord_images="refuse")
     with pytest.raises(ValueError, match="items of TFRecord files .* which are no image URLs"):
         triage(read_items(path), InProcessScorer(setup["base"]), out, top_k=2, label_studio=refuse)
+
+
+def queue_lines(printed: str) -> list[str]:
+    """The printed queue entries: `rank  predicted_loss  label  id`."""
+    return [line for line in printed.splitlines() if line.split()[0].isdigit() and line.split()[-1].endswith(".png")]
+
+
+def test_cli_show_prints_that_many_queue_entries_or_all(setup, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    args = ["triage", setup["folder"], "--model", setup["base"], "--output", out, "--top-k", "0"]
+    capsys.readouterr()
+    assert cli.main([*args, "--show", "30"]) == 0  # 30 asked, the queue holds 12: all of them
+    ranking = sorted(setup["expected"], key=setup["expected"].get, reverse=True)
+    assert [line.split()[-1] for line in queue_lines(capsys.readouterr().out)] == ranking
+    for show, expected in (("11", 11), ("0", 0), (None, 10)):
+        assert cli.main([*args, *(["--show", show] if show else [])]) == 0  # resumed: the same queue
+        assert len(queue_lines(capsys.readouterr().out)) == expected, show
+
+
+def test_files_that_are_not_items_are_counted_by_reason(setup, tmp_path, capsys):
+    import collections
+    import shutil
+
+    folder = tmp_path / "pool"
+    shutil.copytree(setup["folder"], folder)  # it holds notes.txt already
+    (folder / "a" / "anim.gif").write_bytes(b"GIF89a")
+    (folder / "b" / "ANIM2.GIF").write_bytes(b"GIF89a")
+    (folder / "README").write_text("no extension")
+    skipped = collections.Counter()
+    out = str(tmp_path / "out")
+    result = triage(read_items(str(folder), skipped=skipped), InProcessScorer(setup["base"]), out, skipped=skipped)
+    expected = {"no extension": 1, "unsupported extension .gif": 2, "unsupported extension .txt": 1}
+    assert result.skipped == expected and (result.scored, result.failed) == (N_GOOD, 3)
+    with open(os.path.join(out, "summary.json")) as handle:
+        assert json.load(handle)["skipped"] == expected
+    capsys.readouterr()
+    assert cli.main(["triage", str(folder), "--model", setup["base"], "--output", out]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 4 file(s) that are not items (no extension: 1, unsupported extension .gif: 2, " in printed
+    assert triage(read_items(str(folder)), InProcessScorer(setup["base"]), out).skipped == {}  # not counted
+
+
+def test_cli_refusal_of_another_models_scores_names_the_restart_flag(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "state.json").write_text(json.dumps({"scorer": "saved_model:/some/other/model", "model_version": 3}))
+    capsys.readouterr()
+    assert cli.main(["triage", setup["folder"], "--model", setup["base"], "--output", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert len(error.splitlines()) == 1 and "Traceback" not in error and "do not rank together" in error
+    assert "--restart" in error
+    assert cli.main(["triage", setup["folder"], "--model", setup["base"], "--output", str(out), "--restart"]) == 0

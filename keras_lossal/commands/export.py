@@ -13,6 +13,8 @@ __all__ = ["add_parser", "run"]
 # What `lossal train` (keras_lossal.training, which loads TensorFlow) and `make demo` write beside the model.
 PREPROCESSING_FILE = "preprocessing.json"
 CLASSES_FILE = "classes.json"
+# `lossal train` writes it first with `finished: false`, and sets `finished` once the two files above exist.
+TRAINING_FILE = "training.json"
 
 EPILOG = """examples:
   lossal export demo_out/learning_loss_model.keras --base-path models/lossal --labels labels.txt
@@ -55,6 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 @reports_errors("export")
 def run(args: argparse.Namespace) -> int:
     model_path = _checked_model_path(args.model)
+    _check_training_finished(model_path, args)
     preprocessing = _preprocessing(args.preprocessing, model_path)
     if args.version is not None and args.version < 0:
         raise CommandError(f"expected --version >= 0. Received: {args.version}")
@@ -86,6 +89,39 @@ def _checked_model_path(path: str) -> str:
     if not os.path.isfile(path):
         raise CommandError(f"no such model file: {path!r}")
     return path
+
+
+def _check_training_finished(model_path: str, args: argparse.Namespace) -> None:
+    """Refuses a `lossal train` directory (it holds `training.json`) whose training did not finish.
+
+    A run killed after `model.keras` was written but before `preprocessing.json` and `classes.json` would
+    otherwise export with default labels and without the image signatures.
+    """
+    directory = os.path.dirname(os.path.abspath(model_path))
+    record_path = os.path.join(directory, TRAINING_FILE)
+    if not os.path.isfile(record_path):
+        return  # not written by lossal train (make demo, model.save): the flags say what to export
+    import json
+
+    try:
+        with open(record_path, encoding="utf-8") as handle:
+            finished = json.load(handle).get("finished") is True
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        finished = False
+    absent = [name for name in (PREPROCESSING_FILE, CLASSES_FILE) if not os.path.isfile(os.path.join(directory, name))]
+    if not finished:
+        not_written = f"; {', '.join(absent)} not written" if absent else ""
+        raise CommandError(
+            f"{directory!r} is an unfinished lossal train directory ({TRAINING_FILE} does not say finished"
+            f"{not_written}); re-run the same lossal train command to finish it, then export."
+        )
+    flags = {PREPROCESSING_FILE: args.preprocessing, CLASSES_FILE: args.labels}
+    missing = [name for name in absent if flags[name] is None]
+    if missing:
+        raise CommandError(
+            f"{', '.join(missing)} missing from the lossal train directory {directory!r}; restore it, or pass "
+            "--preprocessing / --labels."
+        )
 
 
 def _class_names(value: str | None, model_path: str) -> list[str] | None:

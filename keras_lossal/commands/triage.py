@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import collections
+import math
 
 from keras_lossal.commands._errors import CommandError, reports_errors
 
@@ -71,7 +73,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--max-image-bytes", type=int, help="largest encoded file accepted (default: the export's)")
     _add_label_studio_arguments(parser)
     parser.add_argument("--restart", action="store_true", help="discard earlier results in --output")
-    parser.add_argument("--show", type=int, default=10, help="print this many queue entries (default 10)")
+    parser.add_argument(
+        "--show", type=int, default=10, help="print this many queue entries, or all if fewer (default 10)"
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -154,9 +158,10 @@ def run(args: argparse.Namespace) -> int:
     top_k, threshold = _queue_limits(args)
     label_studio = _label_studio_options(args)
     scorer, batch_size = _scorer(args)
+    skipped = collections.Counter()
     try:
         result = triage(
-            _items(args, scorer),
+            _items(args, scorer, skipped),
             scorer,
             args.output,
             top_k=top_k,
@@ -168,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
             restart=args.restart,
             dedupe=args.dedupe,
             stop_after_server_errors=args.stop_after_server_errors or None,
+            skipped=skipped,
         )
     except TriageStopped as error:  # the server failed repeatedly, or answered with another model version
         scored = error.result.total_scored
@@ -185,10 +191,13 @@ def _queue_limits(args: argparse.Namespace) -> tuple[int | None, float | None]:
     """Checks the scoring mode and limits; returns triage's `(top_k, threshold)`."""
     if (args.model is None) == (args.server is None):
         raise CommandError("pass exactly one of --model DIR (in-process) or --server URL")
-    for name in ("top_k", "stop_after_server_errors"):
+    for name in ("top_k", "stop_after_server_errors", "show"):
         if getattr(args, name) < 0:
             flag = f"--{name.replace('_', '-')}"
-            raise CommandError(f"expected {flag} >= 0 (0 = no limit). Received: {getattr(args, name)}")
+            meaning = " (0 = none)" if name == "show" else " (0 = no limit)"
+            raise CommandError(f"expected {flag} >= 0{meaning}. Received: {getattr(args, name)}")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise CommandError(f"expected --threshold to be a finite number. Received: {args.threshold}")
     top_k = args.top_k or None
     # No limit and no threshold: every scored item is queued (-inf admits every finite predicted loss).
     threshold = float("-inf") if top_k is None and args.threshold is None else args.threshold
@@ -216,13 +225,13 @@ def _scorer(args: argparse.Namespace):
     return ServerScorer(client, labels=class_names(args.labels)), args.batch_size * args.concurrency
 
 
-def _items(args: argparse.Namespace, scorer):
+def _items(args: argparse.Namespace, scorer, skipped: collections.Counter):
     from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES
     from keras_lossal.serving import read_items
 
     # Bound each file read by the same limit triage applies, so a huge file is refused unread.
     max_bytes = args.max_image_bytes or getattr(scorer, "max_image_bytes", None) or DEFAULT_MAX_IMAGE_BYTES
-    return read_items(args.input, args.input_type, root=args.root, max_bytes=max_bytes)
+    return read_items(args.input, args.input_type, root=args.root, max_bytes=max_bytes, skipped=skipped)
 
 
 def _print_result(result, args: argparse.Namespace) -> None:
@@ -234,6 +243,9 @@ def _print_result(result, args: argparse.Namespace) -> None:
         f"totals: {result.total_scored} scored, {result.total_failed} failed -> {result.output_dir} "
         f"(model version {result.model_version})"
     )
+    if result.skipped:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in result.skipped.items())
+        print(f"skipped {sum(result.skipped.values())} file(s) that are not items ({reasons})")
     for record in result.queue[: args.show]:
         label = f"  {record['label']}" if "label" in record else ""
         print(f"{record['rank']:>4}  {record['predicted_loss']:.4f}{label}  {record['id']}")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_lossal.export.config import ServingContract, write_export_config
@@ -84,6 +85,7 @@ def export_for_serving(
     'models/lossal/1'
     """
     _check_arguments(model, task, example_encoding, max_image_pixels, max_image_bytes)
+    _check_finite_weights(model)
     base_path = os.fspath(base_path)
     if version is not None:
         version = parse_version(version)
@@ -105,8 +107,9 @@ def export_for_serving(
         max_image_pixels=int(max_image_pixels),
         max_image_bytes=int(max_image_bytes),
     )
-    archive, method_names = _build_archive(model, contract)
+    # Staged first, so a base path that is a file or not writable fails before the seconds of tracing.
     with staging_dir(base_path) as staging:
+        archive, method_names = _build_archive(model, contract)
         signatures = _write_savedmodel(archive, method_names, staging)
         _write_assets(staging, contract.to_config(signatures), warmup)
         return publish(staging, base_path, version)
@@ -123,6 +126,20 @@ def _check_arguments(model, task: str, example_encoding: str, max_image_pixels: 
         raise ValueError(
             f"Expected positive limits. Received: max_image_pixels={max_image_pixels}, max_image_bytes={max_image_bytes}"
         )
+
+
+def _check_finite_weights(model) -> None:
+    """Refuses a model with a NaN or infinite weight (a diverged training): every score it served would be NaN."""
+    for variable in model.weights:
+        if not keras.backend.is_float_dtype(variable.dtype):
+            continue
+        values = keras.ops.convert_to_numpy(variable)
+        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise ValueError(
+                f"Refusing to export a model with non-finite weights: {variable.path!r} has {bad} NaN/inf "
+                f"value(s) of {np.size(values)} (did the training diverge? e.g. the learning rate)."
+            )
 
 
 def _input_spec(backbone: keras.Model) -> tuple[tuple[int, ...], str]:

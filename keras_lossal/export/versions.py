@@ -140,14 +140,45 @@ def unused_version_dir(base_path: str, version: int) -> str:
 
 @contextlib.contextmanager
 def staging_dir(base_path: str) -> Iterator[str]:
-    """A fresh hidden directory name inside `base_path` to write an export to; removed on exit if still there."""
-    tf.io.gfile.makedirs(base_path)
+    """A fresh hidden directory inside `base_path` to write an export to, created (so `base_path` is
+    known to be a writable directory before anything is traced); removed on exit if still there.
+
+    A base path that is a file, lies under a file or cannot be written raises `OSError` with one line.
+
+    Example:
+
+    >>> import tempfile
+    >>> base = tempfile.mkdtemp()
+    >>> open(os.path.join(base, "lossal"), "w").close()
+    >>> with staging_dir(os.path.join(base, "lossal")):  # doctest: +ELLIPSIS
+    ...     pass
+    Traceback (most recent call last):
+    ...
+    NotADirectoryError: Expected the base path '...lossal' to be a directory (TF Serving's base path); it is a file.
+    """
     staging = os.path.join(base_path, f"{_STAGING_PREFIX}{uuid.uuid4().hex}")
+    _make_staging_dir(base_path, staging)
     try:
         yield staging
     finally:
         if tf.io.gfile.exists(staging):
             tf.io.gfile.rmtree(staging)
+
+
+def _make_staging_dir(base_path: str, staging: str) -> None:
+    if _is_local(base_path) and os.path.exists(base_path) and not os.path.isdir(base_path):
+        raise NotADirectoryError(
+            f"Expected the base path {base_path!r} to be a directory (TF Serving's base path); it is a file."
+        )
+    try:
+        if _is_local(base_path):
+            os.makedirs(staging)
+        else:
+            tf.io.gfile.makedirs(staging)
+    except OSError as error:
+        raise OSError(f"Cannot write an export under the base path {base_path!r}: {error}") from None
+    except tf.errors.OpError as error:
+        raise OSError(f"Cannot write an export under the base path {base_path!r}: {error.message}") from None
 
 
 def publish(staging: str, base_path: str, version: int | None) -> str:

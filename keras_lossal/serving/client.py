@@ -15,7 +15,15 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-__all__ = ["DEFAULT_INPUT_NAMES", "Prediction", "RequestTooLargeError", "ServingError", "TFServingClient"]
+__all__ = [
+    "DEFAULT_INPUT_NAMES",
+    "Prediction",
+    "RequestTooLargeError",
+    "ServingError",
+    "TFServingClient",
+    "checked_inputs",
+    "signature_input_dtypes",
+]
 
 # Input names of the signatures written by `export_for_serving`.
 DEFAULT_INPUT_NAMES = {
@@ -96,10 +104,12 @@ class TFServingClient:
 
     When it needs them the client reads the model's signatures from the
     server once (GetModelMetadata / the REST `metadata` endpoint): to find the
-    input of a signature it has no default name for, and, over gRPC, to cast
-    numeric arrays to the input's dtype (a float64 array to a float32 input).
-    An unknown signature name is then refused with the available ones. A
-    server without metadata gets the request as it is.
+    input of a signature it has no default name for, and, over both
+    protocols, to check numeric arrays against the input's dtype
+    (`checked_inputs`: a float64 array is cast to a float32 input, uint8
+    pixels for a float input are refused). An unknown signature name is then
+    refused with the available ones. A server without metadata gets the
+    request as it is.
 
     Args:
         target: `"host:8500"` / `"grpc://host:8500"` for gRPC or
@@ -167,7 +177,7 @@ class TFServingClient:
         self.max_message_bytes = int(max_message_bytes)
         self.rest_format = rest_format
         self._executor: futures.ThreadPoolExecutor | None = None
-        self._signature_inputs: dict[str, dict[str, np.dtype]] | None = None
+        self._signature_inputs: dict[str, dict[str, np.dtype | None]] | None = None
         self._local = threading.local()
         self._lock = threading.Lock()
         if protocol == "grpc":
@@ -190,7 +200,7 @@ class TFServingClient:
         return channel, prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
     # ------------------------------------------------------------------ public
-    def signatures(self) -> dict[str, dict[str, np.dtype]] | None:
+    def signatures(self) -> dict[str, dict[str, np.dtype | None]] | None:
         """`{signature: {input name: dtype}}` from the server's model metadata (cached); `None` if it has none.
 
         Transient failures are retried like requests; a server that still cannot answer raises
@@ -325,19 +335,10 @@ class TFServingClient:
         else:
             name = self.input_name or DEFAULT_INPUT_NAMES.get(signature) or self._only_input(signature)
             inputs = {name: _as_array(batch)}
-        # gRPC tensors carry their dtype (the server refuses float64 for a float32 input); JSON numbers do not.
-        if self.protocol != "grpc" or all(
-            value.dtype == object or value.dtype.kind in "SU" for value in inputs.values()
-        ):
-            return inputs
+        if all(value.dtype == object or value.dtype.kind in "SU" for value in inputs.values()):
+            return inputs  # bytes only: nothing to check against a numeric input, and no metadata request
         expected = self._expected_inputs(signature)
-        if expected is None:
-            return inputs
-        if set(inputs) != set(expected):
-            raise ValueError(
-                f"Expected the inputs {sorted(expected)} of signature {signature!r}. Received: {sorted(inputs)}"
-            )
-        return {key: _cast(value, expected[key], key, signature) for key, value in inputs.items()}
+        return inputs if expected is None else checked_inputs(inputs, expected, signature)
 
     def _expected_inputs(self, signature: str) -> dict[str, np.dtype] | None:
         signatures = self.signatures()
@@ -405,23 +406,18 @@ class TFServingClient:
         answered = response.model_spec.version.value if response.model_spec.HasField("version") else self.version
         return {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}, answered
 
-    def _fetch_signatures(self) -> dict[str, dict[str, np.dtype]]:
-        import tensorflow as tf
-        from tensorflow_serving.apis import get_model_metadata_pb2
-
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
+    def _fetch_signatures(self) -> dict[str, dict[str, np.dtype | None]]:
         if self.protocol == "grpc":
-            self._grpc_metadata(pin_version=True).metadata["signature_def"].Unpack(signature_map)
-        else:
             from google.protobuf import json_format
+            from tensorflow_serving.apis import get_model_metadata_pb2
 
-            payload = self._rest_get(self._rest_url(":predict", "/metadata"))
-            json_format.ParseDict(payload["metadata"]["signature_def"], signature_map, ignore_unknown_fields=True)
-        signatures = {
-            name: {key: _numpy_dtype(tf.dtypes.as_dtype(info.dtype)) for key, info in definition.inputs.items()}
-            for name, definition in signature_map.signature_def.items()
-            if not name.startswith("__")
-        }
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            self._grpc_metadata(pin_version=True).metadata["signature_def"].Unpack(signature_map)
+            # As the REST metadata endpoint sends it, so both protocols read signatures the same way.
+            definitions = json_format.MessageToDict(signature_map, preserving_proto_field_name=True)
+        else:
+            definitions = self._rest_get(self._rest_url(":predict", "/metadata"))["metadata"]["signature_def"]
+        signatures = signature_input_dtypes(definitions)
         if not signatures:
             raise _Attempt("NO_METADATA", "the server sent no signatures", False)
         return signatures
@@ -583,12 +579,67 @@ def _check_address(target: str, address: str, scheme: str) -> None:
         )
 
 
-def _numpy_dtype(dtype) -> np.dtype:
-    return np.dtype(object) if dtype.name == "string" else np.dtype(dtype.as_numpy_dtype)
+# TensorFlow's DataType names, as signature metadata spells them, to NumPy dtypes (strings are `bytes` objects).
+_NUMPY_DTYPES = {
+    "DT_FLOAT": "float32", "DT_DOUBLE": "float64", "DT_HALF": "float16",
+    "DT_INT8": "int8", "DT_INT16": "int16", "DT_INT32": "int32", "DT_INT64": "int64",
+    "DT_UINT8": "uint8", "DT_UINT16": "uint16", "DT_UINT32": "uint32", "DT_UINT64": "uint64",
+    "DT_BOOL": "bool", "DT_STRING": "object",
+}  # fmt: skip
 
 
-def _cast(value: np.ndarray, dtype: np.dtype, name: str, signature: str) -> np.ndarray:
+def signature_input_dtypes(definitions: Mapping[str, Any]) -> dict[str, dict[str, np.dtype | None]]:
+    """`{signature: {input name: dtype}}` from a `SignatureDefMap` as JSON (TF Serving's metadata).
+
+    `None` stands for a dtype NumPy has no name for (e.g. bfloat16): such an input is sent unchecked.
+
+    Example:
+
+    >>> signature_input_dtypes({"signature_def": {"serving_default": {"inputs": {"images": {"dtype": "DT_FLOAT"}}},
+    ...                                           "__saved_model_init_op": {"outputs": {}}}})
+    {'serving_default': {'images': dtype('float32')}}
+    """
+    signatures = definitions.get("signature_def", definitions.get("signatureDef", {}))  # proto or JSON field name
+    return {
+        name: {key: _numpy_dtype(info.get("dtype")) for key, info in definition.get("inputs", {}).items()}
+        for name, definition in signatures.items()
+        if not name.startswith("__")
+    }
+
+
+def _numpy_dtype(name: str | None) -> np.dtype | None:
+    return np.dtype(_NUMPY_DTYPES[name]) if name in _NUMPY_DTYPES else None
+
+
+def checked_inputs(
+    inputs: Mapping[str, np.ndarray], expected: Mapping[str, np.dtype | None], signature: str
+) -> dict[str, np.ndarray]:
+    """`inputs` checked against a signature's `{input name: dtype}` and cast to it, for gRPC and REST alike.
+
+    Numbers are cast within their kind only (float64 -> float32), and only when every value fits the
+    input's dtype; another kind is refused: uint8 pixels sent to a float input would skip the
+    preprocessing the model expects and return wrong scores without an error.
+
+    Example:
+
+    >>> checked_inputs({"images": np.zeros((1, 2), np.float64)}, {"images": np.dtype("float32")}, "s")["images"].dtype
+    dtype('float32')
+    >>> checked_inputs({"images": np.zeros((1, 2), np.uint8)}, {"images": np.dtype("float32")}, "s")
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected input 'images' of signature 's' as float32 (any 'f'-kind dtype is cast). Received dtype uint8
+    """
+    if set(inputs) != set(expected):
+        raise ValueError(
+            f"Expected the inputs {sorted(expected)} of signature {signature!r}. Received: {sorted(inputs)}"
+        )
+    return {key: _cast(value, expected[key], key, signature) for key, value in inputs.items()}
+
+
+def _cast(value: np.ndarray, dtype: np.dtype | None, name: str, signature: str) -> np.ndarray:
     """`value` as the signature input's dtype: numbers of the same kind are cast, strings stay bytes."""
+    if dtype is None:
+        return value
     if dtype.kind == "O":
         if value.dtype != object and value.dtype.kind not in "SU":
             raise ValueError(
@@ -603,7 +654,25 @@ def _cast(value: np.ndarray, dtype: np.dtype, name: str, signature: str) -> np.n
             f"Expected input {name!r} of signature {signature!r} as {dtype} (any {dtype.kind!r}-kind dtype is cast). "
             f"Received dtype {value.dtype}"
         )
+    _check_range(value, dtype, name, signature)
     return value.astype(dtype)
+
+
+def _check_range(value: np.ndarray, dtype: np.dtype, name: str, signature: str) -> None:
+    """Refuses values a cast to `dtype` would change: integers that wrap, finite floats that overflow to inf."""
+    if not value.size or dtype.kind not in "iuf":
+        return
+    if dtype.kind == "f":
+        finite = value[np.isfinite(value)]
+        low, high = (finite.min(), finite.max()) if finite.size else (0, 0)
+        limits = np.finfo(dtype)
+    else:
+        low, high, limits = value.min(), value.max(), np.iinfo(dtype)
+    if low < limits.min or high > limits.max:
+        raise ValueError(
+            f"Expected input {name!r} of signature {signature!r} within {dtype}'s range [{limits.min}, {limits.max}]. "
+            f"Received values in [{low}, {high}]"
+        )
 
 
 def _as_array(value) -> np.ndarray:

@@ -8,6 +8,7 @@ that item instead of stopping the stream.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -145,13 +146,17 @@ def is_inside(root: str, path: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def read_image_directory(root: str, max_bytes: int | None = None) -> Iterator[Item]:
+def read_image_directory(
+    root: str, max_bytes: int | None = None, skipped: collections.Counter | None = None
+) -> Iterator[Item]:
     """Yields every image under `root` (recursively, sorted); ids are paths relative to `root`.
 
     Symlinks that point outside `root` become failures (they would let a
     crafted folder read arbitrary files), and so does anything named like an
     image that is not a regular file: a directory (whose contents are still
-    read), a FIFO or a device (reading one would block).
+    read), a FIFO or a device (reading one would block). Other files
+    (`.gif`, `.txt`, ...) are not items; `skipped`, if given, counts them by
+    reason as they are passed.
 
     Example:
 
@@ -165,6 +170,9 @@ def read_image_directory(root: str, max_bytes: int | None = None) -> Iterator[It
         named_like_images = set(name for name in subdirectories if name.lower().endswith(IMAGE_EXTENSIONS))
         for name in sorted(named_like_images | set(files)):
             if not name.lower().endswith(IMAGE_EXTENSIONS):
+                if skipped is not None:
+                    extension = os.path.splitext(name)[1].lower()
+                    skipped[f"unsupported extension {extension}" if extension else "no extension"] += 1
                 continue
             path = os.path.join(directory, name)
             item_id = os.path.relpath(path, root).replace(os.sep, "/")
@@ -278,15 +286,22 @@ def detect_input_type(path: str) -> str:
 
 
 def read_items(
-    path: str, input_type: str = "auto", root: str | None = None, max_bytes: int | None = None
+    path: str,
+    input_type: str = "auto",
+    root: str | None = None,
+    max_bytes: int | None = None,
+    skipped: collections.Counter | None = None,
 ) -> Iterator[Item]:
-    """Dispatches to the reader for `input_type` (`"auto"` detects it from `path`)."""
+    """Dispatches to the reader for `input_type` (`"auto"` detects it from `path`).
+
+    `skipped` counts, by reason, the files of an image directory that are not items (see `read_image_directory`).
+    """
     if input_type not in INPUT_TYPES:
         raise ValueError(f"Expected input_type in {INPUT_TYPES}. Received: input_type={input_type!r}")
     if input_type == "auto":
         input_type = detect_input_type(path)
     if input_type == "images":
-        return read_image_directory(path, max_bytes)
+        return read_image_directory(path, max_bytes, skipped)
     if input_type == "tfrecord":
         return read_tfrecord(path)
     return read_manifest(path, root, max_bytes)

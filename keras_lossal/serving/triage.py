@@ -41,7 +41,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from keras_lossal.files import atomic_open, atomic_write
@@ -86,8 +86,9 @@ class TriageResult:
         total_failed: items in `failures.jsonl` after the run.
         seconds: wall time of this run.
         output_dir: where the files are.
-        queue: the head of the ranked queue (at most 10 records).
+        queue: the ranked queue, as `queue.jsonl` holds it.
         model_version: the model version the queue's scores come from (`None`: not known).
+        skipped: files the reader passed over in this run, by reason (`{"unsupported extension .gif": 2}`).
     """
 
     scored: int
@@ -100,6 +101,7 @@ class TriageResult:
     output_dir: str
     queue: list[dict]
     model_version: int | None = None
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def items_per_second(self) -> float:
@@ -144,6 +146,7 @@ def triage(
     dedupe: bool = False,
     stop_after_server_errors: int | None = 3,
     label_studio: LabelStudioOptions | None = None,
+    skipped: Mapping[str, int] | None = None,
 ) -> TriageResult:
     """Scores `items` by predicted loss and writes the ranked labeling queue to `output_dir`.
 
@@ -174,6 +177,8 @@ def triage(
         label_studio: how the Label Studio tasks name images (`LabelStudioOptions`: a local-files
             document root or a cloud URL prefix; TFRecord items' images written out or refused). The
             tasks, and `label_config.xml` over the class names, are written beside the queue.
+        skipped: the counter given to `read_items(..., skipped=...)`: files the reader passed over, by
+            reason; read once the stream ends, and reported in the result and `summary.json`.
 
     Example:
 
@@ -184,6 +189,7 @@ def triage(
     settings = _Settings.for_scorer(
         scorer, batch_size, max_image_pixels, max_image_bytes, dedupe, stop_after_server_errors
     )
+    _check_threshold(threshold)
     labeling = _labeling_options(label_studio, label_studio_image_prefix, scorer)
     run = _Run(output_dir, scorer, TopK(top_k, threshold), settings, progress)
     recorded_version = _claim_output_dir(output_dir, run.description, restart)
@@ -193,7 +199,7 @@ def triage(
     total_failed = run.compact_failures()
     queue = run.ranked_queue()
     _write_queue(output_dir, queue)
-    result = run.result(queue, total_failed, seconds=time.perf_counter() - start)
+    result = run.result(queue, total_failed, seconds=time.perf_counter() - start, skipped=skipped or {})
     _write_summary(output_dir, result, run.stopped)
     write_labeling_files(output_dir, queue, run.labels, labeling, run.description)
     if run.stopped:
@@ -232,6 +238,14 @@ class _Settings:
         )
 
 
+def _check_threshold(threshold: float | None) -> None:
+    if threshold is not None and (math.isnan(threshold) or threshold == math.inf):
+        raise ValueError(
+            f"Expected a threshold some predicted loss can reach (a number, or -inf for none). Received: "
+            f"threshold={threshold!r}"
+        )
+
+
 def _claim_output_dir(output_dir: str, description: str, restart: bool) -> int | None:
     """Creates `output_dir` for the model `description`, clearing it on restart; refuses another model's scores.
 
@@ -251,7 +265,8 @@ def _claim_output_dir(output_dir: str, description: str, restart: bool) -> int |
     if previous != description:
         raise ValueError(
             f"Output directory {output_dir!r} holds scores from {previous!r}, not {description!r}; scores "
-            "from different models do not rank together. Use a new output directory or restart=True."
+            "from different models do not rank together. Use a new output directory, or restart (--restart; "
+            "restart=True in Python)."
         )
     return version
 
@@ -585,7 +600,7 @@ class _Run:
         version = self.versions.version
         return assign_ranks([r if MODEL_VERSION in r else {**r, MODEL_VERSION: version} for r in self.top.ranked()])
 
-    def result(self, queue: list[dict], total_failed: int, seconds: float) -> TriageResult:
+    def result(self, queue: list[dict], total_failed: int, seconds: float, skipped: Mapping[str, int]) -> TriageResult:
         return TriageResult(
             scored=self.counts["scored"],
             failed=self.counts["failed"],
@@ -595,8 +610,9 @@ class _Run:
             total_failed=total_failed,
             seconds=seconds,
             output_dir=self.output_dir,
-            queue=queue[:10],
+            queue=queue,
             model_version=self.versions.version,
+            skipped={reason: int(count) for reason, count in sorted(skipped.items())},
         )
 
 
