@@ -12,6 +12,7 @@ output as usual.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import sys
 from collections.abc import Iterator
@@ -48,4 +49,9 @@ def quiet_tensorflow_for_the_command() -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # runtime lines too (e.g. a failed CUDA probe)
     with stderr_silenced():
-        import tensorflow  # noqa: F401 - an import error is raised after stderr is restored
+        import tensorflow  # an import error is raised after stderr is restored
+
+        if not glob.glob("/dev/nvidia*"):
+            # No GPU device: TensorFlow's CUDA probe (cuInit) can only fail, and logs that at ERROR level, which
+            # TF_CPP_MIN_LOG_LEVEL=2 (the Makefile's) lets through. It runs once per process: run it now, silenced.
+            tensorflow.config.list_physical_devices()

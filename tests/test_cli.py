@@ -120,6 +120,11 @@ def test_cli_is_quiet_unless_verbose(tmp_path, lossal_export):  # noqa: F811 - p
     quiet = subprocess.run([*command, "-o", str(tmp_path / "q")], capture_output=True, text=True, env=env, timeout=300)
     assert quiet.returncode == 0 and "scored 3, failed 0" in quiet.stdout
     assert quiet.stderr == ""
+    # As the Makefile runs it: level 2 lets ERROR lines through, such as a failed CUDA probe (cuInit) without a GPU.
+    level_2 = subprocess.run(
+        [*command, "-o", str(tmp_path / "q2")], capture_output=True, text=True, env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    )
+    assert level_2.returncode == 0 and level_2.stderr == ""
     verbose = subprocess.run(
         [*command, "-o", str(tmp_path / "v"), "--verbose"], capture_output=True, text=True, env=env, timeout=300
     )

@@ -796,7 +796,11 @@ class LearningLossBadge(_Embedding):
         chosen, _ = diversity.kmeans_plus_plus_gradients(residuals[kept] * weights[:, None], features[kept], k, seed)
         positions = kept[chosen]
         return Selection(
-            indices[positions], predicted[positions].astype(np.float32), self.name, len(indices), len(indices) - len(kept)
+            indices[positions],
+            predicted[positions].astype(np.float32),
+            self.name,
+            len(indices),
+            len(indices) - len(kept),
         )
 
 
