@@ -62,6 +62,9 @@ LEARNING_LOSS_ARMS = [
     # the validation split (head ablation), the primary arm first.
     "learning_loss_clusters@light_joint",
     "learning_loss_kcenter@light_joint",
+    # Registered on 2026-12-04 before any of their runs (see benchmarks/RESULTS.md, "Label efficiency v3").
+    "learning_loss_badge@light_joint",
+    "badge@light_joint",
 ]
 BASELINE_ARMS = ["random", "coreset", "entropy", "margin", "badge"]
 CONTROL_ARMS = ["random@recommended", "random@paper", "random@light_joint"]
@@ -82,6 +85,8 @@ ARMS = [
     "random@light_joint",
     "learning_loss_clusters@light_joint",
     "learning_loss_kcenter@light_joint",
+    "learning_loss_badge@light_joint",
+    "badge@light_joint",
 ]
 
 
