@@ -369,6 +369,7 @@ def test_rejects_unknown_strategy_and_bad_options():
         "badge",
         "learning_loss_clusters",
         "learning_loss_kcenter",
+        "learning_loss_badge",
         "mc_dropout_variance",
     }
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import keras_lossal as kl
 from keras_lossal import acquisition as acq
-from keras_lossal.acquisition import diversity
+from keras_lossal.acquisition import diversity, strategies
 from keras_lossal.acquisition import models as acquisition_models
 
 
@@ -182,3 +182,54 @@ def test_hard_and_diverse_strategies_run_the_backbone_once_per_batch():
     finally:
         first_conv.call = original_call
     assert len(calls) == 1  # traced once, through one backbone pass (two before: the embedding and the head's)
+
+
+# ------------------------------------------------------------------------------ learning_loss_badge
+def test_loss_rank_weights_match_a_numpy_reference():
+    predicted = np.random.default_rng(0).normal(size=50).astype("float32")
+    predicted[[3, 7]] = predicted[11]  # ties: ordered by position
+    expected = np.empty(50)
+    expected[np.lexsort((np.arange(50), predicted))] = np.arange(1, 51) / 50
+    np.testing.assert_allclose(strategies.loss_rank_weights(predicted), expected)
+    assert strategies.loss_rank_weights(predicted)[[3, 7, 11]].tolist() == sorted(
+        strategies.loss_rank_weights(predicted)[[3, 7, 11]].tolist()
+    )
+
+
+def test_learning_loss_badge_equals_numpy_reference_on_a_loss_learning_model():
+    keras.utils.set_random_seed(0)
+    model = kl.LossLearningModel(kl.backbones.resnet18_cifar(input_shape=(8, 8, 1), num_classes=3, width=4))
+    pool = np.random.default_rng(2).normal(size=(60, 8, 8, 1)).astype("float32")
+    selection = acq.get("learning_loss_badge").select(model, pool, k=6, seed=4, batch_size=16)
+    predicted = model.predict_loss(pool)
+    embeddings, logits = acquisition_models.embedding_model(model).predict(pool, verbose=0)
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    residuals = probabilities - np.eye(3)[probabilities.argmax(1)]
+    ranks = np.argsort(np.argsort(predicted, kind="stable"), kind="stable") + 1
+    expected, _ = diversity.kmeans_plus_plus_gradients(residuals * (ranks / 60.0)[:, None], embeddings, 6, seed=4)
+    assert selection.indices.tolist() == expected.tolist()
+    np.testing.assert_allclose(selection.scores, predicted[expected], rtol=1e-5)
+
+
+def test_learning_loss_badge_draws_toward_high_predicted_loss_where_badge_does_not():
+    # Embeddings and predicted losses independent: BADGE's picks ignore the loss, the weighted draw favours it.
+    rng = np.random.default_rng(0)
+    points = np.column_stack([rng.normal(size=(300, 2)), rng.random(300)]).astype("float32")
+    top_half = points[:, 2] > np.median(points[:, 2])
+    model = echo_model()
+    classifier = keras.Model(model.inputs, model.get_layer("logits").output)  # the same weights, logits only
+    shares = {}
+    for name, scored in (("badge", classifier), ("learning_loss_badge", model)):
+        picks = [acq.get(name).select(scored, points, k=10, seed=seed).indices for seed in range(12)]
+        shares[name] = float(np.mean([top_half[indices].mean() for indices in picks]))
+    assert shares["learning_loss_badge"] >= 0.7 and abs(shares["badge"] - 0.5) < 0.15, shares
+
+
+def test_learning_loss_badge_never_picks_non_finite_items():
+    points, _ = blobs()
+    points[[1, 30], 2] = [np.nan, np.inf]
+    points[50, 0] = np.nan
+    with pytest.warns(RuntimeWarning, match="3 of 100"):
+        selection = acq.get("learning_loss_badge").select(echo_model(), points, k=8, seed=0)
+    assert not {1, 30, 50} & set(selection.indices.tolist()) and len(set(selection.indices.tolist())) == 8

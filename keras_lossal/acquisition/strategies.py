@@ -745,8 +745,8 @@ class LearningLossBadge(_Embedding):
     scale, so only the rank is used): the loss-prediction head moves the draw
     toward items it expects the model to get wrong, without giving up BADGE's
     diversity. One backbone pass gives the predicted loss, the embedding and the
-    class outputs. Needs a `LossLearningModel`; `scores` are the picks'
-    predicted losses.
+    class outputs. Needs a `LossLearningModel` (or a model returning
+    `"predicted_loss"`); `scores` are the picks' predicted losses.
 
     Args:
         layer: name of the layer whose output is `h`, or `None` for the input
@@ -775,9 +775,8 @@ class LearningLossBadge(_Embedding):
         self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0, labeled=None
     ) -> Selection:
         k, subset_size, batch_size = _check_arguments(k, subset_size, batch_size)
-        one_pass = models.loss_embedding_and_outputs(model, self.layer)
-        if one_pass is None:
-            raise ValueError(f"Expected a LossLearningModel for '{self.name}'. Received: {type(model).__name__}")
+        # A LossLearningModel: one backbone pass; any other model returning "predicted_loss": separate calls.
+        one_pass = models.loss_embedding_and_outputs(model, self.layer) or self._separate_calls(model)
         from_logits = _resolve_from_logits(self.from_logits, model)
 
         def gradient_factors(features):
@@ -802,6 +801,15 @@ class LearningLossBadge(_Embedding):
             len(indices),
             len(indices) - len(kept),
         )
+
+    def _separate_calls(self, model):
+        embedder, scorer = models.embedding_model(model, self.layer), LearningLoss()
+
+        def fn(features):
+            embedding = models.flatten_batch(embedder(features, training=False)[0])
+            return scorer.score(model, features), embedding, models.classifier_outputs(model, features)
+
+        return fn
 
 
 def loss_rank_weights(predicted: np.ndarray) -> np.ndarray:
