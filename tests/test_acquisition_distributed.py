@@ -35,7 +35,8 @@ SCRIPT = textwrap.dedent(
             inside_strategy = acq.get(name)
             inside = inside_strategy.select(model, pool, k=10, batch_size=7, seed=0)
             dataset = inside_strategy.select(model, tf.data.Dataset.from_tensor_slices(pool), k=10, batch_size=7, seed=0)
-            replicas = inside_strategy._compiled_cache[2].replicas
+            compiled = acq.strategies.compiled_steps(model).values()
+            replicas = next(step.replicas for step in compiled if step.distribution is strategy)
         results[name] = {
             "outside": outside.indices.tolist(),
             "inside": inside.indices.tolist(),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-import weakref
 
 import numpy as np
 from keras import ops
@@ -67,6 +66,23 @@ def _check_arguments(k, subset_size, batch_size) -> tuple[int, int | None, int]:
     return k, subset_size, batch_size
 
 
+_COMPILED_STEPS_ATTRIBUTE = "_keras_lossal_compiled_steps"
+_MAX_COMPILED_STEPS_PER_MODEL = 32
+
+
+def compiled_steps(model) -> dict:
+    """The model's own cache of compiled scoring steps (it lives and dies with the model).
+
+    Set with `object.__setattr__` so Keras does not track it as model state
+    (it is never saved and never wraps the functions it holds).
+    """
+    cache = vars(model).get(_COMPILED_STEPS_ATTRIBUTE)
+    if cache is None:
+        cache = {}
+        object.__setattr__(model, _COMPILED_STEPS_ATTRIBUTE, cache)
+    return cache
+
+
 class Strategy:
     """Base class: scores pool items; `select` keeps the `k` highest scores.
 
@@ -79,7 +95,7 @@ class Strategy:
     `labeled` included, and ignores those it does not use; `ActiveLearningLoop`
     passes all of them to every `Strategy`. A strategy keeps no per-call state
     on the instance (one instance may serve several loops); compiled functions
-    are cached per model. A subclass whose `select` override predates
+    are cached on the model, keyed by the strategy's type and `get_config()`. A subclass whose `select` override predates
     `labeled` must add it (`labeled=None`); an object that is not a `Strategy`
     still runs in the loop with the older arguments (`model, pool, k,
     subset_size, seed, batch_size`) and a `DeprecationWarning`.
@@ -111,17 +127,25 @@ class Strategy:
 
     # ------------------------------------------------------------ machinery
     def _batch_function(self, model, fn, batch_size: int, extra_key=()) -> BatchFunction:
-        """The compiled batch function, reused while the model, settings, batch size and distribution stay the same."""
+        """The compiled batch function of this kind of strategy with these settings on `model`.
+
+        Cached on the model, not on the strategy, so the documented call
+        `acquisition.get(name).select(model, ...)`, which builds a new strategy
+        each time, traces once per model, settings, batch size and distribution.
+        `get_config()` must therefore hold every option that changes the scores.
+        """
         jit_compile = _jit_compile(model)
-        key = (batch_size, tuple(sorted(self.get_config().items())), jit_compile, *extra_key)
         active = scoring_strategy()
-        cached = getattr(self, "_compiled_cache", None)
-        if cached is not None:
-            model_ref, cached_key, function = cached
-            if model_ref() is model and cached_key == key and function.distribution is active:
-                return function
+        config = tuple(sorted(self.get_config().items()))
+        key = (type(self), batch_size, config, jit_compile, id(active), *extra_key)
+        cache = compiled_steps(model)
+        function = cache.get(key)
+        if function is not None and function.distribution is active:
+            return function
         function = BatchFunction(fn, jit_compile)
-        self._compiled_cache = (weakref.ref(model), key, function)
+        cache[key] = function
+        while len(cache) > _MAX_COMPILED_STEPS_PER_MODEL:
+            cache.pop(next(iter(cache)))
         return function
 
     def _indexed_pool(self, model, pool, batch_size, subset_size, seed, replicas: int = 1) -> IndexedPool:
