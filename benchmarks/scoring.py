@@ -7,7 +7,8 @@ in-memory pool and picks the top k by predicted loss:
   `--batch-size`-item slices of the NumPy pool, the outputs kept, and one host
   `argpartition` at the end. Nothing can score faster than this without
   changing the model.
-- `select`: `acquisition.get("learning_loss").select(model, pool, k, batch_size)`.
+- `select`: `acquisition.get("learning_loss").select(model, pool, k, batch_size)`, the documented call,
+  with a new strategy every round as a user writes it (the compiled step is cached on the model).
 - `select (tf.data pool)`: the same on `tf.data.Dataset.from_tensor_slices(pool)`.
 - `LossLearningModel.predict` + argpartition: Keras' own loop, for reference.
 
@@ -78,7 +79,6 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 def runners(model, batch_size: int, k: int) -> dict:
     forward = tf.function(lambda x: model(x, training=False)["predicted_loss"])
-    strategy = acquisition.get("learning_loss")
 
     def floor(pool):
         parts = [forward(pool[start : start + batch_size]) for start in range(0, len(pool), batch_size)]
@@ -89,9 +89,11 @@ def runners(model, batch_size: int, k: int) -> dict:
 
     return {
         "floor": floor,
-        "select": lambda pool: strategy.select(model, pool, k=k, batch_size=batch_size).indices,
+        "select": lambda pool: acquisition.get("learning_loss").select(model, pool, k=k, batch_size=batch_size).indices,
         "select (tf.data pool)": lambda pool: (
-            strategy.select(model, tf.data.Dataset.from_tensor_slices(pool), k=k, batch_size=batch_size).indices
+            acquisition.get("learning_loss")
+            .select(model, tf.data.Dataset.from_tensor_slices(pool), k=k, batch_size=batch_size)
+            .indices
         ),
         "LossLearningModel.predict": predict,
     }
