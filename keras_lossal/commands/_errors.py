@@ -17,10 +17,11 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-__all__ = ["USAGE_ERROR", "CommandError", "reports_errors"]
+__all__ = ["USAGE_ERROR", "CommandError", "check_finite_positive", "print_rejects", "reports_errors"]
 
 # The exit code of a wrong command line, as argparse uses it.
 USAGE_ERROR = 2
@@ -55,6 +56,30 @@ def reports_errors(command: str) -> Callable[[Callable[..., int]], Callable[...,
         return reporting
 
     return decorate
+
+
+def check_finite_positive(flag: str, value: float) -> None:
+    """Raises `CommandError` naming `flag` unless `value` is a finite number > 0 (`--lr nan` trains to NaN weights)."""
+    if not math.isfinite(value) or value <= 0:
+        raise CommandError(f"expected {flag} to be a finite number > 0; got {value}")
+
+
+def print_rejects(rejects: Sequence[dict], rejects_path: str, shown: int = 10) -> None:
+    """Says how many input files were skipped and why (the first `shown` by name); all are in `rejects_path`.
+
+    Example:
+
+    >>> print_rejects([{"id": "a.png", "path": "data/a.png", "reason": "corrupt image: Invalid PNG data"}], "out/rejects.jsonl")
+    skipped 1 unreadable image(s), listed with the reason in out/rejects.jsonl:
+      data/a.png: corrupt image: Invalid PNG data
+    """
+    if not rejects:
+        return
+    print(f"skipped {len(rejects)} unreadable image(s), listed with the reason in {rejects_path}:")
+    for reject in rejects[:shown]:
+        print(f"  {reject['path']}: {reject['reason']}")
+    if len(rejects) > shown:
+        print(f"  ... and {len(rejects) - shown} more")
 
 
 def _report(command: str, message: str, code: int) -> int:
