@@ -67,7 +67,6 @@ __all__ = [
     "read_idx",
     "stratified_split",
     "training_pipeline",
-    "write_rejects",
 ]
 
 # The `preprocessing=` shorthand for "use the inputs as they are" (any rank).
@@ -490,7 +489,7 @@ def _check_tfds_name(name: str, known: Sequence[str]) -> None:
     dataset = re.split(r"[/:]", name, maxsplit=1)[0]
     if dataset in known:
         return
-    close = difflib.get_close_matches(dataset, [*LOCAL_DATASETS, *known], n=3)
+    close = difflib.get_close_matches(dataset, list(dict.fromkeys([*LOCAL_DATASETS, *known])), n=3)
     hint = f"Did you mean {' or '.join(repr(match) for match in close)}? " if close else ""
     raise ValueError(
         f"Unknown dataset {name!r}: no such folder or manifest, and not a TFDS dataset. {hint}Known: "
@@ -677,25 +676,6 @@ def _op_message(error: tf.errors.OpError) -> str:
     """A TensorFlow op error's message without its `{{function_node ...}}` prefix and `[Op:...]` suffix."""
     message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
     return re.sub(r"\s*\[Op:\w+\]\s*$", "", message).strip()
-
-
-def write_rejects(out_dir: str, rejects: Sequence[dict]) -> str | None:
-    """Writes `rejects` to `out_dir/rejects.jsonl` (atomically); returns its path, or `None` when there are none.
-
-    Example:
-
-    >>> write_rejects("models/round_1", [{"id": "a.png", "path": "data/a.png", "reason": "corrupt image"}])  # doctest: +SKIP
-    'models/round_1/rejects.jsonl'
-    """
-    from keras_lossal.files import atomic_write
-    from keras_lossal.records import to_jsonl
-
-    if not rejects:
-        return None
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, REJECTS_FILE)
-    atomic_write(path, to_jsonl(rejects))
-    return path
 
 
 def stratified_split(labels, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ import keras
 
 from keras_lossal import acquisition, backbones
 from keras_lossal.acquisition.models import mc_dropout_model
-from keras_lossal.data import ArrayDataset, write_rejects
+from keras_lossal.data import ArrayDataset
 from keras_lossal.head import LossPredictionHead
 from keras_lossal.loop import ActiveLearningLoop, LoopConfig, LoopResult
 from keras_lossal.loop_state import ResumeRefusedError, RunDirectory, write_json_atomic
@@ -397,8 +397,6 @@ def run_experiment(
             without it, a run recorded with other settings is refused (`ResumeRefusedError`)
             before anything is written. Other runs in `out_dir` are left alone.
 
-    The images `dataset` skipped (`dataset.rejects`) are listed in `out_dir/rejects.jsonl`.
-
     Returns:
         `{strategy name: [LoopResult per seed]}`.
     """
@@ -426,7 +424,6 @@ def run_experiment(
     else:
         _check_resumable(loops)
     _write_settings(os.path.join(out_dir, EXPERIMENT_FILE), arms.settings(names, seeds))
-    write_rejects(out_dir, dataset.rejects)
     results: dict[str, list[LoopResult]] = {name: [] for name in names}
     for name, strategy, seed in runs:
         results[name].append(arms.loop(name, strategy, seed).run())

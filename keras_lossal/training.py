@@ -17,8 +17,8 @@ progress bars and a checkpoint after every epoch → an output directory:
   per-epoch history and the final validation metrics; `finished` once the files
   above are written.
 
-- `rejects.jsonl` (`keras_lossal.data.REJECTS_FILE`): the images that could not
-  be read and were skipped, with the reason (only when there are some).
+- `rejects.jsonl` (`keras_lossal.data.REJECTS_FILE`, written by `lossal train`):
+  the images that could not be read and were skipped (`TrainingResult.rejects`).
 
 A killed run re-run with the same arguments continues after the last finished
 epoch (Keras' `BackupAndRestore`, in `backup/` until training ends; the model
@@ -103,7 +103,7 @@ class TrainingResult:
         history: per-epoch logs, `{"loss": [...], "val_accuracy": [...], ...}` over all epochs, resumes included.
         validation: the final model's validation metrics (empty without a validation split).
         resumed_from_epoch: epochs already done when this call started (0 for a fresh run).
-        rejects: images that could not be read and were skipped (listed in `rejects.jsonl` too).
+        rejects: images that could not be read and were skipped, `{"id", "path", "reason"}` each.
     """
 
     out_dir: str
@@ -377,7 +377,6 @@ class _TrainingRun:
         os.makedirs(self.out_dir, exist_ok=True)
         recorder = _EpochRecorder(self, self._recorded_history(), verbose)
         self.write_training(recorder.history, {}, finished=False)
-        data_lib.write_rejects(self.out_dir, self.data.rejects)
         data = self.data
         train = data_lib.training_pipeline(
             data.x[self.train_positions], data.y[self.train_positions], data.preprocessing,

@@ -52,3 +52,19 @@ def test_binary_writes_hold_numpy_archives(tmp_path):
         for got, expected in zip([archive[f"arr_{i}"] for i in range(2)], weights):
             np.testing.assert_array_equal(got, expected)
     assert os.listdir(tmp_path) == ["cycle_001.weights.npz"]
+
+
+def test_guarded_reads_refuse_a_fifo_without_blocking_and_keep_the_readers_import(tmp_path):
+    from keras_lossal.files import check_regular_file, read_file
+    from keras_lossal.serving import readers
+
+    assert readers.read_file is read_file  # moved here from serving/readers.py; the old import still works
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(OSError, match=r"not a regular file \(a FIFO\)"):
+        read_file(str(tmp_path / "pipe.png"), max_bytes=100)
+    with pytest.raises(OSError, match=r"pipe.png': not a regular file \(a FIFO\)"):
+        check_regular_file(str(tmp_path / "pipe.png"))
+    with pytest.raises(FileNotFoundError, match="No such file"):
+        check_regular_file(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    check_regular_file(str(tmp_path / "a.jsonl"))

@@ -21,7 +21,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["USAGE_ERROR", "CommandError", "check_finite_positive", "print_rejects", "reports_errors"]
+__all__ = ["USAGE_ERROR", "CommandError", "check_finite_positive", "report_rejects", "reports_errors"]
 
 # The exit code of a wrong command line, as argparse uses it.
 USAGE_ERROR = 2
@@ -64,17 +64,25 @@ def check_finite_positive(flag: str, value: float) -> None:
         raise CommandError(f"expected {flag} to be a finite number > 0; got {value}")
 
 
-def print_rejects(rejects: Sequence[dict], rejects_path: str, shown: int = 10) -> None:
-    """Says how many input files were skipped and why (the first `shown` by name); all are in `rejects_path`.
+def report_rejects(rejects: Sequence[dict], out_dir: str, shown: int = 10) -> None:
+    """Lists skipped input files in `out_dir/rejects.jsonl` and says how many and why (the first `shown` by name).
 
     Example:
 
-    >>> print_rejects([{"id": "a.png", "path": "data/a.png", "reason": "corrupt image: Invalid PNG data"}], "out/rejects.jsonl")
+    >>> report_rejects([{"id": "a.png", "path": "data/a.png", "reason": "corrupt image: Invalid PNG"}], "out")  # doctest: +SKIP
     skipped 1 unreadable image(s), listed with the reason in out/rejects.jsonl:
-      data/a.png: corrupt image: Invalid PNG data
+      data/a.png: corrupt image: Invalid PNG
     """
+    import os
+
+    from keras_lossal.data import REJECTS_FILE
+    from keras_lossal.files import atomic_write
+    from keras_lossal.records import to_jsonl
+
     if not rejects:
         return
+    rejects_path = os.path.join(out_dir, REJECTS_FILE)
+    atomic_write(rejects_path, to_jsonl(rejects))
     print(f"skipped {len(rejects)} unreadable image(s), listed with the reason in {rejects_path}:")
     for reject in rejects[:shown]:
         print(f"  {reject['path']}: {reject['reason']}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from keras_lossal.commands._errors import CommandError, check_finite_positive, print_rejects, reports_errors
+from keras_lossal.commands._errors import CommandError, check_finite_positive, report_rejects, reports_errors
 
 
 def _int_list(text: str) -> list[int]:
@@ -135,7 +135,7 @@ def _add_model_arguments(model) -> None:
 
 @reports_errors("run")
 def run(args) -> int:
-    from keras_lossal import data, experiment, results
+    from keras_lossal import experiment, results
     from keras_lossal.loop_state import ResumeRefusedError
 
     check_finite_positive("--lr", args.lr)
@@ -147,7 +147,6 @@ def run(args) -> int:
     verbose = 0 if args.quiet else (2 if args.progress else 1)
     if verbose:
         print(dataset.summary(), flush=True)
-    print_rejects(dataset.rejects, f"{args.out}/{data.REJECTS_FILE}")
     start = time.perf_counter()
     try:
         experiment.run_experiment(
@@ -172,6 +171,7 @@ def run(args) -> int:
     except ResumeRefusedError as error:  # the directory is untouched
         advice = "Re-run with --restart to discard the recorded runs of these arms and seeds, or use another --out."
         raise CommandError(str(error.advising(advice))) from None
+    report_rejects(dataset.rejects, args.out)  # after the runs: a refused command leaves --out as it was
     summary = results.summarise(results.load_experiment(args.out))
     results.write_report(summary, args.out)
     if verbose:

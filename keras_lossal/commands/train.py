@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from keras_lossal.commands._errors import CommandError, check_finite_positive, print_rejects, reports_errors
+from keras_lossal.commands._errors import CommandError, check_finite_positive, report_rejects, reports_errors
 
 # The built-in backbones `--backbone` names (keras_lossal.experiment.BACKBONES, not imported here: no TensorFlow).
 BUILTIN_BACKBONES = ("resnet18_cifar", "small_cnn")
@@ -80,7 +80,7 @@ def add_parser(subparsers) -> None:
 
 @reports_errors("train")
 def run(args) -> int:
-    from keras_lossal import data, experiment, training
+    from keras_lossal import experiment, training
     from keras_lossal.loop_state import ResumeRefusedError
 
     if args.epochs < 1 or args.batch_size < 1 or args.width < 1:
@@ -119,7 +119,7 @@ def run(args) -> int:
             str(error.advising("Train into a new --out, or re-run with --restart to discard the earlier training."))
         ) from None
     # --quiet hides the progress bars only: what was trained and written is always said.
-    print_rejects(result.rejects, result.path(data.REJECTS_FILE))
+    report_rejects(result.rejects, args.out)
     shown = ", ".join(f"{key} {value:.4f}" for key, value in sorted(result.validation.items()))
     print(f"validation: {shown or 'none (--validation-fraction 0)'}")
     written = (training.MODEL_FILE, training.PREPROCESSING_FILE, training.CLASSES_FILE, training.TRAINING_FILE)
