@@ -1,5 +1,5 @@
-"""`lossal ingest` (keras_lossal/commands/ingest.py): arguments, summary, one-line errors with exit code 2, the lock,
-the image URL guard and malformed exports."""
+"""`lossal ingest` (keras_lossal/commands/ingest.py): arguments, summary, exit codes (2: bad input, 3: completed
+with rejects), the lock, the image URL guard, malformed exports and the integrity of what is recorded."""
 
 import argparse
 import json
@@ -17,6 +17,13 @@ from keras_lossal.files import exclusive_lock
 DATA = os.path.join(os.path.dirname(__file__), "data", "labelstudio")
 
 
+def pool_files(root, *names, content=b"\x89PNG image bytes"):
+    """Creates `root/pool/<name>` for each name (the files the recorded exports' tasks name)."""
+    for name in names:
+        (root / "pool" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "pool" / name).write_bytes(content)
+
+
 def run(capsys, *argv) -> tuple[int, str, str]:
     parser = argparse.ArgumentParser(prog="lossal")
     ingest.add_parser(parser.add_subparsers())
@@ -27,13 +34,14 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 
 
 def test_summary_paragraph_and_rejects_file(capsys, tmp_path):
+    pool_files(tmp_path, "a.png")
     labeled = tmp_path / "labeled.jsonl"
     code, out, err = run(
         capsys, os.path.join(DATA, "export.json"), "--manifest", str(labeled), "--classes", "cat, dog",
         "--document-root", str(tmp_path),
     )  # fmt: skip
     rejects = tmp_path / "export.json.rejects.jsonl"
-    assert (code, err) == (0, "")
+    assert (code, err) == (3, "")  # completed with rejects
     assert out == (
         "Read 9 annotation(s) (and 2 cancelled, ignored): added 3 item(s) to the labeled set, 0 already present with "
         "the same label, rejected 3 (1 label not in the class list, 1 no choice, 1 several choices). "
@@ -46,25 +54,27 @@ def test_summary_paragraph_and_rejects_file(capsys, tmp_path):
 def test_classes_from_the_label_config_and_a_chosen_rejects_path(capsys, tmp_path):
     from keras_lossal import labelstudio
 
+    pool_files(tmp_path, "a.png")
     config = tmp_path / "label_config.xml"
     labelstudio.write_label_config(str(config), ["dog"])
     code, out, _ = run(
         capsys, os.path.join(DATA, "export.csv"), "--manifest", str(tmp_path / "m.csv"), "--label-config",
         str(config), "--rejects", str(tmp_path / "r.jsonl"), "--document-root", str(tmp_path),
     )  # fmt: skip
-    assert code == 0 and out.endswith(f"Rejects: {tmp_path / 'r.jsonl'}\n")
+    assert code == 3 and out.endswith(f"Rejects: {tmp_path / 'r.jsonl'}\n")
     # Only "dog" is a class: every cat vote is rejected, a's single dog vote (annotator 3) wins.
     assert (tmp_path / "m.csv").read_text().splitlines()[1].startswith("a,pool/a.png,dog,export.csv,3,")
 
 
 def test_known_items_reject_unknown_ids(capsys, tmp_path):
+    pool_files(tmp_path, "a.png")
     (tmp_path / "triage_out").mkdir()
     (tmp_path / "triage_out" / "scored.jsonl").write_text('{"id": "a", "path": "pool/a.png", "predicted_loss": 1}\n')
     code, out, _ = run(
         capsys, os.path.join(DATA, "export_min.json"), "--manifest", str(tmp_path / "m.jsonl"), "--classes",
         "cat,dog", "--known-items", str(tmp_path / "triage_out"), "--path-root", str(tmp_path),
     )  # fmt: skip
-    assert code == 0 and "added 1 item(s)" in out and "2 unknown id" in out
+    assert code == 3 and "added 1 item(s)" in out and "2 unknown id" in out
     assert json.loads((tmp_path / "m.jsonl").read_text())["path"] == "pool/a.png"
 
 
@@ -123,8 +133,9 @@ def test_through_the_lossal_entry_point(capsys, tmp_path):
     from keras_lossal import cli
 
     assert "ingest" in cli.build_parser().format_help()
+    pool_files(tmp_path, "a.png")
     argv = ["ingest", os.path.join(DATA, "export_min.json"), "--manifest", str(tmp_path / "m.jsonl")]
-    assert cli.main([*argv, "--classes", "cat,dog", "--document-root", str(tmp_path)]) == 0
+    assert cli.main([*argv, "--classes", "cat,dog", "--document-root", str(tmp_path)]) == 3  # rejects
     assert "added 3 item(s)" in capsys.readouterr().out
     with pytest.raises(SystemExit) as stopped:  # argparse's own usage error
         cli.main([*argv, "--classes", "cat,dog", "--export-type", "XML"])
@@ -139,6 +150,7 @@ LOSSAL = "import sys; from keras_lossal.cli import main; sys.exit(main(sys.argv[
 
 
 def json_min_export(path, prefix, count):
+    pool_files(path.parent, *(f"{prefix}{i}.png" for i in range(count)))
     records = [
         {"image": f"/data/local-files/?d=pool/{prefix}{i}.png", "item_id": f"{prefix}{i}", "id": i + 1,
          "label": "cat" if i % 2 else "dog", "annotator": 1, "annotation_id": i + 1}
@@ -184,6 +196,7 @@ def test_two_concurrent_ingests_into_one_manifest_add_every_label(tmp_path):
     assert len(ids) == 10000 and set(ids) == {f"{prefix}{i}" for prefix in "ab" for i in range(5000)}
     assert sorted(os.listdir(tmp_path)) == [
         "a.json", "a.json.rejects.jsonl", "b.json", "b.json.rejects.jsonl", "labeled.jsonl", "labeled.jsonl.lock",
+        "pool",
     ]  # fmt: skip
 
 
@@ -225,10 +238,10 @@ def test_image_urls_outside_the_root_or_with_a_scheme_are_rejected_unless_allowe
                for number, (item, url) in enumerate(IMAGES.items(), start=1)]  # fmt: skip
     (tmp_path / "e.json").write_text(json.dumps(records))
     root = tmp_path / "root"
-    root.mkdir()
+    pool_files(root, "local.png", "relative.png")
     argv = [str(tmp_path / "e.json"), "--classes", "cat", "--document-root", str(root)]
     code, out, _ = run(capsys, *argv, "--manifest", str(root / "strict.jsonl"))
-    assert code == 0 and "added 2 item(s)" in out and "rejected 6 (6 image refused)" in out
+    assert code == 3 and "added 2 item(s)" in out and "rejected 6 (6 image refused)" in out
     manifest = [json.loads(line) for line in (root / "strict.jsonl").read_text().splitlines()]
     assert [(entry["id"], entry["path"]) for entry in manifest] == [
         ("local", "pool/local.png"), ("relative", "pool/relative.png"),
@@ -246,12 +259,14 @@ def test_image_urls_outside_the_root_or_with_a_scheme_are_rejected_unless_allowe
         capsys, *argv, "--manifest", str(root / "open.jsonl"), "--allow-url-schemes", "file, s3,http",
         "--allow-paths-outside-root",
     )  # fmt: skip
-    assert code == 0 and "added 7 item(s)" in out and "rejected 1 (1 image refused)" in out
+    # Allowed, and still never recorded for a file that is not there: `up` names <tmp>/etc/passwd.
+    assert code == 3 and "added 6 item(s)" in out and "rejected 2 (1 image missing, 1 image refused)" in out
     paths = {
         json.loads(line)["id"]: json.loads(line)["path"] for line in (root / "open.jsonl").read_text().splitlines()
     }
     assert (paths["file"], paths["absolute"], paths["s3"]) == ("file:///etc/passwd", "/etc/passwd", "s3://bucket/a.png")
     assert "local_up" not in paths  # a local-files URL is never outside the root: Label Studio would not serve it
+    assert "up" not in paths and not os.path.exists(os.path.join(root, IMAGES["up"]))
 
 
 # --------------------------------------------------------------------------- malformed exports
@@ -260,11 +275,12 @@ def test_a_malformed_task_is_rejected_and_the_rest_ingested(capsys, tmp_path):
     tasks[0]["annotations"][0]["result"] = "cat"  # item a
     tasks[1]["annotations"] = {"id": 4}  # item b
     (tmp_path / "export.json").write_text(json.dumps(tasks))
+    pool_files(tmp_path, "a.png")
     code, out, err = run(
         capsys, str(tmp_path / "export.json"), "--manifest", str(tmp_path / "m.jsonl"), "--classes", "cat,dog",
         "--document-root", str(tmp_path),
     )  # fmt: skip
-    assert (code, err) == (0, "") and "added 2 item(s)" in out and "2 malformed task" in out
+    assert (code, err) == (3, "") and "added 2 item(s)" in out and "2 malformed task" in out
     assert [json.loads(line)["id"] for line in (tmp_path / "m.jsonl").read_text().splitlines()] == ["d", "f"]
     rejects = [json.loads(line) for line in (tmp_path / "export.json.rejects.jsonl").read_text().splitlines()]
     assert [(reject["id"], reject["reason"]) for reject in rejects[:2]] == [
