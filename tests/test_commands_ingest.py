@@ -308,3 +308,136 @@ def test_a_file_that_is_not_an_export_is_one_line_from_the_command_line(tmp_path
     done = subprocess.run([sys.executable, "-c", LOSSAL, *argv], capture_output=True, text=True, env=environment)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == "lossal ingest: " + message.format(export=str(export)) + "\n"
+
+
+# --------------------------------------------------------------------------- integrity of what is recorded
+def labeled_task(number, item_id, image, label="cat", sha256=None):
+    """A JSON-export task as triage writes it (image URL, item id, content hash) with one annotation."""
+    data = {"image": image, "item_id": item_id, **({"sha256": sha256} if sha256 else {})}
+    result = [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]
+    annotation = {"id": number, "completed_by": 1, "result": result, "was_cancelled": False}
+    return {"id": number, "data": data, "annotations": [annotation]}
+
+
+def write_export(path, tasks):
+    path.write_text(json.dumps(tasks))
+    return str(path)
+
+
+def triage_output(folder, records):
+    """A triage output directory whose scored.jsonl holds `records` (id, path, sha256)."""
+    folder.mkdir(parents=True)
+    lines = [json.dumps({**record, "predicted_loss": 1.0}) + "\n" for record in records]
+    (folder / "scored.jsonl").write_text("".join(lines))
+    return str(folder)
+
+
+def read_rejects(path):
+    return [(reject["id"], reject["reason"]) for reject in map(json.loads, path.read_text().splitlines())]
+
+
+def sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_wrong_document_root_records_nothing_and_says_the_images_are_missing(capsys, tmp_path):
+    pool_files(tmp_path / "srv", "a.png", "b.png")  # Label Studio's document root is srv/
+    (tmp_path / "wrong").mkdir()
+    tasks = [labeled_task(1, "a.png", "/data/local-files/?d=pool/a.png"),
+             labeled_task(2, "b.png", "/data/local-files/?d=pool/b.png", "dog")]  # fmt: skip
+    export = write_export(tmp_path / "export.json", tasks)
+    labeled = tmp_path / "labeled.jsonl"
+    argv = [export, "--manifest", str(labeled), "--classes", "cat,dog"]
+    code, out, err = run(capsys, *argv, "--document-root", str(tmp_path / "wrong"))
+    assert (code, err) == (3, "")
+    assert (
+        "added 0 item(s) to the labeled set, 0 already present with the same label, rejected 2 (2 image missing)" in out
+    )
+    assert read_rejects(tmp_path / "export.json.rejects.jsonl") == [
+        ("a.png", f"image missing: {tmp_path / 'wrong' / 'pool' / 'a.png'}"),
+        ("b.png", f"image missing: {tmp_path / 'wrong' / 'pool' / 'b.png'}"),
+    ]
+    assert not labeled.exists()  # nothing written for them
+    code, out, _ = run(capsys, *argv, "--document-root", str(tmp_path / "srv"))
+    assert code == 0 and "added 2 item(s) to the labeled set" in out and "rejected 0" in out
+    records = [json.loads(line) for line in labeled.read_text().splitlines()]
+    assert [(record["id"], record["path"], record["sha256"]) for record in records] == [
+        ("a.png", "srv/pool/a.png", sha256(b"\x89PNG image bytes")),
+        ("b.png", "srv/pool/b.png", sha256(b"\x89PNG image bytes")),
+    ]
+
+
+def test_a_file_changed_after_triage_is_rejected_with_both_hashes(capsys, tmp_path):
+    pool = tmp_path / "pool"
+    pool_files(tmp_path, "a.png", "b.png", "c.png")
+    scored = {name: sha256((pool / name).read_bytes()) for name in ("a.png", "b.png", "c.png")}
+    out_dir = triage_output(tmp_path / "triage_out", [
+        {"id": name, "path": str(pool / name), "sha256": digest} for name, digest in scored.items()
+    ])  # fmt: skip
+    tasks = [labeled_task(number, name, f"/data/local-files/?d=pool/{name}", sha256=scored[name])
+             for number, name in enumerate(("a.png", "b.png"), start=1)]  # fmt: skip
+    tasks.append(labeled_task(3, "c.png", "/data/local-files/?d=pool/c.png"))  # an older task: no data.sha256
+    export = write_export(tmp_path / "export.json", tasks)
+    (pool / "a.png").write_bytes(b"edited after triage")  # the task's hash no longer holds
+    (pool / "c.png").write_bytes(b"edited too")  # triage's scored.jsonl still knows c's hash
+    labeled = tmp_path / "labeled.jsonl"
+    code, out, err = run(
+        capsys, export, "--manifest", str(labeled), "--classes", "cat", "--known-items", out_dir
+    )  # fmt: skip
+    assert (code, err) == (3, "")
+    assert "added 1 item(s) to the labeled set, 0 already present with the same label, rejected 2 (2 content " in out
+    now_a, now_c, was = sha256(b"edited after triage"), sha256(b"edited too"), scored["a.png"]
+    assert read_rejects(tmp_path / "export.json.rejects.jsonl") == [
+        ("a.png", f"content changed since triage: {pool / 'a.png'} (sha256 now {now_a[:12]}..., at triage {was[:12]}...)"),
+        ("c.png", f"content changed since triage: {pool / 'c.png'} (sha256 now {now_c[:12]}..., at triage {was[:12]}...)"),
+    ]  # fmt: skip
+    (record,) = [json.loads(line) for line in labeled.read_text().splitlines()]
+    assert (record["id"], record["sha256"]) == ("b.png", scored["b.png"])
+
+
+def test_two_known_item_sources_that_disagree_on_an_id_are_an_error_naming_both(capsys, tmp_path):
+    pool_files(tmp_path / "round1", "a.png")
+    pool_files(tmp_path / "round2", "a.png", content=b"another image")
+    first = triage_output(tmp_path / "triage1", [{"id": "a.png", "path": str(tmp_path / "round1/pool/a.png")}])
+    second = triage_output(tmp_path / "triage2", [
+        {"id": "a.png", "path": str(tmp_path / "round2/pool/a.png"), "sha256": sha256(b"another image")},
+    ])  # fmt: skip
+    export = write_export(tmp_path / "export.json", [labeled_task(1, "a.png", "pool/a.png")])
+    labeled = tmp_path / "labeled.jsonl"
+    argv = [export, "--manifest", str(labeled), "--classes", "cat"]
+    code, out, err = run(capsys, *argv, "--known-items", first, "--known-items", second)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"lossal ingest: Known-item sources disagree on id 'a.png': {tmp_path / 'round1/pool/a.png'} in "
+        f"{first + '/scored.jsonl'!r} but {tmp_path / 'round2/pool/a.png'} (sha256 {sha256(b'another image')[:12]}...) "
+        f"in {second + '/scored.jsonl'!r}; an id must name one item across the sources (pass the triage outputs or "
+        "pool manifests of one pool)\n"
+    )
+    assert not labeled.exists() and not (tmp_path / "export.json.rejects.jsonl").exists()
+    # The same item named by two sources (a triage output and the pool manifest it read) is no disagreement.
+    pool_manifest = tmp_path / "round1" / "pool.jsonl"
+    pool_manifest.write_text('{"id": "a.png", "path": "pool/a.png"}\n')
+    code, out, _ = run(capsys, *argv, "--known-items", first, "--known-items", str(pool_manifest))
+    assert code == 0 and "added 1 item(s) to the labeled set" in out
+
+
+def test_a_relative_path_from_another_working_directory_is_rejected_not_recorded(capsys, tmp_path, monkeypatch):
+    # An older triage recorded `pool/a.png` relative to where it ran (here/); ingest runs in elsewhere/.
+    pool_files(tmp_path / "here", "a.png")
+    (tmp_path / "elsewhere").mkdir()
+    out_dir = triage_output(tmp_path / "triage_out", [{"id": "a.png", "path": "pool/a.png"}])
+    export = write_export(tmp_path / "export.json", [labeled_task(1, "a.png", "/data/local-files/?d=pool/a.png")])
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    labeled = tmp_path / "labeled.jsonl"
+    argv = [export, "--manifest", str(labeled), "--classes", "cat", "--known-items", out_dir]
+    code, out, _ = run(capsys, *argv)
+    assert code == 3 and "added 0 item(s)" in out and "rejected 1 (1 image missing)" in out
+    assert read_rejects(tmp_path / "export.json.rejects.jsonl") == [
+        ("a.png", f"image missing: {tmp_path / 'elsewhere' / 'pool' / 'a.png'}"),
+    ]
+    assert not labeled.exists()
+    code, out, _ = run(capsys, *argv, "--path-root", str(tmp_path / "here"))  # where that triage ran
+    assert code == 0 and "added 1 item(s)" in out
+    assert json.loads(labeled.read_text())["path"] == "here/pool/a.png"  # relative to the manifest's folder
