@@ -241,6 +241,24 @@ def paths(known: dict) -> dict:
     return {item_id: item.path for item_id, item in known.items()}
 
 
+def test_labeled_content_uses_recorded_hashes_and_hashes_older_records_from_their_files(tmp_path):
+    import hashlib
+
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool" / "b.png").write_bytes(b"b's bytes")
+    first = write(tmp_path / "labeled.jsonl", "".join(json.dumps(record) + "\n" for record in [
+        {**A, "sha256": "0f" * 32},  # recorded by ingest: used as it is (its file is not read)
+        B,  # written before ingest recorded hashes: hashed from pool/b.png now
+        {"id": "c", "path": "pool/missing.png", "label": "cat"},
+    ]))  # fmt: skip
+    second = write(tmp_path / "other.jsonl", json.dumps({"id": "d", "path": "gs://bucket/d.png", "label": "dog"}))
+    content = manifest.labeled_content([first, second])
+    assert content.sha256 == {"0f" * 32, hashlib.sha256(b"b's bytes").hexdigest()}
+    assert (content.records, content.unhashed) == (4, (f"{first}: c", f"{second}: d"))
+    with pytest.raises(ValueError, match=r"labeled.jsonl:1: expected 'sha256' to be 64 lowercase hex digits"):
+        manifest.labeled_content([write(tmp_path / "labeled.jsonl", json.dumps({**A, "sha256": "F" * 64}))])
+
+
 # --------------------------------------------------------------------------- training input
 def png_file(path, pixels):
     path.write_bytes(tf.io.encode_png(tf.constant(pixels, tf.uint8)).numpy())
