@@ -60,7 +60,7 @@ def test_triage_tasks_and_label_config_import_into_label_studio(label_studio, lo
         assert stored["data"]["predicted_loss"] == pytest.approx(task["data"]["predicted_loss"])
         (prediction,) = stored["predictions"]
         assert prediction["score"] == pytest.approx(task["data"]["predicted_loss"])
-        assert prediction["model_version"].endswith(":version=1")
+        assert prediction["model_version"] == "lossal/1" and stored["data"]["sha256"] == task["data"]["sha256"]
         assert prediction["result"][0]["value"]["choices"][0] in LABELS
         status, body = label_studio.send("GET", task["data"]["image"])
         assert status == 200 and tf.io.decode_png(body).shape == (8, 8, 3), task["data"]["image"]
