@@ -17,9 +17,9 @@ COMPLETED_WITH_REJECTS = 3
 
 EPILOG = f"""exit status:
   0  every resolved label was added (or was already present)
+  2  bad input (a bad flag, export, manifest or known-items source): nothing written
   {COMPLETED_WITH_REJECTS}  completed with rejects: the accepted labels were added, the others are in the rejects file
      (ties, labels outside the class list, unknown ids, conflicts, image missing, content changed since triage)
-  2  bad input (a bad flag, export, manifest or known-items source): nothing written
 """
 
 
