@@ -79,7 +79,10 @@ def is_inside(root: str, path: str) -> bool:
 def read_image_directory(
     root: str, max_bytes: int | None = None, skipped: collections.Counter | None = None
 ) -> Iterator[Item]:
-    """Yields every image under `root` (recursively, sorted); ids are paths relative to `root`.
+    """Yields every image under `root` (recursively, sorted); ids are paths relative to `root`, paths absolute.
+
+    Paths are absolute so that records, Label Studio tasks and `lossal ingest --known-items` name the same
+    file from any working directory.
 
     Symlinks that point outside `root` become failures (they would let a
     crafted folder read arbitrary files), and so does anything named like an
@@ -95,6 +98,7 @@ def read_image_directory(
     """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Expected a directory of images. Received: {root!r}")
+    root = os.path.abspath(root)
     for directory, subdirectories, files in os.walk(root, followlinks=False):
         subdirectories.sort()
         named_like_images = set(name for name in subdirectories if name.lower().endswith(IMAGE_EXTENSIONS))
@@ -124,6 +128,7 @@ def read_tfrecord(path: str, id_feature: str = "id") -> Iterator[Item]:
 
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"No such TFRecord file: {path!r}")
+    path = path if "://" in path else os.path.abspath(path)  # items name their file from any working directory
     base = os.path.basename(path)
     index = 0
     iterator = iter(tf.data.TFRecordDataset(path))
