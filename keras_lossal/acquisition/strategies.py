@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from keras_lossal.acquisition import diversity, models, scores
+from keras_lossal.acquisition.diversity import loss_rank_weights  # noqa: F401 - public here since learning_loss_badge
 from keras_lossal.acquisition.pool import IndexedPool, index_pool, model_input_spec, pool_size
 from keras_lossal.acquisition.ranking import sample_subset
 from keras_lossal.acquisition.scoring import (
@@ -661,7 +662,7 @@ class LearningLossClusters(_HardAndDiverse):
 
     name = "learning_loss_clusters"
 
-    def __init__(self, layer: str | None = None, iterations: int = 10):
+    def __init__(self, layer: str | None = None, iterations: int = diversity.KMEANS_ITERATIONS):
         super().__init__(layer)
         self.iterations = _check_positive_int("iterations", iterations)
 
@@ -676,8 +677,7 @@ class LearningLossClusters(_HardAndDiverse):
             model, pool, k, subset_size, seed, batch_size, verbose
         )
         kept = np.flatnonzero(finite)
-        clusters = diversity.kmeans(embeddings[kept], k, seed, self.iterations)
-        positions = kept[diversity.best_per_cluster(predicted[kept], clusters, k)]
+        positions = kept[diversity.hardest_per_cluster(predicted[kept], embeddings[kept], k, seed, self.iterations)]
         return Selection(
             indices[positions], predicted[positions].astype(np.float32), self.name, len(indices), num_non_finite
         )
@@ -791,8 +791,7 @@ class LearningLossBadge(_Embedding):
         check_scored(k, len(indices))
         kept = np.flatnonzero(_finite_rows(predicted, residuals, features))
         _report_non_finite(len(indices) - len(kept), len(indices), k, self.name)
-        weights = loss_rank_weights(predicted[kept])
-        chosen, _ = diversity.kmeans_plus_plus_gradients(residuals[kept] * weights[:, None], features[kept], k, seed)
+        chosen, _ = diversity.kmeans_plus_plus_loss_weighted(predicted[kept], residuals[kept], features[kept], k, seed)
         positions = kept[chosen]
         return Selection(
             indices[positions],
@@ -810,19 +809,6 @@ class LearningLossBadge(_Embedding):
             return scorer.score(model, features), embedding, models.classifier_outputs(model, features)
 
         return fn
-
-
-def loss_rank_weights(predicted: np.ndarray) -> np.ndarray:
-    """`rank / n` in `(0, 1]` of each predicted loss (1 for the highest; ties by position).
-
-    Example:
-
-    >>> loss_rank_weights(np.array([0.3, -2.0, 5.0, 0.1])).tolist()
-    [0.75, 0.25, 1.0, 0.5]
-    """
-    ranks = np.empty(len(predicted), np.float64)
-    ranks[np.lexsort((np.arange(len(predicted)), predicted))] = np.arange(1, len(predicted) + 1)
-    return (ranks / max(len(predicted), 1)).astype(np.float32)
 
 
 STRATEGIES = {
