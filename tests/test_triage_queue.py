@@ -113,6 +113,28 @@ def test_top_k_selection_keeps_todays_queue_without_embeddings(pool, tmp_path):
     assert ids(unlimited.queue) == ids(result.queue)
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_the_queue_through_tf_serving_equals_the_in_process_queue(pool, tmp_path, protocol):
+    from tfserving_standin import start_grpc_standin, start_rest_standin
+
+    from keras_lossal.serving import ServerScorer, TFServingClient
+
+    options = {"top_k": 3, "batch_size": 4, "selection": "learning_loss_badge", "candidates_factor": 3}
+    local = triage(read_items(pool["folder"]), InProcessScorer(pool["base"]), str(tmp_path / "local"), **options)
+    if protocol == "grpc":
+        server, target, _ = start_grpc_standin(pool["base"], "lossal")
+        stop = lambda: server.stop(None)  # noqa: E731
+    else:
+        server, target, _ = start_rest_standin(pool["base"], "lossal")
+        stop = server.shutdown
+    try:
+        with TFServingClient(target, "lossal", protocol=protocol, rest_format="instances") as client:
+            remote = triage(read_items(pool["folder"]), ServerScorer(client), str(tmp_path / "remote"), **options)
+    finally:
+        stop()
+    assert ids(remote.queue) == ids(local.queue)
+
+
 # ----------------------------------------------------------------------------------------------- memory
 def test_candidates_held_never_exceed_factor_times_k(pool, tmp_path, monkeypatch):
     instances = []
