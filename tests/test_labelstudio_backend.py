@@ -521,6 +521,31 @@ def test_new_labels_start_a_round_and_predictions_switch_once_published(model_di
         backend.close()
 
 
+def test_start_training_starts_a_round_on_any_new_label(model_dir, root, tmp_path):
+    backend = make_backend(model_dir, root, tmp_path, retrain_every=50,
+                           commands=fake_commands(os.path.join(model_dir, "1")))  # fmt: skip
+    client = client_for(backend)
+    start = {"action": "START_TRAINING", "project": {"id": 1, "label_config": LABEL_CONFIG}}
+    try:
+        assert client.post("/webhook", json=start).json()["training"].startswith("nothing new to train on")
+        client.post("/webhook", json=annotation_event(1, task(1, local("b0.png")), 1, ["cat"]))
+        assert client.post("/webhook", json=start).json()["training"] == "starting a round on 1 labels (1 new)"
+        assert wait_until(lambda: [r.status for r in backend.retrainer.rounds()] == ["published"])
+        assert backend.served.version() == 2
+    finally:
+        backend.close()
+    off = make_backend(model_dir, root, tmp_path / "off")
+    try:
+        assert (
+            TestClient(create_app(off))
+            .post("/webhook", json=start, headers={"X-Lossal-Secret": SECRET})
+            .json()["training"]
+            == "off (--retrain-every N)"
+        )
+    finally:
+        off.close()
+
+
 def test_a_failed_round_keeps_the_served_version_and_waits_for_more_labels(model_dir, root, tmp_path):
     class FailingTrain(RoundCommands):
         def train(self, round_):
@@ -541,6 +566,36 @@ def test_a_failed_round_keeps_the_served_version_and_waits_for_more_labels(model
         assert wait_until(lambda: len(backend.retrainer.rounds()) == 2)
     finally:
         backend.close()
+
+
+def test_through_tf_serving_a_published_version_is_served_once_the_server_loads_it(model_dir, root, tmp_path):
+    from tfserving_standin import start_grpc_standin
+
+    server, target, service = start_grpc_standin(model_dir, "lossal")
+    config = BackendConfig(server=f"grpc://{target}", base_path=model_dir, labels=tuple(CLASSES), document_root=root,
+                           manifest=str(tmp_path / "labeled.jsonl"), state_dir=str(tmp_path / "state"), retrain_every=1)  # fmt: skip
+    backend = LabelStudioBackend(config, commands=fake_commands(os.path.join(model_dir, "1")))
+    client = TestClient(create_app(backend))
+    body = {"tasks": [task(1, local("d2.png")), task(2, local("missing.png"))], "label_config": LABEL_CONFIG}
+    try:
+        assert client.post("/setup", json={"schema": LABEL_CONFIG}).json() == {
+            "model_version": "server:lossal:version=1"
+        }
+        first, missing = client.post("/predict", json=body).json()["results"]
+        expected = InProcessScorer(model_dir).score("image", [open(os.path.join(root, "pool", "d2.png"), "rb").read()])
+        assert first["score"] == pytest.approx(float(expected["predicted_loss"][0]), abs=1e-5)
+        assert first["model_version"] == "server:lossal:version=1" and missing["error"].startswith("not found")
+        client.post("/webhook", json=annotation_event(1, task(1, local("b0.png")), 1, ["cat"]))
+        assert wait_until(lambda: [r.status for r in backend.retrainer.rounds()] == ["published"])
+        assert client.post("/predict", json=body).json()["results"][0]["model_version"].endswith(":version=1")
+        service.repository.poll(latest_only=True)  # TF Serving loads the version that appeared under its base path
+        assert client.post("/setup", json={"schema": LABEL_CONFIG}).json() == {
+            "model_version": "server:lossal:version=2"
+        }
+        assert client.post("/predict", json=body).json()["results"][0]["model_version"] == "server:lossal:version=2"
+    finally:
+        backend.close()
+        server.stop(None)
 
 
 def _start_driver(model_dir, tmp_path, go_file):

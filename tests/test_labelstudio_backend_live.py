@@ -152,11 +152,14 @@ def test_live_round_in_label_studio(live_label_studio, tmp_path, capsys):
     task_ids = server.import_tasks(project, _tasks(root, work))
     backend, port = _start_backend(work, manifest, base, root, project)
     proxy = RecordingProxy(f"http://127.0.0.1:{port}", free_port())
-    transcript = []
+    with open(os.path.join(work, "backend.log")) as log:
+        transcript = ["$ lossal labelstudio backend --model models/lossal ... --retrain-every 4"]
+        transcript += [line.rstrip() for line in log if line.startswith(("lossal labelstudio backend", "  "))]
     try:
-        _round_one(server, project, proxy, base, root, transcript)
-        _label_and_retrain(server, project, task_ids, manifest, port, transcript)
+        backend_id = _round_one(server, project, proxy, base, root, transcript)
+        annotations = _label_and_retrain(server, project, proxy, task_ids, manifest, port, transcript)
         _round_two(server, project, proxy, base, root, transcript)
+        _edit_delete_and_start_training(server, backend_id, annotations, manifest, proxy, transcript)
     finally:
         proxy.stop()
         os.killpg(backend.pid, signal.SIGTERM)
@@ -166,7 +169,7 @@ def test_live_round_in_label_studio(live_label_studio, tmp_path, capsys):
         print("\n" + "\n".join(transcript))
 
 
-def _round_one(server, project, proxy, base, root, transcript) -> None:
+def _round_one(server, project, proxy, base, root, transcript) -> int:
     backend = server.call(
         "POST", "/api/ml",
         {"project": project, "url": proxy.url, "title": "lossal", "auth_method": "BASIC_AUTH",
@@ -196,23 +199,34 @@ def _round_one(server, project, proxy, base, root, transcript) -> None:
     server.call("PATCH", f"/api/projects/{project}", {"model_version": backend["model_version"]})
     ordered = _ordered(server, project)
     assert [name for name, _ in ordered[:12]] == sorted(expected, key=expected.get, reverse=True)
-    transcript += [f"$ lossal labelstudio backend ... (Label Studio shows model_version {backend['model_version']!r})",
-                   "Data Manager sorted by prediction score (version 1):"]  # fmt: skip
-    transcript += [f"  {score if score is None else round(score, 4)!s:>8}  {name}" for name, score in ordered]
-    transcript += [f"  per-task errors: {error}" for error in errors]
+    transcript.append(f"POST /api/ml -> state {backend['state']}, model_version {backend['model_version']}")
+    transcript += _queue(
+        f"Data Manager, sorted by prediction score ({backend['model_version']}):", ordered, predictions
+    )
+    transcript += ["the backend's answers for the three bad tasks (no `result`: Label Studio skips them):"]
+    transcript += [f"  {error}" for error in errors]
+    return backend["id"]
 
 
-def _label_and_retrain(server, project, task_ids, manifest, port, transcript) -> None:
+def _queue(title: str, ordered, predictions) -> list[str]:
+    lines = [title]
+    for name, score in ordered:
+        label = predictions[name]["result"][0]["value"]["choices"][0] if name in predictions else "-"
+        lines.append(f"  {'none' if score is None else f'{score:.4f}':>8}  {label:<4}  {name}")
+    return lines
+
+
+def _label_and_retrain(server, project, proxy, task_ids, manifest, port, transcript) -> dict[str, int]:
     user = server.current_user()
     plan = [(BRIGHT[0], "cat"), (DARK[0], "dog"), (BRIGHT[1], "cat"), (DARK[1], "NotAClass"), (DARK[2], "dog")]
-    before = sum(1 for _ in open(manifest))
+    before, annotations = sum(1 for _ in open(manifest)), {}
     for name, label in plan:
-        server.annotate(task_ids[name], user, [label])
+        annotations[name] = server.annotate(task_ids[name], user, [label])
         lines = [json.loads(line) for line in open(manifest)]
         # The webhook answered after the merge, and Label Studio waited for it: the label is there already.
         assert (name in {line["id"] for line in lines}) == (label != "NotAClass"), (name, label)
     assert sum(1 for _ in open(manifest)) == before + 4
-    deadline, status = time.monotonic() + ROUND_TIMEOUT, {}
+    started, deadline, status = time.monotonic(), time.monotonic() + ROUND_TIMEOUT, {}
     while time.monotonic() < deadline:
         status = _backend_get(port, "/status")
         last = status.get("retraining", {}).get("last_round")
@@ -221,7 +235,15 @@ def _label_and_retrain(server, project, task_ids, manifest, port, transcript) ->
         time.sleep(2)
     assert status["retraining"]["last_round"]["status"] == "published", status
     assert status["model_version"].endswith(":version=2")
-    transcript.append(f"after 4 new labels (1 rejected: NotAClass) -> /status: {json.dumps(status['retraining'])}")
+    transcript.append(f"annotations posted through the API: {', '.join(f'{n} {label}' for n, label in plan)}")
+    transcript += [f"  /webhook -> {json.dumps(answer)}" for answer in _webhook_answers(proxy)[-len(plan) :]]
+    transcript.append(f"GET /status {time.monotonic() - started:.0f} s later -> {json.dumps(status)}")
+    return annotations
+
+
+def _webhook_answers(proxy) -> list[dict]:
+    answers = [record["response"] for record in proxy.recorded if record["path"] == "/webhook"]
+    return [{key: value for key, value in answer.items() if key != "status"} for answer in answers]
 
 
 def _round_two(server, project, proxy, base, root, transcript) -> None:
@@ -236,8 +258,22 @@ def _round_two(server, project, proxy, base, root, transcript) -> None:
     server.call("PATCH", f"/api/projects/{project}", {"model_version": backend["model_version"]})
     ordered = _ordered(server, project)
     assert [name for name, _ in ordered[:12]] == sorted(expected, key=expected.get, reverse=True)
-    transcript.append(f"Data Manager sorted by prediction score ({backend['model_version'].rsplit(':', 1)[1]}):")
-    transcript += [f"  {score if score is None else round(score, 4)!s:>8}  {name}" for name, score in ordered]
+    transcript += _queue(f"after Retrieve predictions again ({backend['model_version']}):", ordered, predictions)
+
+
+def _edit_delete_and_start_training(server, backend_id, annotations, manifest, proxy, transcript) -> None:
+    """An annotation changed and one deleted (a label once merged stays), then Label Studio's "Start training"."""
+    before = open(manifest).read()
+    changed = [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["cat"]}}]
+    server.call("PATCH", f"/api/annotations/{annotations[DARK[2]]}", {"result": changed})
+    server.request("DELETE", f"/api/annotations/{annotations[DARK[1]]}", expected=204)
+    server.call("POST", f"/api/ml/{backend_id}/train", {})
+    assert open(manifest).read() == before
+    answers = [record["response"] for record in proxy.recorded if record["path"] == "/webhook"][-3:]
+    assert [answer["action"] for answer in answers] == ["ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING"]
+    assert answers[0]["rejects"][0]["reason"] == "conflicts with the labeled set: it has 'dog'"
+    transcript += [f"{DARK[2]} changed to cat, {DARK[1]}'s annotation deleted, Start training:"]
+    transcript += [f"  /webhook -> {json.dumps(answer)}" for answer in answers]
 
 
 def _check_and_keep_recordings(recorded: list[dict], transcript: list[str]) -> None:

@@ -36,6 +36,7 @@ from starlette.routing import Route
 from keras_lossal.labelstudio_backend.config import SECRET_HEADER, BackendConfig
 from keras_lossal.labelstudio_backend.protocol import ProtocolError
 from keras_lossal.labelstudio_backend.service import LabelStudioBackend, RequestRefused
+from keras_lossal.serving.client import ServingError
 
 __all__ = ["create_app", "serve"]
 
@@ -98,6 +99,8 @@ def _route(path: str, method: str, config: BackendConfig, handle: Callable, with
             return JSONResponse({"error": str(error)}, status_code=error.status, headers=headers)
         except RequestRefused as error:
             return JSONResponse({"error": str(error)}, status_code=error.status)
+        except ServingError as error:  # TF Serving cannot say which version it serves (/setup, /versions)
+            return JSONResponse({"error": str(error)}, status_code=503)
         except ProtocolError as error:
             return JSONResponse({"error": str(error)}, status_code=400)
         except Exception as error:  # noqa: BLE001 - one line in the answer, the traceback in the log

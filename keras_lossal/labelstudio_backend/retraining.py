@@ -205,15 +205,26 @@ class Retrainer:
             self._forced = self._forced or force
         self._wake.set()
 
+    def start_training(self) -> str:
+        """Label Studio's "Start training": a round now if any label is new; says what will happen."""
+        with self._lock:
+            current = self._current
+        if current is not None:
+            return f"round {current.number} is running (version {current.version})"
+        size, trained = self._manifest_size(), self._labels_trained(self.rounds())
+        if size <= trained:
+            return f"nothing new to train on: the manifest's {size} labels are all in the last published round"
+        self.notify(force=True)
+        return f"starting a round on {size} labels ({size - trained} new)"
+
     def status(self) -> dict[str, Any]:
         rounds = self.rounds()
-        published = [round_ for round_ in rounds if round_.status == "published"]
         with self._lock:
             current = self._current
         return {
             "retrain_every": self.retrain_every,
             "labels": self._manifest_size(),
-            "labels_trained": max([self.baseline] + [round_.labels for round_ in published]),
+            "labels_trained": self._labels_trained(rounds),
             "round": current.as_json() if current else None,
             "last_round": rounds[-1].as_json() if rounds else None,
         }
@@ -246,8 +257,7 @@ class Retrainer:
         unfinished = [round_ for round_ in rounds if not round_.finished]
         if unfinished:
             return unfinished[0]
-        size = self._manifest_size()
-        trained = max([self.baseline] + [round_.labels for round_ in rounds if round_.status == "published"])
+        size, trained = self._manifest_size(), self._labels_trained(rounds)
         failed_at = max([-1] + [round_.labels for round_ in rounds if round_.status == "failed"])
         with self._lock:
             forced, self._forced = self._forced, False
@@ -325,6 +335,10 @@ class Retrainer:
             raise RoundFailed(f"{name} exited with code {process.returncode}: ...{_tail(log_path)}")
 
     # ------------------------------------------------------------------ labels
+    def _labels_trained(self, rounds: list[Round]) -> int:
+        """Labels the served model was trained on: the last published round's, or the baseline."""
+        return max([self.baseline] + [round_.labels for round_ in rounds if round_.status == "published"])
+
     def _manifest_size(self) -> int:
         return len(manifest_lib.read_manifest(self.manifest, missing_ok=True))
 

@@ -28,6 +28,7 @@ from keras_lossal.labelstudio_backend.protocol import (
     project_id,
 )
 from keras_lossal.labelstudio_backend.retraining import Retrainer, RoundCommands
+from keras_lossal.serving.scorers import ServerScorer
 
 __all__ = ["LabelStudioBackend", "RequestRefused", "make_scorer"]
 
@@ -172,6 +173,9 @@ class LabelStudioBackend:
             self.retrainer.stop()
         if self.labels is not None:
             self.labels.close()
+        scorer = self.served.current()
+        if isinstance(scorer, ServerScorer):
+            scorer.client.close()
         if self._lock_descriptor is not None:
             os.close(self._lock_descriptor)
             self._lock_descriptor = None
@@ -181,11 +185,11 @@ class LabelStudioBackend:
         if self.labels is None:
             return {"status": "ignored", "action": action, "reason": "no manifest (--manifest) to merge labels into"}
         update = self.labels.apply(events, self._target(label_config)) if events else None
-        if self.retrainer is not None and (starts_training or (update is not None and update.added)):
-            self.retrainer.notify(force=starts_training)
         answer = {"status": "ok", "action": action, **(update.as_json() if update else {})}
-        if starts_training and self.retrainer is None:
-            answer["training"] = "off: start the backend with --retrain-every N"
+        if starts_training:
+            answer["training"] = self.retrainer.start_training() if self.retrainer else "off (--retrain-every N)"
+        elif self.retrainer is not None and update is not None and update.added:
+            self.retrainer.notify()
         return answer
 
     def _target(self, label_config: Any) -> ChoicesTarget:
