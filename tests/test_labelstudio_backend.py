@@ -450,6 +450,30 @@ def test_webhooks_merge_labels_by_ingest_rules(model_dir, root, tmp_path):
     assert len(rejects) == 6 and rejects[-1].startswith("conflicts")
 
 
+def test_the_older_train_call_merges_an_export_as_lossal_ingest_does(model_dir, root, tmp_path):
+    """`POST /train` carries every annotated task as a JSON export: the same labels and rejects as `lossal ingest`."""
+    from keras_lossal import labelstudio
+
+    export = os.path.join(HERE, "data", "labelstudio", "export.json")
+    config = LABEL_CONFIG.replace('<Choice value="bird"/>', "")
+    backend = make_backend(model_dir, root, tmp_path)
+    try:
+        answer = client_for(backend).post(
+            "/train", json={"annotations": json.load(open(export)), "project": "1.1", "label_config": config}
+        )
+    finally:
+        backend.close()
+    reference = labelstudio.ingest(export, str(tmp_path / "reference.jsonl"), ["cat", "dog"],
+                                   image_sources=labelstudio.ImageSources(document_root=root))  # fmt: skip
+    assert answer.status_code == 200 and answer.json()["added"] == reference.added == 3
+    assert sorted(r["reason"] for r in answer.json()["rejects"]) == sorted(r["reason"] for r in reference.rejects)
+    kept = ("id", "path", "label", "annotators")
+    mine, theirs = ([{key: record[key] for key in kept} for record in map(json.loads, open(path))]
+                    for path in (tmp_path / "labeled.jsonl", tmp_path / "reference.jsonl"))  # fmt: skip
+    assert mine == theirs
+    assert answer.json()["training"] == "off (--retrain-every N)"
+
+
 def test_a_project_with_other_tag_names_is_translated(model_dir, root, tmp_path):
     config = ('<View><Image name="photo" value="$img"/><Choices name="kind" toName="photo">'
               + "".join(f'<Choice value="{name}"/>' for name in CLASSES) + "</Choices></View>")  # fmt: skip

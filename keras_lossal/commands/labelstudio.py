@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from keras_lossal.commands._errors import CommandError, reports_errors
 from keras_lossal.labelstudio_backend import config as backend_config
 
 __all__ = ["add_parser"]
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 BACKEND_EPILOG = """examples:
   lossal labelstudio backend --model models/lossal --document-root /srv/data
@@ -159,6 +162,12 @@ def run_backend(args: argparse.Namespace) -> int:
         predict_timeout=args.predict_timeout,
         max_request_bytes=args.max_request_bytes,
     )
+    if config.secret is None and config.host not in LOOPBACK_HOSTS:
+        print(
+            f"lossal labelstudio backend: warning: listening on {config.host} without a secret: anyone who reaches "
+            "this port can add labels to the manifest (--secret-env VAR)",
+            file=sys.stderr,
+        )
     serve(config, ready=lambda backend: print(_banner(config, backend), flush=True))
     return 0
 
