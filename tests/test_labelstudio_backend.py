@@ -510,6 +510,12 @@ def test_labels_logged_before_a_kill_are_merged_at_the_next_start(model_dir, roo
     assert (state / ANNOTATION_LOG).read_text() == line + "\n"
 
 
+def test_a_backend_that_fails_to_start_leaves_its_state_directory_free(model_dir, root, tmp_path):
+    with pytest.raises(FileNotFoundError, match="No such model directory"):
+        make_backend(str(tmp_path / "no_model"), root, tmp_path)
+    make_backend(model_dir, root, tmp_path).close()
+
+
 # --------------------------------------------------------------------------- retraining
 def test_round_commands_are_lossal_train_then_lossal_export(tmp_path):
     round_ = Round(str(tmp_path / "round-0001"), 1, 7, 10)

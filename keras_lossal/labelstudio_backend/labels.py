@@ -98,9 +98,12 @@ class LabelStore:
             return self._ingest(sorted(touched), target)
 
     def catch_up(self, target: ChoicesTarget) -> LabelUpdate:
-        """Ingests every task of the log (after a restart: labels logged but not merged when the backend stopped)."""
+        """Ingests every task of the log (after a restart: labels logged but not merged when the backend stopped).
+
+        Its rejects are not logged again: `rejects.jsonl` has them from when their webhooks came.
+        """
         with self._lock:
-            return self._ingest(sorted(self._tasks), target)
+            return self._ingest(sorted(self._tasks), target, log_rejects=False)
 
     def close(self) -> None:
         self._log.close()
@@ -120,7 +123,7 @@ class LabelStore:
         self._owner[event.annotation_id] = task_id
         return [task_id]
 
-    def _ingest(self, task_ids: Iterable[int], target: ChoicesTarget) -> LabelUpdate:
+    def _ingest(self, task_ids: Iterable[int], target: ChoicesTarget, log_rejects: bool = True) -> LabelUpdate:
         tasks = [self._export_task(task_id, target) for task_id in task_ids]
         if not tasks:
             return LabelUpdate()
@@ -143,7 +146,7 @@ class LabelStore:
                 rejects = [{"task_ids": [task["id"] for task in tasks], "reason": str(error)}]
         if summary is not None:
             rejects = summary.rejects
-        if rejects:
+        if rejects and log_rejects:
             now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
             log = JsonlLog(os.path.join(self.state_dir, REJECTS_LOG))
             log.write([{**reject, "rejected_at": now} for reject in rejects])

@@ -73,23 +73,25 @@ class LabelStudioBackend:
 
     def __init__(self, config: BackendConfig, scorer=None, commands: RoundCommands | None = None):
         self.config = config
+        self.labels: LabelStore | None = None
+        self.retrainer: Retrainer | None = None
+        self.served: ServedModel | None = None
         self._lock_descriptor = _lock_state_dir(config.state_dir) if config.state_dir else None
-        self.served = ServedModel(scorer if scorer is not None else make_scorer(config))
-        sources = ImageSources(config.document_root, config.allow_paths_outside_root, config.url_schemes)
-        limits = ImageLimits(**{key: value for key, value in (("max_bytes", config.max_image_bytes),
-                             ("max_pixels", config.max_image_pixels)) if value is not None},
-                             timeout=config.image_timeout)  # fmt: skip
-        self.predictor = Predictor(self.served, sources, limits, config.batch_size)
-        self.labels = None
-        if config.manifest is not None:
-            self.labels = LabelStore(config.state_dir, config.manifest, sources, config.id_field)
-        self.retrainer = None
-        if config.retrain_every is not None:
-            commands = commands or RoundCommands(config.train_args, config.model_name)
-            on_published = self._load_version if config.model_dir is not None else None
-            self.retrainer = Retrainer(config.state_dir, config.manifest, config.export_base_path,
-                                       config.retrain_every, commands, on_published)  # fmt: skip
-        self._catch_up()
+        try:
+            self.served = ServedModel(scorer if scorer is not None else make_scorer(config))
+            sources = ImageSources(config.document_root, config.allow_paths_outside_root, config.url_schemes)
+            self.predictor = Predictor(self.served, sources, _image_limits(config), config.batch_size)
+            if config.manifest is not None:
+                self.labels = LabelStore(config.state_dir, config.manifest, sources, config.id_field)
+            if config.retrain_every is not None:
+                commands = commands or RoundCommands(config.train_args, config.model_name)
+                on_published = self._load_version if config.model_dir is not None else None
+                self.retrainer = Retrainer(config.state_dir, config.manifest, config.export_base_path,
+                                           config.retrain_every, commands, on_published)  # fmt: skip
+            self._catch_up()
+        except BaseException:
+            self.close()  # a backend that did not start leaves its state directory free
+            raise
         if self.retrainer is not None:
             self.retrainer.start()
 
@@ -173,7 +175,7 @@ class LabelStudioBackend:
             self.retrainer.stop()
         if self.labels is not None:
             self.labels.close()
-        scorer = self.served.current()
+        scorer = self.served.current() if self.served is not None else None
         if isinstance(scorer, ServerScorer):
             scorer.client.close()
         if self._lock_descriptor is not None:
@@ -234,6 +236,15 @@ class LabelStudioBackend:
 
         self.served.swap(InProcessScorer(self.config.model_dir, version=version))
         logger.info("serving version %d", version)
+
+
+def _image_limits(config: BackendConfig) -> ImageLimits:
+    defaults = ImageLimits()
+    return ImageLimits(
+        max_bytes=config.max_image_bytes or defaults.max_bytes,
+        max_pixels=config.max_image_pixels or defaults.max_pixels,
+        timeout=config.image_timeout,
+    )
 
 
 def _object(body: Any, name: str) -> dict:
