@@ -456,6 +456,7 @@ def test_the_older_train_call_merges_an_export_as_lossal_ingest_does(model_dir, 
 
     export = os.path.join(HERE, "data", "labelstudio", "export.json")
     config = LABEL_CONFIG.replace('<Choice value="bird"/>', "")
+    write_png(os.path.join(root, "pool", "a.png"), 90)  # the export's image: ingest records only files that exist
     backend = make_backend(model_dir, root, tmp_path)
     try:
         answer = client_for(backend).post(
