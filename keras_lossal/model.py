@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -456,6 +457,7 @@ class LossLearningModel(keras.Model):
             self.loss_weight_scale.assign(1.0)
         else:
             callbacks.append(schedule)
+        self._check_sparse_labels(y)
         if _is_array(x) and not (validation_split and validation_data is None):
             x, y, sample_weight, batch_size = _singleton_free(x, y, sample_weight, batch_size, shuffle)
             shuffle = shuffle and _is_array(x)  # a Dataset made here is already shuffled
@@ -475,6 +477,12 @@ class LossLearningModel(keras.Model):
                 **kwargs,
             )
         except tf.errors.InvalidArgumentError as error:
+            label = _OUT_OF_RANGE_LABEL.search(str(error))
+            if label is not None:  # a tf.data pipeline: found by the loss, in the batch that held it
+                raise ValueError(
+                    f"Expected class labels in [0, {label[2]}). Received: a label {label[1]} in a training batch; "
+                    "training stopped at that batch."
+                ) from None
             if _NON_FINITE_MARKER not in str(error):
                 raise
             raise ValueError(
@@ -482,6 +490,24 @@ class LossLearningModel(keras.Model):
                 "values; training stopped before they reached the weights. Find them with "
                 "`~np.isfinite(x).reshape(len(x), -1).all(axis=1)` and drop or repair them."
             ) from None
+
+    def _check_sparse_labels(self, y) -> None:
+        """Integer labels for a sparse categorical loss must index the logits: checked before any weight changes."""
+        loss = (getattr(self, "_task_loss_config", None) or {}).get("loss")
+        loss_name = loss if isinstance(loss, str) else type(loss).__name__
+        if not isinstance(y, np.ndarray) or y.dtype.kind not in "iu" or "sparse_categorical" not in _snake(loss_name):
+            return
+        num_classes = self.backbone.outputs[0].shape[-1] if len(self.backbone.outputs) == 1 else None
+        if num_classes is None or not y.size:
+            return
+        outside = (y < 0) | (y >= num_classes)
+        if outside.any():
+            bad = np.unique(y[outside])
+            raise ValueError(
+                f"Expected class labels in [0, {num_classes}) for a model with {num_classes} outputs. Received: "
+                f"{int(outside.sum())} label(s) outside it, values {bad[:10].tolist()} (first at position "
+                f"{int(np.flatnonzero(outside.reshape(len(y), -1).any(axis=1))[0])})."
+            )
 
     # ------------------------------------------------------------------- steps
     def _flat_targets(self, y) -> list:
@@ -661,6 +687,7 @@ def _reducible_logs(logs):
 
 
 _NON_FINITE_MARKER = "keras_lossal: non-finite training data"
+_OUT_OF_RANGE_LABEL = re.compile(r"Received a label value of (-?\d+) which is outside the valid range of \[0, (\d+)\)")
 
 
 def _after_finite_check(x, y):
@@ -689,6 +716,10 @@ def _singleton_free(x, y, sample_weight, batch_size, shuffle):
         dataset = dataset.shuffle(len(x), reshuffle_each_iteration=True)
     dataset = data_lib.batch_without_singletons(dataset, len(x), batch_size).prefetch(tf.data.AUTOTUNE)
     return dataset, None, None, None
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def _to_float32(tensor):

@@ -651,3 +651,23 @@ def test_training_on_non_finite_data_stops_with_a_clear_error(where):
         model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     for old, new in zip(before, model.get_weights()):
         np.testing.assert_array_equal(old, new)
+
+
+def test_out_of_range_labels_are_a_clear_error_before_any_weight_changes():
+    x, y = classification_data(32)
+    model = kl.LossLearningModel(small_cnn())
+    model.compile("sgd", sparse_ce())
+    before = [w.copy() for w in model.get_weights()]
+    y = y.copy()
+    y[[4, 9]] = [5, -1]
+    num_classes = model.backbone.outputs[0].shape[-1]
+    y[4] = num_classes + 2
+    with pytest.raises(
+        ValueError, match=rf"Expected class labels in \[0, {num_classes}\).*values \[-1, {num_classes + 2}\]"
+    ):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    # A tf.data pipeline is checked by the loss itself, in the batch that holds the label: one line, not a graph error.
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    with pytest.raises(ValueError, match=rf"Expected class labels in \[0, {num_classes}\)\. Received: a label"):
+        model.fit(dataset, epochs=1, verbose=0)
