@@ -42,7 +42,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
 QUICK_TIMEOUT = 300  # a command that should refuse at once; TensorFlow alone takes 20 s on a loaded machine
-TRAIN_TIMEOUT = 900  # a command that trains (a hang on a FIFO shows as this timeout)
+TRAIN_TIMEOUT = 900  # a command that trains
+HANG_TIMEOUT = 420  # a command that trains on a folder holding a FIFO: a hang shows as this timeout
 CLASSES = ("dark", "mid", "bright")
 SIZE = 16
 # TensorFlow's and absl's own log lines (C++ logging, the oneDNN/CPU/CUDA notices), not our messages.
@@ -90,7 +91,9 @@ class Command:
             last = [line for line in self.output.splitlines() if line.strip()][-1]
             return f"{status}; a {len(self.err.splitlines())}-line traceback ending {clip(last, 140)!r}"
         lines = self.error_lines()
-        return f"{status}; stderr {clip(lines[0], 170)!r}" if lines else status
+        # The command's own message when there is one (a library warning may come first).
+        ours = [line for line in lines if line.startswith("lossal ")] or lines
+        return f"{status}; stderr {clip(ours[0], 170)!r}" if lines else status
 
 
 def clip(text: str, length: int) -> str:
@@ -507,10 +510,15 @@ def non_finite_items(ws: Workspace) -> Outcome:
     return verdict(checks, "; ".join(observed))
 
 
+def is_duplicate(failure: dict) -> bool:
+    """A copy `--dedupe` kept out of the queue (recorded in failures.jsonl, not a failure of the item)."""
+    return bool(failure.get("duplicate")) or failure.get("reason", "").startswith("duplicate content")
+
+
 def triage_ids(out: str) -> tuple[list[str], list[str]]:
     """The ids in scored.jsonl and in failures.jsonl (duplicates of `--dedupe` left out)."""
     scored = [record["id"] for record in read_jsonl(os.path.join(out, "scored.jsonl"))]
-    failed = [r["id"] for r in read_jsonl(os.path.join(out, "failures.jsonl")) if not r.get("duplicate")]
+    failed = [r["id"] for r in read_jsonl(os.path.join(out, "failures.jsonl")) if not is_duplicate(r)]
     return scored, failed
 
 
@@ -644,7 +652,8 @@ def bmp_on_grayscale(ws: Workspace) -> Outcome:
                    f"{clip(reasons.get('photo.bmp', ''), 120)}")  # fmt: skip
 
 
-RUN_ARMS = ["learning_loss", "random@recommended", "random"]
+# Two variants of one strategy (random@recommended trains the head, so its joint loss differs from task_loss).
+RUN_ARMS = ["random@recommended", "random"]
 
 
 def run_protocol(ws: Workspace, *extra: str) -> Command:
@@ -785,9 +794,7 @@ def dedupe(ws: Workspace) -> Outcome:
     command = shared_triage(ws)
     trio = {"img_00.png", "copy_a.png", "copy_b.png"}
     queued = trio & {record["id"] for record in read_jsonl(os.path.join(ws.path("t1"), "queue.jsonl"))}
-    duplicates = trio & {
-        r["id"] for r in read_jsonl(os.path.join(ws.path("t1"), "failures.jsonl")) if r.get("duplicate")
-    }
+    duplicates = trio & {r["id"] for r in read_jsonl(os.path.join(ws.path("t1"), "failures.jsonl")) if is_duplicate(r)}
     return verdict({"one queued": len(queued) == 1, "two duplicates": len(duplicates) == 2},
                    f"{command.describe()}; queued {sorted(queued)}, duplicates {sorted(duplicates)}")  # fmt: skip
 
@@ -817,7 +824,7 @@ def inferred_scaling(ws: Workspace) -> Outcome:
 
 @probe("A16", "per-cycle log (11.16)",
        "`lossal run` per-cycle lines show task_loss (never the joint loss), each arm under its own label "
-       "(learning_loss, random@recommended, random)")  # fmt: skip
+       "(random@recommended, random)")  # fmt: skip
 def cycle_log(ws: Workspace) -> Outcome:
     command = shared_run(ws)
     lines = [line for line in command.out.splitlines() if re.match(r"^\[.+ seed 0\] cycle \d+:", line)]
@@ -867,7 +874,7 @@ def odd_batches_train(ws: Workspace) -> Outcome:
 
 
 @probe("B1d", "odd batches, `lossal run` (23.1)",
-       "`lossal run ... --initial-size 9 --batch-size 8` (resnet18_cifar width 4, 3 arms x 3 cycles): exit 0, "
+       "`lossal run ... --initial-size 9 --batch-size 8` (resnet18_cifar width 4, 2 arms x 3 cycles): exit 0, "
        "every run finished", weight=4)  # fmt: skip
 def odd_batches_run(ws: Workspace) -> Outcome:
     command = shared_run(ws)
@@ -938,7 +945,7 @@ def hardened_read(command: Command, folder: str, names: list[str]) -> Outcome:
 def train_fifo_folder(ws: Workspace) -> Outcome:
     folder = shutil.copytree(ws.path("gray"), ws.path("b4a_images"))
     os.mkfifo(os.path.join(folder, "mid", "pipe.png"))
-    command = ws.lossal("train", "--data", folder, "--out", ws.path("b4a_model"), *TRAIN_FAST, timeout=TRAIN_TIMEOUT)
+    command = ws.lossal("train", "--data", folder, "--out", ws.path("b4a_model"), *TRAIN_FAST, timeout=HANG_TIMEOUT)
     return hardened_read(command, folder, ["mid/pipe.png"])
 
 
@@ -954,7 +961,7 @@ def train_fifo_manifest(ws: Workspace) -> Outcome:
     manifest = write_bytes(
         os.path.join(folder, "labeled.jsonl"), "".join(json.dumps(r) + "\n" for r in records).encode()
     )
-    command = ws.lossal("train", "--data", manifest, "--out", ws.path("b4b_model"), *TRAIN_FAST, timeout=TRAIN_TIMEOUT)
+    command = ws.lossal("train", "--data", manifest, "--out", ws.path("b4b_model"), *TRAIN_FAST, timeout=HANG_TIMEOUT)
     return hardened_read(command, folder, ["pipe.png"])
 
 
@@ -977,7 +984,7 @@ def run_bad_files(ws: Workspace) -> Outcome:
     command = ws.lossal(
         "run", "--dataset", folder, "--strategies", "random", "--cycles", "1", "--initial-size", "9", "--query-size",
         "4", "--subset-size", "0", "--batch-size", "8", "--backbone", "small_cnn", "--width", "4", "--epochs", "1",
-        "--out", ws.path("b4d_out"), timeout=TRAIN_TIMEOUT,
+        "--out", ws.path("b4d_out"), timeout=HANG_TIMEOUT,
     )  # fmt: skip
     return hardened_read(command, folder, names)
 
@@ -1189,7 +1196,7 @@ def npz_label_gap(ws: Workspace) -> Outcome:
 
 
 @probe("B7d", "retracing warnings in `lossal run` (23.7)",
-       "no 'retracing' warning in the output of `lossal run` (3 arms x 3 cycles)")  # fmt: skip
+       "no 'retracing' warning in the output of `lossal run` (2 arms x 3 cycles)")  # fmt: skip
 def retracing(ws: Workspace) -> Outcome:
     command = shared_run(ws)
     lines = [line for line in command.output.splitlines() if "retracing" in line.lower()]
