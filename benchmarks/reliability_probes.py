@@ -90,10 +90,11 @@ class Command:
         if "Traceback" in self.output:
             last = [line for line in self.output.splitlines() if line.strip()][-1]
             return f"{status}; a {len(self.err.splitlines())}-line traceback ending {clip(last, 140)!r}"
-        lines = self.error_lines()
-        # The command's own message when there is one (a library warning may come first).
+        # The command's own message when there is one (a library warning may come first); never TensorFlow's
+        # start-up lines (A13 counts those separately).
+        lines = [line for line in self.error_lines() if not TF_LOG_LINE.search(line)]
         ours = [line for line in lines if line.startswith("lossal ")] or lines
-        return f"{status}; stderr {clip(ours[0], 170)!r}" if lines else status
+        return f"{status}; stderr {clip(ours[0], 170)!r}" if ours else status
 
 
 def clip(text: str, length: int) -> str:
