@@ -42,6 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from keras_lossal import cli, data, manifest  # noqa: E402
+from keras_lossal.commands.ingest import COMPLETED_WITH_REJECTS  # noqa: E402
 from keras_lossal.files import atomic_open, atomic_write  # noqa: E402
 
 CLASS_NAMES = list(data.FASHION_MNIST_CLASSES)
@@ -52,7 +53,7 @@ BAD_LABEL = "T-shirt"
 
 # Every step is a `lossal` command. It is printed as the shell line a person would type, then run
 # through the real command line; its output is printed indented and returned.
-def lossal(*arguments: str, done: str | None = None) -> str:
+def lossal(*arguments: str, done: str | None = None, ok: tuple[int, ...] = (0,)) -> str:
     print(f"$ lossal {shlex.join(arguments)}", flush=True)
     if done is not None:
         print(f"    (done earlier: {done})")
@@ -63,7 +64,7 @@ def lossal(*arguments: str, done: str | None = None) -> str:
     output = buffer.getvalue().rstrip()
     if output:
         print("\n".join("    " + line for line in output.splitlines()), flush=True)
-    if code != 0:
+    if code not in ok:
         raise SystemExit(f"lossal {arguments[0]} failed with exit code {code}")
     return output
 
@@ -314,12 +315,14 @@ class _Project:
 # --------------------------------------------------------------------------- ingest
 # The export's labels join the manifest: each annotator's latest vote, the majority wins, and ties,
 # labels outside the label config and ids triage never saw go to the rejects file, never into the
-# labeled set. Ingesting the same export twice changes nothing.
+# labeled set. Ingesting the same export twice changes nothing. The simulated annotator plants rejects,
+# so ingest ends with exit status 3 ("completed with rejects"), which a script can tell from a failure (2).
 def ingest(number: int, space: Workspace) -> str:
     return lossal(
         "ingest", space.export(number), "--manifest", space.manifest,
         "--label-config", os.path.join(space.triage(number), "label_config.xml"),
         "--known-items", space.triage(number), "--rejects", os.path.join(space.round_dir(number), "rejects.jsonl"),
+        ok=(0, COMPLETED_WITH_REJECTS),
     )  # fmt: skip
 
 

@@ -15,15 +15,21 @@ is, cast to float32. Which one applies:
   array is a grayscale image set, as it always was.
 
 Labeled images of your own: a folder of class subfolders or a labeled-set
-manifest (`keras_lossal.manifest`), read by `labeled_images` / `load`.
+manifest (`keras_lossal.manifest`), read by `labeled_images` / `load` with
+triage's guards (`keras_lossal.files.read_file`, `keras_lossal.images.checked_image_size`):
+an unreadable file (a FIFO, a symlink loop, a truncated or non-image file, one
+over the size or pixel limits) is skipped and reported by name, or refused
+with `strict=True`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import gzip
 import json
 import os
+import re
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +37,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from keras_lossal.files import check_regular_file, read_file
+from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, checked_image_size
 from keras_lossal.preprocessing import ImagePreprocessing, infer_preprocessing
 
 __all__ = [
@@ -38,7 +46,9 @@ __all__ = [
     "DEFAULT_FASHION_MNIST_DIR",
     "IDENTITY",
     "IdentityPreprocessing",
+    "LOCAL_DATASETS",
     "LabeledImages",
+    "REJECTS_FILE",
     "as_images",
     "as_inputs",
     "as_labels",
@@ -63,6 +73,10 @@ __all__ = [
 IDENTITY = "identity"
 # Manifest files `load` and `labeled_images` recognise by their name (`keras_lossal.manifest` reads both).
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
+# Where `lossal train` and `lossal run` list the images they skipped, one `{"id", "path", "reason"}` per line.
+REJECTS_FILE = "rejects.jsonl"
+# Datasets `load` reads from local files by name (anything else by name comes from TFDS).
+LOCAL_DATASETS = ("fashion_mnist",)
 
 # Where Debian's package `dataset-fashion-mnist` installs the IDX files (`dpkg -L dataset-fashion-mnist`).
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -153,6 +167,8 @@ class ArrayDataset:
         preprocessing_inferred: whether `preprocessing` was inferred from the inputs
             (the summary then says what it does).
         class_names: the classes' names in label order, when known.
+        rejects: the images of your own that could not be read and were skipped,
+            `{"id", "path", "reason"}` each (see `labeled_images`).
 
     Example:
 
@@ -172,6 +188,7 @@ class ArrayDataset:
     name: str = "arrays"
     preprocessing_inferred: bool = False
     class_names: tuple[str, ...] | None = None
+    rejects: list[dict] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         text = (
@@ -181,6 +198,8 @@ class ArrayDataset:
         if self.preprocessing_inferred:
             kind = "images" if isinstance(self.preprocessing, ImagePreprocessing) else "inputs"
             text += f"; preprocessing inferred from {self.x_train.dtype} {kind}: {self.preprocessing.describe()}"
+        if self.rejects:
+            text += f"; {len(self.rejects)} unreadable image(s) skipped"
         return text
 
 
@@ -342,6 +361,7 @@ def read_idx(path: str) -> np.ndarray:
     >>> read_idx(path).tolist()
     [7, 8, 9]
     """
+    check_regular_file(path)
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as handle:
         data = handle.read()
@@ -429,6 +449,7 @@ def load_tfds(
         import tensorflow_datasets as tfds
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError("Loading TFDS datasets needs `pip install tensorflow-datasets`.") from error
+    _check_tfds_name(name, tfds.list_builders(with_community_datasets=False))
     try:
         builder = tfds.builder(name, data_dir=data_dir)
         builder.download_and_prepare()
@@ -436,10 +457,12 @@ def load_tfds(
             _tfds_arrays(builder.as_dataset(split=split), (image_key, label_key)) for split in (train_split, test_split)
         )
     except Exception as error:
-        raise RuntimeError(
-            f"Could not load TFDS dataset {name!r} (splits {train_split!r}/{test_split!r}): {error}. "
-            "TFDS downloads on first use, which needs internet; offline, prepare it elsewhere and pass "
-            "--data-dir, or use `fashion_mnist` from local IDX files."
+        # TFDS' own messages run to hundreds of lines; the first one says what went wrong.
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise OSError(
+            f"Could not load TFDS dataset {name!r} (splits {train_split!r}/{test_split!r}): "
+            f"{type(error).__name__}: {first_line}. TFDS downloads on first use, which needs internet; offline, "
+            "prepare it elsewhere and pass --data-dir, or use `fashion_mnist` from local IDX files."
         ) from error
     info = builder.info
     num_classes = info.features[label_key].num_classes if label_key in info.features else None
@@ -457,6 +480,21 @@ def load_tfds(
         preprocessing=preprocessing,
         num_classes=num_classes,
         name=name,
+    )
+
+
+def _check_tfds_name(name: str, known: Sequence[str]) -> None:
+    """Refuses a name TFDS does not know, in one line naming what exists (TFDS' own error lists all of it)."""
+    # A TFDS name is `dataset[/config][:version]`; the dataset part is a Python identifier.
+    dataset = re.split(r"[/:]", name, maxsplit=1)[0]
+    if dataset in known:
+        return
+    close = difflib.get_close_matches(dataset, list(dict.fromkeys([*LOCAL_DATASETS, *known])), n=3)
+    hint = f"Did you mean {' or '.join(repr(match) for match in close)}? " if close else ""
+    raise ValueError(
+        f"Unknown dataset {name!r}: no such folder or manifest, and not a TFDS dataset. {hint}Known: "
+        f"{', '.join(LOCAL_DATASETS)} (local IDX files), the {len(known)} TFDS datasets (e.g. mnist, cifar10, "
+        "cifar100; `tfds.list_builders()`), a folder of class subfolders or a .jsonl/.csv labeled-set manifest"
     )
 
 
@@ -480,12 +518,15 @@ class LabeledImages:
         y: int64 labels `(N,)`, indices into `class_names`.
         class_names: the classes in label order (sorted names unless given).
         ids: the items' ids (manifest ids; for a folder, paths relative to it).
+        rejects: the items that could not be read and were skipped, each
+            `{"id", "path", "reason"}` (empty with `strict=True`, which refuses them).
     """
 
     x: np.ndarray
     y: np.ndarray
     class_names: list[str]
     ids: np.ndarray
+    rejects: list[dict] = dataclasses.field(default_factory=list)
 
 
 def is_own_data(source: str) -> bool:
@@ -498,19 +539,29 @@ def labeled_images(
     image_size: tuple[int, int] | None = None,
     channels: int | None = None,
     class_names: Sequence[str] | None = None,
+    strict: bool = False,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> LabeledImages:
     """Reads labeled images from a folder of class subfolders or a labeled-set manifest (JSONL/CSV).
 
     A folder follows `keras.utils.image_dataset_from_directory`: each subfolder
     is a class, every PNG/JPEG/BMP below it an item (`keras_lossal.manifest.from_directory`).
     A manifest has `id, path, label` records (`keras_lossal.manifest.load_labeled_set`).
-    Every image passes the decompression-bomb header guard before it is decoded.
+    Every file is read as triage reads it: regular files only, at most
+    `max_image_bytes`, the header's size checked against `max_image_pixels`
+    before anything is decoded. A file that fails (a FIFO, a symlink loop, a
+    truncated, empty or non-image file) is skipped and listed in `rejects`
+    with the reason, or refused with `strict=True`.
 
     Args:
         source: the folder or the manifest's path.
-        image_size: `(height, width)` every image is resized to; default: the first image's size.
-        channels: 1 (grayscale) or 3 (RGB); default: the first image's (alpha dropped).
+        image_size: `(height, width)` every image is resized to; default: the first readable image's size.
+        channels: 1 (grayscale) or 3 (RGB); default: the first readable image's (alpha dropped).
         class_names: the class order (e.g. an earlier model's); default: the labels, sorted.
+        strict: raise `ValueError` naming the first unreadable file instead of skipping it.
+        max_image_pixels: the decompression-bomb guard's limit on the header's height x width.
+        max_image_bytes: the largest file read.
 
     Example:
 
@@ -519,47 +570,112 @@ def labeled_images(
     >>> for name in ("cat/1.png", "dog/2.png", "dog/3.png"):
     ...     os.makedirs(os.path.join(root, os.path.dirname(name)), exist_ok=True)
     ...     tf.io.write_file(os.path.join(root, name), tf.io.encode_png(tf.zeros((6, 4, 1), tf.uint8)))
+    >>> _ = open(os.path.join(root, "dog", "4.png"), "wb").write(b"not a png")
     >>> images = labeled_images(root)
     >>> images.x.shape, images.y.tolist(), images.class_names
     ((3, 6, 4, 1), [0, 1, 1], ['cat', 'dog'])
+    >>> [(reject["id"], reject["reason"][:22]) for reject in images.rejects]
+    [('dog/4.png', 'corrupt image: Unsuppo')]
     """
+    labeled = _labeled_set(source, class_names)
+    reader = _ImageReader(image_size, channels, max_image_pixels, max_image_bytes)
+    kept, images, rejects = [], [], []
+    for position, (item_id, path) in enumerate(zip(labeled.ids, labeled.paths)):
+        try:
+            images.append(reader.read(str(path)))
+        except ValueError as error:
+            if strict:
+                raise ValueError(f"Unreadable image {str(path)!r} (id {str(item_id)!r}): {error}") from None
+            rejects.append({"id": str(item_id), "path": str(path), "reason": str(error)})
+            continue
+        kept.append(position)
+    if not kept:
+        first = rejects[0]
+        raise ValueError(
+            f"Expected readable images in {source!r}. Received none: {len(rejects)} rejected, the first "
+            f"{first['path']!r}: {first['reason']}"
+        )
+    kept = np.asarray(kept, dtype=np.int64)
+    return LabeledImages(np.stack(images), labeled.labels[kept], list(labeled.class_names), labeled.ids[kept], rejects)
+
+
+def _labeled_set(source: str, class_names: Sequence[str] | None):
+    """The `keras_lossal.manifest.LabeledSet` (ids, paths, labels, class names) of a folder or a manifest."""
     from keras_lossal import manifest
 
-    if os.path.isdir(source):
-        records = manifest.from_directory(source)
-        if not records:
-            raise ValueError(
-                f"Expected images ({', '.join(manifest.IMAGE_EXTENSIONS)}) in the class subfolders of {source!r}"
-            )
-        names = sorted({record["label"] for record in records}) if class_names is None else list(class_names)
-        outside = [record for record in records if record["label"] not in names]
-        if outside:
-            raise ValueError(f"Expected class subfolders in {names}. Received: {outside[0]['label']!r} in {source!r}")
-        labeled = manifest.LabeledSet(
-            np.array([record["id"] for record in records], dtype=object),
-            np.array([os.path.join(source, record["path"]) for record in records], dtype=object),
-            np.array([names.index(record["label"]) for record in records], dtype=np.int64),
-            names,
-        )
-    else:
+    if not os.path.isdir(source):
+        check_regular_file(source)  # a FIFO named like a manifest would block `open`
         labeled = manifest.load_labeled_set(source, class_names)
         if not len(labeled.paths):
             raise ValueError(f"Expected labeled records in {source!r}. Received none")
-    first_size, first_channels = _image_size_and_channels(str(labeled.paths[0]))
-    x, y = labeled.arrays(tuple(image_size or first_size), int(channels or first_channels))
-    return LabeledImages(x, y, list(labeled.class_names), labeled.ids)
+        return labeled
+    records = manifest.from_directory(source)
+    if not records:
+        raise ValueError(
+            f"Expected images ({', '.join(manifest.IMAGE_EXTENSIONS)}) in the class subfolders of {source!r}"
+        )
+    names = sorted({record["label"] for record in records}) if class_names is None else list(class_names)
+    outside = [record for record in records if record["label"] not in names]
+    if outside:
+        raise ValueError(f"Expected class subfolders in {names}. Received: {outside[0]['label']!r} in {source!r}")
+    return manifest.LabeledSet(
+        np.array([record["id"] for record in records], dtype=object),
+        np.array([os.path.join(source, record["path"]) for record in records], dtype=object),
+        np.array([names.index(record["label"]) for record in records], dtype=np.int64),
+        names,
+    )
 
 
-def _image_size_and_channels(path: str) -> tuple[tuple[int, int], int]:
-    """The `(height, width)` and channels (1 or 3) of one image, after the header guard."""
-    from keras_lossal.images import DEFAULT_MAX_IMAGE_PIXELS, image_header_size
+class _ImageReader:
+    """Reads one image file with triage's guards into uint8 `(H, W, channels)`; the first one read fixes the size.
 
-    encoded = tf.io.read_file(path).numpy()
-    _, height, width = image_header_size(encoded)
-    if height * width > DEFAULT_MAX_IMAGE_PIXELS:
-        raise ValueError(f"{path}: image of {height}x{width} pixels is over the limit of {DEFAULT_MAX_IMAGE_PIXELS}")
-    decoded_channels = int(tf.io.decode_image(encoded, expand_animations=False).shape[-1])
-    return (height, width), 1 if decoded_channels <= 2 else 3
+    Args:
+        image_size: `(height, width)`, or `None` for the first image's.
+        channels: 1 or 3, or `None` for the first image's.
+        max_image_pixels: the header guard's limit.
+        max_image_bytes: the largest file read.
+    """
+
+    def __init__(self, image_size, channels, max_image_pixels: int, max_image_bytes: int):
+        self.image_size = None if image_size is None else tuple(int(size) for size in image_size)
+        self.channels = None if channels is None else int(channels)
+        self.max_image_pixels, self.max_image_bytes = int(max_image_pixels), int(max_image_bytes)
+        self._decode = None
+
+    def read(self, path: str) -> np.ndarray:
+        """The decoded, resized image, or `ValueError(reason)` in triage's words (the caller names the file)."""
+        try:
+            encoded = read_file(path, self.max_image_bytes)
+        except FileNotFoundError as error:
+            raise ValueError(f"not found: {error}") from None
+        except OSError as error:  # a FIFO, a directory, a symlink loop, a file over the size limit
+            raise ValueError(f"unreadable: {error}") from None
+        height, width = checked_image_size(encoded, self.max_image_pixels)
+        try:
+            if self._decode is None:
+                self._decode = self._decoder(encoded, (height, width))
+            return self._decode(tf.constant(encoded)).numpy()
+        except tf.errors.OpError as error:
+            raise ValueError(f"corrupt image: {_op_message(error)}") from None
+
+    def _decoder(self, first: bytes, first_size: tuple[int, int]):
+        """One traced `keras_lossal.manifest.decode_image` for every file, at the size the first image fixes."""
+        from keras_lossal.manifest import decode_image
+
+        if self.channels is None:
+            decoded_channels = int(tf.io.decode_image(first, expand_animations=False).shape[-1])
+            self.channels = 1 if decoded_channels <= 2 else 3
+        self.image_size = self.image_size or first_size
+        size, channels, max_pixels = self.image_size, self.channels, self.max_image_pixels
+        return tf.function(
+            lambda data: decode_image(data, size, channels, max_pixels), input_signature=[tf.TensorSpec([], tf.string)]
+        )
+
+
+def _op_message(error: tf.errors.OpError) -> str:
+    """A TensorFlow op error's message without its `{{function_node ...}}` prefix and `[Op:...]` suffix."""
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
+    return re.sub(r"\s*\[Op:\w+\]\s*$", "", message).strip()
 
 
 def stratified_split(labels, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -596,6 +712,7 @@ def from_labeled_images(
     seed: int = 0,
     image_size: tuple[int, int] | None = None,
     channels: int | None = None,
+    strict: bool = False,
 ) -> ArrayDataset:
     """Your labeled images as an `ArrayDataset`: a seeded stratified test split, the rest the pool.
 
@@ -605,13 +722,14 @@ def from_labeled_images(
         seed: seed of the split.
         image_size: `(height, width)`; default: the first image's.
         channels: 1 or 3; default: the first image's.
+        strict: refuse an unreadable image instead of skipping it (the dataset's `rejects` lists skipped ones).
     """
-    images = labeled_images(source, image_size, channels)
+    images = labeled_images(source, image_size, channels, strict=strict)
     pool, test = stratified_split(images.y, test_fraction, seed)
     if not len(test):
         raise ValueError(f"Expected a test split: test_fraction={test_fraction} of {len(images.y)} items holds none")
     name = os.path.basename(os.path.normpath(source))
-    return from_arrays(
+    dataset = from_arrays(
         images.x[pool],
         images.y[pool],
         images.x[test],
@@ -620,10 +738,17 @@ def from_labeled_images(
         name=name,
         class_names=images.class_names,
     )
+    dataset.rejects = images.rejects
+    return dataset
 
 
-def load(name: str, data_dir: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> ArrayDataset:
+def load(
+    name: str, data_dir: str | None = None, test_fraction: float = 0.2, seed: int = 0, strict: bool = False
+) -> ArrayDataset:
     """Loads a dataset by name: `fashion_mnist` from local IDX files, your own images, anything else through TFDS.
+
+    A name that is neither raises in one line: `FileNotFoundError` for a path
+    (`./nope_dir`, `x.npz`), `ValueError` naming the known datasets for a name.
 
     Args:
         name: `"fashion_mnist"` (local IDX), a folder of class subfolders or a
@@ -633,19 +758,37 @@ def load(name: str, data_dir: str | None = None, test_fraction: float = 0.2, see
         data_dir: IDX directory for Fashion-MNIST, TFDS data directory otherwise.
         test_fraction: for your own images, the share of every class held out as the test set.
         seed: for your own images, the seed of that split.
+        strict: for your own images, refuse an unreadable one instead of skipping it.
 
     Example:
 
     >>> load("fashion_mnist").summary()  # doctest: +SKIP
     'fashion_mnist: 60000 train, 10000 test, input (28, 28, 1), 10 classes'
+    >>> load("./nope_dir")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: No such folder or manifest: './nope_dir'. Expected fashion_mnist (local IDX files), a TFDS name such as cifar10, a folder of class subfolders or a .jsonl/.csv labeled-set manifest
     """
     if name.startswith("tfds:"):
         return load_tfds(name[len("tfds:") :], data_dir=data_dir)
     if name in ("fashion_mnist", "fashion-mnist"):
         return load_fashion_mnist(data_dir)
     if is_own_data(name):
-        return from_labeled_images(name, test_fraction=test_fraction, seed=seed)
+        return from_labeled_images(name, test_fraction=test_fraction, seed=seed, strict=strict)
+    if _is_path(name):
+        expected = (
+            f"Expected {', '.join(LOCAL_DATASETS)} (local IDX files), a TFDS name such as cifar10, a folder of "
+            "class subfolders or a .jsonl/.csv labeled-set manifest"
+        )
+        if os.path.exists(name):
+            raise ValueError(f"{expected}. Received: {name!r}, a file of another type")
+        raise FileNotFoundError(f"No such folder or manifest: {name!r}. {expected}")
     return load_tfds(name, data_dir=data_dir)
+
+
+def _is_path(name: str) -> bool:
+    """Whether `name` can only be a path: TFDS names are `dataset[/config][:version]`, the dataset an identifier."""
+    return not re.match(r"^[A-Za-z_]\w*(/[\w.-]+)?(:[\w.*]+)?$", name)
 
 
 def augment_flip_and_crop(image, seed, padding: int = 4):

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,7 +23,7 @@ from keras_lossal.acquisition.models import mc_dropout_model
 from keras_lossal.data import ArrayDataset
 from keras_lossal.head import LossPredictionHead
 from keras_lossal.loop import ActiveLearningLoop, LoopConfig, LoopResult
-from keras_lossal.loop_state import write_json_atomic
+from keras_lossal.loop_state import ResumeRefusedError, RunDirectory, write_json_atomic
 from keras_lossal.model import RECIPES, LossLearningModel
 
 __all__ = [
@@ -126,6 +127,10 @@ class ModelSpec:
     >>> model = make_model_factory(spec, (28, 28, 1), 10, with_head=True)()
     >>> type(model).__name__
     'LossLearningModel'
+    >>> ModelSpec(learning_rate=float("nan"))
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected learning_rate to be a finite number >= 0. Received: learning_rate=nan
     """
 
     backbone: str = "resnet18_cifar"
@@ -146,6 +151,11 @@ class ModelSpec:
     normalize_head_inputs: bool | None = None
     head_units: int = 128
 
+    def __post_init__(self):
+        # A NaN or negative rate trains to NaN weights without any error; refuse it before anything is built.
+        for name in ("learning_rate", "momentum", "weight_decay"):
+            _check_finite(name, getattr(self, name))
+
     def head_options(self) -> dict[str, Any]:
         """The `LossLearningModel` keyword arguments this spec sets (the recipe and its overrides)."""
         options = {
@@ -160,6 +170,16 @@ class ModelSpec:
             "normalize_head_inputs": self.normalize_head_inputs,
         }
         return {key: value for key, value in options.items() if value is not None}
+
+
+def _check_finite(name: str, value) -> None:
+    """Raises `ValueError` unless `value` is a finite number >= 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"Expected {name} to be a finite number >= 0. Received: {name}={value!r}")
 
 
 def backbone_builder(backbone: str) -> Callable[[tuple[int, ...], int, int], keras.Model]:
@@ -316,9 +336,11 @@ def parse_lr_schedule(text: str | None) -> dict[int, float]:
         try:
             epoch, rate = part.split(":")
             schedule[int(epoch)] = float(rate)
+            _check_finite("rate", schedule[int(epoch)])
         except ValueError as error:
             raise ValueError(
-                f"Expected a learning-rate schedule like '160:0.01,180:0.001' (epoch:rate). Received: {text!r}"
+                "Expected a learning-rate schedule like '160:0.01,180:0.001' (epoch:rate, every rate a finite "
+                f"number >= 0). Received: {text!r}"
             ) from error
     return dict(sorted(schedule.items()))
 
@@ -353,6 +375,7 @@ def run_experiment(
     warm_start: bool = True,
     head_for_all: bool = False,
     verbose: int = 1,
+    restart: bool = False,
 ) -> dict[str, list[LoopResult]]:
     """Runs every strategy with every seed (seed-major, so partial results cover all strategies).
 
@@ -370,6 +393,9 @@ def run_experiment(
             cycle, 2 Keras progress bars too).
         lr_schedule: `{epoch: rate}` applied within every cycle.
         head_for_all: also train the loss-prediction head for non-learning-loss strategies.
+        restart: discard the recorded state of these (arm, seed) runs instead of resuming them;
+            without it, a run recorded with other settings is refused (`ResumeRefusedError`)
+            before anything is written. Other runs in `out_dir` are left alone.
 
     Returns:
         `{strategy name: [LoopResult per seed]}`.
@@ -391,13 +417,28 @@ def run_experiment(
     names = [_arm_name(strategy) for strategy in strategies]
     runs = [(name, strategy, seed) for seed in seeds for name, strategy in zip(names, strategies)]
     # Refuse a changed setting before anything is written, so a refused command leaves the directory as it was.
-    for name, strategy, seed in runs:
-        arms.loop(name, strategy, seed).check_resumable()
+    loops = [arms.loop(name, strategy, seed) for name, strategy, seed in runs]
+    if restart:
+        for loop in loops:
+            RunDirectory(loop.work_dir).clear()
+    else:
+        _check_resumable(loops)
     _write_settings(os.path.join(out_dir, EXPERIMENT_FILE), arms.settings(names, seeds))
     results: dict[str, list[LoopResult]] = {name: [] for name in names}
     for name, strategy, seed in runs:
         results[name].append(arms.loop(name, strategy, seed).run())
     return results
+
+
+def _check_resumable(loops: list[ActiveLearningLoop]) -> None:
+    """Refuses, advising `restart=True`, when a run's directory records other settings."""
+    for loop in loops:
+        try:
+            loop.check_resumable()
+        except ResumeRefusedError as error:
+            raise error.advising(
+                "Pass restart=True to discard the recorded runs of these arms and seeds, or use another out_dir."
+            ) from None
 
 
 def _arm_name(strategy) -> str:

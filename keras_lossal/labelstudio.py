@@ -23,7 +23,10 @@ naming the file.
 
 `ingest` applies them to the labeled-set manifest (`keras_lossal.manifest`):
 unknown ids and labels that conflict with the manifest are rejected, never
-merged, and ingesting the same export twice changes nothing. Without the pool
+merged, and ingesting the same export twice changes nothing. No label is
+recorded for a file that does not exist (`image missing: ...`) or whose bytes
+no longer hash to the task's `sha256` (or triage's) (`content changed since
+triage: ...`); each manifest record gets the file's `sha256`. Without the pool
 the tasks came from, an item's file comes from its task's image URL, and only
 what `ImageSources` allows is accepted (local-files URLs and plain paths inside
 the document root by default; `file://` and other URL schemes, or files
@@ -61,10 +64,13 @@ import posixpath
 import re
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from keras_lossal.files import DEFAULT_LOCK_TIMEOUT
+
+if TYPE_CHECKING:
+    from keras_lossal.manifest import KnownItem
 
 __all__ = [
     "CHOICES_NAME",
@@ -77,6 +83,7 @@ __all__ = [
     "IngestSummary",
     "RefusedImage",
     "ResolvedLabel",
+    "checked_content",
     "image_path",
     "image_url",
     "ingest",
@@ -110,6 +117,10 @@ CONFLICT = "conflicts with the labeled set"
 MALFORMED = "malformed task"
 NO_IMAGE = "task has no image URL"
 REFUSED_IMAGE = "image refused"
+IMAGE_MISSING = "image missing"
+CONTENT_CHANGED = "content changed since triage"
+# The task data field holding the hex SHA-256 of the item's bytes (`keras_lossal.records.CONTENT_HASH`).
+CONTENT_FIELD = "sha256"
 # What a JSON value is, for "`result` is a string 'cat', expected a list".
 _KINDS = ((bool, "a boolean"), (str, "a string"), (int, "an integer"), (float, "a number"), (list, "a list"),
           (dict, "an object"))  # fmt: skip
@@ -237,7 +248,8 @@ def _is_local_files_url(url: str) -> bool:
 
 
 class RefusedImage(ValueError):
-    """A task's image URL that ingest does not turn into a manifest path (its item is rejected with the message)."""
+    """A labeled item ingest does not record: its image URL is not allowed, its file is missing or its bytes
+    changed (the item is rejected with the message)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,6 +352,7 @@ class Annotation:
         cancelled: the annotator cancelled (skipped) the task; such an annotation never votes.
         problem: why the task or record is malformed (`"malformed task: ..."`); such an
             annotation stands for the whole task, never votes, and keeps its item out of the labels.
+        sha256: the content hash the task names (`data.sha256`, written by triage), or `None`.
     """
 
     item_id: str | None
@@ -350,6 +363,7 @@ class Annotation:
     image: str | None = None
     cancelled: bool = False
     problem: str | None = None
+    sha256: str | None = None
 
     def as_record(self) -> dict[str, Any]:
         """The annotation as a rejects-file record."""
@@ -484,14 +498,17 @@ def _task_annotations(task: Any, id_field: str) -> list[Annotation]:
         data = _expect(task.get("data"), dict, "data")
         item_id = _item_id(data.get(id_field), f"data.{id_field}")
         image = _image(data.get(IMAGE_FIELD), f"data.{IMAGE_FIELD}")
+        content = _content_hash(data.get(CONTENT_FIELD), f"data.{CONTENT_FIELD}")
         entries = _expect(task.get("annotations", []), list, "annotations")
-        return [_json_annotation(entry, f"annotations[{index}]", item_id, task_id, image)
+        return [_json_annotation(entry, f"annotations[{index}]", item_id, task_id, image, content)
                 for index, entry in enumerate(entries)]  # fmt: skip
     except _Malformed as problem:
         return [_malformed(problem, item_id, task_id)]
 
 
-def _json_annotation(entry: Any, where: str, item_id: str | None, task_id: Any, image: str | None) -> Annotation:
+def _json_annotation(
+    entry: Any, where: str, item_id: str | None, task_id: Any, image: str | None, content: str | None
+) -> Annotation:
     entry = _expect(entry, dict, where)
     annotation_id = _annotation_id(entry.get("id"), f"{where}.id")
     choices = []
@@ -505,9 +522,8 @@ def _json_annotation(entry: Any, where: str, item_id: str | None, task_id: Any, 
     annotator = entry.get("completed_by")
     if isinstance(annotator, dict):  # some versions expand the user
         annotator = annotator.get("id", annotator.get("email"))
-    return Annotation(
-        item_id, tuple(choices), str(annotator), annotation_id, task_id, image, bool(entry.get("was_cancelled"))
-    )
+    cancelled = bool(entry.get("was_cancelled"))
+    return Annotation(item_id, tuple(choices), str(annotator), annotation_id, task_id, image, cancelled, sha256=content)
 
 
 def _flat_annotation(record: Any, id_field: str) -> Annotation:
@@ -528,6 +544,7 @@ def _flat_annotation(record: Any, id_field: str) -> Annotation:
             annotation_id,
             task_id,
             _image(record.get(IMAGE_FIELD), IMAGE_FIELD),
+            sha256=_content_hash(record.get(CONTENT_FIELD), CONTENT_FIELD),
         )
     except _Malformed as problem:
         return _malformed(problem, item_id, task_id, annotation_id)
@@ -574,6 +591,19 @@ def _image(value: Any, name: str) -> str | None:
     return None if value is None else _expect(value, str, name)
 
 
+def _content_hash(value: Any, name: str) -> str | None:
+    # CSV gives an empty cell for a task without it.
+    if value is None or value == "":
+        return None
+    value = _expect(value, str, name)
+    if not _SHA256_HEX.fullmatch(value):
+        raise _Malformed(f"`{name}` is {_kind(value)}, expected 64 lowercase hex digits (a SHA-256)")
+    return value
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
 # --------------------------------------------------------------------------- resolution
 @dataclasses.dataclass(frozen=True)
 class ResolvedLabel:
@@ -585,6 +615,7 @@ class ResolvedLabel:
         annotators: who voted for it, sorted.
         votes: valid votes per label.
         image: the task's image URL (the last one seen).
+        contents: the distinct content hashes its voters' tasks name (one, or none for tasks without `sha256`).
     """
 
     item_id: str
@@ -592,6 +623,7 @@ class ResolvedLabel:
     annotators: tuple[str, ...]
     votes: Mapping[str, int]
     image: str | None = None
+    contents: tuple[str, ...] = ()
 
 
 def resolve(
@@ -647,7 +679,8 @@ def resolve(
             continue
         winner = ranked[0][0]
         annotators = tuple(sorted(ballot.annotator for ballot in ballots if ballot.choices[0] == winner))
-        labels[item_id] = ResolvedLabel(item_id, winner, annotators, dict(ranked), ballots[-1].image)
+        contents = tuple(sorted({ballot.sha256 for ballot in ballots if ballot.sha256}))
+        labels[item_id] = ResolvedLabel(item_id, winner, annotators, dict(ranked), ballots[-1].image, contents)
     return labels, rejects
 
 
@@ -704,7 +737,7 @@ def ingest(
     export_path: str,
     manifest_path: str,
     class_names: Sequence[str],
-    known_items: Mapping[str, str] | None = None,
+    known_items: Mapping[str, KnownItem | str] | None = None,
     rejects_path: str | None = None,
     export_type: str | None = None,
     id_field: str = DEFAULT_ID_FIELD,
@@ -717,11 +750,12 @@ def ingest(
         export_path: the Label Studio export (JSON, JSON_MIN or CSV).
         manifest_path: the labeled-set manifest (JSONL or CSV; created if missing).
         class_names: the classes a label must be one of.
-        known_items: item id -> path of the pool the tasks came from (see
-            `keras_lossal.manifest.read_known_items`); an id outside it is
+        known_items: item id -> `KnownItem` (or a plain path) of the pool the tasks came from (see
+            `keras_lossal.manifest.merge_known_items`); an id outside it is
             rejected. None accepts every id and takes the path from the task's
             image URL, as far as `image_sources` allows (an item whose URL it
-            refuses is rejected with the reason).
+            refuses is rejected with the reason). Either way the file must exist and,
+            where the task (`data.sha256`) or the pool records a content hash, match it.
         rejects_path: where rejects go (JSONL, rewritten each run); default
             `<export file name>.rejects.jsonl` beside the manifest.
         export_type: see `read_export`.
@@ -746,11 +780,12 @@ def ingest(
             rejects.append({"id": item_id, "label": resolved.label, "reason": UNKNOWN_ID})
             continue
         try:
-            path = known_items[item_id] if known_items is not None else _task_path(resolved, image_sources)
+            item = _labeled_item(resolved, known_items, image_sources)
+            content = checked_content(item.path, {*resolved.contents, *filter(None, [item.sha256])})
         except RefusedImage as refused:
             rejects.append({"id": item_id, "label": resolved.label, "image": resolved.image, "reason": str(refused)})
             continue
-        entries.append(_entry(resolved, manifest.relative_to_manifest(path, manifest_path), source))
+        entries.append(_entry(resolved, manifest.relative_to_manifest(item.path, manifest_path), source, content))
     merged = manifest.merge(manifest_path, entries, lock_timeout)
     for entry, existing in merged.conflicts:
         reason = f"{CONFLICT}: it has {existing['label']!r}"
@@ -764,15 +799,58 @@ def ingest(
     )
 
 
-def _task_path(resolved: ResolvedLabel, image_sources: ImageSources) -> str:
+def _labeled_item(
+    resolved: ResolvedLabel, known_items: Mapping[str, KnownItem | str] | None, image_sources: ImageSources
+) -> KnownItem:
+    """The file a label is for: the pool's record of the item, else the file its task's image URL names."""
+    from keras_lossal.manifest import KnownItem
+
+    if known_items is not None:
+        known = known_items[resolved.item_id]
+        return KnownItem(known) if isinstance(known, str) else known
     if not resolved.image:
         raise RefusedImage(f"{NO_IMAGE} (no {IMAGE_FIELD!r} field in its task)")
-    return image_sources.path(resolved.image)
+    return KnownItem(image_sources.path(resolved.image))
 
 
-def _entry(resolved: ResolvedLabel, path: str, source: str) -> dict[str, Any]:
+def checked_content(path: str, expected: set[str] | frozenset[str] = frozenset()) -> str | None:
+    """The hex SHA-256 of the file at `path`, once it exists and its bytes hash to the `expected` one.
+
+    `RefusedImage` with the reason otherwise: `image missing: <path>`, or `content changed since triage: ...`
+    (the bytes changed, or the tasks and the pool name different contents). An object-store or web URL is
+    not read here: `None`, unchecked.
+
+    Example:
+
+    >>> checked_content("/nowhere/a.png")
+    Traceback (most recent call last):
+    ...
+    keras_lossal.labelstudio.RefusedImage: image missing: /nowhere/a.png
+    """
+    from keras_lossal.records import file_sha256
+
+    scheme = _scheme(path) if "://" in path else None
+    if scheme not in (None, "file"):
+        return None
+    local = unquote(urlsplit(path).path) if scheme == "file" else path
+    try:
+        actual = file_sha256(local) if os.path.isfile(local) else None
+    except OSError:
+        actual = None
+    if actual is None:
+        raise RefusedImage(f"{IMAGE_MISSING}: {path}")
+    if len(expected) > 1:
+        named = ", ".join(digest[:12] + "..." for digest in sorted(expected))
+        raise RefusedImage(f"{CONTENT_CHANGED}: its tasks and the pool name different contents ({named}) for {path}")
+    if expected and actual not in expected:
+        (wanted,) = expected
+        raise RefusedImage(f"{CONTENT_CHANGED}: {path} (sha256 now {actual[:12]}..., at triage {wanted[:12]}...)")
+    return actual
+
+
+def _entry(resolved: ResolvedLabel, path: str, source: str, content: str | None) -> dict[str, Any]:
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-    return {
+    entry = {
         "id": resolved.item_id,
         "path": path,
         "label": resolved.label,
@@ -780,3 +858,4 @@ def _entry(resolved: ResolvedLabel, path: str, source: str) -> dict[str, Any]:
         "annotators": list(resolved.annotators),
         "ingested_at": now,
     }
+    return entry if content is None else {**entry, CONTENT_FIELD: content}

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from keras_lossal import acquisition
 from keras_lossal import data as data_lib
+from keras_lossal.callbacks import StopOnNonFiniteLoss
 from keras_lossal.loop_state import STATE_FILE, RunDirectory, jsonable, load_weights, write_json_atomic
 from keras_lossal.preprocessing import ImagePreprocessing, infer_preprocessing
 
@@ -444,13 +445,22 @@ class ActiveLearningLoop:
             print(f"{self._prefix()} {skipped} pool items have NaN/inf values; they are never labeled", flush=True)
 
     def _cycle_model(self, cycle: int, progress: _Progress) -> keras.Model:
-        """A fresh model from the factory, seeded by the cycle, warm-started when the settings say so."""
+        """The cycle's model: a fresh one from the factory (seeded by the cycle), warm-started when the settings say so.
+
+        After the first cycle, the previous cycle's model object is reset to
+        exactly that state instead (the fresh model's variables and optimizer
+        state, the previous weights for a warm start), so its compiled
+        train, test and scoring functions are traced once per run, not once per cycle.
+        """
         keras.utils.set_random_seed(cycle_seed(self.loop_config.seed, cycle, _PURPOSE_MODEL))
         model = self.model_factory()
         self._check_labels(model)  # every cycle, so a resumed run builds its models like an uninterrupted one
-        if self.loop_config.warm_start and progress.weights is not None:
+        warm = self.loop_config.warm_start
+        if self.model is not None and _reset_to(self.model, model, keep_weights=warm):
+            return self.model
+        if warm and progress.weights is not None:
             load_weights(model, progress.weights)
-        elif self.loop_config.warm_start and self.model is not None:
+        elif warm and self.model is not None:
             model.set_weights(self.model.get_weights())
         return model
 
@@ -467,9 +477,12 @@ class ActiveLearningLoop:
             seed=cycle_seed(settings.seed, cycle, _PURPOSE_SHUFFLE),
         )
         start = time.perf_counter()
+        fit_kwargs = dict(self.fit_kwargs)
+        # A NaN/inf loss raises before the cycle is recorded, so no state is saved from NaN weights.
+        fit_kwargs["callbacks"] = [StopOnNonFiniteLoss(), *fit_kwargs.get("callbacks", [])]
         # The pipeline already shuffles, reproducibly from the cycle seed.
         history = model.fit(
-            train, epochs=settings.epochs, shuffle=False, verbose=1 if settings.verbose >= 2 else 0, **self.fit_kwargs
+            train, epochs=settings.epochs, shuffle=False, verbose=1 if settings.verbose >= 2 else 0, **fit_kwargs
         )
         record = {"train_seconds": time.perf_counter() - start}
         record.update({f"train_{key}": float(values[-1]) for key, values in history.history.items() if values})
@@ -603,6 +616,35 @@ class _Progress:
     def finish_cycle(self, record: dict, weights: str | None) -> None:
         self.records.append(record)
         self.weights = weights
+
+
+def _reset_to(model: keras.Model, fresh: keras.Model, keep_weights: bool) -> bool:
+    """Gives `model` the starting state of `fresh` (its weights too unless `keep_weights`); `False` if they differ in structure.
+
+    Every variable is copied (seed-generator states included, so dropout draws
+    what the fresh model would draw), and the optimizer's variables are
+    those of `fresh`'s freshly built optimizer: iteration 0, empty momenta.
+    """
+    if type(model) is not type(fresh) or _optimizer_settings(model) != _optimizer_settings(fresh):
+        return False  # settings a compiled step holds as constants must match
+    fresh.optimizer.build(fresh.trainable_variables)
+    variables = [(model.variables, fresh.variables), (model.optimizer.variables, fresh.optimizer.variables)]
+    if any(len(targets) != len(sources) for targets, sources in variables):
+        return False
+    pairs = [pair for targets, sources in variables for pair in zip(targets, sources)]
+    if any(target.shape != source.shape or target.dtype != source.dtype for target, source in pairs):
+        return False
+    kept = {id(variable) for variable in model.weights} if keep_weights else set()
+    for target, source in pairs:
+        if id(target) not in kept:
+            target.assign(source)
+    return True
+
+
+def _optimizer_settings(model: keras.Model) -> tuple[type, dict]:
+    """The optimizer's class and configuration, less what lives in its variables (the learning rate) and its name."""
+    config = model.optimizer.get_config()
+    return type(model.optimizer), {key: value for key, value in config.items() if key not in ("learning_rate", "name")}
 
 
 def _resolve_strategy(strategy) -> tuple[Any, str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ __all__ = [
     "STATE_FILE",
     "STATE_VERSION",
     "WEIGHTS_DIR",
+    "ResumeRefusedError",
     "RunDirectory",
     "jsonable",
     "load_weights",
@@ -39,6 +41,33 @@ __all__ = [
 STATE_FILE = "state.json"
 STATE_VERSION = 1
 WEIGHTS_DIR = "weights"
+
+
+class ResumeRefusedError(ValueError):
+    """A directory holds a run with other settings, so resuming into it is refused; the message ends with advice.
+
+    The advice depends on who asked: the Python API names its argument
+    (`restart=True`), a command names its flag (`--restart`). Each layer
+    re-issues the error with its own advice through `advising`.
+
+    Args:
+        reason: what is recorded and how it differs, ending in "refusing to resume".
+        advice: what to do instead.
+
+    Example:
+
+    >>> error = ResumeRefusedError("out/training.json has other settings; refusing to resume.", "Pass restart=True.")
+    >>> str(error.advising("Re-run with --restart."))
+    'out/training.json has other settings; refusing to resume. Re-run with --restart.'
+    """
+
+    def __init__(self, reason: str, advice: str):
+        super().__init__(f"{reason} {advice}")
+        self.reason, self.advice = reason, advice
+
+    def advising(self, advice: str) -> ResumeRefusedError:
+        """The same refusal with other advice."""
+        return ResumeRefusedError(self.reason, advice)
 
 
 def write_json_atomic(path: str, payload: dict) -> None:
@@ -109,11 +138,18 @@ class RunDirectory:
             key: (recorded.get(key), value) for key, value in config.items() if recorded.get(key) != jsonable(value)
         }
         if mismatched:
-            raise ValueError(
+            raise ResumeRefusedError(
                 f"{self.state_path} was written by a run with a different configuration; refusing to resume. "
-                f"Differences (recorded, requested): {mismatched}. Use another work_dir or delete it."
+                f"Differences (recorded, requested): {mismatched}.",
+                "Use another work_dir or delete it.",
             )
         return state
+
+    def clear(self) -> None:
+        """Deletes the recorded state and weights (a restart); anything else in the directory stays."""
+        if os.path.exists(self.state_path):
+            os.remove(self.state_path)
+        shutil.rmtree(os.path.join(self.path, WEIGHTS_DIR), ignore_errors=True)
 
     def save(self, config: dict, cycles: list[dict], labeled: list[int], weights: str | None, finished: bool) -> None:
         """Writes the state after a cycle (atomically).

@@ -1,9 +1,10 @@
 """The labeled-set manifest: one `id, path, label` record per labeled item, the single source of truth of what is labeled.
 
-JSONL is the primary format (one JSON object per line; provenance fields such
-as `source`, `annotators` and `ingested_at` ride along); CSV with an `id,path,label`
-header is accepted too. Relative paths resolve against the manifest's folder,
-as in triage's manifest input.
+JSONL is the primary format (one JSON object per line; `sha256`, the content
+hash of the item's bytes, and provenance fields such as `source`, `annotators`
+and `ingested_at` ride along); CSV with an `id,path,label` header is accepted
+too. Relative paths resolve against the manifest's folder, as in triage's
+manifest input.
 
 - `read_manifest` validates (every record an object with non-empty `id`, `path`
   and `label`, no repeated id; errors name the line and the value);
@@ -13,9 +14,13 @@ as in triage's manifest input.
   manifest's lock (`<manifest>.lock` beside it) from reading to renaming, so
   two ingests into one manifest add both their labels;
 - `from_directory` turns a folder of class subfolders (the
-  `keras.utils.image_dataset_from_directory` layout) into records;
-- `read_known_items` reads the pool a labeling round came from (a triage
-  output directory or a pool manifest), for ingest's unknown-id check;
+  `keras.utils.image_dataset_from_directory` layout) into records, and
+  `from_folders` into a manifest's records with their content hashes;
+- `read_known_items` / `merge_known_items` read the pool a labeling round came
+  from (triage output directories or pool manifests: each item's file and
+  content hash), for ingest's unknown-id and integrity checks;
+- `labeled_content` gives the content hashes of what manifests hold, for
+  triage's exclusion of items already labeled;
 - `load_labeled_set` gives `(paths, labels)` and the class names, and
   `LabeledSet.dataset` a `tf.data.Dataset` of decoded images for training.
 
@@ -41,6 +46,7 @@ import glob
 import io
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -52,13 +58,18 @@ from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXEL
 __all__ = [
     "MANIFEST_FIELDS",
     "PROVENANCE_FIELDS",
+    "KnownItem",
+    "LabeledContent",
     "LabeledSet",
     "MergeResult",
     "decode_image",
     "from_directory",
+    "from_folders",
+    "labeled_content",
     "load_labeled_set",
     "manifest_text",
     "merge",
+    "merge_known_items",
     "read_known_items",
     "read_manifest",
     "relative_to_manifest",
@@ -68,6 +79,9 @@ __all__ = [
 MANIFEST_FIELDS = ("id", "path", "label")
 # Written by `lossal ingest` after the required fields (CSV manifests join `annotators` with ";").
 PROVENANCE_FIELDS = ("source", "annotators", "ingested_at")
+# The hex SHA-256 of the item's bytes (`keras_lossal.records.CONTENT_HASH`); optional, last in CSV manifests.
+CONTENT_FIELD = "sha256"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # What `keras.utils.image_dataset_from_directory` reads, minus GIF (the header guard refuses it).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 # Triage's output files that list the pool's items (Beam shards the scores as scored-SSSSS-of-NNNNN.jsonl).
@@ -143,11 +157,23 @@ def _check_record(record: Mapping[str, Any], where: str) -> None:
         value = record.get(field)
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{where}: expected a non-empty string {field!r}. Received: {field}={value!r}")
+    content = record.get(CONTENT_FIELD)
+    if content not in (None, "") and not (isinstance(content, str) and _SHA256_HEX.fullmatch(content)):
+        raise ValueError(
+            f"{where}: expected {CONTENT_FIELD!r} to be 64 lowercase hex digits (the SHA-256 of the file). "
+            f"Received: {CONTENT_FIELD}={content!r}"
+        )
 
 
 # --------------------------------------------------------------------------- writing
-def manifest_text(records: Iterable[Mapping[str, Any]], csv_format: bool = False) -> str:
-    """Records as manifest text: JSONL lines (keys sorted), or CSV with the required then provenance columns."""
+CSV_COLUMNS = MANIFEST_FIELDS + PROVENANCE_FIELDS + (CONTENT_FIELD,)
+
+
+def manifest_text(
+    records: Iterable[Mapping[str, Any]], csv_format: bool = False, columns: Sequence[str] = CSV_COLUMNS
+) -> str:
+    """Records as manifest text: JSONL lines (keys sorted), or CSV with a header of `columns` (default: the
+    required, provenance and content-hash columns)."""
     from keras_lossal.records import to_jsonl
 
     records = list(records)
@@ -155,9 +181,9 @@ def manifest_text(records: Iterable[Mapping[str, Any]], csv_format: bool = False
         return to_jsonl(records)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(MANIFEST_FIELDS + PROVENANCE_FIELDS)
+    writer.writerow(columns)
     for record in records:
-        writer.writerow([_csv_value(record.get(field, "")) for field in MANIFEST_FIELDS + PROVENANCE_FIELDS])
+        writer.writerow([_csv_value(record.get(field, "")) for field in columns])
     return buffer.getvalue()
 
 
@@ -233,9 +259,12 @@ def _merge_locked(path: str, records: Sequence[Mapping[str, Any]]) -> MergeResul
     if not result.added:
         return result
     old_text = _read_text(path) if os.path.exists(path) else ""
-    new_text = manifest_text(result.added, _is_csv(path))
     if old_text and _is_csv(path):
-        new_text = new_text.split("\n", 1)[1]  # the header is there already
+        # Rows follow the header already there (a manifest written before a column existed keeps its columns).
+        columns = next(csv.reader(io.StringIO(old_text)))
+        new_text = manifest_text(result.added, True, columns).split("\n", 1)[1]
+    else:
+        new_text = manifest_text(result.added, _is_csv(path))
     if old_text and not old_text.endswith("\n"):
         old_text += "\n"
     with atomic_open(path) as handle:
@@ -293,19 +322,77 @@ def from_directory(directory: str) -> list[dict[str, str]]:
     return records
 
 
-def read_known_items(path: str, path_root: str | None = None) -> dict[str, str]:
-    """Item id -> path of a pool: a triage output directory or a pool manifest (JSONL or CSV).
+def from_folders(directory: str, manifest_path: str) -> list[dict[str, str]]:
+    """Records of a folder of class subfolders for a manifest at `manifest_path`, each with its content hash.
+
+    Ids are the images' paths relative to `directory` (as `from_directory` gives them); paths are stored as
+    the manifest stores them (`relative_to_manifest`); `sha256` is the hash of each file's bytes, so triage's
+    `exclude_labeled` recognises the images however they are named later. `lossal manifest from-folders`
+    writes them.
+
+    Example:
+
+    >>> import tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(root, "cat"))
+    >>> _ = open(os.path.join(root, "cat", "1.png"), "wb").write(b"abc")
+    >>> (record,) = from_folders(root, os.path.join(root, "labeled.jsonl"))
+    >>> record["id"], record["path"], record["label"], record["sha256"][:12]
+    ('cat/1.png', 'cat/1.png', 'cat', 'ba7816bf8f01')
+    """
+    from keras_lossal.records import file_sha256
+
+    records = []
+    for record in from_directory(directory):
+        file = os.path.join(directory, *record["path"].split("/"))
+        path = relative_to_manifest(file, manifest_path)
+        records.append({**record, "path": path, CONTENT_FIELD: file_sha256(file)})
+    return records
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownItem:
+    """An item of the pool a labeling round came from: its file and, when recorded, the hash of its bytes.
+
+    Args:
+        path: the file (absolute) or an object-store URL.
+        sha256: the hex SHA-256 of the bytes triage scored, or `None` (an older triage, a pool manifest without it).
+        source: the file it was read from (named when two sources disagree).
+    """
+
+    path: str
+    sha256: str | None = None
+    source: str = ""
+
+    def same_item(self, other: KnownItem) -> bool:
+        """Whether both name one file (symlinks resolved) and no recorded content hashes differ."""
+        if self.sha256 and other.sha256 and self.sha256 != other.sha256:
+            return False
+        return _canonical_file(self.path) == _canonical_file(other.path)
+
+    def describe(self) -> str:
+        return self.path + (f" (sha256 {self.sha256[:12]}...)" if self.sha256 else "")
+
+
+def _canonical_file(path: str) -> str:
+    return path if "://" in path else os.path.realpath(path)
+
+
+def read_known_items(path: str, path_root: str | None = None) -> dict[str, KnownItem]:
+    """Item id -> `KnownItem` (file, content hash) of a pool: a triage output directory or a pool manifest.
 
     Args:
         path: a directory holding triage's `scored.jsonl` (or Beam's
             `scored-*.jsonl` shards) and/or `queue.jsonl`; or a manifest whose
-            records have `path` (or `uri`) and optionally `id` (default: the path).
-            Items triage could not score (`failures.jsonl`) are not known.
+            records have `path` (or `uri`), optionally `id` (default: the path)
+            and `sha256`. Items triage could not score (`failures.jsonl`) are not known.
         path_root: what relative paths of a triage output directory are
-            relative to (default: the current directory, where triage ran). A
+            relative to (default: the current directory). Triage records absolute
+            paths; relative ones come from older runs, made where triage ran. A
             pool manifest's relative paths resolve against its folder, as triage reads them.
 
-    Returns absolute paths (URLs unchanged).
+    Paths are absolute (URLs unchanged). An id that names two different items (another file, or another
+    content hash) in two of the files read is a `ValueError` naming both.
     """
     if os.path.isdir(path):
         files = sorted({name for pattern in TRIAGE_ITEM_FILES for name in glob.glob(os.path.join(path, pattern))})
@@ -314,18 +401,99 @@ def read_known_items(path: str, path_root: str | None = None) -> dict[str, str]:
                 f"Expected triage output ({', '.join(TRIAGE_ITEM_FILES)}) in {path!r}. Received none"
             )
         root = path_root or os.getcwd()
-        records = [record for name in files for _, record in _jsonl_records(_read_text(name), name)]
+        records = [(name, record) for name in files for _, record in _jsonl_records(_read_text(name), name)]
     else:
         root = os.path.dirname(os.path.abspath(path))
         text = _read_text(path)
-        records = [record for _, record in (_pool_csv(text) if _is_csv(path) else _jsonl_records(text, path))]
-    known = {}
-    for record in records:
+        records = [(path, record) for _, record in (_pool_csv(text) if _is_csv(path) else _jsonl_records(text, path))]
+    known: dict[str, KnownItem] = {}
+    for source, record in records:
         location = record.get("path") or record.get("uri")
         if not location:
             continue
-        known[str(record.get("id") or location)] = location if "://" in location else os.path.join(root, location)
+        file = location if "://" in location else os.path.join(root, location)
+        _add_known(known, str(record.get("id") or location), KnownItem(file, record.get(CONTENT_FIELD) or None, source))
     return known
+
+
+def merge_known_items(paths: Sequence[str], path_root: str | None = None) -> dict[str, KnownItem]:
+    """`read_known_items` of several sources, as one pool; an id two sources name differently is a `ValueError`.
+
+    No source wins silently: ids are only unique within a pool, and a label tied to the wrong file is the worst
+    failure a labeling loop can have.
+
+    Example:
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> for name, line in (("a.jsonl", '{"id": "x", "path": "/pool/a/x.png"}'), ("b.jsonl", '{"id": "x", "path": "/pool/b/x.png"}')):
+    ...     _ = open(os.path.join(folder, name), "w").write(line + "\\n")
+    >>> merge_known_items([os.path.join(folder, "a.jsonl"), os.path.join(folder, "b.jsonl")])
+    Traceback (most recent call last):
+    ...
+    ValueError: Known-item sources disagree on id 'x': /pool/a/x.png in '.../a.jsonl' but /pool/b/x.png in '.../b.jsonl'; ...
+    """
+    known: dict[str, KnownItem] = {}
+    for path in paths:
+        for item_id, item in read_known_items(path, path_root).items():
+            _add_known(known, item_id, item)
+    return known
+
+
+def _add_known(known: dict[str, KnownItem], item_id: str, item: KnownItem) -> None:
+    first = known.setdefault(item_id, item)
+    if first is not item and not first.same_item(item):
+        raise ValueError(
+            f"Known-item sources disagree on id {item_id!r}: {first.describe()} in {first.source!r} but "
+            f"{item.describe()} in {item.source!r}; an id must name one item across the sources (pass the "
+            "triage outputs or pool manifests of one pool)"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledContent:
+    """The content hashes of the items labeled-set manifests hold (what triage's `exclude_labeled` skips).
+
+    Args:
+        sha256: the hex SHA-256 of every labeled item's bytes.
+        records: records read.
+        unhashed: `"<manifest>: <id>"` of records without `sha256` whose file could not be read (not matched).
+    """
+
+    sha256: frozenset[str]
+    records: int
+    unhashed: tuple[str, ...] = ()
+
+
+def labeled_content(manifest_paths: Sequence[str]) -> LabeledContent:
+    """The content hashes of the items in labeled-set manifests, matched by bytes (a renamed copy is the same item).
+
+    A record's `sha256` is used as it is; a record without one (written before ingest recorded it) is hashed
+    from its file now, and one whose file cannot be read (missing, or an object-store URL) is listed in
+    `unhashed`.
+    """
+    from keras_lossal.records import file_sha256
+
+    hashes, unhashed, count = set(), [], 0
+    for path in manifest_paths:
+        for record in read_manifest(path):
+            count += 1
+            if record.get(CONTENT_FIELD):
+                hashes.add(record[CONTENT_FIELD])
+                continue
+            file = _record_file(record["path"], path)
+            try:
+                if "://" in file:
+                    raise OSError("an object-store URL")
+                hashes.add(file_sha256(file))
+            except OSError:
+                unhashed.append(f"{path}: {record['id']}")
+    return LabeledContent(frozenset(hashes), count, tuple(unhashed))
+
+
+def _record_file(path: str, manifest_path: str) -> str:
+    """The file a manifest record's `path` names: relative paths are relative to the manifest's folder."""
+    return path if "://" in path else os.path.join(os.path.dirname(os.path.abspath(manifest_path)), path)
 
 
 def _read_text(path: str) -> str:
@@ -389,8 +557,7 @@ def load_labeled_set(path: str, class_names: Sequence[str] | None = None) -> Lab
             f"Expected labels in {names}. Received: label {outside[0]['label']!r} of id {outside[0]['id']!r} "
             f"in {path!r} ({len(outside)} record(s) outside)"
         )
-    folder = os.path.dirname(os.path.abspath(path))
-    paths = [record["path"] if "://" in record["path"] else os.path.join(folder, record["path"]) for record in records]
+    paths = [_record_file(record["path"], path) for record in records]
     return LabeledSet(
         np.array([record["id"] for record in records], dtype=object),
         np.array(paths, dtype=object),

@@ -6,6 +6,9 @@ downstream tools read alike and rank the same items first:
 - item records: `scored_record` (id, path, predicted loss, class and
   probabilities) and `failure_record` (id, path, reason, whether a re-run
   retries it), with the wording of the common failures;
+- item identity: `content_sha256` / `file_sha256`, the hex SHA-256 of an
+  item's bytes (`CONTENT_HASH`, the field scored records, the queue, Label
+  Studio tasks and the labeled-set manifest carry beside the path);
 - the tie rule (`queue_key`: a higher predicted loss first, then the earlier
   item), the streaming top-K that applies it (`TopK`) and the rank
   assignment (`assign_ranks`);
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import heapq
 import io
 import json
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
     from keras_lossal.serving.readers import Item
 
 __all__ = [
+    "CONTENT_HASH",
     "DUPLICATE_REASON",
     "FAILURES_FILE",
     "LABEL_CONFIG_FILE",
@@ -53,7 +58,9 @@ __all__ = [
     "JsonlLog",
     "TopK",
     "assign_ranks",
+    "content_sha256",
     "failure_record",
+    "file_sha256",
     "jsonl_line",
     "label_studio_tasks",
     "non_finite_reason",
@@ -76,7 +83,11 @@ LABEL_STUDIO_IMAGES_DIR = "label_studio_images"  # TFRecord items' images, writt
 STATE_FILE = "state.json"
 SUMMARY_FILE = "summary.json"
 
-QUEUE_CSV_COLUMNS = ("rank", "id", "path", "predicted_loss", "class_id", "label", "probabilities", "model_version")
+# The record field (and Label Studio task data field) holding the hex SHA-256 of an item's bytes: its identity.
+CONTENT_HASH = "sha256"
+QUEUE_CSV_COLUMNS = (
+    "rank", "id", "path", "predicted_loss", "class_id", "label", "probabilities", "model_version", CONTENT_HASH,
+)  # fmt: skip
 # The scorer output, and the scored-record field, naming the model version that scored an item.
 MODEL_VERSION = "model_version"
 # Triage writes it once per repeated id (with `"duplicate": true`); Beam once per extra copy.
@@ -127,6 +138,27 @@ def failure_record(item: Item, reason: str, retryable: bool = False) -> dict[str
 def non_finite_reason(predicted_loss: float) -> str:
     """The failure reason of an item the model scored NaN/inf: it would corrupt the ranking, so it is not queued."""
     return f"non-finite predicted loss {predicted_loss!r} (the model returned NaN/inf for this item; not queued)"
+
+
+# --------------------------------------------------------------------------- item identity
+def content_sha256(data: bytes) -> str:
+    """An item's identity: the hex SHA-256 of its bytes (a renamed or copied file keeps it; an edited one does not).
+
+    Example:
+
+    >>> content_sha256(b"abc")[:16]
+    'ba7816bf8f01cfea'
+    """
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    """`content_sha256` of a local file's bytes, read in chunks (`OSError` when it cannot be read)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- the tie rule and ranking
@@ -329,8 +361,8 @@ def queue_csv(queue: Sequence[Mapping[str, Any]]) -> str:
     Example:
 
     >>> print(queue_csv([{"id": "a", "path": "pool/a.png", "predicted_loss": 0.5, "class_id": 1, "label": "dog"}]))
-    rank,id,path,predicted_loss,class_id,label,probabilities,model_version
-    1,a,pool/a.png,0.5,1,dog,,
+    rank,id,path,predicted_loss,class_id,label,probabilities,model_version,sha256
+    1,a,pool/a.png,0.5,1,dog,,,
     <BLANKLINE>
     """
     buffer = io.StringIO()
@@ -347,6 +379,7 @@ def queue_csv(queue: Sequence[Mapping[str, Any]]) -> str:
                 record.get("label", ""),
                 json.dumps(record["probabilities"]) if "probabilities" in record else "",
                 "" if record.get(MODEL_VERSION) is None else record[MODEL_VERSION],
+                record.get(CONTENT_HASH, ""),
             ]
         )
     return buffer.getvalue()
@@ -359,9 +392,11 @@ def label_studio_tasks(
     image_urls: Mapping[str, str] | None = None,
     model_versions: Mapping[str, str] | None = None,
 ) -> list[dict]:
-    """Label Studio tasks for the queue: the image URL, id and predicted loss, the model's class as a pre-annotation.
+    """Label Studio tasks for the queue: the image URL, id, content hash and predicted loss, the model's class as a
+    pre-annotation.
 
-    The prediction's `score` is the predicted loss, so the Data Manager sorts the queue by it.
+    The prediction's `score` is the predicted loss, so the Data Manager sorts the queue by it. `data.sha256`
+    (when the record has it) is what `lossal ingest` checks the file against before it records a label.
 
     Args:
         queue: ranked records.
@@ -383,6 +418,8 @@ def label_studio_tasks(
             "item_id": record["id"],
             "predicted_loss": record["predicted_loss"],
         }
+        if record.get(CONTENT_HASH):
+            data[CONTENT_HASH] = record[CONTENT_HASH]
         task: dict[str, Any] = {"data": data}
         if "label" in record:
             choice = {"from_name": "label", "to_name": "image", "type": "choices"}

@@ -17,11 +17,16 @@ progress bars and a checkpoint after every epoch → an output directory:
   per-epoch history and the final validation metrics; `finished` once the files
   above are written.
 
+- `rejects.jsonl` (`keras_lossal.data.REJECTS_FILE`, written by `lossal train`):
+  the images that could not be read and were skipped (`TrainingResult.rejects`).
+
 A killed run re-run with the same arguments continues after the last finished
 epoch (Keras' `BackupAndRestore`, in `backup/` until training ends; the model
 weights, the optimizer state and the epoch). A finished directory is not
 trained again; other settings or other data are refused (one directory per
-model: train the next round into a new one).
+model: train the next round into a new one, or `restart=True`). A loss that
+becomes NaN or infinite stops training with `NonFiniteLossError`, and nothing
+is marked finished.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ PREPROCESSING_FILE = "preprocessing.json"
 CLASSES_FILE = "classes.json"
 TRAINING_FILE = "training.json"
 BACKUP_DIR = "backup"
+# The model is saved under this name, then renamed to MODEL_FILE.
+PARTIAL_MODEL_FILE = ".model.partial.keras"
 NPZ_SUFFIX = ".npz"
 # The `.npz` layout `load_training_data` reads: inputs, integer labels, optionally the class names.
 NPZ_INPUTS, NPZ_LABELS, NPZ_CLASS_NAMES = "x", "y", "class_names"
@@ -67,12 +74,14 @@ class TrainingData:
         y: int64 labels `(N,)`, indices into `class_names`.
         class_names: the classes in label order.
         preprocessing: an `ImagePreprocessing` or `IdentityPreprocessing`.
+        rejects: images that could not be read and were skipped, `{"id", "path", "reason"}` each.
     """
 
     x: np.ndarray
     y: np.ndarray
     class_names: list[str]
     preprocessing: Any
+    rejects: list[dict] = dataclasses.field(default_factory=list)
 
     def fingerprint(self) -> str:
         """SHA-256 of the inputs, labels and class names: tells a re-run on other data from a resume."""
@@ -94,6 +103,7 @@ class TrainingResult:
         history: per-epoch logs, `{"loss": [...], "val_accuracy": [...], ...}` over all epochs, resumes included.
         validation: the final model's validation metrics (empty without a validation split).
         resumed_from_epoch: epochs already done when this call started (0 for a fresh run).
+        rejects: images that could not be read and were skipped, `{"id", "path", "reason"}` each.
     """
 
     out_dir: str
@@ -101,6 +111,7 @@ class TrainingResult:
     history: dict[str, list[float]]
     validation: dict[str, float]
     resumed_from_epoch: int = 0
+    rejects: list[dict] = dataclasses.field(default_factory=list)
 
     def path(self, name: str) -> str:
         return os.path.join(self.out_dir, name)
@@ -111,20 +122,25 @@ def load_training_data(
     image_size: tuple[int, int] | None = None,
     channels: int | None = None,
     preprocessing: Any = None,
+    strict: bool = False,
 ) -> TrainingData:
     """Reads labeled data from a manifest (`.jsonl`/`.csv`), a folder of class subfolders, or an `.npz`.
 
     An `.npz` holds `x` (raw inputs), `y` (integer labels) and optionally
-    `class_names` (default `"0"`, `"1"`, ...); its preprocessing is inferred
+    `class_names`, one per label index; without them the labels must be
+    0..C-1, every one present (labels {0, 1, 2, 5} are refused rather than
+    becoming six classes, two of them empty). Its preprocessing is inferred
     like `keras_lossal.data.from_arrays` (uint8 images / 255, float images and
     `(N, F)` features unchanged) unless given (`"identity"` for signals `(N, T, C)`).
-    Images from a folder or a manifest are uint8, divided by 255.
+    Images from a folder or a manifest are uint8, divided by 255; an unreadable
+    one is skipped and listed in `rejects` (see `keras_lossal.data.labeled_images`).
 
     Args:
         source: the data's path.
         image_size: `(height, width)` images are resized to (folder or manifest); default: the first image's.
         channels: 1 or 3 (folder or manifest); default: the first image's.
         preprocessing: for an `.npz`: an `ImagePreprocessing`, `"identity"` or `None` (inferred).
+        strict: refuse an unreadable image (folder or manifest) instead of skipping it.
 
     Example:
 
@@ -138,25 +154,48 @@ def load_training_data(
     from keras_lossal import data as data_lib
 
     if source.lower().endswith(NPZ_SUFFIX):
-        with np.load(source, allow_pickle=False) as stored:
-            missing = [key for key in (NPZ_INPUTS, NPZ_LABELS) if key not in stored.files]
-            if missing:
-                raise ValueError(f"Expected arrays {missing} in {source!r}. Received: {sorted(stored.files)}")
-            x = data_lib.as_inputs(stored[NPZ_INPUTS], f"{source}:{NPZ_INPUTS}", preprocessing)
-            y = np.asarray(stored[NPZ_LABELS])
-            names = [str(name) for name in stored[NPZ_CLASS_NAMES]] if NPZ_CLASS_NAMES in stored.files else None
-        if names is None:
-            names = [str(label) for label in range(int(np.max(y, initial=0)) + 1)]
-        y = data_lib.as_labels(y, len(x), f"{source}:{NPZ_LABELS}", num_classes=len(names))
-        resolved, _ = data_lib.input_preprocessing(x, preprocessing, f"{source}:{NPZ_INPUTS}")
-        return TrainingData(x, y, names, resolved)
+        return _load_npz(source, preprocessing)
     if not data_lib.is_own_data(source):
+        missing = "" if os.path.exists(source) else " (no such file or folder)"
         raise ValueError(
             "Expected labeled data as a manifest (.jsonl/.csv), a folder of class subfolders or an .npz. "
-            f"Received: {source!r}"
+            f"Received: {source!r}{missing}"
         )
-    images = data_lib.labeled_images(source, image_size, channels)
-    return TrainingData(images.x, images.y, images.class_names, data_lib.input_preprocessing(images.x)[0])
+    images = data_lib.labeled_images(source, image_size, channels, strict=strict)
+    preprocessing = data_lib.input_preprocessing(images.x)[0]
+    return TrainingData(images.x, images.y, images.class_names, preprocessing, images.rejects)
+
+
+def _load_npz(source: str, preprocessing: Any) -> TrainingData:
+    from keras_lossal import data as data_lib
+    from keras_lossal.files import check_regular_file
+
+    check_regular_file(source)  # a FIFO named like an .npz would block `np.load`
+    with np.load(source, allow_pickle=False) as stored:
+        missing = [key for key in (NPZ_INPUTS, NPZ_LABELS) if key not in stored.files]
+        if missing:
+            raise ValueError(f"Expected arrays {missing} in {source!r}. Received: {sorted(stored.files)}")
+        x = data_lib.as_inputs(stored[NPZ_INPUTS], f"{source}:{NPZ_INPUTS}", preprocessing)
+        y = np.asarray(stored[NPZ_LABELS])
+        names = [str(name) for name in stored[NPZ_CLASS_NAMES]] if NPZ_CLASS_NAMES in stored.files else None
+    if names is None:
+        names = _label_names(data_lib.as_labels(y, len(x), f"{source}:{NPZ_LABELS}"), source)
+    y = data_lib.as_labels(y, len(x), f"{source}:{NPZ_LABELS}", num_classes=len(names))
+    resolved, _ = data_lib.input_preprocessing(x, preprocessing, f"{source}:{NPZ_INPUTS}")
+    return TrainingData(x, y, names, resolved)
+
+
+def _label_names(y: np.ndarray, source: str) -> list[str]:
+    """`"0"`, `"1"`, ... for labels 0..C-1 with every class present; other label sets are refused, not padded."""
+    present = np.unique(y)
+    if not np.array_equal(present, np.arange(len(present))):
+        absent = sorted(set(range(int(present.max()) + 1)) - set(present.tolist()))
+        raise ValueError(
+            f"Expected the labels in {source}:{NPZ_LABELS} to be 0..C-1 with every class present (or an array "
+            f"{NPZ_CLASS_NAMES!r} naming each label index). Received labels {present.tolist()[:20]} "
+            f"(no items of {absent[:20]}); relabel them 0..{len(present) - 1} or store {NPZ_CLASS_NAMES!r}"
+        )
+    return [str(label) for label in present.tolist()]
 
 
 def train(
@@ -173,6 +212,8 @@ def train(
     verbose: int = 1,
     callbacks: list | None = None,
     preprocessing: Any = None,
+    strict: bool = False,
+    restart: bool = False,
 ) -> TrainingResult:
     """Trains a `LossLearningModel` on labeled data and writes `model.keras`, `preprocessing.json`, `classes.json`.
 
@@ -196,6 +237,14 @@ def train(
         preprocessing: for an `.npz`: `"identity"` to use its inputs unchanged
             (needed for signals `(N, T, C)`, which would otherwise be grayscale
             images), an `ImagePreprocessing`, or `None` to infer it.
+        strict: refuse an unreadable image instead of skipping it (skipped ones go to `rejects.jsonl`).
+        restart: discard an earlier training in `out_dir` (its files only) instead of resuming it;
+            without it, a directory trained with other settings or data is refused
+            (`keras_lossal.loop_state.ResumeRefusedError`).
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite (`keras_lossal.callbacks`);
+            no model is written and `training.json` stays unfinished.
 
     Example:
 
@@ -205,8 +254,8 @@ def train(
     >>> result.path(MODEL_FILE), result.validation["accuracy"]  # doctest: +SKIP
     ('models/round_1/model.keras', 0.91)
     """
-    run = _TrainingRun(source, out_dir, spec, epochs, batch_size, validation_fraction, seed, augment)
-    run.load(image_size, channels, preprocessing)
+    run = _TrainingRun(source, out_dir, spec, epochs, batch_size, validation_fraction, seed, augment, restart)
+    run.load(image_size, channels, preprocessing, strict)
     finished = run.check_resumable()
     if finished is not None:
         if verbose:
@@ -218,7 +267,7 @@ def train(
 class _TrainingRun:
     """One `train` call: its settings, its data and split, and the steps that fill the output directory."""
 
-    def __init__(self, source, out_dir, spec, epochs, batch_size, validation_fraction, seed, augment):
+    def __init__(self, source, out_dir, spec, epochs, batch_size, validation_fraction, seed, augment, restart=False):
         from keras_lossal import experiment
 
         self.source, self.out_dir = source, str(out_dir)
@@ -234,17 +283,18 @@ class _TrainingRun:
         self.backbone_sha256 = experiment.backbone_fingerprint(self.spec.backbone)
         self.epochs, self.batch_size, self.seed = int(epochs), int(batch_size), int(seed)
         self.validation_fraction, self.augment = float(validation_fraction), bool(augment)
+        self.restart = bool(restart)
         self.data: TrainingData | None = None
 
     def path(self, name: str) -> str:
         return os.path.join(self.out_dir, name)
 
-    def load(self, image_size, channels, preprocessing=None) -> None:
+    def load(self, image_size, channels, preprocessing=None, strict: bool = False) -> None:
         """Reads the data and splits it (seeded, stratified)."""
         from keras_lossal import data as data_lib
 
         data = self.source if isinstance(self.source, TrainingData) else None
-        self.data = data or load_training_data(str(self.source), image_size, channels, preprocessing)
+        self.data = data or load_training_data(str(self.source), image_size, channels, preprocessing, strict)
         if len(self.data.class_names) < 2:
             raise ValueError(f"Expected at least 2 classes to train a classifier. Received: {self.data.class_names}")
         self.train_positions, self.validation_positions = data_lib.stratified_split(
@@ -279,13 +329,18 @@ class _TrainingRun:
         return settings
 
     def check_resumable(self) -> TrainingResult | None:
-        """The recorded result of a finished run with these settings; `None` to train; raises for other settings."""
-        from keras_lossal.loop_state import jsonable
+        """The recorded result of a finished run with these settings; `None` to train; raises for other settings.
+
+        With `restart`, an earlier training is never resumed (`fit` discards it once the model is built).
+        """
+        from keras_lossal.loop_state import ResumeRefusedError, jsonable
 
         path = self.path(TRAINING_FILE)
         if not os.path.exists(path):
             if os.path.isdir(self.out_dir) and os.listdir(self.out_dir):
                 raise ValueError(f"Expected an empty or new output directory. Received: {self.out_dir!r} holds files")
+            return None
+        if self.restart:
             return None
         with open(path) as stream:
             recorded = json.load(stream)
@@ -296,24 +351,29 @@ class _TrainingRun:
             if recorded["settings"].get(key) != value
         }
         if differences:
-            raise ValueError(
+            raise ResumeRefusedError(
                 f"{path} was written by a training run with other settings or data; refusing to resume. "
-                f"Differences (recorded, requested): {_short(differences)}. Train into a new output directory."
+                f"Differences (recorded, requested): {_short(differences)}.",
+                "Train into a new output directory, or pass restart=True to discard the earlier training.",
             )
         if not recorded.get("finished"):
             return None
-        return TrainingResult(self.out_dir, None, recorded["history"], recorded["validation"], self.epochs)
+        history, validation = recorded["history"], recorded["validation"]
+        return TrainingResult(self.out_dir, None, history, validation, self.epochs, self.data.rejects)
 
     def fit(self, verbose: int, callbacks: list) -> TrainingResult:
         """Trains (or resumes), then writes the model, the preprocessing, the class names and `finished`."""
         from keras_lossal import data as data_lib
         from keras_lossal import experiment
+        from keras_lossal.callbacks import StopOnNonFiniteLoss
 
         keras.utils.set_random_seed(self.seed)
         # Built before anything is written, so a backbone that does not fit leaves the directory as it was.
         model = experiment.make_model_factory(
             self.spec, self.data.preprocessing.input_shape, len(self.data.class_names), with_head=True
         )()
+        if self.restart:
+            self._discard_earlier_training()
         os.makedirs(self.out_dir, exist_ok=True)
         recorder = _EpochRecorder(self, self._recorded_history(), verbose)
         self.write_training(recorder.history, {}, finished=False)
@@ -325,9 +385,10 @@ class _TrainingRun:
         validation = self._validation_pipeline()
         # Kept until the outputs are written, so a run killed after the last epoch still resumes to the end.
         backup = keras.callbacks.BackupAndRestore(self.path(BACKUP_DIR), delete_checkpoint=False)
+        # First, so a NaN loss raises before the epoch's checkpoint or record could keep its weights.
         model.fit(
             train, validation_data=validation, epochs=self.epochs, shuffle=False, verbose=verbose,
-            callbacks=[backup, recorder, *callbacks],
+            callbacks=[StopOnNonFiniteLoss(), backup, recorder, *callbacks],
         )  # fmt: skip
         metrics = {} if validation is None else model.evaluate(validation, verbose=0, return_dict=True)
         metrics = {key: float(value) for key, value in metrics.items()}
@@ -335,7 +396,16 @@ class _TrainingRun:
         self.write_training(recorder.history, metrics, finished=True)
         shutil.rmtree(self.path(BACKUP_DIR), ignore_errors=True)
         resumed = self.epochs if recorder.first_epoch is None else recorder.first_epoch
-        return TrainingResult(self.out_dir, model, recorder.history, metrics, resumed)
+        return TrainingResult(self.out_dir, model, recorder.history, metrics, resumed, self.data.rejects)
+
+    def _discard_earlier_training(self) -> None:
+        """Deletes what an earlier training wrote in the directory (a restart); other files stay."""
+        from keras_lossal.data import REJECTS_FILE
+
+        for name in (MODEL_FILE, PREPROCESSING_FILE, CLASSES_FILE, TRAINING_FILE, REJECTS_FILE, PARTIAL_MODEL_FILE):
+            if os.path.isfile(self.path(name)):
+                os.remove(self.path(name))
+        shutil.rmtree(self.path(BACKUP_DIR), ignore_errors=True)
 
     def _validation_pipeline(self):
         from keras_lossal import data as data_lib
@@ -362,7 +432,7 @@ class _TrainingRun:
         """The three files export reads; the model is written to a temporary name first, then renamed."""
         from keras_lossal.files import atomic_write
 
-        temporary = self.path(".model.partial.keras")
+        temporary = self.path(PARTIAL_MODEL_FILE)
         model.save(temporary)
         os.replace(temporary, self.path(MODEL_FILE))
         atomic_write(self.path(PREPROCESSING_FILE), self.data.preprocessing.to_json())

@@ -104,3 +104,71 @@ def test_mixed_precision_models_score_in_float32_equal_to_their_own_predictions(
     assert selection.scores.dtype == np.float32
     np.testing.assert_array_equal(selection.scores, expected[selection.indices])
     assert selection.indices.tolist() == numpy_top_k(expected, 75)
+
+
+# ------------------------------------------------------------------ bounded candidates (collect_top)
+def _echo_function():
+    """A batch function returning (score, 2-d embedding) straight from 3-feature items."""
+    return scoring.BatchFunction(lambda features: (features[:, 0], features[:, 1:]), False)
+
+
+@pytest.mark.parametrize("capacity", [1, 7, 40, 200])
+def test_collect_top_keeps_the_highest_scores_in_the_order_scored(capacity):
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(150, 3)).astype("float32")
+    items[::10, 0] = items[5, 0]  # ties: the item scored first wins
+    items[[3, 77], 0] = np.nan
+    items[40, 2] = np.inf  # a non-finite embedding is never a candidate either
+    indexed = acq.pool.index_pool(items, 16, tf.TensorSpec((None, 3), tf.float32))
+    indices, (scores, embeddings), num_scored, num_excluded = scoring.collect_top(_echo_function(), indexed, capacity)
+    finite = np.flatnonzero(np.isfinite(items).all(axis=1))
+    order = finite[np.lexsort((finite, -items[finite, 0]))][:capacity]
+    assert indices.tolist() == sorted(order.tolist())  # the top `capacity`, back in pool (scoring) order
+    np.testing.assert_array_equal(scores, items[indices, 0])
+    np.testing.assert_array_equal(embeddings, items[indices, 1:])
+    assert (num_scored, num_excluded) == (150, 3)
+
+
+def test_collect_top_memory_is_bounded_by_the_capacity_not_the_pool():
+    items = np.random.default_rng(1).normal(size=(5000, 3)).astype("float32")
+    indexed = acq.pool.index_pool(items, 64, tf.TensorSpec((None, 3), tf.float32))
+    peak = []
+    original_add = scoring._TopRows.add
+
+    def add(self, indices, outputs):
+        original_add(self, indices, outputs)
+        peak.append(self.buffered)
+
+    scoring._TopRows.add = add
+    try:
+        indices, _, _, _ = scoring.collect_top(_echo_function(), indexed, capacity=100)
+    finally:
+        scoring._TopRows.add = original_add
+    assert max(peak) <= 2 * 100 + 64  # at most twice the capacity plus one batch, whatever the pool's size
+    assert sorted(indices.tolist()) == sorted(np.argsort(-items[:, 0], kind="stable")[:100].tolist())
+
+
+def test_learning_loss_clusters_clusters_only_its_candidates():
+    from keras_lossal.acquisition import diversity
+
+    rng = np.random.default_rng(2)
+    items = np.column_stack([rng.normal(size=(400, 2)) * 10, rng.random(400)]).astype("float32")
+    inputs = keras.Input((3,), name="features")
+    embedding = keras.layers.Dense(2, use_bias=False, trainable=False, name="embed")(inputs)
+    logits = keras.layers.Dense(3, name="logits")(embedding)
+    predicted = keras.layers.Lambda(lambda x: x[:, 2], name="loss")(inputs)
+    model = keras.Model(inputs, {"output": logits, "predicted_loss": predicted})
+    model.get_layer("embed").set_weights([np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], "float32")])
+    strategy = acq.get("learning_loss_clusters", candidates_factor=5, min_candidates=1)
+    assert strategy.num_candidates(8) == 40 and acq.get("learning_loss_clusters").num_candidates(8) == 10_000
+    selection = strategy.select(model, items, k=8, seed=3)
+    candidates = np.sort(np.argsort(-items[:, 2], kind="stable")[:40])
+    clusters = diversity.kmeans(items[candidates, :2], 8, seed=3)
+    expected = candidates[diversity.best_per_cluster(items[candidates, 2], clusters, 8)]
+    assert selection.indices.tolist() == expected.tolist() and selection.num_scored == 400
+    # Pools up to min_candidates are clustered whole, as before the bound.
+    whole = acq.get("learning_loss_clusters").select(model, items, k=8, seed=3)
+    clusters = diversity.kmeans(items[:, :2], 8, seed=3)
+    assert whole.indices.tolist() == diversity.best_per_cluster(items[:, 2], clusters, 8).tolist()
+    with pytest.raises(ValueError, match="candidates_factor >= 1. Received: candidates_factor=0.5"):
+        acq.get("learning_loss_clusters", candidates_factor=0.5)

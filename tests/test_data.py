@@ -238,3 +238,91 @@ def test_non_image_inputs_use_identity_preprocessing():
         data.from_arrays(np.ones((4, 5, 5), np.uint8), [0, 1, 0, 1], np.ones((1, 5, 5), np.uint8), [0]).x_train.ndim
         == 4
     )
+
+
+# Unreadable files a labeled folder may hold, and a word of the reason each is skipped with.
+BAD_IMAGES = {
+    "dark/pipe.png": "a FIFO",
+    "dark/loop.png": "Too many levels of symbolic links",
+    "mid/empty.png": "corrupt image: Unsupported image format",
+    "mid/truncated.png": "corrupt image: Invalid PNG",
+    "bright/notes.png": "corrupt image: Unsupported image format",
+}
+
+
+def write_bad_images(root):
+    """Adds `BAD_IMAGES` to a folder of class subfolders: a FIFO, a symlink loop, empty, truncated and text files."""
+    good = tf.io.encode_png(np.zeros((8, 8, 1), np.uint8)).numpy()
+    os.mkfifo(os.path.join(root, "dark", "pipe.png"))
+    os.symlink("loop.png", os.path.join(root, "dark", "loop.png"))  # a link to itself
+    payloads = {"mid/empty.png": b"", "mid/truncated.png": good[:40], "bright/notes.png": b"hello, not a picture"}
+    for name, payload in payloads.items():
+        with open(os.path.join(root, name), "wb") as handle:
+            handle.write(payload)
+    return str(root)
+
+
+@pytest.mark.timeout(120)  # a FIFO read without the guard blocks forever
+def test_unreadable_images_are_skipped_and_named_or_refused_when_strict(tmp_path):
+    from test_training import write_image_folder
+
+    folder = write_bad_images(write_image_folder(tmp_path / "images", per_class=4))
+    images = data.labeled_images(folder)
+    assert images.x.shape == (12, 8, 8, 1) and np.bincount(images.y).tolist() == [4, 4, 4]
+    reasons = {reject["id"]: reject["reason"] for reject in images.rejects}
+    assert sorted(reasons) == sorted(BAD_IMAGES)
+    for name, word in BAD_IMAGES.items():
+        assert word in reasons[name], (name, reasons[name])
+    assert {reject["path"] for reject in images.rejects} == {os.path.join(folder, name) for name in BAD_IMAGES}
+    with pytest.raises(ValueError, match=r"Unreadable image '.*(pipe|loop|empty|truncated|notes)\.png'") as info:
+        data.labeled_images(folder, strict=True)
+    assert "\n" not in str(info.value)
+    # Through `load` (lossal run): the dataset says how many were skipped and keeps the list.
+    dataset = data.load(folder, test_fraction=0.25)
+    assert len(dataset.x_train) + len(dataset.x_test) == 12 and len(dataset.rejects) == len(BAD_IMAGES)
+    assert dataset.summary().endswith(f"; {len(BAD_IMAGES)} unreadable image(s) skipped")
+
+
+@pytest.mark.timeout(120)
+def test_a_fifo_in_a_manifest_or_as_the_manifest_never_blocks(tmp_path):
+    from test_training import write_image_folder
+
+    from keras_lossal import manifest
+
+    folder = write_image_folder(tmp_path / "images", per_class=3)
+    os.mkfifo(tmp_path / "pipe.png")
+    records = [{**record, "path": os.path.join(folder, record["path"])} for record in manifest.from_directory(folder)]
+    path = str(tmp_path / "labeled.jsonl")
+    manifest.write_manifest(path, [*records, {"id": "pipe", "path": str(tmp_path / "pipe.png"), "label": "dark"}])
+    images = data.labeled_images(path)
+    assert len(images.y) == 9 and [(reject["id"], "a FIFO" in reject["reason"]) for reject in images.rejects] == [
+        ("pipe", True)
+    ]
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    with pytest.raises(OSError, match=r"fifo.jsonl'?: not a regular file \(a FIFO\)"):
+        data.labeled_images(str(tmp_path / "fifo.jsonl"))
+
+
+def test_only_unreadable_images_are_refused_naming_the_first(tmp_path):
+    os.makedirs(tmp_path / "cat")
+    (tmp_path / "cat" / "a.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"Expected readable images in .* 1 rejected, the first '.*a\.png': corrupt"):
+        data.labeled_images(str(tmp_path))
+
+
+def test_unknown_datasets_and_paths_are_one_line_naming_what_exists(tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown dataset 'fashon_mnist'.*Did you mean 'fashion_mnist'") as info:
+        data.load("fashon_mnist")
+    assert "\n" not in str(info.value) and "cifar10" in str(info.value) and len(str(info.value)) < 600
+    # `name/config` is TFDS' syntax too, so a missing relative folder reads as an unknown dataset, in one line.
+    with pytest.raises(ValueError, match="no such folder or manifest, and not a TFDS dataset"):
+        data.load("nope/dir")
+    for path in ("./nope_dir", str(tmp_path / "x.npz")):
+        with pytest.raises(FileNotFoundError, match="No such folder or manifest") as info:
+            data.load(path)
+        assert "\n" not in str(info.value) and "fashion_mnist" in str(info.value)
+    (tmp_path / "x.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match="a file of another type"):
+        data.load(str(tmp_path / "x.npz"))
+    with pytest.raises(FileNotFoundError, match="No such file"):
+        data.load(str(tmp_path / "missing.jsonl"))

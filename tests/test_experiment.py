@@ -195,3 +195,30 @@ def test_a_bad_own_backbone_is_refused_before_anything_is_written(tmp_path, back
 
 def wrong_input_backbone(input_shape, num_classes):
     return tiny_backbone((4, 4, 1), num_classes)
+
+
+@pytest.mark.parametrize("field", ["learning_rate", "momentum", "weight_decay"])
+def test_model_spec_refuses_non_finite_or_negative_rates(field):
+    for value in (float("nan"), float("inf"), -0.1):
+        with pytest.raises(ValueError, match=rf"Expected {field} to be a finite number >= 0. Received: {field}="):
+            experiment.ModelSpec(**{field: value})
+    with pytest.raises(ValueError, match="every rate a finite number >= 0"):
+        experiment.parse_lr_schedule("10:nan")
+
+
+def test_a_refusal_advises_restart_and_restart_discards_only_the_requested_runs(tmp_path):
+    out = str(tmp_path / "run")
+    _run(out, ["random"])
+    other = os.path.join(out, "other", "seed_0")
+    os.makedirs(other)
+    with open(os.path.join(other, "state.json"), "w") as handle:
+        handle.write("{}")
+    with pytest.raises(ValueError, match=r"refusing to resume.*Pass restart=True"):
+        _run(out, ["random"], epochs=2)
+    results = experiment.run_experiment(
+        tiny_dataset(), ["random"], seeds=[0], out_dir=out, spec=experiment.ModelSpec(backbone="small_cnn", width=4),
+        initial_size=10, query_size=5, subset_size=None, cycles=2, epochs=2, batch_size=8, verbose=0, restart=True,
+    )  # fmt: skip
+    assert results["random"][0].config["epochs"] == 2
+    assert json.load(open(os.path.join(out, "random", "seed_0", "state.json")))["config"]["epochs"] == 2
+    assert open(os.path.join(other, "state.json")).read() == "{}"  # another run of the directory, left alone

@@ -77,6 +77,11 @@ def test_resolve_version_dir_picks_highest_or_requested(tmp_path):
     assert versions.resolve_version_dir(str(tmp_path)) == str(tmp_path / "4")
     assert versions.resolve_version_dir(str(tmp_path), version="1") == str(tmp_path / "1")
     assert versions.resolve_version_dir(str(tmp_path / "1")) == str(tmp_path / "1")
+    # A version directory with a version: that version of its base path (`--model base/4 --model-version 1`).
+    assert versions.resolve_version_dir(str(tmp_path / "4"), version=1) == str(tmp_path / "1")
+    assert versions.resolve_version_dir(str(tmp_path / "4"), version="4") == str(tmp_path / "4")
+    with pytest.raises(FileNotFoundError, match=r"Version 2 not found under .* available versions: \[1, 4\]"):
+        versions.resolve_version_dir(str(tmp_path / "4"), version=2)
     with pytest.raises(FileNotFoundError, match=r"Version 2 not found .* available versions: \[1, 4\]"):
         versions.resolve_version_dir(str(tmp_path), version=2)
     with pytest.raises(ValueError, match="not an integer version"):

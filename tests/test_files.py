@@ -124,3 +124,19 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
         process.wait()
     with exclusive_lock(path, timeout=5):  # the kernel released the dead holder's lock
         assert os.path.exists(path + ".lock")
+
+
+def test_guarded_reads_refuse_a_fifo_without_blocking_and_keep_the_readers_import(tmp_path):
+    from keras_lossal.files import check_regular_file, read_file
+    from keras_lossal.serving import readers
+
+    assert readers.read_file is read_file  # moved here from serving/readers.py; the old import still works
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(OSError, match=r"not a regular file \(a FIFO\)"):
+        read_file(str(tmp_path / "pipe.png"), max_bytes=100)
+    with pytest.raises(OSError, match=r"pipe.png': not a regular file \(a FIFO\)"):
+        check_regular_file(str(tmp_path / "pipe.png"))
+    with pytest.raises(FileNotFoundError, match="No such file"):
+        check_regular_file(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    check_regular_file(str(tmp_path / "a.jsonl"))

@@ -436,3 +436,43 @@ def test_non_image_inputs_refuse_augmentation_and_mismatched_test_shapes():
         "random", initial_size=10, query_size=5, cycles=2,
     )  # fmt: skip
     assert grayscale.x_train.shape == (40, 6, 6, 1)  # without "identity", rank 3 is a grayscale image set, as before
+
+
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_cycles_reset_one_model_to_exactly_the_state_a_fresh_model_would_have(monkeypatch, warm_start):
+    class Models:
+        def __init__(self):
+            self.seen = []
+
+        def on_cycle_end(self, cycle, record, loop):
+            self.seen.append(loop.model)
+
+    def run():
+        models = Models()
+        result = _loop(
+            None, "learning_loss", warm_start=warm_start, cycles=3, epochs=1, model_factory=_loss_learning_model
+        ).run(callbacks=[models])
+        records = [{key: value for key, value in record.items() if "seconds" not in key} for record in result.cycles]
+        return records, result.model.get_weights(), models.seen
+
+    reused_records, reused_weights, reused_models = run()
+    assert len({id(model) for model in reused_models}) == 1  # one model per run: its functions traced once
+    monkeypatch.setattr(kl.loop, "_reset_to", lambda model, fresh, keep_weights: False)  # a new model per cycle
+    fresh_records, fresh_weights, fresh_models = run()
+    assert len({id(model) for model in fresh_models}) == 3
+    assert reused_records == fresh_records
+    for reused, fresh in zip(reused_weights, fresh_weights):
+        np.testing.assert_array_equal(reused, fresh)
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_cycle_is_recorded(tmp_path):
+    from keras_lossal.callbacks import NonFiniteLossError
+
+    def diverging():
+        model = _classifier()
+        model.compile(keras.optimizers.SGD(1e30), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    with pytest.raises(NonFiniteLossError, match="Training stopped: the loss became (nan|inf)"):
+        _loop(str(tmp_path), "random", model_factory=diverging, cycles=2, epochs=3).run()
+    assert not os.path.exists(tmp_path / STATE_FILE)

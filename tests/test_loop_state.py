@@ -111,3 +111,20 @@ def test_loop_config_stores_integers_and_checks_the_pool():
         config.check_pool(49)
     with pytest.raises(TypeError, match="Expected `config` to be a LoopConfig"):
         LoopConfig.from_arguments({"initial_size": 20}, initial_size=None)
+
+
+def test_a_refusal_carries_advice_each_layer_can_replace_and_clear_removes_only_the_state(tmp_path):
+    from keras_lossal.loop_state import ResumeRefusedError
+
+    run = RunDirectory(str(tmp_path))
+    run.save({"seed": 3}, cycles=[], labeled=[], weights=run.save_weights(_model(), 0), finished=False)
+    with pytest.raises(ResumeRefusedError) as info:
+        run.load({"seed": 4})
+    assert str(info.value).endswith("Use another work_dir or delete it.")
+    advised = info.value.advising("Re-run with --restart.")
+    assert isinstance(advised, ValueError) and str(advised).endswith(
+        "refusing to resume. Differences (recorded, requested): {'seed': (3, 4)}. Re-run with --restart."
+    )
+    (tmp_path / "notes.txt").write_text("mine")
+    run.clear()
+    assert os.listdir(tmp_path) == ["notes.txt"] and run.load({"seed": 4}) is None

@@ -95,11 +95,18 @@ def test_merge_refuses_invalid_or_repeated_new_records(tmp_path):
 def test_merge_into_csv_keeps_its_header_once(tmp_path):
     path = write(tmp_path / "m.csv", "id,path,label\na,pool/a.png,cat\n")
     manifest.merge(path, [{**B, "source": "export.csv", "annotators": ["1", "2"], "ingested_at": "t"}])
-    assert (tmp_path / "m.csv").read_text() == "id,path,label\na,pool/a.png,cat\nb,pool/b.png,dog,export.csv,1;2,t\n"
+    # New rows follow the header there: a valid CSV, whatever columns a newer version writes.
+    assert (tmp_path / "m.csv").read_text() == "id,path,label\na,pool/a.png,cat\nb,pool/b.png,dog\n"
     created = str(tmp_path / "new.csv")
-    manifest.merge(created, [A])
-    assert (tmp_path / "new.csv").read_text() == "id,path,label,source,annotators,ingested_at\na,pool/a.png,cat,,,\n"
-    assert manifest.read_manifest(created) == [{**A, "source": "", "annotators": "", "ingested_at": ""}]
+    manifest.merge(created, [{**A, "sha256": "0f" * 32}])
+    assert (tmp_path / "new.csv").read_text() == (
+        "id,path,label,source,annotators,ingested_at,sha256\na,pool/a.png,cat,,,," + "0f" * 32 + "\n"
+    )
+    assert manifest.read_manifest(created) == [
+        {**A, "source": "", "annotators": "", "ingested_at": "", "sha256": "0f" * 32}
+    ]
+    manifest.merge(created, [{**B, "sha256": "1e" * 32}])
+    assert (tmp_path / "new.csv").read_text().splitlines()[2] == "b,pool/b.png,dog,,,," + "1e" * 32
 
 
 def test_a_failed_write_leaves_the_old_manifest(tmp_path, monkeypatch):
@@ -212,10 +219,10 @@ def test_known_items_from_a_triage_output_directory(tmp_path, monkeypatch):
     write(out / "queue.jsonl", '{"id": "c", "path": "gs://bucket/c.png", "predicted_loss": 0.9, "rank": 1}\n')
     write(out / "failures.jsonl", '{"id": "d", "path": "pool/d.png", "reason": "corrupt"}\n')
     monkeypatch.chdir(tmp_path)
-    assert manifest.read_known_items(str(out)) == {
+    assert paths(manifest.read_known_items(str(out))) == {
         "a": str(tmp_path / "pool" / "a.png"), "b": "/abs/b.png", "c": "gs://bucket/c.png",
     }  # fmt: skip
-    assert manifest.read_known_items(str(out), path_root="/r")["a"] == "/r/pool/a.png"
+    assert manifest.read_known_items(str(out), path_root="/r")["a"].path == "/r/pool/a.png"
     with pytest.raises(FileNotFoundError, match="Expected triage output"):
         manifest.read_known_items(str(tmp_path))
 
@@ -223,9 +230,33 @@ def test_known_items_from_a_triage_output_directory(tmp_path, monkeypatch):
 def test_known_items_from_a_pool_manifest_resolve_against_its_folder(tmp_path):
     (tmp_path / "pools").mkdir()
     jsonl = write(tmp_path / "pools" / "pool.jsonl", '{"path": "x/a.png"}\n{"id": "b", "uri": "s3://b/b.png"}\n')
-    assert manifest.read_known_items(jsonl) == {"x/a.png": str(tmp_path / "pools" / "x" / "a.png"), "b": "s3://b/b.png"}
+    assert paths(manifest.read_known_items(jsonl)) == {
+        "x/a.png": str(tmp_path / "pools" / "x" / "a.png"), "b": "s3://b/b.png",
+    }  # fmt: skip
     csv_path = write(tmp_path / "pool.csv", "id,path\na,a.png\n")
-    assert manifest.read_known_items(csv_path) == {"a": str(tmp_path / "a.png")}
+    assert paths(manifest.read_known_items(csv_path)) == {"a": str(tmp_path / "a.png")}
+
+
+def paths(known: dict) -> dict:
+    return {item_id: item.path for item_id, item in known.items()}
+
+
+def test_labeled_content_uses_recorded_hashes_and_hashes_older_records_from_their_files(tmp_path):
+    import hashlib
+
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool" / "b.png").write_bytes(b"b's bytes")
+    first = write(tmp_path / "labeled.jsonl", "".join(json.dumps(record) + "\n" for record in [
+        {**A, "sha256": "0f" * 32},  # recorded by ingest: used as it is (its file is not read)
+        B,  # written before ingest recorded hashes: hashed from pool/b.png now
+        {"id": "c", "path": "pool/missing.png", "label": "cat"},
+    ]))  # fmt: skip
+    second = write(tmp_path / "other.jsonl", json.dumps({"id": "d", "path": "gs://bucket/d.png", "label": "dog"}))
+    content = manifest.labeled_content([first, second])
+    assert content.sha256 == {"0f" * 32, hashlib.sha256(b"b's bytes").hexdigest()}
+    assert (content.records, content.unhashed) == (4, (f"{first}: c", f"{second}: d"))
+    with pytest.raises(ValueError, match=r"labeled.jsonl:1: expected 'sha256' to be 64 lowercase hex digits"):
+        manifest.labeled_content([write(tmp_path / "labeled.jsonl", json.dumps({**A, "sha256": "F" * 64}))])
 
 
 # --------------------------------------------------------------------------- training input

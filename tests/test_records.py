@@ -196,14 +196,14 @@ def test_output_file_names_and_sharding():
 QUEUE = [
     {"rank": 1, "id": "b", "path": "pool/b.png", "predicted_loss": 0.1 + 0.2, "class_id": 0, "label": "cat",
      "probabilities": [0.75, 0.25]},
-    {"rank": 2, "id": "a,1", "path": "pool/a 1.png", "predicted_loss": 0.25, "model_version": 3},
+    {"rank": 2, "id": "a,1", "path": "pool/a 1.png", "predicted_loss": 0.25, "model_version": 3, "sha256": "ab" * 32},
 ]  # fmt: skip
 
 
 def test_queue_csv_layout():
     text = queue_csv(QUEUE)
-    assert text.splitlines()[0] == "rank,id,path,predicted_loss,class_id,label,probabilities,model_version"
-    assert text.splitlines()[1] == '1,b,pool/b.png,0.30000000000000004,0,cat,"[0.75, 0.25]",'
+    assert text.splitlines()[0] == "rank,id,path,predicted_loss,class_id,label,probabilities,model_version,sha256"
+    assert text.splitlines()[1] == '1,b,pool/b.png,0.30000000000000004,0,cat,"[0.75, 0.25]",,'
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [row["rank"] for row in rows] == ["1", "2"]
     assert rows[1] == {
@@ -215,9 +215,10 @@ def test_queue_csv_layout():
         "label": "",
         "probabilities": "",
         "model_version": "3",
+        "sha256": "ab" * 32,
     }
     assert float(rows[0]["predicted_loss"]) == QUEUE[0]["predicted_loss"]  # repr: the float exactly
-    assert queue_csv([]) == "rank,id,path,predicted_loss,class_id,label,probabilities,model_version\n"
+    assert queue_csv([]) == "rank,id,path,predicted_loss,class_id,label,probabilities,model_version,sha256\n"
 
 
 def test_label_studio_tasks_layout():
@@ -238,9 +239,10 @@ def test_label_studio_tasks_layout():
             }
         ],
     }
-    assert tasks[1] == {
-        "data": {"image": "/data/local-files/?d=pool/a 1.png", "item_id": "a,1", "predicted_loss": 0.25}
-    }
+    assert tasks[1] == {  # the content hash rides along: ingest checks the file against it
+        "data": {"image": "/data/local-files/?d=pool/a 1.png", "item_id": "a,1", "predicted_loss": 0.25,
+                 "sha256": "ab" * 32}
+    }  # fmt: skip
     # The key order is part of the file's bytes.
     assert list(tasks[0]["predictions"][0]) == ["model_version", "score", "result"]
     assert list(tasks[0]["predictions"][0]["result"][0]) == ["from_name", "to_name", "type", "value"]

@@ -755,7 +755,7 @@ def test_relative_manifest_paths_mean_the_same_from_any_working_directory(setup,
             images = sorted(task["data"]["image"] for task in json.load(handle))
         assert len(names) == 3 and images == sorted(f"/data/local-files/?d=pool/{name}" for name in names)
         known = read_known_items(str(out))
-        assert {item: os.path.realpath(path) for item, path in known.items()} == {
+        assert {item_id: os.path.realpath(item.path) for item_id, item in known.items()} == {
             name: os.path.realpath(tmp_path / "pool" / name) for name in names
         }
 
@@ -778,7 +778,7 @@ def test_label_studio_tasks_name_local_files_or_cloud_urls_and_a_label_config(se
         relative = os.path.relpath(record["path"], root)
         assert task["data"]["image"] == "/data/local-files/?d=" + quote(relative)
         assert task["data"]["predicted_loss"] == task["predictions"][0]["score"] == record["predicted_loss"]
-        assert task["predictions"][0]["model_version"].endswith(":version=1")
+        assert task["predictions"][0]["model_version"] == "lossal/1"  # <model name>/<version>
     assert read_label_config(os.path.join(out, "label_config.xml")) == LABELS and result.queued == 4
     cloud = LabelStudioOptions(document_root=setup["folder"], url_prefix="gs://bucket/pool/")
     triage(read_items(setup["folder"]), InProcessScorer(setup["base"]), out, top_k=4, label_studio=cloud)

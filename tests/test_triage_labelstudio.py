@@ -60,7 +60,7 @@ def test_triage_tasks_and_label_config_import_into_label_studio(label_studio, lo
         assert stored["data"]["predicted_loss"] == pytest.approx(task["data"]["predicted_loss"])
         (prediction,) = stored["predictions"]
         assert prediction["score"] == pytest.approx(task["data"]["predicted_loss"])
-        assert prediction["model_version"].endswith(":version=1")
+        assert prediction["model_version"] == "lossal/1" and stored["data"]["sha256"] == task["data"]["sha256"]
         assert prediction["result"][0]["value"]["choices"][0] in LABELS
         status, body = label_studio.send("GET", task["data"]["image"])
         assert status == 200 and tf.io.decode_png(body).shape == (8, 8, 3), task["data"]["image"]
@@ -107,7 +107,7 @@ def test_one_round_triage_label_studio_ingest(label_studio, lossal_export, tmp_p
         labeled = tmp_path / f"labeled_{export_type}.jsonl"
         argv = ["ingest", str(export), "--manifest", str(labeled), "--known-items", out]
         argv += ["--label-config", os.path.join(out, "label_config.xml")]
-        assert cli.main(argv) == 0, export_type
+        assert cli.main(argv) == 3, export_type  # completed with rejects (NotAClass)
         with open(labeled) as handle:
             records = [json.loads(line) for line in handle]
         assert sorted((r["id"], os.path.realpath(r["path"]), r["label"]) for r in records) == sorted(
@@ -116,9 +116,11 @@ def test_one_round_triage_label_studio_ingest(label_studio, lossal_export, tmp_p
                 (queued[2], os.path.realpath(os.path.join(pool, f"{queued[2]}.png")), "bird"),
             ]
         ), export_type
+        hashes = {task["data"]["item_id"]: task["data"]["sha256"] for task in tasks}  # back through Label Studio
+        assert {r["id"]: r["sha256"] for r in records} == {item: hashes[item] for item in (queued[0], queued[2])}
         with open(tmp_path / f"{name}.rejects.jsonl") as handle:
             rejects = [json.loads(line) for line in handle]
         assert [(r["id"], r["reason"]) for r in rejects] == [(queued[1], "label not in the class list: NotAClass")]
         before = labeled.read_bytes()
-        assert cli.main(argv) == 0
+        assert cli.main(argv) == 3
         assert labeled.read_bytes() == before, f"{export_type}: a repeated ingest changed the labeled set"

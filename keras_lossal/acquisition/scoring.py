@@ -30,6 +30,7 @@ __all__ = [
     "run",
     "top_k_selection",
     "collect",
+    "collect_top",
     "check_scored",
     "finite_items",
     "mask_non_finite",
@@ -308,3 +309,62 @@ def collect(batch_function: BatchFunction, indexed: IndexedPool, verbose: int = 
         return np.zeros(0, np.int64), ()
     outputs = tuple(np.concatenate(parts) for parts in zip(*output_parts))
     return np.concatenate(index_parts), outputs
+
+
+class _TopRows:
+    """The `capacity` rows with the highest first output seen so far, compacted when the buffer doubles."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.parts: list[tuple] = []  # (arrival, indices, outputs...) per batch, finite rows only
+        self.buffered = self.arrived = self.excluded = 0
+
+    def add(self, indices, outputs) -> None:
+        arrays = tuple(np.asarray(output) for output in (outputs if isinstance(outputs, tuple) else (outputs,)))
+        count = len(indices)
+        finite = np.ones(count, bool)
+        for array in arrays:
+            finite &= np.isfinite(array.reshape(count, -1)).all(axis=1)
+        arrival = np.arange(self.arrived, self.arrived + count)
+        self.arrived += count
+        self.excluded += int(count - finite.sum())
+        self.parts.append((arrival[finite], np.asarray(indices)[finite], *(array[finite] for array in arrays)))
+        self.buffered += int(finite.sum())
+        if self.buffered > 2 * self.capacity:
+            self._compact()
+
+    def _compact(self) -> None:
+        if not self.parts:
+            return
+        arrival, indices, *outputs = (np.concatenate(columns) for columns in zip(*self.parts))
+        keep = np.lexsort((arrival, -outputs[0].astype(np.float64)))[: self.capacity]  # highest first; ties: earliest
+        keep = np.sort(keep)  # back to arrival order
+        self.parts = [(arrival[keep], indices[keep], *(output[keep] for output in outputs))]
+        self.buffered = len(keep)
+
+    def result(self) -> tuple[np.ndarray, tuple]:
+        self._compact()
+        if not self.parts:
+            return np.zeros(0, np.int64), ()
+        _, indices, *outputs = self.parts[0]
+        return indices, tuple(outputs)
+
+
+def collect_top(
+    batch_function: BatchFunction, indexed: IndexedPool, capacity: int, verbose: int = 0
+) -> tuple[np.ndarray, tuple, int, int]:
+    """Like `collect`, but keeps only the `capacity` items with the highest first output (e.g. predicted loss).
+
+    Items with any non-finite output are left out and counted. Memory is
+    O(capacity x row size) whatever the pool's size (the buffer is compacted
+    whenever it holds twice `capacity` rows). Ties go to the item scored first;
+    the kept rows come back in the order they were scored, so with `capacity`
+    at least the pool's size this equals `collect` without the non-finite rows.
+
+    Returns:
+        `(indices, outputs, num_scored, num_excluded)`.
+    """
+    rows = _TopRows(int(capacity))
+    num_scored = run(batch_function, indexed, rows.add, verbose)
+    indices, outputs = rows.result()
+    return indices, outputs, num_scored, rows.excluded

@@ -15,6 +15,7 @@ from keras_lossal.acquisition.scoring import (
     Selection,
     check_scored,
     collect,
+    collect_top,
     finite_items,
     mask_non_finite,
     scoring_strategy,
@@ -54,6 +55,12 @@ def _check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"Expected `{name}` to be a positive integer. Received: {name}={value!r}")
     return int(value)
+
+
+def _check_factor(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not float(value) >= 1.0:
+        raise ValueError(f"Expected {name} >= 1. Received: {name}={value!r}")
+    return float(value)
 
 
 def _check_arguments(k, subset_size, batch_size) -> tuple[int, int | None, int]:
@@ -635,7 +642,13 @@ class Badge(_Embedding):
 class _HardAndDiverse(_Embedding):
     """Base for strategies that combine the predicted loss with diversity in the embedding."""
 
-    def _losses_and_embeddings(self, model, pool, k, subset_size, seed, batch_size, verbose):
+    def _candidates(self, model, pool, k, capacity, subset_size, seed, batch_size, verbose):
+        """The `capacity` items with the highest predicted loss, with their embeddings, in the order scored.
+
+        Memory is O(capacity x embedding size), whatever the pool's size. Items
+        with non-finite features, predicted losses or embeddings are never
+        candidates; they are counted (and reported) in the returned count.
+        """
         # A LossLearningModel: one backbone pass gives both; any other model returning "predicted_loss": two calls.
         one_pass = models.loss_and_embedding(model, self.layer) or self._two_calls(model)
 
@@ -643,14 +656,13 @@ class _HardAndDiverse(_Embedding):
             predicted, embedding = one_pass(features)
             return mask_non_finite(features, predicted), embedding
 
-        indices, (predicted, embeddings) = self._collect(
-            model, pool, batch_size, subset_size, seed, verbose, losses_and_embeddings, purpose="loss_and_embed"
-        )
-        check_scored(k, len(indices))
-        finite = _finite_rows(predicted, embeddings)
-        num_non_finite = int(np.sum(~finite))
-        _report_non_finite(num_non_finite, len(indices), k, self.name)
-        return indices, predicted, embeddings, finite, num_non_finite
+        function = self._batch_function(model, losses_and_embeddings, batch_size, extra_key=(self.layer, "candidates"))
+        indexed = self._indexed_pool(model, pool, batch_size, subset_size, seed, function.replicas)
+        indices, outputs, num_scored, num_non_finite = collect_top(function, indexed, capacity, verbose)
+        check_scored(k, num_scored)
+        _report_non_finite(num_non_finite, num_scored, k, self.name)
+        predicted, embeddings = outputs
+        return indices, predicted, embeddings, num_scored, num_non_finite
 
     def _two_calls(self, model):
         embedder, scorer = models.embedding_model(model, self.layer), LearningLoss()
@@ -669,10 +681,18 @@ class LearningLossClusters(_HardAndDiverse):
     predicted loss, so the `k` picks cannot pile onto one region. Needs a
     `LossLearningModel`. `scores` are the picks' predicted losses.
 
+    At scale, only the hardest items are clustered: the top
+    `max(candidates_factor * k, min_candidates)` by predicted loss, kept in a
+    bounded buffer while the pool is scored, so memory is O(candidates x
+    embedding size) and the k-means work does not grow with the pool. Pools
+    (or subsets) of up to `min_candidates` items are clustered whole.
+
     Args:
         layer: name of the layer whose output is the embedding, or `None` for
             the input of the last Dense layer.
         iterations: Lloyd iterations of k-means.
+        candidates_factor: candidates as a multiple of `k` (>= 1).
+        min_candidates: at least this many candidates (all items of smaller pools).
 
     Example:
 
@@ -685,25 +705,41 @@ class LearningLossClusters(_HardAndDiverse):
 
     name = "learning_loss_clusters"
 
-    def __init__(self, layer: str | None = None, iterations: int = 10):
+    def __init__(
+        self,
+        layer: str | None = None,
+        iterations: int = 10,
+        candidates_factor: float = 10.0,
+        min_candidates: int = 10_000,
+    ):
         super().__init__(layer)
         self.iterations = _check_positive_int("iterations", iterations)
+        self.candidates_factor = _check_factor("candidates_factor", candidates_factor)
+        self.min_candidates = _check_positive_int("min_candidates", min_candidates)
 
     def get_config(self) -> dict:
-        return {"layer": self.layer, "iterations": self.iterations}
+        return {
+            "layer": self.layer,
+            "iterations": self.iterations,
+            "candidates_factor": self.candidates_factor,
+            "min_candidates": self.min_candidates,
+        }
+
+    def num_candidates(self, k: int) -> int:
+        """How many of the highest predicted losses are clustered for `k` picks."""
+        return max(int(np.ceil(self.candidates_factor * k)), self.min_candidates)
 
     def select(
         self, model, pool, k, subset_size=None, seed=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0, labeled=None
     ) -> Selection:
         k, subset_size, batch_size = _check_arguments(k, subset_size, batch_size)
-        indices, predicted, embeddings, finite, num_non_finite = self._losses_and_embeddings(
-            model, pool, k, subset_size, seed, batch_size, verbose
+        indices, predicted, embeddings, num_scored, num_non_finite = self._candidates(
+            model, pool, k, self.num_candidates(k), subset_size, seed, batch_size, verbose
         )
-        kept = np.flatnonzero(finite)
-        clusters = diversity.kmeans(embeddings[kept], k, seed, self.iterations)
-        positions = kept[diversity.best_per_cluster(predicted[kept], clusters, k)]
+        clusters = diversity.kmeans(embeddings, k, seed, self.iterations)
+        positions = diversity.best_per_cluster(predicted, clusters, k)
         return Selection(
-            indices[positions], predicted[positions].astype(np.float32), self.name, len(indices), num_non_finite
+            indices[positions], predicted[positions].astype(np.float32), self.name, num_scored, num_non_finite
         )
 
 
@@ -734,9 +770,7 @@ class LearningLossKCenter(_HardAndDiverse):
 
     def __init__(self, candidates_factor: float = 3.0, layer: str | None = None):
         super().__init__(layer)
-        if isinstance(candidates_factor, bool) or not float(candidates_factor) >= 1.0:
-            raise ValueError(f"Expected candidates_factor >= 1. Received: candidates_factor={candidates_factor!r}")
-        self.candidates_factor = float(candidates_factor)
+        self.candidates_factor = _check_factor("candidates_factor", candidates_factor)
 
     def get_config(self) -> dict:
         return {"candidates_factor": self.candidates_factor, "layer": self.layer}
@@ -746,17 +780,15 @@ class LearningLossKCenter(_HardAndDiverse):
     ) -> Selection:
         """`Strategy.select`; the picks are far from `labeled` too when it is given."""
         k, subset_size, batch_size = _check_arguments(k, subset_size, batch_size)
-        indices, predicted, embeddings, finite, num_non_finite = self._losses_and_embeddings(
-            model, pool, k, subset_size, seed, batch_size, verbose
+        shortlist_size = max(k, int(np.ceil(self.candidates_factor * k)))
+        indices, predicted, embeddings, num_scored, num_non_finite = self._candidates(
+            model, pool, k, shortlist_size, subset_size, seed, batch_size, verbose
         )
-        kept = np.flatnonzero(finite)
-        shortlist_size = min(len(kept), max(k, int(np.ceil(self.candidates_factor * k))))
-        order = np.lexsort((kept, -predicted[kept]))
-        shortlist = kept[order[:shortlist_size]]
+        shortlist = np.lexsort((np.arange(len(predicted)), -predicted))  # hardest first; ties: scored first
         initial = self._distances_to_labeled(model, labeled, embeddings[shortlist], batch_size)
         chosen, distances = diversity.k_center_greedy(embeddings[shortlist], k, initial, 0)
         positions = shortlist[chosen]
-        return Selection(indices[positions], distances.astype(np.float32), self.name, len(indices), num_non_finite)
+        return Selection(indices[positions], distances.astype(np.float32), self.name, num_scored, num_non_finite)
 
 
 class LearningLossBadge(_Embedding):

@@ -17,10 +17,11 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-__all__ = ["USAGE_ERROR", "CommandError", "reports_errors"]
+__all__ = ["USAGE_ERROR", "CommandError", "check_finite_positive", "report_rejects", "reports_errors"]
 
 # The exit code of a wrong command line, as argparse uses it.
 USAGE_ERROR = 2
@@ -55,6 +56,38 @@ def reports_errors(command: str) -> Callable[[Callable[..., int]], Callable[...,
         return reporting
 
     return decorate
+
+
+def check_finite_positive(flag: str, value: float) -> None:
+    """Raises `CommandError` naming `flag` unless `value` is a finite number > 0 (`--lr nan` trains to NaN weights)."""
+    if not math.isfinite(value) or value <= 0:
+        raise CommandError(f"expected {flag} to be a finite number > 0; got {value}")
+
+
+def report_rejects(rejects: Sequence[dict], out_dir: str, shown: int = 10) -> None:
+    """Lists skipped input files in `out_dir/rejects.jsonl` and says how many and why (the first `shown` by name).
+
+    Example:
+
+    >>> report_rejects([{"id": "a.png", "path": "data/a.png", "reason": "corrupt image: Invalid PNG"}], "out")  # doctest: +SKIP
+    skipped 1 unreadable image(s), listed with the reason in out/rejects.jsonl:
+      data/a.png: corrupt image: Invalid PNG
+    """
+    import os
+
+    from keras_lossal.data import REJECTS_FILE
+    from keras_lossal.files import atomic_write
+    from keras_lossal.records import to_jsonl
+
+    if not rejects:
+        return
+    rejects_path = os.path.join(out_dir, REJECTS_FILE)
+    atomic_write(rejects_path, to_jsonl(rejects))
+    print(f"skipped {len(rejects)} unreadable image(s), listed with the reason in {rejects_path}:")
+    for reject in rejects[:shown]:
+        print(f"  {reject['path']}: {reject['reason']}")
+    if len(rejects) > shown:
+        print(f"  ... and {len(rejects) - shown} more")
 
 
 def _report(command: str, message: str, code: int) -> int:

@@ -7,8 +7,20 @@ are `keras_lossal.labelstudio`'s; this module only reads the command line.
 
 from __future__ import annotations
 
+import argparse
+
 from keras_lossal.commands._errors import CommandError, reports_errors
 from keras_lossal.files import DEFAULT_LOCK_TIMEOUT
+
+# The exit code of an ingest that wrote what it accepted and rejected something (see the rejects file).
+COMPLETED_WITH_REJECTS = 3
+
+EPILOG = f"""exit status:
+  0  every resolved label was added (or was already present)
+  2  bad input (a bad flag, export, manifest or known-items source): nothing written
+  {COMPLETED_WITH_REJECTS}  completed with rejects: the accepted labels were added, the others are in the rejects file
+     (ties, labels outside the class list, unknown ids, conflicts, image missing, content changed since triage)
+"""
 
 
 def add_parser(subparsers) -> None:
@@ -22,8 +34,12 @@ def add_parser(subparsers) -> None:
             "the reason. Ingesting the same export twice changes nothing. Without --known-items an item's "
             "file comes from its task's image URL: local-files URLs and plain paths inside --document-root "
             "are accepted, anything else (file://, http(s)://, s3://, paths outside the root) is rejected "
-            "unless allowed below. Concurrent ingests into one manifest take turns (a lock file beside it)."
+            "unless allowed below. A label is never recorded for a file that does not exist, or whose bytes "
+            "no longer match the task's sha256 (or triage's): it is rejected as 'image missing' or 'content "
+            "changed since triage'. Concurrent ingests into one manifest take turns (a lock file beside it)."
         ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("export", help="the Label Studio export file (.json or .csv)")
     parser.add_argument(
@@ -37,35 +53,16 @@ def add_parser(subparsers) -> None:
         action="append",
         metavar="PATH",
         help="the pool the tasks came from: a triage output directory (scored.jsonl, queue.jsonl) or a pool "
-        "manifest; repeatable. An id outside it is rejected. Default: every id is known and its path comes "
-        "from the task's image URL (see --document-root)",
+        "manifest; repeatable (two sources naming one id differently are an error). An id outside it is "
+        "rejected. Default: every id is known and its path comes from the task's image URL (see --document-root)",
     )
     parser.add_argument(
         "--path-root",
         default=None,
-        help="what relative paths in a triage output directory are relative to (default: the current directory)",
+        help="what relative paths in a triage output directory are relative to (older triage runs; newer ones "
+        "record absolute paths; default: the current directory)",
     )
-    parser.add_argument(
-        "--document-root",
-        default=None,
-        help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, to find the files of local-files URLs; "
-        "plain image paths must stay inside it (default for those: the current directory). Only without "
-        "--known-items",
-    )
-    parser.add_argument(
-        "--allow-paths-outside-root",
-        action="store_true",
-        help="accept plain image paths outside the document root (absolute, or going up with ..); default: "
-        "rejected as 'image refused'. Only without --known-items",
-    )
-    parser.add_argument(
-        "--allow-url-schemes",
-        default="",
-        metavar="SCHEMES",
-        help="comma-separated URL schemes whose image URLs are written to the manifest as they are, e.g. "
-        "'gs,s3' or 'https' ('file' for file:// URLs); default: none, every URL with a scheme is rejected. "
-        "Only without --known-items",
-    )
+    _add_image_url_arguments(parser)
     parser.add_argument("--export-type", choices=("JSON", "JSON_MIN", "CSV"), help="default: from the file")
     parser.add_argument(
         "--id-field", default="item_id", help="the task data field holding the item id (default: item_id)"
@@ -84,6 +81,33 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _add_image_url_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "image URLs", "which task image URLs give a manifest path when the pool is not given (no --known-items)"
+    )
+    group.add_argument(
+        "--document-root",
+        default=None,
+        help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, to find the files of local-files URLs; "
+        "plain image paths must stay inside it (default for those: the current directory). Only without "
+        "--known-items",
+    )
+    group.add_argument(
+        "--allow-paths-outside-root",
+        action="store_true",
+        help="accept plain image paths outside the document root (absolute, or going up with ..); default: "
+        "rejected as 'image refused'. Only without --known-items",
+    )
+    group.add_argument(
+        "--allow-url-schemes",
+        default="",
+        metavar="SCHEMES",
+        help="comma-separated URL schemes whose image URLs are written to the manifest as they are, e.g. "
+        "'gs,s3' or 'https' ('file' for file:// URLs); default: none, every URL with a scheme is rejected. "
+        "Only without --known-items",
+    )
+
+
 @reports_errors("ingest")
 def run(args) -> int:
     from keras_lossal import labelstudio, manifest
@@ -94,9 +118,7 @@ def run(args) -> int:
         class_names = labelstudio.read_label_config(args.label_config)
     known_items = None
     if args.known_items:
-        known_items = {}
-        for path in args.known_items:
-            known_items.update(manifest.read_known_items(path, path_root=args.path_root))
+        known_items = manifest.merge_known_items(args.known_items, path_root=args.path_root)
     elif args.path_root is not None:
         raise CommandError("--path-root only applies to --known-items")
     if args.lock_timeout < 0:
@@ -117,4 +139,4 @@ def run(args) -> int:
         lock_timeout=args.lock_timeout,
     )
     print(summary.describe())
-    return 0
+    return COMPLETED_WITH_REJECTS if summary.rejects else 0

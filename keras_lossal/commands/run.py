@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
+
+from keras_lossal.commands._errors import CommandError, check_finite_positive, report_rejects, reports_errors
 
 
 def _int_list(text: str) -> list[int]:
@@ -28,13 +29,19 @@ def add_parser(subparsers) -> None:
         description=(
             "Runs the paper's protocol: train, evaluate on the test set, label the top-K of a random "
             "unlabeled subset, repeat. Results go to OUT/<strategy>/seed_<n>/state.json; running the "
-            "same command again resumes unfinished runs. Then: `lossal report OUT`, `lossal plot OUT`."
+            "same command again resumes unfinished runs. Then: `lossal report OUT`, `lossal plot OUT`. Your own "
+            "images that cannot be read are skipped and listed in OUT/rejects.jsonl, or refused with --strict."
         ),
     )
     _add_data_arguments(parser.add_argument_group("data"))
     _add_protocol_arguments(parser.add_argument_group("protocol"))
     _add_model_arguments(parser.add_argument_group("model and training"))
     parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the recorded runs of these strategies and seeds in --out instead of resuming them",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-cycle lines or progress bars")
     parser.add_argument("--progress", action="store_true", help="progress bars for every fit and every pool scoring")
     parser.set_defaults(func=run)
@@ -59,6 +66,9 @@ def _add_data_arguments(data) -> None:
     data.add_argument("--pool-size", type=int, default=None, help="use only the first N training images as the pool")
     data.add_argument("--test-size", type=int, default=None, help="evaluate on the first N test images only")
     data.add_argument("--augment", action="store_true", help="the paper's random flip + 4-pixel pad-crop")
+    data.add_argument(
+        "--strict", action="store_true", help="your own images: refuse them if any cannot be read (default: skip it)"
+    )
 
 
 def _add_protocol_arguments(protocol) -> None:
@@ -123,31 +133,17 @@ def _add_model_arguments(model) -> None:
     model.add_argument("--detach-after-epoch", type=int, default=None, help="paper: 120 (of 200)")
 
 
+@reports_errors("run")
 def run(args) -> int:
-    from keras_lossal import data, experiment, results
+    from keras_lossal import experiment, results
+    from keras_lossal.loop_state import ResumeRefusedError
 
-    try:
-        # A fixed split seed: runs of other seeds, in other invocations, share one test set.
-        dataset = data.load(args.dataset, data_dir=args.data_dir, test_fraction=args.test_fraction, seed=0)
-    except (ValueError, OSError) as error:  # an unreadable folder or manifest: one line
-        print(f"lossal run: {error}", file=sys.stderr)
-        return 2
-    if args.pool_size:
-        dataset.x_train, dataset.y_train = dataset.x_train[: args.pool_size], dataset.y_train[: args.pool_size]
-    if args.test_size:
-        dataset.x_test, dataset.y_test = dataset.x_test[: args.test_size], dataset.y_test[: args.test_size]
-    spec = experiment.ModelSpec(
-        backbone=args.backbone,
-        width=args.width,
-        optimizer=args.optimizer,
-        learning_rate=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        recipe=args.recipe,
-        loss_weight=args.loss_weight,
-        margin=args.margin,
-        detach_after_epoch=args.detach_after_epoch,
-    )
+    check_finite_positive("--lr", args.lr)
+    spec, lr_schedule = (
+        _model_spec(args),
+        experiment.parse_lr_schedule(args.lr_schedule),
+    )  # refused before the data is read
+    dataset = _dataset(args)
     verbose = 0 if args.quiet else (2 if args.progress else 1)
     if verbose:
         print(dataset.summary(), flush=True)
@@ -165,18 +161,52 @@ def run(args) -> int:
             cycles=args.cycles,
             epochs=args.epochs,
             batch_size=args.batch_size,
-            lr_schedule=experiment.parse_lr_schedule(args.lr_schedule),
+            lr_schedule=lr_schedule,
             augment=args.augment,
             warm_start=not args.cold_start,
             head_for_all=args.head_for_all,
             verbose=verbose,
+            restart=args.restart,
         )
-    except ValueError as error:  # a refused resume, a bad setting: one line, the directory untouched
-        print(f"lossal run: {error}", file=sys.stderr)
-        return 2
+    except ResumeRefusedError as error:  # the directory is untouched
+        advice = "Re-run with --restart to discard the recorded runs of these arms and seeds, or use another --out."
+        raise CommandError(str(error.advising(advice))) from None
+    report_rejects(dataset.rejects, args.out)  # after the runs: a refused command leaves --out as it was
     summary = results.summarise(results.load_experiment(args.out))
     results.write_report(summary, args.out)
     if verbose:
         print(f"done in {time.perf_counter() - start:.0f} s; report in {args.out}/report.{{json,csv,md}}")
         print(results.format_table(summary))
     return 0
+
+
+def _dataset(args):
+    """The `ArrayDataset` of --dataset, cut to --pool-size and --test-size."""
+    from keras_lossal import data
+
+    # A fixed split seed: runs of other seeds, in other invocations, share one test set.
+    dataset = data.load(
+        args.dataset, data_dir=args.data_dir, test_fraction=args.test_fraction, seed=0, strict=args.strict
+    )
+    if args.pool_size:
+        dataset.x_train, dataset.y_train = dataset.x_train[: args.pool_size], dataset.y_train[: args.pool_size]
+    if args.test_size:
+        dataset.x_test, dataset.y_test = dataset.x_test[: args.test_size], dataset.y_test[: args.test_size]
+    return dataset
+
+
+def _model_spec(args):
+    from keras_lossal import experiment
+
+    return experiment.ModelSpec(
+        backbone=args.backbone,
+        width=args.width,
+        optimizer=args.optimizer,
+        learning_rate=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        recipe=args.recipe,
+        loss_weight=args.loss_weight,
+        margin=args.margin,
+        detach_after_epoch=args.detach_after_epoch,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from keras_lossal.commands._errors import CommandError, reports_errors
+from keras_lossal.commands._errors import CommandError, check_finite_positive, report_rejects, reports_errors
 
 # The built-in backbones `--backbone` names (keras_lossal.experiment.BACKBONES, not imported here: no TensorFlow).
 BUILTIN_BACKBONES = ("resnet18_cifar", "small_cnn")
@@ -30,7 +30,9 @@ def add_parser(subparsers) -> None:
             "data: a labeled-set manifest (.jsonl/.csv of id, path, label), a folder of class subfolders, or an "
             ".npz with x, y (and class_names). Writes OUT/model.keras, OUT/preprocessing.json, OUT/classes.json "
             "and OUT/training.json, then `lossal export`. A checkpoint after every epoch: running the same "
-            "command again continues a killed run after its last finished epoch."
+            "command again continues a killed run after its last finished epoch. Images that cannot be read "
+            "(not a regular file, truncated, not an image, over the size limits) are skipped and listed in "
+            "OUT/rejects.jsonl, or refused with --strict."
         ),
     )
     parser.add_argument("--data", required=True, help="manifest (.jsonl/.csv), folder of class subfolders, or .npz")
@@ -42,6 +44,9 @@ def add_parser(subparsers) -> None:
     )
     data.add_argument("--channels", type=int, choices=(1, 3), default=None, help="default: the first image's")
     data.add_argument("--augment", action="store_true", help="the paper's random flip + 4-pixel pad-crop (images)")
+    data.add_argument(
+        "--strict", action="store_true", help="refuse the data if any image cannot be read (default: skip it)"
+    )
     data.add_argument(
         "--raw-inputs",
         action="store_true",
@@ -66,18 +71,23 @@ def add_parser(subparsers) -> None:
     model.add_argument("--weight-decay", type=float, default=5e-4)
     model.add_argument("--recipe", choices=("recommended", "paper"), default="recommended", help="the head's recipe")
     model.add_argument("--seed", type=int, default=0, help="seeds the split, the initialisation and the shuffles")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--restart", action="store_true", help="discard an earlier training in --out instead of resuming it"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (the summary lines are printed)")
     parser.set_defaults(func=run)
 
 
 @reports_errors("train")
 def run(args) -> int:
     from keras_lossal import experiment, training
+    from keras_lossal.loop_state import ResumeRefusedError
 
     if args.epochs < 1 or args.batch_size < 1 or args.width < 1:
         raise CommandError(
             f"expected --epochs, --batch-size and --width >= 1; got {args.epochs}, {args.batch_size}, {args.width}"
         )
+    check_finite_positive("--lr", args.lr)
     spec = experiment.ModelSpec(
         backbone=args.backbone,
         width=args.width,
@@ -87,23 +97,31 @@ def run(args) -> int:
         weight_decay=args.weight_decay,
         recipe=args.recipe,
     )
-    result = training.train(
-        args.data,
-        args.out,
-        spec,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        validation_fraction=args.validation_fraction,
-        seed=args.seed,
-        augment=args.augment,
-        image_size=args.image_size,
-        channels=args.channels,
-        verbose=0 if args.quiet else 1,
-        preprocessing="identity" if args.raw_inputs else None,
-    )
-    if not args.quiet:
-        shown = ", ".join(f"{key} {value:.4f}" for key, value in sorted(result.validation.items()))
-        print(f"validation: {shown or 'none (--validation-fraction 0)'}")
-        written = (training.MODEL_FILE, training.PREPROCESSING_FILE, training.CLASSES_FILE, training.TRAINING_FILE)
-        print(f"wrote {', '.join(result.path(name) for name in written)}")
+    try:
+        result = training.train(
+            args.data,
+            args.out,
+            spec,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            validation_fraction=args.validation_fraction,
+            seed=args.seed,
+            augment=args.augment,
+            image_size=args.image_size,
+            channels=args.channels,
+            verbose=0 if args.quiet else 1,
+            preprocessing="identity" if args.raw_inputs else None,
+            strict=args.strict,
+            restart=args.restart,
+        )
+    except ResumeRefusedError as error:
+        raise CommandError(
+            str(error.advising("Train into a new --out, or re-run with --restart to discard the earlier training."))
+        ) from None
+    # --quiet hides the progress bars only: what was trained and written is always said.
+    report_rejects(result.rejects, args.out)
+    shown = ", ".join(f"{key} {value:.4f}" for key, value in sorted(result.validation.items()))
+    print(f"validation: {shown or 'none (--validation-fraction 0)'}")
+    written = (training.MODEL_FILE, training.PREPROCESSING_FILE, training.CLASSES_FILE, training.TRAINING_FILE)
+    print(f"wrote {', '.join(result.path(name) for name in written)}")
     return 0

@@ -15,6 +15,7 @@ EPILOG = """examples:
   lossal triage items.jsonl --server grpc://localhost:8500 --model-name lossal --output triage_out
   lossal triage pool.tfrecord --server http://localhost:8501 --model-name lossal --threshold 2.0 --output out
   lossal triage /srv/pool --model models/lossal --output /srv/triage --label-studio-document-root /srv
+  lossal triage /srv/pool --model models/lossal --output round2 --exclude-labeled labeled.jsonl
 
 Re-running with the same --output resumes: only items not yet scored are sent to the model. A queue holds
 the scores of one model version: a resume or a server that answers with another version stops, saying how
@@ -62,9 +63,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="N",
         help="stop (resumable) after N scoring calls in a row failed on the server side (default 3; 0 = never)",
     )
-    parser.add_argument(
-        "--dedupe", action="store_true", help="do not score an item whose bytes equal an earlier item's"
-    )
+    _add_content_arguments(parser)
     parser.add_argument(
         "--input-type", default="auto", choices=("auto", "images", "tfrecord", "manifest"), help="default: auto"
     )
@@ -78,6 +77,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.set_defaults(func=run)
     return parser
+
+
+def _add_content_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("items by content", "items are matched by the sha256 of their bytes")
+    group.add_argument("--dedupe", action="store_true", help="do not score an item whose bytes equal an earlier item's")
+    group.add_argument(
+        "--exclude-labeled",
+        action="append",
+        default=[],
+        metavar="MANIFEST",
+        help="a labeled-set manifest (repeatable): items whose bytes it holds are neither scored nor queued, "
+        "whatever their name (records without sha256 are hashed from their files); the count is reported",
+    )
 
 
 def _add_label_studio_arguments(parser: argparse.ArgumentParser) -> None:
@@ -157,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
     top_k, threshold = _queue_limits(args)
     label_studio = _label_studio_options(args)
+    labeled = _labeled_content(args)
     scorer, batch_size = _scorer(args)
     skipped = collections.Counter()
     try:
@@ -174,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
             dedupe=args.dedupe,
             stop_after_server_errors=args.stop_after_server_errors or None,
             skipped=skipped,
+            exclude_content=labeled.sha256,
         )
     except TriageStopped as error:  # the server failed repeatedly, or answered with another model version
         scored = error.result.total_scored
@@ -183,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if args.server:
             scorer.client.close()
-    _print_result(result, args)
+    _print_result(result, args, labeled)
     return 0 if result.scored or result.resumed or not result.failed else 1
 
 
@@ -202,6 +216,13 @@ def _queue_limits(args: argparse.Namespace) -> tuple[int | None, float | None]:
     # No limit and no threshold: every scored item is queued (-inf admits every finite predicted loss).
     threshold = float("-inf") if top_k is None and args.threshold is None else args.threshold
     return top_k, threshold
+
+
+def _labeled_content(args: argparse.Namespace):
+    """The content hashes of the `--exclude-labeled` manifests (read before anything is scored)."""
+    from keras_lossal.manifest import labeled_content
+
+    return labeled_content(args.exclude_labeled)
 
 
 def _scorer(args: argparse.Namespace):
@@ -234,7 +255,7 @@ def _items(args: argparse.Namespace, scorer, skipped: collections.Counter):
     return read_items(args.input, args.input_type, root=args.root, max_bytes=max_bytes, skipped=skipped)
 
 
-def _print_result(result, args: argparse.Namespace) -> None:
+def _print_result(result, args: argparse.Namespace, labeled) -> None:
     from keras_lossal.records import FAILURES_FILE
 
     print(
@@ -243,6 +264,16 @@ def _print_result(result, args: argparse.Namespace) -> None:
         f"totals: {result.total_scored} scored, {result.total_failed} failed -> {result.output_dir} "
         f"(model version {result.model_version})"
     )
+    if args.exclude_labeled:
+        print(
+            f"excluded {result.excluded_labeled} item(s) already labeled (matched by sha256 against "
+            f"{labeled.records} labeled record(s) in {', '.join(args.exclude_labeled)})"
+        )
+        if labeled.unhashed:
+            print(
+                f"{len(labeled.unhashed)} labeled record(s) could not be matched (no sha256, file not readable), "
+                f"first: {labeled.unhashed[0]}"
+            )
     if result.skipped:
         reasons = ", ".join(f"{reason}: {count}" for reason, count in result.skipped.items())
         print(f"skipped {sum(result.skipped.values())} file(s) that are not items ({reasons})")

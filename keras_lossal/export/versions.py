@@ -82,7 +82,8 @@ def resolve_version_dir(path: str, version: int | str | None = None) -> str:
     base path whose children are integer version directories; then the
     highest version (or `version`) is chosen, like TF Serving's default policy.
     Non-numeric children (including half-written `.tmp-*` exports) are never
-    chosen.
+    chosen. A version directory with another `version` means that version of
+    the same base path (`models/lossal/2` with version 1 is `models/lossal/1`).
 
     Args:
         path: a base path or a version directory.
@@ -94,14 +95,16 @@ def resolve_version_dir(path: str, version: int | str | None = None) -> str:
     'models/lossal/3'
     """
     path = os.fspath(path)
-    if version is None and tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_FILE)):
+    if tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_FILE)):
         leaf = os.path.basename(os.path.normpath(path))
         if not VERSION_PATTERN.match(leaf):
             raise ValueError(
                 f"Refusing to load SavedModel directory {path!r}: its name {leaf!r} is not an integer version. "
                 "TF Serving only loads <base_path>/<integer version>/; pass the base path or a version directory."
             )
-        return path
+        if version is None or parse_version(version) == int(leaf):
+            return path
+        path = os.path.dirname(os.path.normpath(path))  # another version of the same base path
     if not tf.io.gfile.isdir(path):
         raise FileNotFoundError(f"No such model directory: {path!r}")
     versions = existing_versions(path)

@@ -30,7 +30,7 @@ from keras_lossal.images import image_header_size
 from keras_lossal.labelstudio import CLOUD_SCHEMES, image_url, write_label_config
 from keras_lossal.records import LABEL_CONFIG_FILE, LABEL_STUDIO_FILE, LABEL_STUDIO_IMAGES_DIR, label_studio_tasks
 
-__all__ = ["TFRECORD_IMAGES", "LabelStudioOptions", "write_labeling_files"]
+__all__ = ["TFRECORD_IMAGES", "LabelStudioOptions", "prediction_model_version", "write_labeling_files"]
 
 TFRECORD_IMAGES = ("write", "refuse")
 _TFRECORD_ITEM = re.compile(r"^(?P<file>.+)#(?P<index>[0-9]+)$")
@@ -103,7 +103,8 @@ def write_labeling_files(
         queue: the ranked queue records.
         labels: the class names (default: `"0"`, `"1"`, ... from the records' probabilities).
         options: how paths become image URLs.
-        model_name: the model without its version; Label Studio shows `<model_name>:version=<n>`.
+        model_name: triage's description of the model without its version (`saved_model:<base path>`,
+            `server:<name>`); Label Studio shows `prediction_model_version` of it, e.g. `lossal/2`.
     """
     image_files = _tfrecord_images(output_dir, queue, options)
     urls = {}
@@ -116,12 +117,28 @@ def write_labeling_files(
                 f"Label Studio tasks not written: item {record['id']!r}: {error}. The scores are kept; re-run "
                 "with another document root (nothing is scored again)."
             ) from None
-    versions = {record["id"]: f"{model_name}:version={record.get('model_version')}" for record in queue}
+    versions = {record["id"]: prediction_model_version(model_name, record.get("model_version")) for record in queue}
     tasks = label_studio_tasks(queue, image_urls=urls, model_versions=versions)
     atomic_write(os.path.join(output_dir, LABEL_STUDIO_FILE), json.dumps(tasks, indent=1) + "\n")
     class_names = _class_names(queue, labels)
     if class_names:
         write_label_config(os.path.join(output_dir, LABEL_CONFIG_FILE), class_names)
+
+
+def prediction_model_version(model: str, version: int | None) -> str:
+    """What Label Studio shows as a prediction's model version: `<model name>/<version>`.
+
+    The name is the SavedModel base path's last folder or the served model's name, so it reads the same
+    however the model's path was typed, and the Data Manager can filter a project's tasks by it.
+
+    Example:
+
+    >>> prediction_model_version("saved_model:/srv/models/lossal", 2), prediction_model_version("server:lossal", None)
+    ('lossal/2', 'lossal')
+    """
+    kind, _, rest = model.partition(":")
+    name = {"saved_model": os.path.basename(rest.rstrip("/")), "server": rest}.get(kind) or model
+    return name if version is None else f"{name}/{version}"
 
 
 def _class_names(queue: Sequence[Mapping], labels: Sequence[str] | None) -> list[str] | None:

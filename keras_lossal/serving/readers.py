@@ -13,11 +13,12 @@ import dataclasses
 import functools
 import json
 import os
-import stat
 from collections.abc import Callable, Iterator
 from urllib.parse import unquote, urlparse
 
-from keras_lossal.images import image_header_size
+# The guarded read lives with the other file rules (the training data readers use it too); re-exported here.
+from keras_lossal.files import REMOTE_SCHEMES, read_file
+from keras_lossal.images import checked_image_size
 from keras_lossal.records import failure_record
 
 __all__ = [
@@ -37,8 +38,6 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 INPUT_TYPES = ("auto", "images", "tfrecord", "manifest")
-# Object stores that tf.io.gfile reads; other schemes (http, ...) are refused.
-REMOTE_SCHEMES = ("gs", "s3", "hdfs")
 
 
 class UnsafePathError(ValueError):
@@ -71,75 +70,6 @@ class Item:
         return self.loader()
 
 
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
-
-
-def _not_regular(mode: int) -> str | None:
-    """Why a file of this mode is refused (`None` for a regular file): reading a FIFO or device blocks."""
-    if stat.S_ISREG(mode):
-        return None
-    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-    return f"not a regular file ({kind}); only regular files are read"
-
-
-def read_file(path: str, max_bytes: int | None = None) -> bytes:
-    """Reads a regular file (local, or `gs://`/`s3://`/`hdfs://` through TensorFlow), refusing anything larger.
-
-    The one read every reader (and the Beam pipeline) uses: a FIFO, a
-    directory or a device named like an image raises `OSError` naming what
-    it is, instead of blocking or being skipped; at most `max_bytes` + 1
-    bytes are read, so a file that grows while read is refused too.
-
-    Args:
-        path: a local path or an object-store URI.
-        max_bytes: the size limit in bytes, or `None` for no limit.
-
-    Example:
-
-    >>> read_file("unlabeled/pipe.png", max_bytes=20_000_000)  # doctest: +SKIP
-    Traceback (most recent call last):
-    OSError: not a regular file (a FIFO); only regular files are read
-    """
-    if urlparse(path).scheme in REMOTE_SCHEMES:
-        return _read_remote_file(path, max_bytes)
-    try:
-        # Non-blocking open: a FIFO opens at once (and is refused below) instead of waiting for a writer.
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"No such file: {path!r}") from None
-    with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        refused = _not_regular(info.st_mode)
-        if refused is not None:
-            raise OSError(refused)
-        if max_bytes is not None and info.st_size > max_bytes:
-            raise OSError(f"file too large: {info.st_size} bytes > max_image_bytes={max_bytes}")
-        data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
-    if max_bytes is not None and len(data) > max_bytes:
-        raise OSError(f"file too large: more than max_image_bytes={max_bytes} bytes (it grew while read)")
-    return data
-
-
-def _read_remote_file(path: str, max_bytes: int | None) -> bytes:
-    import tensorflow as tf
-
-    try:
-        if max_bytes is not None:
-            size = tf.io.gfile.stat(path).length
-            if size > max_bytes:
-                raise OSError(f"file too large: {size} bytes > max_image_bytes={max_bytes}")
-        with tf.io.gfile.GFile(path, "rb") as handle:
-            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
-    except tf.errors.NotFoundError:
-        raise FileNotFoundError(f"No such file: {path!r}") from None
-    except tf.errors.OpError as error:
-        raise OSError(f"{type(error).__name__}: {error.message}") from None
-    if max_bytes is not None and len(data) > max_bytes:
-        raise OSError(f"file too large: more than max_image_bytes={max_bytes} bytes")
-    return data
-
-
 def is_inside(root: str, path: str) -> bool:
     """Whether `path` is `root` or below it once symlinks are resolved (the path-traversal and symlink guard)."""
     root, path = os.path.realpath(root), os.path.realpath(path)
@@ -149,7 +79,10 @@ def is_inside(root: str, path: str) -> bool:
 def read_image_directory(
     root: str, max_bytes: int | None = None, skipped: collections.Counter | None = None
 ) -> Iterator[Item]:
-    """Yields every image under `root` (recursively, sorted); ids are paths relative to `root`.
+    """Yields every image under `root` (recursively, sorted); ids are paths relative to `root`, paths absolute.
+
+    Paths are absolute so that records, Label Studio tasks and `lossal ingest --known-items` name the same
+    file from any working directory.
 
     Symlinks that point outside `root` become failures (they would let a
     crafted folder read arbitrary files), and so does anything named like an
@@ -165,6 +98,7 @@ def read_image_directory(
     """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Expected a directory of images. Received: {root!r}")
+    root = os.path.abspath(root)
     for directory, subdirectories, files in os.walk(root, followlinks=False):
         subdirectories.sort()
         named_like_images = set(name for name in subdirectories if name.lower().endswith(IMAGE_EXTENSIONS))
@@ -194,6 +128,7 @@ def read_tfrecord(path: str, id_feature: str = "id") -> Iterator[Item]:
 
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"No such TFRecord file: {path!r}")
+    path = path if "://" in path else os.path.abspath(path)  # items name their file from any working directory
     base = os.path.basename(path)
     index = 0
     iterator = iter(tf.data.TFRecordDataset(path))
@@ -331,15 +266,7 @@ def precheck(item: Item, max_image_pixels: int, max_image_bytes: int) -> tuple[b
         return None, failure_record(item, f"too large: {len(payload)} bytes > max_image_bytes={max_image_bytes}")
     if item.kind == "image":
         try:
-            _, height, width = image_header_size(payload)
+            checked_image_size(payload, max_image_pixels)
         except ValueError as error:
-            return None, failure_record(item, f"corrupt image: {error}")
-        if height * width > max_image_pixels:
-            return None, failure_record(
-                item,
-                f"image too large: header says {height}x{width} = {height * width} pixels > "
-                f"max_image_pixels={max_image_pixels} (decompression-bomb guard; not decoded)",
-            )
-        if height == 0 or width == 0:
-            return None, failure_record(item, f"corrupt image: header says {height}x{width}")
+            return None, failure_record(item, str(error))
     return payload, None

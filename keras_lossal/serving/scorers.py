@@ -84,11 +84,13 @@ class InProcessScorer:
     Args:
         model_dir: a TF Serving base path (highest integer version is used) or
             a version directory written by `export_for_serving`.
-        version: a specific version under a base path.
+        version: a specific version under a base path (or beside a version directory).
 
     Attributes:
         version: the version scored with (the version directory's name).
-        description: `"saved_model:<base path>"`, the model without its version.
+        description: `"saved_model:<base path>"`, the model without its version; the base path is absolute
+            with symlinks resolved, so the same model typed two ways (`../models/lossal`, `/srv/models/lossal`)
+            is one model to triage's resume check.
 
     Example:
 
@@ -101,7 +103,8 @@ class InProcessScorer:
 
         from keras_lossal.export import read_export_config, resolve_version_dir
 
-        self.version_dir = os.path.normpath(resolve_version_dir(model_dir, version))
+        version_dir = resolve_version_dir(model_dir, version)
+        self.version_dir = version_dir if "://" in version_dir else os.path.realpath(version_dir)
         self.version = int(os.path.basename(self.version_dir))  # resolve_version_dir only returns integer names
         self.config = read_export_config(self.version_dir)
         self.labels = self.config.get("labels")

@@ -26,13 +26,19 @@ add another version's scores is refused, and a server that starts answering
 with another version mid-run stops the run (`ModelVersionChangedError`,
 outputs kept), unless the scorer is pinned to a version. Outputs of older
 runs, whose records carry no version, resume when `state.json` names the
-version (in-process and pinned runs) or the caller pins it.
+version (in-process and pinned runs) or the caller pins it. The model is
+compared canonically (`canonical_model`: a SavedModel's base path absolute),
+so the same model typed two ways resumes.
+
+An item's identity is its content hash (`sha256` in the records, the queue
+and the Label Studio tasks), beside its absolute path. Items already labeled
+(`exclude_content`, the hashes of labeled-set manifests) are recognised by
+their bytes under any name, and neither scored nor queued (nor logged).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -41,7 +47,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from keras_lossal.files import atomic_open, atomic_write
@@ -60,6 +66,7 @@ from keras_lossal.records import (
     JsonlLog,
     TopK,
     assign_ranks,
+    content_sha256,
     failure_record,
     queue_csv,
     read_jsonl_log,
@@ -89,6 +96,8 @@ class TriageResult:
         queue: the ranked queue, as `queue.jsonl` holds it.
         model_version: the model version the queue's scores come from (`None`: not known).
         skipped: files the reader passed over in this run, by reason (`{"unsupported extension .gif": 2}`).
+        excluded_labeled: items kept out of the queue in this run because their bytes are already labeled
+            (`exclude_content`): not scored, or, scored by an earlier run, not queued.
     """
 
     scored: int
@@ -102,6 +111,7 @@ class TriageResult:
     queue: list[dict]
     model_version: int | None = None
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    excluded_labeled: int = 0
 
     @property
     def items_per_second(self) -> float:
@@ -147,6 +157,7 @@ def triage(
     stop_after_server_errors: int | None = 3,
     label_studio: LabelStudioOptions | None = None,
     skipped: Mapping[str, int] | None = None,
+    exclude_content: Collection[str] = (),
 ) -> TriageResult:
     """Scores `items` by predicted loss and writes the ranked labeling queue to `output_dir`.
 
@@ -179,6 +190,9 @@ def triage(
             tasks, and `label_config.xml` over the class names, are written beside the queue.
         skipped: the counter given to `read_items(..., skipped=...)`: files the reader passed over, by
             reason; read once the stream ends, and reported in the result and `summary.json`.
+        exclude_content: content hashes (hex SHA-256 of the bytes) of items already labeled, e.g.
+            `keras_lossal.manifest.labeled_content(manifests).sha256`: an item with those bytes, under any
+            name, is not scored and not queued (nor logged); how many is `excluded_labeled`.
 
     Example:
 
@@ -192,6 +206,7 @@ def triage(
     _check_threshold(threshold)
     labeling = _labeling_options(label_studio, label_studio_image_prefix, scorer)
     run = _Run(output_dir, scorer, TopK(top_k, threshold), settings, progress)
+    run.labeled = frozenset(exclude_content)
     recorded_version = _claim_output_dir(output_dir, run.description, restart)
     start = time.perf_counter()
     run.resume(recorded_version)
@@ -262,13 +277,32 @@ def _claim_output_dir(output_dir: str, description: str, restart: bool) -> int |
     if not os.path.exists(path):
         return None
     previous, version = read_state(path)
-    if previous != description:
+    if canonical_model(previous) != canonical_model(description):
         raise ValueError(
             f"Output directory {output_dir!r} holds scores from {previous!r}, not {description!r}; scores "
             "from different models do not rank together. Use a new output directory, or restart (--restart; "
             "restart=True in Python)."
         )
     return version
+
+
+_SAVED_MODEL = "saved_model:"
+
+
+def canonical_model(description: str | None) -> str | None:
+    """A model description as resume compares it: a SavedModel base path absolute, with symlinks resolved.
+
+    In-process scorers describe their model so already; older runs recorded the path as it was typed
+    (`saved_model:../models/lossal`), read here relative to the current directory.
+
+    Example:
+
+    >>> canonical_model("saved_model:/srv/models/../models/lossal"), canonical_model("server:lossal")
+    ('saved_model:/srv/models/lossal', 'server:lossal')
+    """
+    if not isinstance(description, str) or not description.startswith(_SAVED_MODEL) or "://" in description:
+        return description
+    return _SAVED_MODEL + os.path.realpath(description[len(_SAVED_MODEL) :])
 
 
 # The scorer descriptions of state.json before it recorded the version apart (still read, so old runs resume).
@@ -436,7 +470,8 @@ class _Run:
         self.output_dir = output_dir
         self.scored_path = os.path.join(output_dir, SCORED_FILE)
         self.failures_path = os.path.join(output_dir, FAILURES_FILE)
-        self.counts = {"scored": 0, "failed": 0, "resumed": 0}
+        self.counts = {"scored": 0, "failed": 0, "resumed": 0, "labeled": 0}
+        self.labeled: frozenset[str] = frozenset()  # content hashes of items already labeled: never queued
         self.scored_ids: set[str] = set()
         self.done: frozenset[str] = frozenset()
         self.duplicates_recorded: set[str] = set()
@@ -460,7 +495,8 @@ class _Run:
                 continue  # a NaN/inf score (logged by an older version) is scored again and becomes a failure
             self.scored_ids.add(record["id"])
             self.versions.resumed(record.get(MODEL_VERSION, recorded_version))
-            self.top.push(record["predicted_loss"], record, order=record.get("input_index"))
+            if not self._is_labeled(record.get("sha256")):
+                self.top.push(record["predicted_loss"], record, order=record.get("input_index"))
             self._own_content(record.get("sha256"), record["id"])
         last_failure: dict[str, dict] = {}
         for record in read_jsonl_log(self.failures_path):
@@ -482,6 +518,13 @@ class _Run:
         if self.state_version != self.versions.version:
             _write_state(self.output_dir, self.description, self.versions.version)
             self.state_version = self.versions.version
+
+    def _is_labeled(self, digest: str | None) -> bool:
+        """Whether an item with these bytes is labeled already (then it is counted, and kept out of the queue)."""
+        if digest is None or digest not in self.labeled:
+            return False
+        self.counts["labeled"] += 1
+        return True
 
     def _own_content(self, digest: str | None, item_id: str) -> str:
         """The id of the first item with these bytes (this one if it is the first); ids only with dedupe."""
@@ -510,7 +553,7 @@ class _Run:
         if item.item_id in self.done:
             return None
         payload, failure = precheck(item, self.settings.max_image_pixels, self.settings.max_image_bytes)
-        digest = None if payload is None else hashlib.sha256(payload).hexdigest()
+        digest = None if payload is None else content_sha256(payload)
         return payload, failure, digest
 
     def handle(self, item: Item, prepared, position: int) -> None:
@@ -528,6 +571,8 @@ class _Run:
             self.counts["resumed"] += 1
             return
         payload, failure, digest = prepared
+        if self._is_labeled(digest):
+            return
         if failure is not None:
             self._fail([failure if digest is None else {**failure, "sha256": digest}])
             return
@@ -613,6 +658,7 @@ class _Run:
             queue=queue,
             model_version=self.versions.version,
             skipped={reason: int(count) for reason, count in sorted(skipped.items())},
+            excluded_labeled=self.counts["labeled"],
         )
 
 
