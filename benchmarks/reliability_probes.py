@@ -333,8 +333,20 @@ def label_studio_task(number: int, item_id: str, image: str, label: str) -> dict
     return {"id": number, "data": {"image": image, "item_id": item_id}, "annotations": [annotation]}
 
 
+def write_labeling_pool(root: str, names: list[str]) -> None:
+    """The images a labeling project shows, `<root>/pool/<name>.png` (ingest checks that each labeled file exists)."""
+    from PIL import Image
+
+    for index, name in enumerate(names):
+        pixels = np.full((4, 4), index % 256, np.uint8)
+        pixels[0, :3] = [index // 65536 % 256, index // 256 % 256, index % 256]  # distinct bytes for every item
+        os.makedirs(os.path.join(root, "pool"), exist_ok=True)
+        Image.fromarray(pixels).save(os.path.join(root, "pool", f"{name}.png"))
+
+
 def json_min_export(path: str, prefix: str, count: int) -> str:
-    """A Label Studio JSON_MIN export of `count` labels for items `<prefix>0...`."""
+    """A Label Studio JSON_MIN export of `count` labels for items `<prefix>0...`, their images beside it in pool/."""
+    write_labeling_pool(os.path.dirname(path), [f"{prefix}{i}" for i in range(count)])
     records = [{"image": f"/data/local-files/?d=pool/{prefix}{i}.png", "item_id": f"{prefix}{i}", "id": i + 1,
                 "label": "cat" if i % 2 else "dog", "annotator": 1, "annotation_id": i + 1}
                for i in range(count)]  # fmt: skip
@@ -884,8 +896,8 @@ def odd_batches_run(ws: Workspace) -> Outcome:
 
 
 @probe("B2", "two concurrent `lossal ingest` (23.2)",
-       "3 tries of two ingests of 5,000 labels each started together into one manifest of 2: both exit 0 and "
-       "10,002 distinct ids, or one clear refusal and 5,002; never fewer")  # fmt: skip
+       "3 tries of two ingests of 5,000 labels each (images present) started together into one manifest of 2: "
+       "both exit 0 and 10,002 distinct ids, or one clear refusal and 5,002; never fewer")  # fmt: skip
 def concurrent_ingests(ws: Workspace) -> Outcome:
     results, holds = [], True
     for attempt in range(3):
@@ -910,13 +922,15 @@ def concurrent_ingests(ws: Workspace) -> Outcome:
 
 @probe("B3", "image URLs past ingest's document root (23.3)",
        "file:///etc/passwd, ?d=../../etc/passwd, ?d=%2e%2e%2f..., and /etc/passwd rejected as 'image refused'; "
-       "only the local-files item inside the root reaches the manifest")  # fmt: skip
+       "only the local-files item inside the root reaches the manifest; exit 3 (completed with rejects, as "
+       "`lossal ingest --help` documents)")  # fmt: skip
 def image_urls(ws: Workspace) -> Outcome:
     root = ws.path("b3_root")
     urls = {"ok": "/data/local-files/?d=pool/ok.png", "file": "file:///etc/passwd",
             "up": "/data/local-files/?d=../../etc/passwd",
             "encoded": "/data/local-files/?d=%2e%2e%2f%2e%2e%2fetc%2fpasswd", "absolute": "/etc/passwd"}  # fmt: skip
     tasks = [label_studio_task(n, item, url, "cat") for n, (item, url) in enumerate(urls.items(), start=1)]
+    write_labeling_pool(root, ["ok"])
     export = write_bytes(os.path.join(root, "export.json"), json.dumps(tasks).encode())
     manifest = os.path.join(root, "labeled.jsonl")
     command = ws.lossal("ingest", export, "--manifest", manifest, "--classes", "cat,dog", "--document-root", root)
@@ -924,7 +938,7 @@ def image_urls(ws: Workspace) -> Outcome:
     rejects = {r["id"]: r["reason"] for r in read_jsonl(os.path.join(root, "export.json.rejects.jsonl"))}
     refused = sorted(item for item, reason in rejects.items() if reason.startswith("image refused"))
     return verdict(
-        {"exit 0": command.code == 0, "only ok added": list(paths) == ["ok"],
+        {"exit 3": command.code == 3, "only ok added": list(paths) == ["ok"],
          "4 refused": refused == sorted(set(urls) - {"ok"})},
         f"{command.describe()}; manifest {paths}; refused {refused}",
     )  # fmt: skip
@@ -1147,21 +1161,22 @@ def rest_uint8(ws: Workspace) -> Outcome:
 
 
 @probe("B7a", "malformed Label Studio tasks (23.7)",
-       "'result': 'cat' and 'annotations': {...} rejected as malformed tasks, the good task added, exit 0, no "
-       "traceback")  # fmt: skip
+       "'result': 'cat' and 'annotations': {...} rejected as malformed tasks, the good task added, exit 3 "
+       "(completed with rejects), no traceback")  # fmt: skip
 def malformed_tasks(ws: Workspace) -> Outcome:
     folder = ws.path("b7a")
     tasks = [label_studio_task(n, item, f"/data/local-files/?d=pool/{item}.png", "cat") for n, item in
              enumerate("abc", start=1)]  # fmt: skip
     tasks[0]["annotations"][0]["result"] = "cat"
     tasks[1]["annotations"] = {"id": 4}
+    write_labeling_pool(folder, ["a", "b", "c"])
     export = write_bytes(os.path.join(folder, "export.json"), json.dumps(tasks).encode())
     command = ws.lossal("ingest", export, "--manifest", os.path.join(folder, "m.jsonl"), "--classes", "cat,dog",
                         "--document-root", folder)  # fmt: skip
     added = [record["id"] for record in read_jsonl(os.path.join(folder, "m.jsonl"))]
     rejects = {r["id"]: r["reason"] for r in read_jsonl(os.path.join(folder, "export.json.rejects.jsonl"))}
     malformed = sorted(item for item, reason in rejects.items() if reason.startswith("malformed task"))
-    return verdict({"exit 0": command.code == 0, "no traceback": "Traceback" not in command.output,
+    return verdict({"exit 3": command.code == 3, "no traceback": "Traceback" not in command.output,
                     "good one added": added == ["c"], "both malformed": malformed == ["a", "b"]},
                    f"{command.describe()}; added {added}; malformed {malformed}")  # fmt: skip
 
