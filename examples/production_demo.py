@@ -10,7 +10,8 @@ worth a person's time. This script does both steps on held-out images:
 2. the held-out images are written as PNG files, as they would arrive;
 3. `triage` scores them in-process from the SavedModel (no server needed;
    `--server grpc://host:8500` in `lossal triage` does the same through TF
-   Serving) and writes the ranked queue.
+   Serving) and writes the queue (by default the highest predicted loss in
+   each of K k-means clusters of the hardest candidates, listed by predicted loss).
 
 `make demo` calls `run_production_demo` after training. Run standalone
 (`python examples/production_demo.py`), it trains a small model for a few

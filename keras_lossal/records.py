@@ -14,13 +14,17 @@ downstream tools read alike and rank the same items first:
   assignment (`assign_ranks`);
 - the output file names and writers: JSONL (`jsonl_line`, `to_jsonl`, the
   append-only `JsonlLog` and its crash-tolerant reader `read_jsonl_log`),
-  `queue_csv`, `label_studio_tasks` (atomic writes are `keras_lossal.files`').
+  `queue_csv`, `label_studio_tasks` (atomic writes are `keras_lossal.files`');
+- the names and defaults of the queue selections (`SELECTIONS`,
+  `DEFAULT_SELECTION`, `DEFAULT_CANDIDATES_FACTOR`), here so that the command
+  line lists them without loading NumPy; the rule itself is
+  `keras_lossal.serving.queue`.
 
 Example:
 
 >>> top = TopK(2)
 >>> for input_index, loss in enumerate([0.5, 0.9, 0.5]):
-...     top.push(loss, {"id": f"item_{input_index}", "predicted_loss": loss}, order=input_index)
+...     _ = top.push(loss, {"id": f"item_{input_index}", "predicted_loss": loss}, order=input_index)
 >>> [(record["rank"], record["id"]) for record in assign_ranks(top.ranked())]
 [(1, 'item_1'), (2, 'item_0')]
 """
@@ -43,7 +47,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTENT_HASH",
+    "CANDIDATES_FILE",
+    "DEFAULT_CANDIDATES_FACTOR",
+    "DEFAULT_SELECTION",
+    "DEFAULT_SELECTION_SEED",
     "DUPLICATE_REASON",
+    "EMBEDDING",
     "FAILURES_FILE",
     "LABEL_CONFIG_FILE",
     "LABEL_STUDIO_FILE",
@@ -52,6 +61,7 @@ __all__ = [
     "QUEUE_CSV",
     "QUEUE_JSONL",
     "SCORED_FILE",
+    "SELECTIONS",
     "STATE_FILE",
     "SUMMARY_FILE",
     "Earlier",
@@ -75,6 +85,7 @@ __all__ = [
 # Files of an output directory. Triage writes all of them; Beam writes the two logs as shards.
 SCORED_FILE = "scored.jsonl"
 FAILURES_FILE = "failures.jsonl"
+CANDIDATES_FILE = "candidates.jsonl"  # triage only: the selection features of items that became queue candidates
 QUEUE_JSONL = "queue.jsonl"
 QUEUE_CSV = "queue.csv"
 LABEL_STUDIO_FILE = "label_studio_tasks.json"
@@ -90,6 +101,16 @@ QUEUE_CSV_COLUMNS = (
 )  # fmt: skip
 # The scorer output, and the scored-record field, naming the model version that scored an item.
 MODEL_VERSION = "model_version"
+# The serving output with each item's penultimate features, float32 [B, D]: what the diverse queue selections cluster.
+EMBEDDING = "embedding"
+# How the queue picks from the scored items (`keras_lossal.serving.queue.QueueRule`): the recommended
+# learning-loss selection (see `keras_lossal.acquisition`), BADGE weighted by predicted loss, or plain top-K.
+SELECTIONS = ("learning_loss_clusters", "learning_loss_badge", "top_k")
+DEFAULT_SELECTION = "learning_loss_clusters"
+# Candidates kept while scoring, as a multiple of the queue length: memory is O(factor * K), never O(pool).
+DEFAULT_CANDIDATES_FACTOR = 10
+DEFAULT_SELECTION_SEED = 0
+
 # Triage writes it once per repeated id (with `"duplicate": true`); Beam once per extra copy.
 DUPLICATE_REASON = "duplicate item id (an earlier item had the same id; not scored)"
 
@@ -218,7 +239,7 @@ class TopK:
 
     >>> top = TopK(2)
     >>> for i, loss in enumerate([0.1, 0.9, 0.5]):
-    ...     top.push(loss, {"id": i})
+    ...     _ = top.push(loss, {"id": i})
     >>> [record["id"] for record in top.ranked()]
     [1, 2]
     """
@@ -233,25 +254,31 @@ class TopK:
         self._heap: list[tuple[float, Earlier, int, dict]] = []
         self._count = 0
 
-    def push(self, predicted_loss: float, record: dict, order: Any = None) -> None:
-        """Offers a record; `order` ranks ties, lower first (default: the order of pushes)."""
+    def push(self, predicted_loss: float, record: dict, order: Any = None) -> bool:
+        """Offers a record; `order` ranks ties, lower first (default: the order of pushes).
+
+        Returns whether the record is now kept (it may be pushed out later).
+        """
         if not math.isfinite(predicted_loss):
             raise ValueError(
                 "Expected a finite predicted_loss (an item scored NaN/inf is a failure, never queued). "
                 f"Received: predicted_loss={predicted_loss!r} for id {record.get('id')!r}"
             )
         if self.threshold is not None and not predicted_loss >= self.threshold:
-            return
+            return False
         self._count += 1
         full = self.k is not None and len(self._heap) >= self.k
         if full and predicted_loss < self._heap[0][0]:
-            return  # the common case in a long stream, decided without building a key
+            return False  # the common case in a long stream, decided without building a key
         # The push count last: entries never tie, so records themselves are never compared.
         entry = (*queue_key(predicted_loss, self._count if order is None else order), -self._count, record)
         if not full:
             heapq.heappush(self._heap, entry)
         elif entry[:3] > self._heap[0][:3]:
             heapq.heapreplace(self._heap, entry)
+        else:
+            return False
+        return True
 
     def __len__(self) -> int:
         return len(self._heap)

@@ -85,8 +85,8 @@ def read_jsonl(pattern):
     return records
 
 
-def run_triage(input_path, model_dir, output_dir):
-    triage(read_items(input_path), InProcessScorer(model_dir), output_dir, top_k=TOP_K, batch_size=5)
+def run_triage(input_path, model_dir, output_dir, **queue_options):
+    triage(read_items(input_path), InProcessScorer(model_dir), output_dir, top_k=TOP_K, batch_size=5, **queue_options)
     return (
         read_jsonl(os.path.join(output_dir, "scored.jsonl")),
         read_jsonl(os.path.join(output_dir, "queue.jsonl")),
@@ -150,6 +150,18 @@ def test_image_folder_top_k_scores_and_failures_match_triage(model_dir, pool, tm
         rows = handle.read().splitlines()
     assert rows[0].startswith("rank,id,path,predicted_loss") and len(rows) == TOP_K + 1
     assert rows[1].split(",")[1] == queue[0]["id"]
+
+
+@pytest.mark.parametrize("selection", ["learning_loss_clusters", "learning_loss_badge", "top_k"])
+def test_each_selection_queues_what_triage_queues(model_dir, pool, tmp_path, selection):
+    # 24 scored, 14 candidates: the diverse selections really choose (the other tests keep all 24 as candidates).
+    options = {"selection": selection, "candidates_factor": 2, "seed": 5}
+    score_pool(pool, model_dir, str(tmp_path / "beam"), top_k=TOP_K, pipeline_options=DIRECT, max_batch_size=5,
+               **options)  # fmt: skip
+    beam_output = read_beam_output(str(tmp_path / "beam"))
+    triage_output = run_triage(pool, model_dir, str(tmp_path / "triage"), **options)
+    assert_same_as_triage(beam_output, triage_output)
+    assert len(beam_output[1]) == TOP_K
 
 
 def write_tfrecord(path, records):
@@ -233,6 +245,22 @@ def test_bad_arguments_name_the_value(model_dir, pool):
         LossalModelHandler(model_dir, min_batch_size=9, max_batch_size=4)
     with pytest.raises(FileNotFoundError, match="Version 7 not found"):
         LossalModelHandler(model_dir, version=7)
+    with pytest.raises(ValueError, match="Expected selection in"):
+        ScorePool(pool, model_dir, selection="coreset")
+    with pytest.raises(ValueError, match="candidates_factor=0"):
+        ScorePool(pool, model_dir, candidates_factor=0)
+
+
+def test_an_export_without_embedding_is_refused_before_any_worker_starts():
+    from keras_lossal.beam.scoring import _check_outputs
+    from keras_lossal.serving.queue import QueueRule
+    from keras_lossal.serving.scorers import MissingOutputError
+
+    outputs = {"predicted_loss": {}, "probabilities": {}, "class_id": {}}
+    config = {"signatures": {"score_image_bytes": {"outputs": outputs}, "score_examples": {"outputs": outputs}}}
+    with pytest.raises(MissingOutputError, match=r"return \['embedding'\]"):
+        _check_outputs(config, QueueRule(top_k=3))
+    _check_outputs(config, QueueRule(top_k=3, selection="top_k"))
 
 
 def test_queue_ties_keep_the_earlier_item():

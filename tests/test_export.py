@@ -53,14 +53,21 @@ def reference(model, model_input):
     return out["predicted_loss"], probabilities, probabilities.argmax(-1)
 
 
+def penultimate_features(model, model_input):
+    """The input of the backbone's last Dense layer: what the `embedding` output serves."""
+    return np.asarray(kl.acquisition.models.embedding_model(model)(model_input, training=False)[0])
+
+
 def assert_outputs(outputs, model, model_input):
     predicted_loss, probabilities, class_id = reference(model, model_input)
     np.testing.assert_allclose(outputs["predicted_loss"], predicted_loss, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(outputs["probabilities"], probabilities, atol=1e-5, rtol=1e-5)
     np.testing.assert_array_equal(outputs["class_id"], class_id)
+    np.testing.assert_allclose(outputs["embedding"], penultimate_features(model, model_input), atol=1e-5)
     assert outputs["predicted_loss"].dtype == np.float32 and outputs["predicted_loss"].shape == (len(model_input),)
     assert outputs["probabilities"].dtype == np.float32 and outputs["probabilities"].shape == (len(model_input), 3)
     assert outputs["class_id"].dtype == np.int64
+    assert outputs["embedding"].dtype == np.float32 and outputs["embedding"].shape == (len(model_input), 32)
 
 
 def test_layout_and_config(exported):
@@ -243,8 +250,9 @@ def test_non_classifier_with_float_examples(tmp_path):
     x = PREP(pixels).numpy()
     expected = model.predict(x, verbose=0)
     outputs = servable.run("serving_default", {"images": x})
-    assert set(outputs) == {"predicted_loss", "output"}
+    assert set(outputs) == {"predicted_loss", "output", "embedding"}
     np.testing.assert_allclose(outputs["output"], expected["output"], atol=1e-5)
+    np.testing.assert_allclose(outputs["embedding"], penultimate_features(model, x), atol=1e-5)
     np.testing.assert_allclose(outputs["predicted_loss"], expected["predicted_loss"], atol=1e-5)
     examples = []
     for image in pixels:

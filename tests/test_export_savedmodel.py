@@ -128,9 +128,11 @@ def test_build_archive_traces_the_contract_signatures(tmp_path):
     x = np.random.default_rng(0).normal(size=(2, 4, 4, 3)).astype("float32")
     outputs = serving_default(images=tf.constant(x))
     expected = model.predict(x, verbose=0)
-    assert set(outputs) == {"predicted_loss", "probabilities", "class_id"}
+    assert set(outputs) == {"predicted_loss", "probabilities", "class_id", "embedding"}
     np.testing.assert_allclose(outputs["probabilities"], tf.nn.softmax(expected["output"]), atol=1e-6)
     np.testing.assert_allclose(outputs["predicted_loss"], expected["predicted_loss"], atol=1e-6)
+    embedding = kl.acquisition.models.embedding_model(model)(x, training=False)[0]
+    np.testing.assert_allclose(outputs["embedding"], embedding, atol=1e-5)
 
 
 def test_export_to_a_path_with_a_scheme_publishes_through_gfile(tmp_path, monkeypatch):

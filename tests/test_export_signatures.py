@@ -160,3 +160,37 @@ def test_finalise_signatures_sets_method_names_describes_and_refreshes_the_finge
     assert saved_model.meta_graphs[0].signature_def["regress"].method_name == signatures.REGRESS_METHOD_NAME
     after = tf.saved_model.experimental.read_fingerprint(export_dir).saved_model_checksum
     assert after != before  # the fingerprint describes the rewritten saved_model.pb, not the old one
+
+
+def loss_learning_model(backbone_layers):
+    import keras_lossal as kl
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = inputs
+    for layer in backbone_layers:
+        x = layer(x)
+    return kl.LossLearningModel(keras.Model(inputs, x), head=kl.LossPredictionHead(units=4))
+
+
+def test_embedding_is_the_last_dense_input_from_the_same_pass_and_left_out_without_one():
+    from keras_lossal.acquisition import models
+
+    images = tf.constant(np.random.default_rng(0).normal(size=(3, 8, 8, 3)), tf.float32)
+
+    def conv():
+        return [keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.Conv2D(6, 3, strides=2)]
+
+    with_dense = loss_learning_model([*conv(), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    outputs = signatures.ServingFunctions(with_dense, contract()).outputs(images)
+    expected = with_dense(images, training=False)
+    np.testing.assert_array_equal(outputs["predicted_loss"], expected["predicted_loss"])
+    np.testing.assert_allclose(outputs["probabilities"], tf.nn.softmax(expected["output"]), atol=1e-6)
+    embedding = models.embedding_model(with_dense)(images, training=False)[0]
+    assert outputs["embedding"].dtype == tf.float32 and outputs["embedding"].shape == (3, 6)
+    np.testing.assert_allclose(outputs["embedding"], embedding, atol=1e-6)
+    # No Dense layer: no penultimate features to serve; the other outputs are the model's own call's.
+    without_dense = loss_learning_model([*conv(), keras.layers.GlobalAveragePooling2D()])
+    outputs = signatures.ServingFunctions(without_dense, contract(classifier=False)).outputs(images)
+    assert set(outputs) == {"predicted_loss", "output"}
+    np.testing.assert_array_equal(outputs["output"], without_dense(images, training=False)["output"])

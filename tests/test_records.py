@@ -51,6 +51,14 @@ def test_default_order_is_the_push_order():
     assert [record["id"] for record in top.ranked()] == ["b", "a", "c"]
 
 
+def test_push_says_whether_the_record_is_kept():
+    top = TopK(2, threshold=0.0)
+    kept = [top.push(loss, {"id": index}, order=index) for index, loss in enumerate([0.5, -1.0, 0.7, 0.5, 0.6, 0.1])]
+    # Below the threshold; then, when full, only what beats the worst kept (a tie loses to the earlier item).
+    assert kept == [True, False, True, False, True, False]
+    assert [record["id"] for record in top.ranked()] == [2, 4]
+
+
 def test_threshold_keeps_every_item_at_or_above_it():
     top = TopK(None, threshold=0.5)
     for index, loss in enumerate([0.1, 0.5, 0.7, 0.49, 2.0]):

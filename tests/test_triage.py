@@ -81,7 +81,8 @@ class CountingScorer:
 
 def test_end_to_end_queue_failures_and_exports(setup, tmp_path):
     out = str(tmp_path / "out")
-    result = triage(read_items(setup["folder"]), InProcessScorer(setup["base"]), out, top_k=5, batch_size=4)
+    scorer = InProcessScorer(setup["base"])
+    result = triage(read_items(setup["folder"]), scorer, out, top_k=5, batch_size=4, selection="top_k")
     assert (result.scored, result.failed, result.queued) == (N_GOOD, 3, 5)
     scored = read_jsonl(os.path.join(out, "scored.jsonl"))
     assert sorted(record["id"] for record in scored) == sorted(setup["ids"])
@@ -118,7 +119,7 @@ def test_interrupted_run_resumes_without_rescoring(setup, tmp_path):
     out = str(tmp_path / "out")
     crashing = CountingScorer(InProcessScorer(setup["base"]), crash_on_call=3)
     with pytest.raises(KeyboardInterrupt):
-        triage(read_items(setup["folder"]), crashing, out, top_k=5, batch_size=4)
+        triage(read_items(setup["folder"]), crashing, out, top_k=5, batch_size=4, selection="top_k")
     first = read_jsonl(os.path.join(out, "scored.jsonl"))
     first_failed = read_jsonl(os.path.join(out, "failures.jsonl"))
     assert 0 < len(first) < N_GOOD
@@ -126,7 +127,7 @@ def test_interrupted_run_resumes_without_rescoring(setup, tmp_path):
     with open(os.path.join(out, "scored.jsonl"), "a") as handle:
         handle.write('{"id": "a/img_00.png", "predicted_lo')
     counting = CountingScorer(InProcessScorer(setup["base"]))
-    result = triage(read_items(setup["folder"]), counting, out, top_k=5, batch_size=4)
+    result = triage(read_items(setup["folder"]), counting, out, top_k=5, batch_size=4, selection="top_k")
     final = read_jsonl(os.path.join(out, "scored.jsonl"))
     assert sorted(record["id"] for record in final) == sorted(setup["ids"])  # each exactly once
     assert result.resumed == len(first) + len(first_failed) and result.scored == N_GOOD - len(first)
@@ -137,7 +138,7 @@ def test_interrupted_run_resumes_without_rescoring(setup, tmp_path):
     assert {payload_of[i] for i in setup["ids"]} - already_scored <= set(counting.sent)
     assert result.total_scored == N_GOOD and result.total_failed == 3
     again = CountingScorer(InProcessScorer(setup["base"]))
-    rerun = triage(read_items(setup["folder"]), again, out, top_k=5, batch_size=4)
+    rerun = triage(read_items(setup["folder"]), again, out, top_k=5, batch_size=4, selection="top_k")
     assert again.calls == 0 and rerun.scored == 0 and rerun.resumed == N_GOOD + 3
     ranking = sorted(setup["expected"], key=setup["expected"].get, reverse=True)[:5]
     assert [record["id"] for record in rerun.queue] == ranking
@@ -502,17 +503,21 @@ def test_resumed_queue_breaks_ties_by_input_order_like_an_uninterrupted_run(setu
     for index, image in enumerate(setup["pixels"][:8]):
         (folder / f"same_{index}.png").write_bytes(tf.io.encode_png(image).numpy())
     scorer = InProcessScorer(setup["base"])
-    reference = triage(read_items(str(folder)), TiedScorer(scorer), str(tmp_path / "ref"), top_k=3, batch_size=2)
-    out = str(tmp_path / "resumed")
-    # The first batch (the earliest items) times out, so the resumed run scores it after all the others.
-    triage(read_items(str(folder)), TiedScorer(scorer, fail_first_call=True), out, top_k=3, batch_size=2)
-    resumed = triage(read_items(str(folder)), TiedScorer(scorer), out, top_k=3, batch_size=2)
-    assert [json.loads(line)["id"] for line in open(os.path.join(out, "scored.jsonl"))][-2:] == [
-        "same_0.png",
-        "same_1.png",
-    ]
-    assert [record["id"] for record in reference.queue] == ["same_0.png", "same_1.png", "same_2.png"]
-    assert [record["id"] for record in resumed.queue] == [record["id"] for record in reference.queue]
+    for selection in ("top_k", "learning_loss_clusters"):
+        # Tied losses: the candidates are the earliest items, in input order, whichever run scored them.
+        options = {"top_k": 3, "batch_size": 2, "selection": selection, "candidates_factor": 2}
+        reference = triage(read_items(str(folder)), TiedScorer(scorer), str(tmp_path / f"ref_{selection}"), **options)
+        out = str(tmp_path / f"resumed_{selection}")
+        # The first batch (the earliest items) times out, so the resumed run scores it after all the others.
+        triage(read_items(str(folder)), TiedScorer(scorer, fail_first_call=True), out, **options)
+        resumed = triage(read_items(str(folder)), TiedScorer(scorer), out, **options)
+        assert [json.loads(line)["id"] for line in open(os.path.join(out, "scored.jsonl"))][-2:] == [
+            "same_0.png",
+            "same_1.png",
+        ]
+        if selection == "top_k":
+            assert [record["id"] for record in reference.queue] == ["same_0.png", "same_1.png", "same_2.png"]
+        assert [record["id"] for record in resumed.queue] == [record["id"] for record in reference.queue]
 
 
 @pytest.mark.slow

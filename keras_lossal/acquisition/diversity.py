@@ -1,4 +1,6 @@
-"""Diversity-based selection on embeddings: k-center greedy (core-set) and k-means++ (BADGE).
+"""Diversity-based selection on embeddings: k-center greedy (core-set), k-means++ (BADGE) and the
+learning-loss combinations (`hardest_per_cluster`, `kmeans_plus_plus_loss_weighted`) that the
+strategies and the triage queue share.
 
 Both work from a distance-to-nearest-center vector of length N that is updated
 one center at a time, so memory is O(N * D) for the embeddings plus O(N), never
@@ -13,12 +15,18 @@ from keras import ops
 
 __all__ = [
     "best_per_cluster",
+    "hardest_per_cluster",
     "k_center_greedy",
     "kmeans",
     "kmeans_plus_plus_gradients",
+    "kmeans_plus_plus_loss_weighted",
+    "loss_rank_weights",
     "nearest_center",
     "squared_distances_to_set",
 ]
+
+# Lloyd iterations of `kmeans` unless told otherwise (LearningLossClusters and the triage queue).
+KMEANS_ITERATIONS = 10
 
 
 def squared_distances_to_set(embeddings, centers, block_size: int = 1024) -> np.ndarray:
@@ -199,7 +207,7 @@ def nearest_center(embeddings, centers, block_size: int = 4096) -> tuple[np.ndar
     return assignment, distance
 
 
-def kmeans(embeddings, k: int, seed: int | None = None, iterations: int = 10) -> np.ndarray:
+def kmeans(embeddings, k: int, seed: int | None = None, iterations: int = KMEANS_ITERATIONS) -> np.ndarray:
     """Lloyd's k-means with k-means++ seeding; returns each embedding's cluster in `[0, k)`.
 
     Seeding samples each new center with probability proportional to the
@@ -272,3 +280,56 @@ def best_per_cluster(scores, clusters, k: int) -> np.ndarray:
     taken[leaders] = True
     rest = order[~taken[order]]
     return np.concatenate([leaders, rest[: k - len(leaders)]])
+
+
+def hardest_per_cluster(
+    scores, embeddings, k: int, seed: int | None = None, iterations: int = KMEANS_ITERATIONS
+) -> np.ndarray:
+    """Positions of the `k` picks: the highest score in each of `k` k-means clusters of `embeddings`.
+
+    `kmeans` then `best_per_cluster` (see both): hard and diverse, the rule of
+    `LearningLossClusters` and of the triage queue.
+
+    Example:
+
+    >>> points = np.array([[0.0], [0.1], [10.0], [10.1]])
+    >>> hardest_per_cluster(np.array([0.2, 0.9, 0.5, 0.4]), points, 2, seed=0).tolist()
+    [1, 2]
+    """
+    return best_per_cluster(scores, kmeans(embeddings, k, seed, iterations), k)
+
+
+def loss_rank_weights(predicted: np.ndarray) -> np.ndarray:
+    """`rank / n` in `(0, 1]` of each predicted loss (1 for the highest; ties by position).
+
+    Example:
+
+    >>> loss_rank_weights(np.array([0.3, -2.0, 5.0, 0.1])).tolist()
+    [0.75, 0.25, 1.0, 0.5]
+    """
+    ranks = np.empty(len(predicted), np.float64)
+    ranks[np.lexsort((np.arange(len(predicted)), predicted))] = np.arange(1, len(predicted) + 1)
+    return (ranks / max(len(predicted), 1)).astype(np.float32)
+
+
+def kmeans_plus_plus_loss_weighted(
+    predicted, residuals, features, k: int, seed: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """BADGE's k-means++ seeding with each residual weighted by its predicted-loss rank (`loss_rank_weights`).
+
+    The rule of `LearningLossBadge` and of the triage queue; returns what
+    `kmeans_plus_plus_gradients` returns.
+
+    Example:
+
+    The first center is the largest weighted gradient: item 0 for BADGE, item 2
+    once item 0's low predicted loss shrinks it.
+
+    >>> residuals = np.array([[0.5, -0.5], [0.1, -0.1], [-0.4, 0.4]])
+    >>> kmeans_plus_plus_gradients(residuals, np.ones((3, 2)), 1, seed=0)[0].tolist()
+    [0]
+    >>> kmeans_plus_plus_loss_weighted(np.array([1.0, 3.0, 2.0]), residuals, np.ones((3, 2)), 1, seed=0)[0].tolist()
+    [2]
+    """
+    weights = loss_rank_weights(np.asarray(predicted))
+    return kmeans_plus_plus_gradients(np.asarray(residuals, np.float32) * weights[:, None], features, k, seed)

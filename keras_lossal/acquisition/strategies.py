@@ -8,6 +8,7 @@ import numpy as np
 from keras import ops
 
 from keras_lossal.acquisition import diversity, models, scores
+from keras_lossal.acquisition.diversity import loss_rank_weights  # noqa: F401 - public here since learning_loss_badge
 from keras_lossal.acquisition.pool import IndexedPool, index_pool, model_input_spec, pool_size
 from keras_lossal.acquisition.ranking import sample_subset
 from keras_lossal.acquisition.scoring import (
@@ -708,7 +709,7 @@ class LearningLossClusters(_HardAndDiverse):
     def __init__(
         self,
         layer: str | None = None,
-        iterations: int = 10,
+        iterations: int = diversity.KMEANS_ITERATIONS,
         candidates_factor: float = 10.0,
         min_candidates: int = 10_000,
     ):
@@ -736,8 +737,7 @@ class LearningLossClusters(_HardAndDiverse):
         indices, predicted, embeddings, num_scored, num_non_finite = self._candidates(
             model, pool, k, self.num_candidates(k), subset_size, seed, batch_size, verbose
         )
-        clusters = diversity.kmeans(embeddings, k, seed, self.iterations)
-        positions = diversity.best_per_cluster(predicted, clusters, k)
+        positions = diversity.hardest_per_cluster(predicted, embeddings, k, seed, self.iterations)
         return Selection(
             indices[positions], predicted[positions].astype(np.float32), self.name, num_scored, num_non_finite
         )
@@ -847,8 +847,7 @@ class LearningLossBadge(_Embedding):
         check_scored(k, len(indices))
         kept = np.flatnonzero(_finite_rows(predicted, residuals, features))
         _report_non_finite(len(indices) - len(kept), len(indices), k, self.name)
-        weights = loss_rank_weights(predicted[kept])
-        chosen, _ = diversity.kmeans_plus_plus_gradients(residuals[kept] * weights[:, None], features[kept], k, seed)
+        chosen, _ = diversity.kmeans_plus_plus_loss_weighted(predicted[kept], residuals[kept], features[kept], k, seed)
         positions = kept[chosen]
         return Selection(
             indices[positions],
@@ -866,19 +865,6 @@ class LearningLossBadge(_Embedding):
             return scorer.score(model, features), embedding, models.classifier_outputs(model, features)
 
         return fn
-
-
-def loss_rank_weights(predicted: np.ndarray) -> np.ndarray:
-    """`rank / n` in `(0, 1]` of each predicted loss (1 for the highest; ties by position).
-
-    Example:
-
-    >>> loss_rank_weights(np.array([0.3, -2.0, 5.0, 0.1])).tolist()
-    [0.75, 0.25, 1.0, 0.5]
-    """
-    ranks = np.empty(len(predicted), np.float64)
-    ranks[np.lexsort((np.arange(len(predicted)), predicted))] = np.arange(1, len(predicted) + 1)
-    return (ranks / max(len(predicted), 1)).astype(np.float32)
 
 
 STRATEGIES = {

@@ -5,12 +5,14 @@ The pipeline, per item:
     read (folder / glob / TFRecord / manifest) -> header checks (decoding guard)
       -> group by id (drops duplicate ids, rebalances work across workers)
       -> RunInference(LossalModelHandler)   # batched, one model per worker
-      -> scores | failures,  scores -> Top.Of(top_k) -> ranked queue
+      -> scores | failures,  scores -> Top.Of(candidates) -> QueueRule.select -> ranked queue
 
 Records, the tie rule and the file names come from `keras_lossal.records`,
-as for in-process triage (`scored.jsonl`, `failures.jsonl`, `queue.jsonl`),
-so downstream tools read either. Every item ends in exactly one of `scores`
-and `failures`.
+and the queue rule (`QueueRule`: which of the candidates, the highest
+predicted losses, are queued) from `keras_lossal.serving.queue`, as for
+in-process triage (`scored.jsonl`, `failures.jsonl`, `queue.jsonl`), so
+downstream tools read either and both queue the same items. Every item ends in
+exactly one of `scores` and `failures`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from keras_lossal.export import read_export_config, resolve_version_dir
 from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from keras_lossal.records import (
+    DEFAULT_CANDIDATES_FACTOR,
+    DEFAULT_SELECTION,
+    DEFAULT_SELECTION_SEED,
     DUPLICATE_REASON,
     FAILURES_FILE,
     QUEUE_CSV,
@@ -43,6 +48,7 @@ from keras_lossal.records import (
     sharded,
     to_jsonl,
 )
+from keras_lossal.serving.queue import QueueRule
 from keras_lossal.serving.readers import (
     IMAGE_EXTENSIONS,
     INPUT_TYPES,
@@ -55,7 +61,13 @@ from keras_lossal.serving.readers import (
     read_manifest,
     read_tfrecord,
 )
-from keras_lossal.serving.scorers import InProcessScorer, score_isolating
+from keras_lossal.serving.scorers import (
+    KEPT_OUTPUTS,
+    SIGNATURE_BY_KIND,
+    InProcessScorer,
+    MissingOutputError,
+    score_isolating,
+)
 
 __all__ = ["LossalModelHandler", "ReadPool", "ScorePool", "WriteScorePool", "score_pool"]
 
@@ -312,6 +324,8 @@ class LossalModelHandler(ModelHandler):
         max_batch_size: largest batch.
         large_model: load one copy per machine shared by its worker processes
             (Beam's `large_model`) instead of one per process.
+        keep: scorer outputs handed on with each scored record (`score_isolating`'s
+            `keep`), e.g. `QueueRule.outputs`.
 
     Example:
 
@@ -327,6 +341,7 @@ class LossalModelHandler(ModelHandler):
         min_batch_size: int = 1,
         max_batch_size: int = 64,
         large_model: bool = False,
+        keep: Sequence[str] = (),
     ):
         min_batch_size = _positive("min_batch_size", min_batch_size)
         max_batch_size = _positive("max_batch_size", max_batch_size)
@@ -337,6 +352,7 @@ class LossalModelHandler(ModelHandler):
             )
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size, large_model=large_model)
         self.version_dir = resolve_version_dir(model_dir, version)
+        self.keep = tuple(keep)
 
     def load_model(self) -> InProcessScorer:
         return InProcessScorer(self.version_dir)
@@ -350,7 +366,7 @@ class LossalModelHandler(ModelHandler):
         records: dict[str, dict] = {}
         for kind in sorted({pool_item["kind"] for pool_item in batch}):
             pairs = [(_as_item(pool_item), pool_item["payload"]) for pool_item in batch if pool_item["kind"] == kind]
-            scored, failed = score_isolating(model, kind, pairs, model.labels)
+            scored, failed = score_isolating(model, kind, pairs, model.labels, self.keep)
             records.update((record["id"], record) for record in scored + failed)
         return [
             PredictionResult({**pool_item, "payload": b""}, records[pool_item["id"]], model_id=self.version_dir)
@@ -376,7 +392,10 @@ class _KeepFirstOfEachId(beam.DoFn):
 
 
 class _SplitPredictions(beam.DoFn):
-    def __init__(self):
+    """Failures to `failures`; scores as `(order, record, selection features)` (features `None` for top_k)."""
+
+    def __init__(self, rule: QueueRule):
+        self.rule = rule
         self.scored = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "scored")
         self.rejected = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rejected_by_model")
 
@@ -390,17 +409,20 @@ class _SplitPredictions(beam.DoFn):
             yield beam.pvalue.TaggedOutput("failures", record)
         else:
             self.scored.inc()
-            yield tuple(prediction.example["order"]), record
+            record = dict(record)
+            features = self.rule.features(record.pop(KEPT_OUTPUTS, None) or {})
+            yield tuple(prediction.example["order"]), record, features
 
 
 def _ordered_queue_key(ordered_record) -> tuple:
-    """`records.queue_key` of an `(order, record)` pair: ties keep the earlier `(source, position)`."""
-    order, record = ordered_record
+    """`records.queue_key` of an `(order, record, ...)` tuple: ties keep the earlier `(source, position)`."""
+    order, record = ordered_record[:2]
     return queue_key(record["predicted_loss"], tuple(order))
 
 
-def _ranked_records(ordered_records: list) -> list[dict]:
-    return assign_ranks([record for _, record in ordered_records])
+def _ranked_queue(candidates: list, rule: QueueRule) -> list[dict]:
+    """The queue, with ranks, from the best-first `(order, record, features)` candidates (`QueueRule.select`)."""
+    return assign_ranks(rule.select([(record, features) for _, record, features in candidates]))
 
 
 def _count_failure(record: dict) -> dict:
@@ -409,16 +431,18 @@ def _count_failure(record: dict) -> dict:
 
 
 class ScorePool(beam.PTransform):
-    """Scores an unlabeled pool by predicted loss and keeps the global top-K.
+    """Scores an unlabeled pool by predicted loss and chooses the labeling queue, as in-process triage does.
 
     Applied to a pipeline, returns a dict of PCollections:
 
     - `"scores"`: one triage record per scored item (`id`, `path`,
       `predicted_loss`, and for classifiers `class_id`, `label`,
       `probabilities`; manifest fields under `extra`);
-    - `"top_k"`: a single element, the list of the `top_k` records with the
-      highest predicted loss, best first, each with its `rank` (ties keep the
-      earlier item, like in-process triage);
+    - `"top_k"`: a single element, the queue: the list of the `top_k` records
+      `selection` picks among the `candidates_factor * top_k` highest
+      predicted losses (`keras_lossal.serving.queue`), by predicted loss,
+      highest first, each with its `rank` (ties keep the earlier item; the
+      same queue as in-process triage's);
     - `"failures"`: `{"id", "path", "reason", "retryable"}` for every item
       that was not scored (unreadable, failed the header checks, refused by
       the model, duplicate id). Nothing is dropped silently.
@@ -437,6 +461,11 @@ class ScorePool(beam.PTransform):
         max_image_pixels: header pixel limit (default: the export's).
         max_image_bytes: encoded size limit (default: the export's).
         large_model: share one model copy per machine (Beam's `large_model`).
+        selection: `"learning_loss_clusters"` (default), `"learning_loss_badge"`
+            or `"top_k"` (see `keras_lossal.serving.queue`).
+        candidates_factor: the diverse selections choose among the
+            `candidates_factor * top_k` highest predicted losses.
+        seed: the seed of the diverse selections.
 
     Example:
 
@@ -459,13 +488,23 @@ class ScorePool(beam.PTransform):
         max_image_pixels: int | None = None,
         max_image_bytes: int | None = None,
         large_model: bool = False,
+        selection: str = DEFAULT_SELECTION,
+        candidates_factor: int = DEFAULT_CANDIDATES_FACTOR,
+        seed: int = DEFAULT_SELECTION_SEED,
     ):
         super().__init__()
         self.top_k = _positive("top_k", top_k)
+        self.rule = QueueRule(self.top_k, None, selection, candidates_factor, seed)
         self.handler = LossalModelHandler(
-            model_dir, version, min_batch_size=min_batch_size, max_batch_size=max_batch_size, large_model=large_model
+            model_dir,
+            version,
+            min_batch_size=min_batch_size,
+            max_batch_size=max_batch_size,
+            large_model=large_model,
+            keep=self.rule.outputs,
         )
         config = read_export_config(self.handler.version_dir)
+        _check_outputs(config, self.rule)
         self.reader = ReadPool(
             input_path,
             input_type,
@@ -486,20 +525,21 @@ class ScorePool(beam.PTransform):
             unique.items
             | "Key" >> beam.Map(lambda pool_item: (pool_item["id"], pool_item))
             | "RunInference" >> RunInference(KeyedModelHandler(self.handler))
-            | "Split" >> beam.ParDo(_SplitPredictions()).with_outputs("failures", main="scores")
+            | "Split" >> beam.ParDo(_SplitPredictions(self.rule)).with_outputs("failures", main="scores")
         )
         ordered_scores = predictions.scores
+        # A combiner: each bundle keeps its best `max_candidates` (with features), then one merge and the selection.
         top_k = (
             ordered_scores
-            | "TopK" >> beam.combiners.Top.Of(self.top_k, key=_ordered_queue_key)
-            | "Rank" >> beam.Map(_ranked_records)
+            | "Candidates" >> beam.combiners.Top.Of(self.rule.max_candidates, key=_ordered_queue_key)
+            | "Select" >> beam.Map(_ranked_queue, self.rule)
         )
         failures = (
             (pool["failures"], unique.failures, predictions.failures)
             | "AllFailures" >> beam.Flatten()
             | "CountFailures" >> beam.Map(_count_failure)
         )
-        scores = ordered_scores | "Records" >> beam.Map(lambda ordered_record: ordered_record[1])
+        scores = ordered_scores | "Records" >> beam.Map(lambda candidate: candidate[1])
         return {"scores": scores, "top_k": top_k, "failures": failures}
 
 
@@ -624,6 +664,14 @@ def score_pool(
         "output_dir": output_dir,
         "state": str(state),
     }
+
+
+def _check_outputs(config: dict[str, Any], rule: QueueRule) -> None:
+    """Refuses, before any worker starts, an export whose scoring signatures lack what the selection needs."""
+    for signature in SIGNATURE_BY_KIND.values():
+        outputs = config.get("signatures", {}).get(signature, {}).get("outputs")
+        if outputs is not None and not set(rule.outputs) <= set(outputs):
+            raise MissingOutputError(sorted(set(rule.outputs) - set(outputs)), sorted(outputs))
 
 
 def _positive(name: str, value) -> int:

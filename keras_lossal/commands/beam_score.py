@@ -1,4 +1,7 @@
-"""`lossal beam-score`: score an unlabeled pool on Apache Beam (any runner) and write the top-K queue.
+"""`lossal beam-score`: score an unlabeled pool on Apache Beam (any runner) and write the labeling queue.
+
+The queue is chosen as `lossal triage` chooses it (`--selection`, default learning_loss_clusters: the
+highest predicted loss in each of K k-means clusters of the --candidates-factor * K highest-scored items).
 
 Flags this command does not know are Beam pipeline options and go to the
 runner unchanged, so the same command runs on a laptop and on a cluster:
@@ -15,6 +18,7 @@ import argparse
 import json
 
 from keras_lossal.commands._errors import CommandError, reports_errors
+from keras_lossal.records import DEFAULT_CANDIDATES_FACTOR, DEFAULT_SELECTION, DEFAULT_SELECTION_SEED, SELECTIONS
 
 
 class _PipelineOptionsParser(argparse.ArgumentParser):
@@ -42,6 +46,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="output folder (local or object storage)")
     parser.add_argument("--input-type", default="auto", choices=["auto", "images", "tfrecord", "manifest"])
     parser.add_argument("--top-k", type=int, default=1000, help="queue length (default: 1000)")
+    parser.add_argument(
+        "--selection",
+        choices=SELECTIONS,
+        default=DEFAULT_SELECTION,
+        help=f"how the queue is chosen from the scored items, as in lossal triage (default: {DEFAULT_SELECTION})",
+    )
+    parser.add_argument(
+        "--candidates-factor",
+        type=int,
+        default=DEFAULT_CANDIDATES_FACTOR,
+        metavar="F",
+        help=f"choose among the F * K highest predicted losses (default: {DEFAULT_CANDIDATES_FACTOR})",
+    )
+    parser.add_argument("--seed", type=int, default=DEFAULT_SELECTION_SEED, help="selection seed (default: 0)")
     parser.add_argument("--version", type=int, default=None, help="export version (default: the highest)")
     parser.add_argument("--min-batch-size", type=int, default=1)
     parser.add_argument("--max-batch-size", type=int, default=64)
@@ -77,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
         max_image_pixels=args.max_image_pixels,
         max_image_bytes=args.max_image_bytes,
         large_model=args.large_model,
+        selection=args.selection,
+        candidates_factor=args.candidates_factor,
+        seed=args.seed,
     )
     print(json.dumps(summary, indent=2))
     return 0

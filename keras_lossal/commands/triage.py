@@ -1,4 +1,4 @@
-"""`lossal triage`: rank unlabeled items by predicted loss into a labeling queue."""
+"""`lossal triage`: score unlabeled items by predicted loss and choose a labeling queue from them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import collections
 import math
 
 from keras_lossal.commands._errors import CommandError, reports_errors
+from keras_lossal.records import DEFAULT_CANDIDATES_FACTOR, DEFAULT_SELECTION, DEFAULT_SELECTION_SEED, SELECTIONS
 
 __all__ = ["add_parser", "class_names", "run"]
 
@@ -16,6 +17,11 @@ EPILOG = """examples:
   lossal triage pool.tfrecord --server http://localhost:8501 --model-name lossal --threshold 2.0 --output out
   lossal triage /srv/pool --model models/lossal --output /srv/triage --label-studio-document-root /srv
   lossal triage /srv/pool --model models/lossal --output round2 --exclude-labeled labeled.jsonl
+  lossal triage unlabeled/ --model models/lossal --output triage_out --selection top_k
+
+The queue: by default (--selection learning_loss_clusters) the highest predicted loss in each of K k-means
+clusters of the embeddings of the K * --candidates-factor items with the highest predicted loss, listed by
+predicted loss; --selection top_k queues the K highest predicted losses.
 
 Re-running with the same --output resumes: only items not yet scored are sent to the model. A queue holds
 the scores of one model version: a resume or a server that answers with another version stops, saying how
@@ -52,6 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--top-k", type=int, default=1000, help="queue length (default 1000; 0 = no limit: every scored item)"
     )
     parser.add_argument("--threshold", type=float, help="only queue items with predicted loss >= this")
+    _add_selection_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=32, help="items per request (default 32)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight in server mode")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds (server mode)")
@@ -89,6 +96,29 @@ def _add_content_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MANIFEST",
         help="a labeled-set manifest (repeatable): items whose bytes it holds are neither scored nor queued, "
         "whatever their name (records without sha256 are hashed from their files); the count is reported",
+    )
+
+
+def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("queue selection", "how the --top-k queued items are chosen from the scored ones")
+    group.add_argument(
+        "--selection",
+        choices=SELECTIONS,
+        default=DEFAULT_SELECTION,
+        help=f"default {DEFAULT_SELECTION}: the highest predicted loss in each of K k-means clusters of the "
+        "candidates' embeddings; learning_loss_badge: BADGE's k-means++ weighted by predicted loss; top_k: the K "
+        "highest predicted losses",
+    )
+    group.add_argument(
+        "--candidates-factor",
+        type=int,
+        default=DEFAULT_CANDIDATES_FACTOR,
+        metavar="F",
+        help=f"choose among the F * K highest predicted losses, the most items held in memory with their "
+        f"embeddings (default {DEFAULT_CANDIDATES_FACTOR})",
+    )
+    group.add_argument(
+        "--seed", type=int, default=DEFAULT_SELECTION_SEED, help=f"selection seed (default {DEFAULT_SELECTION_SEED})"
     )
 
 
@@ -188,6 +218,9 @@ def run(args: argparse.Namespace) -> int:
             stop_after_server_errors=args.stop_after_server_errors or None,
             skipped=skipped,
             exclude_content=labeled.sha256,
+            selection=args.selection,
+            candidates_factor=args.candidates_factor,
+            seed=args.seed,
         )
     except TriageStopped as error:  # the server failed repeatedly, or answered with another model version
         scored = error.result.total_scored

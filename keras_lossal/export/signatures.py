@@ -2,7 +2,10 @@
 
 - `serving_default`: model input tensor `images` -> `predicted_loss` [B], plus
   `probabilities` [B, C] and `class_id` [B] for classifiers, or the raw
-  backbone `output` for other tasks;
+  backbone `output` for other tasks, and `embedding` [B, D] (float32): the
+  penultimate features (the input of the backbone's last Dense layer, from the
+  same forward pass), which the triage queue's diverse selections cluster;
+  left out for a model without such a layer or with several outputs;
 - `score_image_bytes`: encoded JPEG/PNG/BMP bytes `image_bytes` [B] (GIF
   refused: frames can exceed the header size) -> decoded, resized and
   normalised in the graph with the training `ImagePreprocessing` -> the same outputs;
@@ -20,10 +23,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from keras_lossal.export.config import ServingContract
 from keras_lossal.images import BMP_MAGIC, JPEG_MAGIC, PNG_MAGIC
+from keras_lossal.records import EMBEDDING
 
 __all__ = [
     "CLASSIFY_METHOD_NAME",
@@ -102,6 +107,7 @@ class ServingFunctions:
     def __init__(self, model, contract: ServingContract):
         self.model = model
         self.contract = contract
+        self._forward_with_embedding = _forward_with_embedding(model)
 
     def add_endpoints(self, archive) -> dict[str, str]:
         """Adds every signature the contract allows to a `keras.export.ExportArchive`; returns their method names."""
@@ -124,11 +130,19 @@ class ServingFunctions:
         method_names["regress"] = REGRESS_METHOD_NAME
         return method_names
 
-    def outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    def forward(self, images: tf.Tensor) -> tuple[tf.Tensor, Any, tf.Tensor | None]:
+        """`(predicted loss, backbone output, embedding or None)` from one backbone pass."""
+        if self._forward_with_embedding is not None:
+            predicted_loss, embedding, output = self._forward_with_embedding(images)
+            return predicted_loss, output, embedding
         result = self.model(images, training=False)
-        predicted_loss = tf.cast(tf.reshape(result["predicted_loss"], [-1]), tf.float32)
-        outputs = {"predicted_loss": predicted_loss}
-        output = result["output"]
+        return result["predicted_loss"], result["output"], None
+
+    def outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        predicted_loss, output, embedding = self.forward(images)
+        outputs = {"predicted_loss": tf.cast(tf.reshape(predicted_loss, [-1]), tf.float32)}
+        if embedding is not None:
+            outputs[EMBEDDING] = tf.cast(embedding, tf.float32)
         if self.contract.classifier:
             logits = tf.cast(output, tf.float32)
             probabilities = tf.nn.softmax(logits, axis=-1) if self.contract.from_logits else logits
@@ -218,6 +232,41 @@ class ServingFunctions:
 
     def regress(self, inputs):
         return {"outputs": self.outputs(self.images_from_examples(inputs))["predicted_loss"]}
+
+
+def _forward_with_embedding(model):
+    """`fn(images) -> (predicted loss, embedding, output)` in one pass, or `None` without an embedding to serve.
+
+    `None` for a model with several outputs (served by its own call, whose output structure the signatures
+    keep) or without a final Dense layer whose input is the penultimate features.
+    """
+    from keras_lossal.acquisition import models
+
+    graph = None if model is None else models.graph_model(model)
+    if graph is None or not _has_one_output(graph):
+        return None
+    try:
+        one_pass = models.loss_embedding_and_outputs(model)
+    except ValueError:
+        return None
+    if one_pass is None:
+        return None
+    dims = models.embedding_model(model).outputs[0].shape[1:]
+    # A static feature size in the signature, so clients see [None, D].
+    size = int(np.prod(dims)) if all(dim is not None for dim in dims) else -1
+
+    def forward(images):
+        predicted_loss, embedding, output = one_pass(images)
+        return predicted_loss, tf.reshape(embedding, [tf.shape(embedding)[0], size]), output
+
+    return forward
+
+
+def _has_one_output(graph) -> bool:
+    try:
+        return len(graph.outputs) == 1
+    except (AttributeError, ValueError):
+        return False
 
 
 def _servable_dtype(tensor):

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = [
     "InProcessScorer",
     "InvalidInputError",
+    "KEPT_OUTPUTS",
+    "MissingOutputError",
     "ServerScorer",
     "SIGNATURE_BY_KIND",
     "error_cause",
@@ -41,6 +43,22 @@ _INVALID_CODES = ("INVALID_ARGUMENT", "HTTP 400")
 
 class InvalidInputError(ValueError):
     """The model refused the content of a batch (e.g. an image it cannot decode)."""
+
+
+class MissingOutputError(ValueError):
+    """The model does not return an output the caller needs (an export older than that output, or another task)."""
+
+    def __init__(self, missing: Sequence[str], available: Sequence[str]):
+        super().__init__(
+            f"Expected the model's signature to return {sorted(missing)}; it returns {sorted(available)}. An export "
+            "written before keras-lossal served `embedding` lacks it (export the model again), and only a "
+            "classifier returns `probabilities`."
+        )
+        self.missing = list(missing)
+
+
+# The record key under which `score_isolating` hands on the outputs named by `keep` (never written to a file).
+KEPT_OUTPUTS = "kept_outputs"
 
 
 # Lines TensorFlow puts before an op's message (a header, where the node was defined); `[[{{node ...}}]]` follows it.
@@ -176,7 +194,7 @@ class ServerScorer:
 
 
 def score_isolating(
-    scorer, kind: str, batch: list[tuple[Item, bytes]], labels: Sequence[str] | None
+    scorer, kind: str, batch: list[tuple[Item, bytes]], labels: Sequence[str] | None, keep: Sequence[str] = ()
 ) -> tuple[list[dict], list[dict]]:
     """Scores `batch` of `(item, payload)`; when the model refuses it, splits it to pin the refusal on single items.
 
@@ -191,6 +209,9 @@ def score_isolating(
         kind: the items' kind (`"image"` or `"example"`), the same for the whole batch.
         batch: the items and their payloads.
         labels: class names for the records' `label`, or `None`.
+        keep: scorer outputs to hand on with each scored record, exactly as the scorer returned them
+            (NumPy rows under `record[KEPT_OUTPUTS][name]`; the caller takes them off before writing the
+            record). An output the scorer does not return raises `MissingOutputError`.
     """
     try:
         outputs = scorer.score(kind, [payload for _, payload in batch])
@@ -198,8 +219,8 @@ def score_isolating(
         if len(batch) == 1:
             return [], [failure_record(batch[0][0], f"rejected by model: {error}")]
         middle = len(batch) // 2
-        scored_a, failed_a = score_isolating(scorer, kind, batch[:middle], labels)
-        scored_b, failed_b = score_isolating(scorer, kind, batch[middle:], labels)
+        scored_a, failed_a = score_isolating(scorer, kind, batch[:middle], labels, keep)
+        scored_b, failed_b = score_isolating(scorer, kind, batch[middle:], labels, keep)
         return scored_a + scored_b, failed_a + failed_b
     except ServingError as error:
         # Not the items' fault (their own faults arrive as InvalidInputError): a re-run retries them.
@@ -208,10 +229,15 @@ def score_isolating(
         return [], [{**failure, "code": error.code} for failure in failures]
     if len(outputs["predicted_loss"]) != len(batch):
         raise RuntimeError(f"Scorer returned {len(outputs['predicted_loss'])} scores for {len(batch)} items")
+    missing = [name for name in keep if name not in outputs]
+    if missing:
+        raise MissingOutputError(missing, sorted(outputs))
     scored, failed = [], []
     for row, (item, _) in enumerate(batch):
         record = scored_record(item, outputs, row, labels)
         if math.isfinite(record["predicted_loss"]):
+            if keep:
+                record[KEPT_OUTPUTS] = {name: np.asarray(outputs[name][row]) for name in keep}
             scored.append(record)
         else:
             failed.append(failure_record(item, non_finite_reason(record["predicted_loss"])))

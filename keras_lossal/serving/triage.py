@@ -14,11 +14,15 @@ output directory, flushed after every batch:
 Re-running on the same output directory reads both logs and scores only what
 is missing, so an interrupted job resumes instead of starting over; at the end
 of every run, failure records superseded by a later score or failure of the
-same id are removed. The ranked queue (`queue.jsonl`, `queue.csv`,
+same id are removed. The queue (`queue.jsonl`, `queue.csv`,
 `label_studio_tasks.json` and its `label_config.xml`, see
-`keras_lossal.serving.labeling`) is kept in a top-K heap while streaming, so memory
-is O(K + batch) for scores (plus one id per item for resume bookkeeping, and
-one content hash per item with `dedupe`).
+`keras_lossal.serving.labeling`) is chosen by a `QueueRule` (`keras_lossal.serving.queue`):
+by default the highest predicted loss in each of K k-means clusters of the
+`candidates_factor * K` highest-scored items' embeddings. Those candidates are
+kept in a bounded heap while streaming (their features also in
+`candidates.jsonl`, for resume), so memory is O(candidates_factor * K * D + batch)
+(plus one id per item for resume bookkeeping, and one content hash per item
+with `dedupe`).
 
 One queue ranks the scores of one model version. `state.json` names the model
 (without version) and the version its scores come from; a resume that would
@@ -53,6 +57,10 @@ from typing import Any
 from keras_lossal.files import atomic_open, atomic_write
 from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from keras_lossal.records import (
+    CANDIDATES_FILE,
+    DEFAULT_CANDIDATES_FACTOR,
+    DEFAULT_SELECTION,
+    DEFAULT_SELECTION_SEED,
     DUPLICATE_REASON,
     FAILURES_FILE,
     LABEL_CONFIG_FILE,
@@ -73,6 +81,7 @@ from keras_lossal.records import (
     to_jsonl,
 )
 from keras_lossal.serving.labeling import LabelStudioOptions, write_labeling_files
+from keras_lossal.serving.queue import Candidates, QueueRule
 from keras_lossal.serving.readers import Item, precheck
 from keras_lossal.serving.scorers import score_isolating
 
@@ -158,8 +167,11 @@ def triage(
     label_studio: LabelStudioOptions | None = None,
     skipped: Mapping[str, int] | None = None,
     exclude_content: Collection[str] = (),
+    selection: str = DEFAULT_SELECTION,
+    candidates_factor: int = DEFAULT_CANDIDATES_FACTOR,
+    seed: int = DEFAULT_SELECTION_SEED,
 ) -> TriageResult:
-    """Scores `items` by predicted loss and writes the ranked labeling queue to `output_dir`.
+    """Scores `items` by predicted loss and writes the labeling queue to `output_dir`.
 
     Every item read ends in exactly one of `scored.jsonl` / `failures.jsonl` when a run finishes (a
     failure superseded by a later score or failure of the same id is removed). Records carry the
@@ -193,6 +205,12 @@ def triage(
         exclude_content: content hashes (hex SHA-256 of the bytes) of items already labeled, e.g.
             `keras_lossal.manifest.labeled_content(manifests).sha256`: an item with those bytes, under any
             name, is not scored and not queued (nor logged); how many is `excluded_labeled`.
+        selection: how the queue's `top_k` items are chosen (`keras_lossal.serving.queue`):
+            `"learning_loss_clusters"` (default), `"learning_loss_badge"` or `"top_k"` (the highest
+            predicted losses). The queue lists the picks by predicted loss, highest first.
+        candidates_factor: the diverse selections choose among the `candidates_factor * top_k`
+            highest predicted losses, the most items held in memory with their embeddings.
+        seed: the seed of the diverse selections (the same seed, items and model: the same queue).
 
     Example:
 
@@ -204,8 +222,9 @@ def triage(
         scorer, batch_size, max_image_pixels, max_image_bytes, dedupe, stop_after_server_errors
     )
     _check_threshold(threshold)
+    rule = QueueRule(top_k, threshold, selection, candidates_factor, seed)
     labeling = _labeling_options(label_studio, label_studio_image_prefix, scorer)
-    run = _Run(output_dir, scorer, TopK(top_k, threshold), settings, progress)
+    run = _Run(output_dir, scorer, rule, settings, progress)
     run.labeled = frozenset(exclude_content)
     recorded_version = _claim_output_dir(output_dir, run.description, restart)
     start = time.perf_counter()
@@ -270,7 +289,7 @@ def _claim_output_dir(output_dir: str, description: str, restart: bool) -> int |
     path = os.path.join(output_dir, STATE_FILE)
     if restart:
         names = (SCORED_FILE, FAILURES_FILE, QUEUE_JSONL, QUEUE_CSV, LABEL_STUDIO_FILE, LABEL_CONFIG_FILE, SUMMARY_FILE)
-        for name in (*names, STATE_FILE):
+        for name in (*names, CANDIDATES_FILE, STATE_FILE):
             if os.path.exists(os.path.join(output_dir, name)):
                 os.remove(os.path.join(output_dir, name))
         return None
@@ -457,14 +476,15 @@ class _Run:
         self,
         output_dir: str,
         scorer,
-        top: TopK,
+        rule: QueueRule,
         settings: _Settings,
         progress: Callable[[int, int], None] | None,
     ):
         self.scorer = scorer
         self.settings = settings
         self.progress = progress
-        self.top = top
+        self.rule = rule
+        self.candidates = Candidates(rule, os.path.join(output_dir, CANDIDATES_FILE))
         self.labels = getattr(scorer, "labels", None)
         self.description = getattr(scorer, "description", type(scorer).__name__)
         self.output_dir = output_dir
@@ -496,7 +516,7 @@ class _Run:
             self.scored_ids.add(record["id"])
             self.versions.resumed(record.get(MODEL_VERSION, recorded_version))
             if not self._is_labeled(record.get("sha256")):
-                self.top.push(record["predicted_loss"], record, order=record.get("input_index"))
+                self.candidates.push(record, order=record.get("input_index"))
             self._own_content(record.get("sha256"), record["id"])
         last_failure: dict[str, dict] = {}
         for record in read_jsonl_log(self.failures_path):
@@ -511,6 +531,7 @@ class _Run:
                 self._own_content(record.get("sha256"), item_id)
         self.done = frozenset(done)
         self.versions.settle(self.output_dir)
+        self.candidates.restore_features(self.output_dir)
         self._save_state()
         self.scored_log, self.failures_log = JsonlLog(self.scored_path), JsonlLog(self.failures_path)
 
@@ -547,6 +568,7 @@ class _Run:
             stream.close()
             self.scored_log.close()
             self.failures_log.close()
+            self.candidates.close()
 
     def prepare(self, item: Item):
         """Runs in the read-ahead thread: loads and checks an item not handled yet; `None` for one that is."""
@@ -597,19 +619,19 @@ class _Run:
         batch = [(item, payload) for item, payload, _, _ in self.pending]
         facts = {item.item_id: (position, digest) for item, _, position, digest in self.pending}
         self.pending.clear()
-        scored, failed = score_isolating(self.scorer, batch[0][0].kind, batch, self.labels)
+        scored, failed = score_isolating(self.scorer, batch[0][0].kind, batch, self.labels, keep=self.rule.outputs)
         scored, other_versions = self.versions.admit(scored)
         for record in scored:
             record["input_index"], record["sha256"] = facts[record["id"]]
         for record in failed:
             record["sha256"] = facts[record["id"]][1]
+        # First: a candidate's features are on disk before its score is (what a resume relies on).
+        self.candidates.add(scored, [record["input_index"] for record in scored])
         self.scored_log.write(scored)
         self.failures_log.write(failed)
         self.scored_log.sync()
         self.failures_log.sync()
-        for record in scored:
-            self.scored_ids.add(record["id"])
-            self.top.push(record["predicted_loss"], record, order=record["input_index"])
+        self.scored_ids.update(record["id"] for record in scored)
         self.counts["scored"] += len(scored)
         self.counts["failed"] += len(failed)
         self._save_state()
@@ -643,7 +665,9 @@ class _Run:
     def ranked_queue(self) -> list[dict]:
         # Scores resumed from older runs carry no version: they are the queue's version (checked by `settle`).
         version = self.versions.version
-        return assign_ranks([r if MODEL_VERSION in r else {**r, MODEL_VERSION: version} for r in self.top.ranked()])
+        return assign_ranks(
+            [r if MODEL_VERSION in r else {**r, MODEL_VERSION: version} for r in self.candidates.queue()]
+        )
 
     def result(self, queue: list[dict], total_failed: int, seconds: float, skipped: Mapping[str, int]) -> TriageResult:
         return TriageResult(

@@ -1,0 +1,302 @@
+"""The labeling queue: which scored items triage and Beam put in front of people, and in which order.
+
+While a pool is scored, `Candidates` keeps the `candidates_factor * top_k`
+items with the highest predicted loss (the tie rule of `keras_lossal.records`),
+each with what the selection needs: its `embedding` (the penultimate features
+the export serves) and, for BADGE, its residual `p - onehot(argmax p)`. It is a
+bounded heap, so memory is O(candidates_factor * top_k * (D + C)) whatever the
+pool size. At the end `QueueRule.select` picks `top_k` of the candidates:
+
+- `learning_loss_clusters` (the default: the library's recommended strategy):
+  k-means of the candidates' embeddings into `top_k` clusters, and the highest
+  predicted loss of each (`acquisition.diversity.hardest_per_cluster`, the rule
+  of `LearningLossClusters`), so the queue cannot pile onto a few hard classes;
+- `learning_loss_badge`: BADGE's k-means++ on the candidates' gradient
+  embeddings, residuals weighted by predicted-loss rank
+  (`acquisition.diversity.kmeans_plus_plus_loss_weighted`, the rule of
+  `LearningLossBadge`);
+- `top_k`: the `top_k` highest predicted losses (the candidates are the queue).
+
+The diverse selections see the candidates best first and use `seed`, so the
+queue is reproducible and equals the strategy's `select(model, candidates,
+top_k, seed=seed)` on the same candidates. Whatever the selection, the queue
+lists its picks by predicted loss, highest first (ties: the earlier item), and
+the records keep their fields (`predicted_loss` stays the score).
+
+Resume (triage): the features of every item that enters the heap are appended
+to `candidates.jsonl`, synced before the item's score reaches `scored.jsonl`,
+and the file is rewritten with the heap's content when it grows past
+`4 * max_candidates` lines. A resumed run rebuilds the candidates from
+`scored.jsonl` and reads their features back: an item among the final
+candidates was among the candidates when it was scored, so its features were
+written. A resume whose candidates lack features (an earlier run with fewer
+candidates, another selection, or an older keras-lossal) is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from keras_lossal.files import atomic_write
+from keras_lossal.records import (
+    DEFAULT_CANDIDATES_FACTOR,
+    DEFAULT_SELECTION,
+    DEFAULT_SELECTION_SEED,
+    EMBEDDING,
+    SELECTIONS,
+    JsonlLog,
+    TopK,
+    read_jsonl_log,
+    to_jsonl,
+)
+from keras_lossal.serving.scorers import KEPT_OUTPUTS
+
+__all__ = ["Candidates", "QueueRule", "ResumeWithoutFeaturesError"]
+
+_CLUSTERS, _BADGE, _TOP_K = SELECTIONS
+_RESIDUAL = "residual"
+_FEATURES = "_selection_features"  # the key of a held record's features (never written out)
+_COMPACT_FACTOR = 4
+
+
+class ResumeWithoutFeaturesError(ValueError):
+    """A resumed triage's candidates include items scored without the features the selection needs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueRule:
+    """How the labeling queue is chosen from the scored items; validated once, passed whole.
+
+    Args:
+        top_k: queue length, or `None` for every item at or above `threshold`
+            (then the selection has nothing to choose and the queue is ranked).
+        threshold: only items with at least this predicted loss, or `None`.
+        selection: one of `records.SELECTIONS` (see the module docstring).
+        candidates_factor: the diverse selections choose among the
+            `candidates_factor * top_k` highest predicted losses.
+        seed: the seed of the diverse selections.
+
+    Example:
+
+    >>> rule = QueueRule(top_k=2, candidates_factor=3)
+    >>> rule.max_candidates, rule.outputs
+    (6, ('embedding',))
+    >>> queue = rule.select([({"id": "a", "predicted_loss": 0.9}, {"embedding": np.array([0.0], np.float32)}),
+    ...                      ({"id": "b", "predicted_loss": 0.8}, {"embedding": np.array([0.1], np.float32)}),
+    ...                      ({"id": "c", "predicted_loss": 0.1}, {"embedding": np.array([9.0], np.float32)})])
+    >>> [record["id"] for record in queue]
+    ['a', 'c']
+    """
+
+    top_k: int | None = 1000
+    threshold: float | None = None
+    selection: str = DEFAULT_SELECTION
+    candidates_factor: int = DEFAULT_CANDIDATES_FACTOR
+    seed: int = DEFAULT_SELECTION_SEED
+
+    def __post_init__(self):
+        if self.top_k is not None and (isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 1):
+            raise ValueError(f"Expected top_k >= 1 or None. Received: top_k={self.top_k!r}")
+        if self.top_k is None and self.threshold is None:
+            raise ValueError("Expected top_k and/or threshold; with neither the queue would hold every item.")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"Expected selection in {list(SELECTIONS)}. Received: selection={self.selection!r}")
+        for name, minimum in (("candidates_factor", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+                raise ValueError(f"Expected {name} to be an integer >= {minimum}. Received: {name}={value!r}")
+
+    @property
+    def diverse(self) -> bool:
+        """Whether the selection chooses among candidates (and needs their features)."""
+        return self.selection != _TOP_K and self.top_k is not None
+
+    @property
+    def max_candidates(self) -> int | None:
+        """The most candidates held while scoring: `candidates_factor * top_k` (`top_k` for `top_k`)."""
+        return self.top_k * self.candidates_factor if self.diverse else self.top_k
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The scorer outputs the selection needs besides the predicted loss."""
+        if not self.diverse:
+            return ()
+        return (EMBEDDING, "probabilities") if self.selection == _BADGE else (EMBEDDING,)
+
+    def features(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """One item's selection features from its rows of `outputs` (as `score_isolating` keeps them)."""
+        if not self.diverse:
+            return None
+        features = {EMBEDDING: np.asarray(outputs[EMBEDDING], np.float32).reshape(-1)}
+        if self.selection == _BADGE:
+            probabilities = np.asarray(outputs["probabilities"], np.float32).reshape(-1)
+            predicted_class = np.zeros_like(probabilities)
+            predicted_class[np.argmax(probabilities)] = 1.0
+            features[_RESIDUAL] = probabilities - predicted_class
+        return features
+
+    def select(self, ranked: Sequence[tuple[dict, Mapping[str, np.ndarray] | None]]) -> list[dict]:
+        """The queue from the candidates `(record, features)`, best first: the picks by predicted loss."""
+        records = [record for record, _ in ranked]
+        if not self.diverse or len(records) <= self.top_k:
+            return records[: self.top_k]
+        return [records[position] for position in np.sort(self._picks(ranked))]
+
+    def _picks(self, ranked) -> np.ndarray:
+        from keras_lossal.acquisition import diversity  # TensorFlow: only when a diverse queue is built
+
+        missing = [record["id"] for record, features in ranked if not self.has_features(features)]
+        if missing:
+            raise ResumeWithoutFeaturesError(f"{len(missing)} candidates have no selection features: {missing[:5]}")
+        predicted = np.array([record["predicted_loss"] for record, _ in ranked], np.float32)
+        embeddings = np.stack([features[EMBEDDING] for _, features in ranked])
+        residuals = np.stack([features[_RESIDUAL] for _, features in ranked]) if self.selection == _BADGE else None
+        kept = _finite_rows(embeddings, residuals)
+        if len(kept) <= self.top_k:
+            return kept
+        if self.selection == _CLUSTERS:
+            return kept[diversity.hardest_per_cluster(predicted[kept], embeddings[kept], self.top_k, self.seed)]
+        chosen, _ = diversity.kmeans_plus_plus_loss_weighted(
+            predicted[kept], residuals[kept], embeddings[kept], self.top_k, self.seed
+        )
+        return kept[chosen]
+
+    def has_features(self, features: Mapping[str, np.ndarray] | None) -> bool:
+        """Whether `features` hold all the selection needs."""
+        return features is not None and (self.selection != _BADGE or _RESIDUAL in features)
+
+
+def _finite_rows(embeddings: np.ndarray, residuals: np.ndarray | None) -> np.ndarray:
+    """Positions whose features are finite; the others are left out of the selection, with a warning."""
+    finite = np.isfinite(embeddings).all(axis=1)
+    if residuals is not None:
+        finite &= np.isfinite(residuals).all(axis=1)
+    if not finite.all():
+        warnings.warn(
+            f"{int(np.sum(~finite))} queue candidates have NaN/inf embeddings; they were not selected.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return np.flatnonzero(finite)
+
+
+class Candidates:
+    """The scored records with the highest predicted loss, with their selection features, for one triage run.
+
+    Holds at most `rule.max_candidates` records (`peak` is the most it held) and, with `log_path`, keeps
+    `candidates.jsonl` as the module docstring says.
+
+    Args:
+        rule: the `QueueRule`.
+        log_path: the features file (`None`: not persisted; no resume).
+
+    Example:
+
+    >>> candidates = Candidates(QueueRule(top_k=1, selection="top_k"))
+    >>> for order, loss in enumerate([0.2, 0.7, 0.5]):
+    ...     _ = candidates.add([{"id": f"i{order}", "predicted_loss": loss}], [order])
+    >>> [record["id"] for record in candidates.queue()], candidates.peak
+    (['i1'], 1)
+    """
+
+    def __init__(self, rule: QueueRule, log_path: str | None = None):
+        self.rule = rule
+        self.log_path = log_path
+        self.peak = 0
+        self._top = TopK(rule.max_candidates, rule.threshold)
+        self._log: JsonlLog | None = None
+        self._lines = 0
+
+    def __len__(self) -> int:
+        return len(self._top)
+
+    def push(self, record: dict, order, features: Mapping[str, np.ndarray] | None = None) -> bool:
+        """Offers a scored record (its predicted loss decides); returns whether it is now a candidate."""
+        admitted = self._top.push(record["predicted_loss"], {**record, _FEATURES: features}, order)
+        self.peak = max(self.peak, len(self._top))
+        return admitted
+
+    def add(self, records: Iterable[dict], orders: Iterable) -> None:
+        """Offers newly scored records, taking their kept outputs off (`score_isolating(..., keep=rule.outputs)`).
+
+        The features of those that become candidates are appended to the log and synced before this
+        returns, so call it before the records are written to `scored.jsonl`.
+        """
+        admitted = []
+        for record, order in zip(records, orders):
+            features = self.rule.features(record.pop(KEPT_OUTPUTS, None) or {})
+            if self.push(record, order, features) and features is not None:
+                admitted.append(_feature_line(record["id"], features))
+        if self._log is not None and admitted:
+            self._log.write(admitted)
+            self._log.sync()
+            self._lines += len(admitted)
+            if self._lines > _COMPACT_FACTOR * self.rule.max_candidates:
+                self._compact()
+
+    # ------------------------------------------------------------------ resume
+    def restore_features(self, output_dir: str) -> None:
+        """After the resumed records are pushed: reads their features back, refuses gaps, opens the log."""
+        if self.log_path is None or not self.rule.diverse:
+            return
+        held = {record["id"]: record for record in self._top.ranked()}
+        for line in read_jsonl_log(self.log_path):
+            self._lines += 1
+            if line["id"] in held:
+                held[line["id"]][_FEATURES] = _features_of(line)
+        missing = [item_id for item_id, record in held.items() if not self.rule.has_features(record[_FEATURES])]
+        if missing:
+            raise ResumeWithoutFeaturesError(
+                f"Output directory {output_dir!r} holds {len(missing)} scored items among the queue's candidates "
+                f"without the features --selection {self.rule.selection} needs (e.g. {missing[0]!r}): an earlier "
+                "run kept fewer candidates (a smaller --top-k or --candidates-factor), used another selection, or "
+                "an older keras-lossal. Re-run with that run's settings, with --selection top_k, or restart "
+                "(--restart) to score everything again."
+            )
+        self._log = JsonlLog(self.log_path)
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _compact(self) -> None:
+        """Rewrites the log with the current candidates' features only (older lines can never be needed)."""
+        self._log.close()
+        held = [record for record in self._top.ranked() if record[_FEATURES] is not None]
+        atomic_write(self.log_path, to_jsonl([_feature_line(record["id"], record[_FEATURES]) for record in held]))
+        self._log = JsonlLog(self.log_path)
+        self._lines = len(held)
+
+    # --------------------------------------------------------------------- end
+    def ranked(self) -> list[tuple[dict, dict | None]]:
+        """`(record, features)` of every candidate, best first."""
+        return [
+            ({key: value for key, value in record.items() if key != _FEATURES}, record[_FEATURES])
+            for record in self._top.ranked()
+        ]
+
+    def queue(self) -> list[dict]:
+        """The queue (`QueueRule.select` of the candidates), without ranks."""
+        return self.rule.select(self.ranked())
+
+
+def _feature_line(item_id: str, features: Mapping[str, np.ndarray]) -> dict:
+    """A `candidates.jsonl` line: float32 arrays as base64 of their little-endian bytes (exact and compact)."""
+    encoded = {
+        name: base64.b64encode(np.asarray(value, "<f4").tobytes()).decode("ascii") for name, value in features.items()
+    }
+    return {"id": item_id, **encoded}
+
+
+def _features_of(line: Mapping[str, str]) -> dict[str, np.ndarray]:
+    return {
+        name: np.frombuffer(base64.b64decode(value), "<f4").astype(np.float32)
+        for name, value in line.items()
+        if name != "id"
+    }

@@ -1,0 +1,288 @@
+"""`keras_lossal.serving.queue` through triage: the queue is the library's selection, bounded and resumable."""
+
+import base64
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_lossal as kl
+from keras_lossal import cli
+from keras_lossal.serving import InProcessScorer, read_items, triage
+from keras_lossal.serving import queue as queue_lib
+from keras_lossal.serving.queue import Candidates, QueueRule, ResumeWithoutFeaturesError
+from keras_lossal.serving.scorers import KEPT_OUTPUTS, MissingOutputError
+
+sys.path.insert(0, os.path.dirname(__file__))
+from serving_fixtures import PREP, lossal_export  # noqa: E402, F401
+
+N_ITEMS = 16
+DIVERSE = ("learning_loss_clusters", "learning_loss_badge")
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory, lossal_export):  # noqa: F811 - pytest fixture
+    """16 PNGs `img_00.png`... and the model inputs they decode to."""
+    folder = tmp_path_factory.mktemp("queue_pool")
+    pixels = np.random.default_rng(5).integers(0, 256, size=(N_ITEMS, 8, 8, 3), dtype=np.uint8)
+    ids = [f"img_{index:02d}.png" for index in range(N_ITEMS)]
+    for item_id, image in zip(ids, pixels):
+        (folder / item_id).write_bytes(tf.io.encode_png(image).numpy())
+    inputs = dict(zip(ids, PREP(pixels).numpy()))
+    return {"folder": str(folder), "inputs": inputs, "model": lossal_export["model"], "base": lossal_export["base"]}
+
+
+def read_jsonl(path):
+    with open(path) as handle:
+        return [json.loads(line) for line in handle]
+
+
+def ids(records):
+    return [record["id"] for record in records]
+
+
+def ranked_candidates(out, count):
+    """The `count` scored ids with the highest predicted loss, ties to the earlier item: triage's candidates."""
+    scored = read_jsonl(os.path.join(out, "scored.jsonl"))
+    scored.sort(key=lambda record: (-record["predicted_loss"], record["input_index"]))
+    return ids(scored[:count])
+
+
+class CrashingScorer:
+    """Scores like `scorer` until call `crash_on_call`, which raises as a kill would stop the run."""
+
+    def __init__(self, scorer, crash_on_call=None):
+        self.scorer, self.crash_on_call, self.calls = scorer, crash_on_call, 0
+        for name in ("labels", "max_image_pixels", "max_image_bytes", "description", "version"):
+            setattr(self, name, getattr(scorer, name))
+
+    def score(self, kind, payloads):
+        self.calls += 1
+        if self.calls == self.crash_on_call:
+            raise KeyboardInterrupt("simulated kill mid-run")
+        return self.scorer.score(kind, payloads)
+
+
+# ------------------------------------------------------------------------------------------ the selection
+@pytest.mark.parametrize("selection", DIVERSE)
+def test_queue_is_the_strategys_selection_on_the_same_candidates(pool, tmp_path, selection):
+    out = str(tmp_path / "out")
+    result = triage(
+        read_items(pool["folder"]), InProcessScorer(pool["base"]), out, top_k=4, batch_size=5,
+        selection=selection, candidates_factor=3, seed=7,
+    )  # fmt: skip
+    candidates = ranked_candidates(out, 12)
+    # The library's strategy, in memory on the Keras model, over the same candidates in the same (ranked) order.
+    chosen = kl.acquisition.get(selection).select(
+        pool["model"], np.stack([pool["inputs"][item_id] for item_id in candidates]), k=4, seed=7
+    )
+    assert ids(result.queue) == [candidates[position] for position in sorted(chosen.indices)]
+    assert ids(read_jsonl(os.path.join(out, "queue.jsonl"))) == ids(result.queue)
+    losses = [record["predicted_loss"] for record in result.queue]
+    assert losses == sorted(losses, reverse=True) and [record["rank"] for record in result.queue] == [1, 2, 3, 4]
+    with open(os.path.join(out, "label_studio_tasks.json")) as handle:
+        tasks = json.load(handle)
+    assert [task["predictions"][0]["score"] for task in tasks] == losses  # the score stays the predicted loss
+    # The queue's records are the scored records with a rank: no embedding or other selection feature.
+    scored = {record["id"]: record for record in read_jsonl(os.path.join(out, "scored.jsonl"))}
+    assert all(record == {**scored[record["id"]], "rank": record["rank"]} for record in result.queue)
+
+
+def test_the_default_queue_spreads_over_clusters_not_the_top_k(pool, tmp_path):
+    scorer = InProcessScorer(pool["base"])
+    options = {"top_k": 4, "batch_size": 5, "candidates_factor": 4}
+    default = triage(read_items(pool["folder"]), scorer, str(tmp_path / "default"), **options)
+    again = triage(read_items(pool["folder"]), scorer, str(tmp_path / "again"), **options)
+    top_k = triage(read_items(pool["folder"]), scorer, str(tmp_path / "top_k"), selection="top_k", **options)
+    assert ids(default.queue) == ids(again.queue)  # deterministic: the same seed, items and model
+    assert ids(default.queue) != ids(top_k.queue)  # this pool's k-means picks are not the plain top-4
+    assert set(ids(default.queue)) <= set(ranked_candidates(str(tmp_path / "default"), 16))
+
+
+def test_top_k_selection_keeps_todays_queue_without_embeddings(pool, tmp_path):
+    out = str(tmp_path / "out")
+    result = triage(read_items(pool["folder"]), InProcessScorer(pool["base"]), out, top_k=5, selection="top_k")
+    assert ids(result.queue) == ranked_candidates(out, 5)
+    assert not os.path.exists(os.path.join(out, "candidates.jsonl"))
+    # The same with no queue limit: every item above the threshold, ranked, whatever the selection.
+    threshold = sorted(record["predicted_loss"] for record in result.queue)[0]
+    unlimited = triage(read_items(pool["folder"]), InProcessScorer(pool["base"]), str(tmp_path / "all"),
+                       top_k=None, threshold=threshold)  # fmt: skip
+    assert ids(unlimited.queue) == ids(result.queue)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_the_queue_through_tf_serving_equals_the_in_process_queue(pool, tmp_path, protocol):
+    from tfserving_standin import start_grpc_standin, start_rest_standin
+
+    from keras_lossal.serving import ServerScorer, TFServingClient
+
+    options = {"top_k": 3, "batch_size": 4, "selection": "learning_loss_badge", "candidates_factor": 3}
+    local = triage(read_items(pool["folder"]), InProcessScorer(pool["base"]), str(tmp_path / "local"), **options)
+    if protocol == "grpc":
+        server, target, _ = start_grpc_standin(pool["base"], "lossal")
+        stop = lambda: server.stop(None)  # noqa: E731
+    else:
+        server, target, _ = start_rest_standin(pool["base"], "lossal")
+        stop = server.shutdown
+    try:
+        with TFServingClient(target, "lossal", protocol=protocol, rest_format="instances") as client:
+            remote = triage(read_items(pool["folder"]), ServerScorer(client), str(tmp_path / "remote"), **options)
+    finally:
+        stop()
+    assert ids(remote.queue) == ids(local.queue)
+
+
+# ----------------------------------------------------------------------------------------------- memory
+def test_candidates_held_never_exceed_factor_times_k(pool, tmp_path, monkeypatch):
+    instances = []
+
+    class Recorded(Candidates):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            instances.append(self)
+
+    # The module, not the function `triage` that shares its name in `keras_lossal.serving`.
+    monkeypatch.setattr(sys.modules["keras_lossal.serving.triage"], "Candidates", Recorded)
+    out = str(tmp_path / "out")
+    triage(read_items(pool["folder"]), InProcessScorer(pool["base"]), out, top_k=2, candidates_factor=3, batch_size=3)
+    (candidates,) = instances
+    assert candidates.rule.max_candidates == 6 and candidates.peak == 6  # of 16 scored
+    assert sum(features is not None for _, features in candidates.ranked()) == 6
+
+
+def synthetic_records(count, seed=0):
+    rng = np.random.default_rng(seed)
+    losses = rng.normal(size=count).round(1)  # rounding makes ties
+    embeddings = rng.normal(size=(count, 4)).astype(np.float32)
+    probabilities = rng.dirichlet(np.ones(3), size=count).astype(np.float32)
+    return [
+        {"id": f"i{index}", "predicted_loss": float(losses[index]), "input_index": index,
+         KEPT_OUTPUTS: {"embedding": embeddings[index], "probabilities": probabilities[index]}}
+        for index in range(count)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("selection", DIVERSE)
+def test_a_long_stream_holds_the_bound_and_queues_what_the_whole_top_would(tmp_path, selection):
+    rule = QueueRule(top_k=5, selection=selection, candidates_factor=3, seed=1)
+    path = str(tmp_path / "candidates.jsonl")
+    candidates = Candidates(rule, path)
+    candidates.restore_features(str(tmp_path))
+    records = synthetic_records(2000)
+    longest_log = 0
+    for start in range(0, len(records), 7):
+        batch = [dict(record, **{KEPT_OUTPUTS: dict(record[KEPT_OUTPUTS])}) for record in records[start : start + 7]]
+        candidates.add(batch, [record["input_index"] for record in batch])
+        assert len(candidates) <= rule.max_candidates == 15
+        longest_log = max(longest_log, len(read_jsonl(path)))
+    candidates.close()
+    assert candidates.peak == 15 and longest_log <= 4 * 15  # the features file is compacted, not O(pool)
+    # The whole pool, sorted by the tie rule: its top 15 are the candidates, and the queue is their selection.
+    best = sorted(records, key=lambda record: (-record["predicted_loss"], record["input_index"]))[:15]
+    expected = rule.select([(record, rule.features(record[KEPT_OUTPUTS])) for record in best])
+    assert ids(candidates.queue()) == ids(expected)
+    # A resume rebuilds the same candidates from the scores and reads their features back from the file.
+    resumed = Candidates(rule, path)
+    for record in records:
+        resumed.push({key: value for key, value in record.items() if key != KEPT_OUTPUTS}, record["input_index"])
+    resumed.restore_features(str(tmp_path))
+    resumed.close()
+    assert ids(resumed.queue()) == ids(expected)
+
+
+# ----------------------------------------------------------------------------------------------- resume
+@pytest.mark.parametrize("selection", DIVERSE)
+def test_resume_after_a_kill_gives_the_uninterrupted_queue(pool, tmp_path, selection):
+    options = {"top_k": 2, "batch_size": 4, "selection": selection, "candidates_factor": 2, "seed": 3}
+    reference = triage(read_items(pool["folder"]), InProcessScorer(pool["base"]), str(tmp_path / "ref"), **options)
+    out = str(tmp_path / "out")
+    with pytest.raises(KeyboardInterrupt):
+        triage(read_items(pool["folder"]), CrashingScorer(InProcessScorer(pool["base"]), crash_on_call=3), out,
+               **options)  # fmt: skip
+    assert len(read_jsonl(os.path.join(out, "scored.jsonl"))) == 8
+    # A kill while appending leaves partial last lines; resume drops them.
+    for name in ("candidates.jsonl", "scored.jsonl"):
+        with open(os.path.join(out, name), "a") as handle:
+            handle.write('{"id": "img_00.png", "embed')
+    resumed = triage(read_items(pool["folder"]), InProcessScorer(pool["base"]), out, **options)
+    assert resumed.resumed == 8 and resumed.scored == 8
+    assert ids(resumed.queue) == ids(reference.queue)
+    # What was persisted is exactly what the export served (float32, bit for bit).
+    lines = {line["id"]: line for line in read_jsonl(os.path.join(out, "candidates.jsonl"))}
+    item_id = resumed.queue[0]["id"]
+    with open(os.path.join(pool["folder"], item_id), "rb") as handle:
+        served = InProcessScorer(pool["base"]).score("image", [handle.read()])["embedding"][0]
+    stored = np.frombuffer(base64.b64decode(lines[item_id]["embedding"]), "<f4")
+    np.testing.assert_array_equal(stored, served)
+    rerun = triage(read_items(pool["folder"]), InProcessScorer(pool["base"]), out, **options)
+    assert rerun.scored == 0 and ids(rerun.queue) == ids(reference.queue)
+
+
+def test_resume_with_candidates_scored_without_features_is_refused_with_the_ways_out(pool, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    scorer = InProcessScorer(pool["base"])
+    triage(read_items(pool["folder"]), scorer, out, top_k=2, candidates_factor=2)
+    with pytest.raises(ResumeWithoutFeaturesError, match="a smaller --top-k or --candidates-factor"):
+        triage(read_items(pool["folder"]), scorer, out, top_k=2, candidates_factor=5)
+    assert ids(triage(read_items(pool["folder"]), scorer, out, top_k=2, selection="top_k").queue) == (
+        ranked_candidates(out, 2)
+    )
+    # From the command line: one line naming the flags; --restart scores everything again.
+    args = ["triage", pool["folder"], "--model", pool["base"], "--output", out, "--top-k", "2"]
+    capsys.readouterr()
+    assert cli.main([*args, "--candidates-factor", "5"]) == 2
+    error = capsys.readouterr().err
+    assert len(error.splitlines()) == 1 and "--selection top_k" in error and "--restart" in error
+    assert cli.main([*args, "--candidates-factor", "5", "--restart"]) == 0
+
+
+class WithoutEmbedding:
+    """An export from before `embedding` was served."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+        for name in ("labels", "max_image_pixels", "max_image_bytes", "description", "version"):
+            setattr(self, name, getattr(scorer, name))
+
+    def score(self, kind, payloads):
+        return {key: value for key, value in self.scorer.score(kind, payloads).items() if key != "embedding"}
+
+
+def test_an_export_without_embedding_is_refused_naming_the_fix(pool, tmp_path):
+    scorer = WithoutEmbedding(InProcessScorer(pool["base"]))
+    with pytest.raises(MissingOutputError, match=r"return \['embedding'\].*export the model again"):
+        triage(read_items(pool["folder"]), scorer, str(tmp_path / "out"), top_k=2)
+    result = triage(read_items(pool["folder"]), scorer, str(tmp_path / "top_k"), top_k=2, selection="top_k")
+    assert result.queued == 2
+
+
+# ------------------------------------------------------------------------------------------- the settings
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (
+            {"selection": "coreset"},
+            r"Expected selection in \['learning_loss_clusters', 'learning_loss_badge', 'top_k'\]",
+        ),
+        ({"candidates_factor": 0}, "Expected candidates_factor to be an integer >= 1. Received: candidates_factor=0"),
+        ({"seed": -1}, "Expected seed to be an integer >= 0"),
+        ({"top_k": 0}, "Expected top_k >= 1 or None"),
+        ({"top_k": None}, "Expected top_k and/or threshold"),
+    ],
+)
+def test_queue_rule_refuses_bad_settings_naming_them(settings, message):
+    with pytest.raises(ValueError, match=message):
+        QueueRule(**settings)
+
+
+def test_the_names_the_command_line_lists_are_the_rules():
+    from keras_lossal import records
+
+    assert set(records.SELECTIONS) == {"learning_loss_clusters", "learning_loss_badge", "top_k"}
+    assert QueueRule().selection == records.DEFAULT_SELECTION == "learning_loss_clusters"
+    assert QueueRule(top_k=3).max_candidates == 3 * records.DEFAULT_CANDIDATES_FACTOR
+    assert QueueRule(top_k=3, selection="top_k").max_candidates == 3 and queue_lib.QueueRule is QueueRule
