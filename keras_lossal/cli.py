@@ -20,7 +20,7 @@ import sys
 from keras_lossal._tensorflow_logs import VERBOSE_FLAG, quiet_tensorflow_for_the_command
 
 # Subcommand modules, in the order `lossal --help` lists them.
-COMMANDS = ("run", "train", "report", "plot", "triage", "ingest", "manifest", "export", "beam_score")
+COMMANDS = ("run", "train", "report", "plot", "triage", "ingest", "manifest", "export", "beam_score", "labelstudio")
 
 
 def build_parser() -> argparse.ArgumentParser:
