@@ -41,7 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parser(subparsers)
+    _add_labelstudio_group(subparsers)
+    # A subcommand that needs no TensorFlow sets `tensorflow=False`, and starts without importing it.
+    parser.set_defaults(tensorflow=True)
     return parser
+
+
+def _add_labelstudio_group(subparsers) -> None:
+    from keras_lossal.commands import labelstudio_sync
+
+    group = subparsers.add_parser("labelstudio", help="Label Studio through its API: push triage's tasks, pull labels")
+    labelstudio_sync.add_subcommands(group.add_subparsers(dest="action", metavar="ACTION", required=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    quiet_tensorflow_for_the_command()
+    if args.tensorflow:
+        quiet_tensorflow_for_the_command()
     return int(args.func(args) or 0)
 
 
