@@ -70,6 +70,7 @@ DOCUMENT_ROOT_VARIABLE = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
 DEFAULT_URL = "http://localhost:8080"  # `label-studio start`'s port
 PERSONAL_ACCESS_TOKEN, LEGACY_TOKEN = "personal access token", "legacy token"
 ACCOUNT_PAGE = "the account page (Account & Settings > Personal Access Token)"
+LEGACY_SETTING = "Organization > API Tokens Settings > Legacy Tokens"
 # Tasks per import request (Label Studio takes up to 250,000 or 200 MB in one) and per page of the task list.
 IMPORT_BATCH = 500
 PAGE_SIZE = 1000
@@ -107,14 +108,16 @@ def unauthorized_message(url: str, token: str, detail: str) -> str:
     >>> unauthorized_message("http://localhost:8080", "abc", "Invalid token.")  # doctest: +NORMALIZE_WHITESPACE
     'Label Studio at http://localhost:8080 refused the legacy token (401: Invalid token.). Label Studio 1.23
     accepts legacy tokens only when started with --enable-legacy-api-token or when the organisation enables
-    them; or use a personal access token from the account page (Account & Settings > Personal Access Token).'
+    them (Organization > API Tokens Settings > Legacy Tokens); or use a personal access token from the account
+    page (Account & Settings > Personal Access Token).'
     """
     kind = token_kind(token)
     refused = f"Label Studio at {url} refused the {kind} (401: {detail.rstrip()})."
     if kind == LEGACY_TOKEN:
         return (
             f"{refused} Label Studio 1.23 accepts legacy tokens only when started with --enable-legacy-api-token "
-            f"or when the organisation enables them; or use a personal access token from {ACCOUNT_PAGE}."
+            f"or when the organisation enables them ({LEGACY_SETTING}); or use a personal access token from "
+            f"{ACCOUNT_PAGE}."
         )
     return (
         f"{refused} It is expired, revoked, cut short or from another server: create a new one on {ACCOUNT_PAGE} "

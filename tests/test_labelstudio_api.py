@@ -55,8 +55,9 @@ def test_a_refused_legacy_token_says_how_to_enable_legacy_tokens_or_use_a_person
     message = unauthorized_message("http://ls:8080", "0123456789abcdef", detail)
     assert message == (
         f"Label Studio at http://ls:8080 refused the legacy token (401: {detail}). Label Studio 1.23 accepts legacy "
-        "tokens only when started with --enable-legacy-api-token or when the organisation enables them; or use a "
-        "personal access token from the account page (Account & Settings > Personal Access Token)."
+        "tokens only when started with --enable-legacy-api-token or when the organisation enables them (Organization "
+        "> API Tokens Settings > Legacy Tokens); or use a personal access token from the account page (Account & "
+        "Settings > Personal Access Token)."
     )
 
 
@@ -422,7 +423,8 @@ def test_a_refused_token_is_one_line_saying_which_fix_applies(server, tmp_path):
             f"lossal labelstudio push: Label Studio at {server.url} refused the legacy token (401: Authentication token "
             "no longer valid: legacy token authentication has been disabled for this organization). Label Studio 1.23 "
             "accepts legacy tokens only when started with --enable-legacy-api-token or when the organisation enables "
-            "them; or use a personal access token from the account page (Account & Settings > Personal Access Token).\n"
+            "them (Organization > API Tokens Settings > Legacy Tokens); or use a personal access token from the account "
+            "page (Account & Settings > Personal Access Token).\n"
         )
         assert "created project 'tokens'" in lossal(*argv, token=personal).stdout  # Bearer, after the refresh
     finally:
