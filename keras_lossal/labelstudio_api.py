@@ -14,8 +14,9 @@ Label Studio has two kinds of token, and the SDK sends either:
   Access Token*), the default: a JWT refresh token, exchanged at
   `POST /api/token/refresh/` for an access token sent as `Authorization: Bearer A`;
 - a legacy token (`Authorization: Token T`): on Label Studio 1.23 answered 401
-  unless the server was started with `--enable-legacy-api-token` or legacy
-  tokens are enabled for the organisation.
+  unless legacy tokens are enabled for the organisation (*Organization → API
+  Tokens Settings*, or `label-studio start --enable-legacy-api-token` on the
+  first start, which creates the organisation; the flag changes nothing later).
 
 Every failure is a `LabelStudioError` with one line for people; a refused token
 says which fix applies (`unauthorized_message`).
@@ -107,17 +108,18 @@ def unauthorized_message(url: str, token: str, detail: str) -> str:
 
     >>> unauthorized_message("http://localhost:8080", "abc", "Invalid token.")  # doctest: +NORMALIZE_WHITESPACE
     'Label Studio at http://localhost:8080 refused the legacy token (401: Invalid token.). Label Studio 1.23
-    accepts legacy tokens only when started with --enable-legacy-api-token or when the organisation enables
-    them (Organization > API Tokens Settings > Legacy Tokens); or use a personal access token from the account
-    page (Account & Settings > Personal Access Token).'
+    accepts legacy tokens only if the organisation enables them: Organization > API Tokens Settings > Legacy
+    Tokens, or `label-studio start --enable-legacy-api-token` on the first start (when it creates the
+    organisation); or use a personal access token from the account page (Account & Settings > Personal Access
+    Token).'
     """
     kind = token_kind(token)
     refused = f"Label Studio at {url} refused the {kind} (401: {detail.rstrip()})."
     if kind == LEGACY_TOKEN:
         return (
-            f"{refused} Label Studio 1.23 accepts legacy tokens only when started with --enable-legacy-api-token "
-            f"or when the organisation enables them ({LEGACY_SETTING}); or use a personal access token from "
-            f"{ACCOUNT_PAGE}."
+            f"{refused} Label Studio 1.23 accepts legacy tokens only if the organisation enables them: "
+            f"{LEGACY_SETTING}, or `label-studio start --enable-legacy-api-token` on the first start (when it "
+            f"creates the organisation); or use a personal access token from {ACCOUNT_PAGE}."
         )
     return (
         f"{refused} It is expired, revoked, cut short or from another server: create a new one on {ACCOUNT_PAGE} "

@@ -55,9 +55,9 @@ def test_a_refused_legacy_token_says_how_to_enable_legacy_tokens_or_use_a_person
     message = unauthorized_message("http://ls:8080", "0123456789abcdef", detail)
     assert message == (
         f"Label Studio at http://ls:8080 refused the legacy token (401: {detail}). Label Studio 1.23 accepts legacy "
-        "tokens only when started with --enable-legacy-api-token or when the organisation enables them (Organization "
-        "> API Tokens Settings > Legacy Tokens); or use a personal access token from the account page (Account & "
-        "Settings > Personal Access Token)."
+        "tokens only if the organisation enables them: Organization > API Tokens Settings > Legacy Tokens, or "
+        "`label-studio start --enable-legacy-api-token` on the first start (when it creates the organisation); or use "
+        "a personal access token from the account page (Account & Settings > Personal Access Token)."
     )
 
 
@@ -422,9 +422,10 @@ def test_a_refused_token_is_one_line_saying_which_fix_applies(server, tmp_path):
         assert err == (
             f"lossal labelstudio push: Label Studio at {server.url} refused the legacy token (401: Authentication token "
             "no longer valid: legacy token authentication has been disabled for this organization). Label Studio 1.23 "
-            "accepts legacy tokens only when started with --enable-legacy-api-token or when the organisation enables "
-            "them (Organization > API Tokens Settings > Legacy Tokens); or use a personal access token from the account "
-            "page (Account & Settings > Personal Access Token).\n"
+            "accepts legacy tokens only if the organisation enables them: Organization > API Tokens Settings > Legacy "
+            "Tokens, or `label-studio start --enable-legacy-api-token` on the first start (when it creates the "
+            "organisation); or use a personal access token from the account page (Account & Settings > Personal "
+            "Access Token).\n"
         )
         assert "created project 'tokens'" in lossal(*argv, token=personal).stdout  # Bearer, after the refresh
     finally:

@@ -17,8 +17,9 @@ from keras_lossal.commands._errors import CommandError, reports_errors
 CONNECTION = """connection:
   --url defaults to $LABEL_STUDIO_URL, else http://localhost:8080; --token to $LABEL_STUDIO_API_KEY (better than
   --token, which other users of the machine can see). The token is a personal access token (Account & Settings >
-  Personal Access Token; the default of Label Studio 1.23) or a legacy token (only accepted when Label Studio runs
-  with --enable-legacy-api-token or the organisation enables legacy tokens).
+  Personal Access Token; the default of Label Studio 1.23) or a legacy token (accepted only where the organisation
+  enables legacy tokens: Organization > API Tokens Settings, or `label-studio start --enable-legacy-api-token` on
+  the first start, which creates the organisation).
 """
 
 PUSH_EPILOG = f"""{CONNECTION}
