@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parser(subparsers)
+    # A subcommand that needs no TensorFlow sets `tensorflow=False`, and starts without importing it.
+    parser.set_defaults(tensorflow=True)
     return parser
 
 
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    quiet_tensorflow_for_the_command()
+    if args.tensorflow:
+        quiet_tensorflow_for_the_command()
     return int(args.func(args) or 0)
 
 

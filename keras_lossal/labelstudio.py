@@ -88,6 +88,7 @@ __all__ = [
     "image_url",
     "ingest",
     "label_config",
+    "label_config_classes",
     "read_export",
     "read_label_config",
     "resolve",
@@ -156,14 +157,31 @@ def read_label_config(path: str) -> list[str]:
     >>> read_label_config(path)
     ['cat', 'dog']
     """
+    with open(path, encoding="utf-8") as handle:
+        return label_config_classes(handle.read(), source=repr(path))
+
+
+def label_config_classes(config: str, source: str = "") -> list[str]:
+    """The class names of a label config's text (a Label Studio project's `label_config`); see `read_label_config`.
+
+    Args:
+        config: the XML text.
+        source: where it came from, for the error (`"'label_config.xml'"`, `"of project 3"`).
+
+    Example:
+
+    >>> label_config_classes(label_config(["cat", "dog"]))
+    ['cat', 'dog']
+    """
+    where = f" {source}" if source else ""
     try:
-        root = ElementTree.parse(path).getroot()
+        root = ElementTree.fromstring(config)
     except ElementTree.ParseError as error:
-        raise ValueError(f"Expected a Label Studio label config (XML). Received {path!r}: {error}") from None
+        raise ValueError(f"Expected a Label Studio label config (XML). Received{where}: {error}") from None
     for choices in root.iter("Choices"):
         if choices.get("name") == CHOICES_NAME:
             return _checked_class_names([choice.get("value", "") for choice in choices.iter("Choice")])
-    raise ValueError(f"Expected a <Choices name={CHOICES_NAME!r}> tag in the label config {path!r}")
+    raise ValueError(f"Expected a <Choices name={CHOICES_NAME!r}> tag in the label config{where}")
 
 
 def _checked_class_names(class_names: Sequence[str]) -> list[str]:

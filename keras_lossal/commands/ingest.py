@@ -48,6 +48,13 @@ def add_parser(subparsers) -> None:
     classes = parser.add_mutually_exclusive_group(required=True)
     classes.add_argument("--classes", help="the class names, comma-separated")
     classes.add_argument("--label-config", help="the project's label_config.xml (its Choice values are the classes)")
+    parser.add_argument("--export-type", choices=("JSON", "JSON_MIN", "CSV"), help="default: from the file")
+    add_rule_arguments(parser)
+    parser.set_defaults(func=run, tensorflow=False)
+
+
+def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ingest's rules (known items, image URLs, rejects, lock), shared with `lossal labelstudio pull`."""
     parser.add_argument(
         "--known-items",
         action="append",
@@ -63,7 +70,6 @@ def add_parser(subparsers) -> None:
         "record absolute paths; default: the current directory)",
     )
     _add_image_url_arguments(parser)
-    parser.add_argument("--export-type", choices=("JSON", "JSON_MIN", "CSV"), help="default: from the file")
     parser.add_argument(
         "--id-field", default="item_id", help="the task data field holding the item id (default: item_id)"
     )
@@ -78,7 +84,6 @@ def add_parser(subparsers) -> None:
         help="how long to wait while another ingest writes the manifest (it holds <manifest>.lock); then "
         f"give up with an error, nothing written (default: {DEFAULT_LOCK_TIMEOUT:g})",
     )
-    parser.set_defaults(func=run)
 
 
 def _add_image_url_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,12 +115,20 @@ def _add_image_url_arguments(parser: argparse.ArgumentParser) -> None:
 
 @reports_errors("ingest")
 def run(args) -> int:
-    from keras_lossal import labelstudio, manifest
+    from keras_lossal import labelstudio
 
     if args.classes is not None:
         class_names = [name.strip() for name in args.classes.split(",")]
     else:
         class_names = labelstudio.read_label_config(args.label_config)
+    return ingest_export(args, args.export, class_names, args.export_type)
+
+
+def ingest_export(args: argparse.Namespace, export: str, class_names: list[str], export_type: str | None) -> int:
+    """Ingests `export` into `args.manifest` with the options of `add_rule_arguments`; prints the summary and
+    returns the exit status (0, or `COMPLETED_WITH_REJECTS`). Raises `CommandError` for a bad option."""
+    from keras_lossal import labelstudio, manifest
+
     known_items = None
     if args.known_items:
         known_items = manifest.merge_known_items(args.known_items, path_root=args.path_root)
@@ -124,12 +137,12 @@ def run(args) -> int:
     if args.lock_timeout < 0:
         raise CommandError(f"Expected --lock-timeout >= 0 seconds. Received: {args.lock_timeout:g}")
     summary = labelstudio.ingest(
-        args.export,
+        export,
         args.manifest,
         class_names,
         known_items=known_items,
         rejects_path=args.rejects,
-        export_type=args.export_type,
+        export_type=export_type,
         id_field=args.id_field,
         image_sources=labelstudio.ImageSources(
             document_root=args.document_root,

@@ -1,7 +1,7 @@
-"""`lossal labelstudio`: working with a Label Studio server; `backend` runs the ML backend.
+"""`lossal labelstudio`: working with a Label Studio server: `push` and `pull` rounds, `backend` the ML backend.
 
 A group of subcommands: each adds its parser in `_SUBCOMMANDS` (`push` and
-`pull` can join `backend` there). Nothing heavy is imported until a
+`pull` from `labelstudio_sync`, `backend` here). Nothing heavy is imported until a
 subcommand runs, so `lossal --help` stays free of TensorFlow and the web framework.
 """
 
@@ -36,8 +36,9 @@ webhook that carries annotations to it. See docs/labeling.md, "Live active learn
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "labelstudio",
-        help="work with a Label Studio server (backend: the live active learning ML backend)",
-        description="Label Studio integration. Subcommands: backend (an ML backend that serves learning-loss "
+        help="work with a Label Studio server: push triage's tasks, pull labels, or run the ML backend",
+        description="Label Studio integration. Subcommands: push (a triage's tasks into a project), pull (its "
+        "labels into the labeled-set manifest, with lossal ingest's rules), backend (an ML backend that serves learning-loss "
         "predictions, merges annotations into the labeled-set manifest and retrains itself).",
     )
     commands = parser.add_subparsers(dest="labelstudio_command", metavar="SUBCOMMAND")
@@ -216,4 +217,10 @@ def _banner(config: backend_config.BackendConfig, backend) -> str:
     return "\n".join(lines)
 
 
-_SUBCOMMANDS = (_add_backend_parser,)
+def _add_sync_parsers(commands) -> None:
+    from keras_lossal.commands import labelstudio_sync
+
+    labelstudio_sync.add_subcommands(commands)
+
+
+_SUBCOMMANDS = (_add_sync_parsers, _add_backend_parser)

@@ -41,7 +41,7 @@ def add_parser(subparsers) -> None:
     )
     folders.add_argument("root", help="the folder of class subfolders")
     folders.add_argument("--output", "-o", required=True, help="the manifest to create (.jsonl, or .csv)")
-    folders.set_defaults(func=from_folders)
+    folders.set_defaults(func=from_folders, tensorflow=False)
 
 
 @reports_errors("manifest")
