@@ -707,7 +707,7 @@ def test_lossal_help_stays_light_and_lists_labelstudio():
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        ([], "Subcommands: backend"),
+        ([], "Subcommands: push"),
         (["backend", "--model", "m", "--retrain-every", "5"], "Expected a manifest to retrain on"),
         (["backend", "--model", "m", "--manifest", "l.jsonl"], "Expected state_dir"),
         (["backend", "--model", "m", "--train-args", "--epochz 3"], "--train-args: not valid lossal train arguments"),
