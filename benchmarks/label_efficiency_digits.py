@@ -1,6 +1,50 @@
 """Label efficiency on handwritten digits read as tabular features: the second task of issue 22.
 
-PROTOCOL PENDING PILOTS.
+The task of another domain that the registration in benchmarks/RESULTS.md ("Label efficiency v3:
+registration (issue 22)") asks for: scikit-learn's bundled handwritten digits (1,797 8x8 images, 10
+classes, no download) read as 64 features scaled to [0, 1] (pixel / 16), not as images, and a model of
+another family than the Fashion-MNIST ResNet: the dense MLP `keras_lossal.backbones:dense_mlp`, 64 ->
+128 -> 64 -> 10 with ReLU (the loss-prediction head taps `hidden1` and `hidden2` automatically).
+
+Protocol, fixed from the pilots below before any strategy was compared:
+
+- a stratified split with seed 0: 1,297 pool items, 500 test items;
+- 20 random initial labels (2 per class on average: the loop draws them uniformly, not per class),
+  then K = 20 labels per cycle scored over the whole unlabeled pool (no subset), 9 acquisitions: test
+  accuracy of the final epoch at 20, 40, ..., 200 labels (`--cycles 10` train/evaluate rounds);
+- warm start (each cycle from the last cycle's weights, a fresh optimizer), as on Fashion-MNIST;
+- Adam, learning rate 0.003, decoupled weight decay 5e-4 (ModelSpec's default), batch 16 (even, see
+  DESIGN.md §11), 50 epochs per cycle; the `light_joint` head recipe detaches after 60 % of them.
+
+Pilots (2026-12-04, `--validation`: the random strategy alone, the pool split again, stratified, into
+897 pool / 400 validation items; the test split is not loaded; seeds 0-4; validation AUC over 20-200
+labels, mean ± std over the seeds; runs under benchmarks/results/label_efficiency_digits_pilots/):
+
+    stage 1, 50 epochs, batch 16      stage 2, Adam lr 0.003
+    Adam  lr 0.001   0.844 ± 0.016    25 epochs,  batch 16   0.848 ± 0.014
+    Adam  lr 0.003   0.849 ± 0.016    100 epochs, batch 16   0.847 ± 0.015
+    Adam  lr 0.01    0.838 ± 0.016    50 epochs,  batch 8    0.843 ± 0.015
+    SGD   lr 0.01    0.843 ± 0.017    50 epochs,  batch 32   0.847 ± 0.016
+    SGD   lr 0.03    0.849 ± 0.015
+    SGD   lr 0.1     0.820 ± 0.016    (SGD: momentum 0.9)
+
+Chosen: the highest mean, Adam lr 0.003, 50 epochs, batch 16 (0.849). The surface is flat around it:
+SGD lr 0.03 and every stage-2 variant but batch 8 lie within 0.003, far inside the seed spread.
+
+Arms (`strategy[@recipe]`, seeds 0-4, the same initial set per seed for every arm): the bare baselines
+random, entropy, margin, coreset, badge; today's recommended `learning_loss_clusters`; the control
+`random@light_joint`; the candidates `badge@light_joint`, `learning_loss_badge@light_joint`,
+`learning_loss_clusters@light_joint`, `learning_loss_kcenter@light_joint`. Prints, and writes to
+paired.md: the mean ± std table and AUC, the candidates' paired AUC differences against each baseline and
+the control (95 % t-interval, wins), per seed each candidate's AUC minus random's, the cycle-0 accuracy of
+the `@light_joint` arms against bare, the accuracy at the first acquisition (40 labels) of every arm
+against random, and the registered decision rule criterion by criterion. Seed-major and resumable like
+benchmarks/label_efficiency.py; finished runs keep their state.json only (their weights are deleted):
+
+    nice -n 10 python benchmarks/label_efficiency_digits.py              # all arms, seeds 0-4
+    python benchmarks/label_efficiency_digits.py --report-only           # tables of finished runs
+    python benchmarks/label_efficiency_digits.py --validation --strategies random \\
+        --out runs/digits_pilot --epochs 25                              # a pilot (validation split)
 """
 
 from __future__ import annotations
@@ -170,7 +214,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--optimizer", default="adam", choices=experiment.OPTIMIZERS)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=0.003)
     parser.add_argument(
         "--validation", action="store_true", help="pilots: evaluate on a validation split of the pool, never the test"
     )
