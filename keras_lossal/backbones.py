@@ -1,11 +1,11 @@
-"""Backbones used in the paper, as functional Keras models with named stages."""
+"""Backbones as functional Keras models with named taps: the paper's CIFAR ResNet-18 and a dense MLP for features."""
 
 from __future__ import annotations
 
 import keras
 from keras import layers
 
-__all__ = ["resnet18_cifar", "unsafe_strided_1x1"]
+__all__ = ["dense_mlp", "resnet18_cifar", "unsafe_strided_1x1"]
 
 # oneDNN's reduce-to-unit-stride workspace holds one block of input channels (16 floats with AVX-512, 8 with AVX2).
 _ONEDNN_CHANNEL_BLOCK = 16
@@ -107,5 +107,43 @@ def resnet18_cifar(
             x = _basic_block(x, filters, stride, f"stage{stage + 1}_block{block + 1}", weight_decay)
         x = layers.Identity(name=f"stage{stage + 1}")(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def dense_mlp(
+    input_shape: tuple[int, ...] = (64,),
+    num_classes: int = 10,
+    units: tuple[int, ...] = (128, 64),
+    name: str = "dense_mlp",
+) -> keras.Model:
+    """A multilayer perceptron for tabular features: Dense + ReLU hidden layers, then a logits layer.
+
+    The hidden layers are named `hidden1`, `hidden2`, ...; `LossLearningModel`
+    taps the last three of them automatically (a backbone without spatial
+    outputs). Its signature fits `ModelSpec(backbone="keras_lossal.backbones:dense_mlp")`.
+
+    Args:
+        input_shape: feature shape, `(F,)`.
+        num_classes: number of logits.
+        units: width of each hidden layer, input side first.
+        name: model name.
+
+    Example:
+
+    >>> model = dense_mlp((64,), 10)
+    >>> [layer.name for layer in model.layers[1:]], model.output.shape
+    (['hidden1', 'hidden2', 'logits'], (None, 10))
+    """
+    units = tuple(int(width) for width in units)
+    if len(tuple(input_shape)) != 1 or not units or min(units) <= 0 or int(num_classes) <= 0:
+        raise ValueError(
+            "Expected input_shape=(F,), at least one hidden layer of units > 0 and num_classes > 0. "
+            f"Received: input_shape={tuple(input_shape)}, units={units}, num_classes={num_classes}"
+        )
+    inputs = keras.Input(shape=tuple(input_shape), name="features")
+    x = inputs
+    for index, width in enumerate(units):
+        x = layers.Dense(width, activation="relu", name=f"hidden{index + 1}")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -19,13 +19,16 @@ from keras_lossal.loop import STATE_FILE, LoopResult
 __all__ = [
     "aggregate_curves",
     "area_under_curve",
+    "auc_by_seed",
     "format_paired_table",
+    "format_per_seed_differences",
     "format_table",
     "load_experiment",
     "paired_difference",
     "t_interval",
     "plot_summary",
     "summarise",
+    "values_at_cycle",
     "write_report",
 ]
 
@@ -242,6 +245,67 @@ def format_paired_table(summary: dict[str, Any], variants: list[str], baselines:
                 f"| {variant} | {baseline} | {paired['mean']:+.{digits}f}{marker} | {interval} | "
                 f"{paired['wins']} / {len(paired['seeds'])} |"
             )
+    return "\n".join(lines)
+
+
+def values_at_cycle(results: dict[str, dict[int, LoopResult]], cycle: int, metric: str = "accuracy") -> dict:
+    """Each run's `metric` at cycle `cycle`: `{strategy: {seed: value}}`, without the runs that did not reach it.
+
+    Example:
+
+    >>> run = LoopResult([{"cycle": 0, "num_labeled": 10, "accuracy": 0.5}], [], {})
+    >>> values_at_cycle({"random": {0: run}}, 0), values_at_cycle({"random": {0: run}}, 1)
+    ({'random': {0: 0.5}}, {})
+    """
+    values: dict[str, dict[int, float]] = {}
+    for strategy, runs in results.items():
+        reached = {seed: float(run.cycles[cycle][metric]) for seed, run in runs.items() if len(run.cycles) > cycle}
+        if reached:
+            values[strategy] = reached
+    return values
+
+
+def auc_by_seed(summary: dict[str, Any]) -> dict[str, dict[int, float]]:
+    """Each strategy's AUC per seed, `{strategy: {seed: auc}}`, from a `summarise` summary."""
+    return {name: dict(zip(entry["seeds"], entry["auc_per_seed"])) for name, entry in summary["strategies"].items()}
+
+
+def format_per_seed_differences(
+    values: dict[str, dict[int, float]], variants: list[str], reference: str, digits: int = 4
+) -> str:
+    """A Markdown table of `variant − reference` on every seed both have, their mean, and on how many seeds it is ≥ 0.
+
+    Args:
+        values: `{strategy: {seed: value}}` (`auc_by_seed`, `values_at_cycle`).
+        variants: the rows; strategies absent from `values` (or equal to `reference`) are left out.
+        reference: what every variant is paired with.
+
+    Example:
+
+    >>> print(format_per_seed_differences({"a": {0: 0.6, 1: 0.5}, "b": {0: 0.5, 1: 0.5}}, ["a"], "b", digits=2))
+    | variant | reference | variant (mean) | reference (mean) | seed 0 | seed 1 | mean difference | seeds ≥ reference |
+    |---|---|---|---|---|---|---|---|
+    | a | b | 0.55 | 0.50 | +0.10 | +0.00 | +0.05 | 2 / 2 |
+    """
+    rows = [name for name in variants if name in values and name != reference]
+    base = values.get(reference, {})
+    seeds = sorted({seed for name in rows for seed in values[name] if seed in base})
+    header = ["variant", "reference", "variant (mean)", "reference (mean)", *[f"seed {seed}" for seed in seeds]]
+    lines = ["| " + " | ".join([*header, "mean difference", "seeds ≥ reference"]) + " |"]
+    lines.append("|" + "---|" * (len(header) + 2))
+    for name in rows:
+        shared = [seed for seed in seeds if seed in values[name]]
+        if not shared:
+            continue
+        differences = {seed: values[name][seed] - base[seed] for seed in shared}
+        cells = [f"{differences[seed]:+.{digits}f}" if seed in differences else "–" for seed in seeds]
+        means = [float(np.mean([source[seed] for seed in shared])) for source in (values[name], base)]
+        at_least = sum(difference >= 0 for difference in differences.values())
+        lines.append(
+            f"| {name} | {reference} | {means[0]:.{digits}f} | {means[1]:.{digits}f} | "
+            + " | ".join(cells)
+            + f" | {float(np.mean(list(differences.values()))):+.{digits}f} | {at_least} / {len(shared)} |"
+        )
     return "\n".join(lines)
 
 

@@ -1,10 +1,12 @@
-"""`keras_lossal/backbones.py`: the paper's CIFAR ResNet-18."""
+"""`keras_lossal/backbones.py`: the paper's CIFAR ResNet-18 and the dense MLP."""
 
 import keras
 import numpy as np
 import pytest
 
-from keras_lossal.backbones import resnet18_cifar, unsafe_strided_1x1
+from keras_lossal.backbones import dense_mlp, resnet18_cifar, unsafe_strided_1x1
+from keras_lossal.experiment import ModelSpec, make_model_factory
+from keras_lossal.model import resolve_feature_layers
 
 
 def _resnet18_parameters(width, channels, num_classes):
@@ -106,3 +108,19 @@ def test_unsafe_strided_1x1_finds_nested_layers_and_loss_learning_model_warns():
     flat = keras.layers.Dense(3, name="logits")(keras.layers.GlobalAveragePooling2D(name="pool")(flat))
     with pytest.warns(RuntimeWarning, match=r"flat_proj.*TF_ENABLE_ONEDNN_OPTS=0"):
         kl.LossLearningModel(keras.Model(flat_inputs, flat))
+
+
+def test_dense_mlp_counts_its_parameters_and_its_hidden_layers_feed_the_head():
+    model = dense_mlp((64,), 10, units=(128, 64))
+    assert model.count_params() == (64 * 128 + 128) + (128 * 64 + 64) + (64 * 10 + 10)
+    assert resolve_feature_layers(model) == ["hidden1", "hidden2"]
+    spec = ModelSpec(backbone="keras_lossal.backbones:dense_mlp", optimizer="adam", learning_rate=1e-3)
+    head_model = make_model_factory(spec, (64,), 10, with_head=True)()
+    assert head_model.feature_layers == ["hidden1", "hidden2"]
+    outputs = head_model.predict(np.random.default_rng(0).random((4, 64), np.float32), verbose=0)
+    assert np.shape(outputs["output"]) == (4, 10) and np.shape(outputs["predicted_loss"]) == (4,)
+
+
+def test_dense_mlp_refuses_image_inputs_with_the_received_shape():
+    with pytest.raises(ValueError, match=r"Received: input_shape=\(8, 8\), units=\(128, 64\)"):
+        dense_mlp((8, 8))

@@ -73,6 +73,22 @@ def test_summary_report_files_and_plot(tmp_path):
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_per_seed_differences_pair_by_seed(tmp_path):
+    _fake_experiment(
+        tmp_path, {"random": {0: [0.5, 0.6], 1: [0.4, 0.6], 2: [0.5, 0.5]}, "badge": {0: [0.5, 0.7], 1: [0.4, 0.4]}}
+    )
+    loaded = results.load_experiment(str(tmp_path))
+    assert results.values_at_cycle(loaded, 1) == {"random": {0: 0.6, 1: 0.6, 2: 0.5}, "badge": {0: 0.7, 1: 0.4}}
+    aucs = results.auc_by_seed(results.summarise(loaded))
+    assert aucs["badge"] == pytest.approx({0: 0.6, 1: 0.4}) and aucs["random"] == pytest.approx(
+        {0: 0.55, 1: 0.5, 2: 0.5}
+    )
+    table = results.format_per_seed_differences(aucs, ["badge", "missing", "random"], "random", digits=3)
+    # Seed 2 has no badge run, so it is not a column; absent arms and the reference itself are not rows.
+    assert table.splitlines()[0].count("seed ") == 2 and len(table.splitlines()) == 3
+    assert table.splitlines()[2] == "| badge | random | 0.500 | 0.525 | +0.050 | -0.100 | -0.025 | 1 / 2 |"
+
+
 def test_load_experiment_without_runs_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="No runs"):
         results.load_experiment(str(tmp_path))
