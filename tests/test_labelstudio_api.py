@@ -13,13 +13,12 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 import urllib.request
 import zlib
 
 import numpy as np
 import pytest
-from labelstudio_server import LabelStudioServer, label_studio_executable
+from labelstudio_server import LabelStudioServer, free_port, label_studio_executable
 
 from keras_lossal import cli, labelstudio_api
 from keras_lossal.labelstudio import label_config
@@ -169,6 +168,13 @@ def server(tmp_path_factory):
         started.stop()
 
 
+@pytest.fixture(scope="module")
+def personal_access_token(server):
+    """The admin's personal access token, made as the account page's *Create* does (a user holds one at a time)."""
+    server.wait_until_up()
+    return server.call("POST", "/api/token/", expected=201)["token"]
+
+
 def lossal(*arguments, token=None, ok=(0,), env=None):
     """Runs the `lossal` command (a subprocess, as a user types it); returns its stdout."""
     executable = os.path.join(os.path.dirname(sys.executable), "lossal")
@@ -240,7 +246,7 @@ def train_export_triage(workspace, root, round_number, top_k):
 
 @pytest.mark.slow  # starts a real Label Studio and trains twice (about 5 min on 2 busy cores)
 @pytest.mark.labelstudio
-def test_two_rounds_through_the_cli_with_a_real_label_studio(server, tmp_path):
+def test_two_rounds_through_the_cli_with_a_real_label_studio(server, request, tmp_path):
     root, workspace = server.document_root, str(tmp_path)
     write_images(os.path.join(root, "seed", "cat"), ["c0.png", "c1.png", "c2.png", "c3.png"], seed=1)
     write_images(os.path.join(root, "seed", "dog"), ["d0.png", "d1.png", "d2.png", "d3.png"], seed=2)
@@ -258,8 +264,8 @@ def test_two_rounds_through_the_cli_with_a_real_label_studio(server, tmp_path):
     queue1 = [record["id"] for record in read_jsonl(os.path.join(triage1, "queue.jsonl"))]
     assert len(queue1) == 4 and "copy_of_c0.png" not in queue1
 
-    server.wait_until_up()
-    token = personal_access_token(server)  # what Label Studio 1.23 hands out by default
+    # Only now: the server started with the test and came up while it trained (a fixture argument would wait first).
+    token = request.getfixturevalue("personal_access_token")  # what Label Studio 1.23 hands out by default
     connection = ("--url", server.url)
     pushed = lossal("labelstudio", "push", triage1, "--project", PROJECT, *connection, "--document-root", root,
                     token=token).stdout  # fmt: skip
@@ -407,12 +413,12 @@ def test_push_is_idempotent_and_matches_a_renamed_copy_by_content(server, tmp_pa
 
 @pytest.mark.slow  # starts a real Label Studio (1-3 min cold), unless the module's other tests did
 @pytest.mark.labelstudio
-def test_a_refused_token_is_one_line_saying_which_fix_applies(server, tmp_path):
+def test_a_refused_token_is_one_line_saying_which_fix_applies(server, personal_access_token, tmp_path):
     server.wait_until_up()
     triage_dir = fake_triage(server.document_root, ["t.png"], "tokens", str(tmp_path / "triage"))
     argv = ("labelstudio", "push", triage_dir, "--project", "tokens", "--url", server.url,
             "--document-root", server.document_root)  # fmt: skip
-    personal = personal_access_token(server)
+    personal = personal_access_token
     access = refresh(server, personal)
     # Legacy tokens off for the organisation: what a Label Studio 1.23 started without --enable-legacy-api-token does.
     set_legacy_tokens(server, access, enabled=False)
@@ -444,16 +450,6 @@ def test_a_refused_token_is_one_line_saying_which_fix_applies(server, tmp_path):
     assert err.count("\n") == 1 and not os.path.exists(tmp_path / "m.jsonl")
 
 
-def personal_access_token(server):
-    """The admin's personal access token: Label Studio lets a user hold one, so a second is made by rotating."""
-    status, body = server.send("POST", "/api/token/")
-    if status == 201:
-        return json.loads(body)["token"]
-    listed = server.call("GET", "/api/token/")
-    assert listed, body
-    return server.call("POST", "/api/token/rotate/", {"refresh": listed[0]["token"]})["refresh"]
-
-
 def refresh(server, token):
     request = urllib.request.Request(
         server.url + "/api/token/refresh/", data=json.dumps({"refresh": token}).encode(), method="POST",
@@ -471,10 +467,3 @@ def set_legacy_tokens(server, access, enabled):
     )  # fmt: skip
     with urllib.request.urlopen(request, timeout=60) as response:
         assert response.status in (200, 201)
-    time.sleep(0.1)
-
-
-def free_port():
-    from labelstudio_server import free_port as port
-
-    return port()

@@ -34,7 +34,8 @@ PULL_EPILOG = f"""{CONNECTION}
 example:
   lossal labelstudio pull --project fashion -o labeled.jsonl --known-items rounds/1/triage
 
-{ingest.EPILOG}"""
+{ingest.EPILOG}  (2 also when Label Studio refused the token or could not be reached: nothing written)
+"""
 
 
 def add_subcommands(subparsers) -> None:
