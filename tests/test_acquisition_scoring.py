@@ -153,12 +153,9 @@ def test_learning_loss_clusters_clusters_only_its_candidates():
 
     rng = np.random.default_rng(2)
     items = np.column_stack([rng.normal(size=(400, 2)) * 10, rng.random(400)]).astype("float32")
-    inputs = keras.Input((3,), name="features")
-    embedding = keras.layers.Dense(2, use_bias=False, trainable=False, name="embed")(inputs)
-    logits = keras.layers.Dense(3, name="logits")(embedding)
-    predicted = keras.layers.Lambda(lambda x: x[:, 2], name="loss")(inputs)
-    model = keras.Model(inputs, {"output": logits, "predicted_loss": predicted})
-    model.get_layer("embed").set_weights([np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], "float32")])
+    from test_acquisition_diversity import echo_model
+
+    model = echo_model()  # embedding = the first two features, predicted loss = the third
     strategy = acq.get("learning_loss_clusters", candidates_factor=5, min_candidates=1)
     assert strategy.num_candidates(8) == 40 and acq.get("learning_loss_clusters").num_candidates(8) == 10_000
     selection = strategy.select(model, items, k=8, seed=3)
