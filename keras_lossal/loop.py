@@ -627,6 +627,10 @@ def _reset_to(model: keras.Model, fresh: keras.Model, keep_weights: bool) -> boo
     """
     if type(model) is not type(fresh) or _optimizer_settings(model) != _optimizer_settings(fresh):
         return False  # settings a compiled step holds as constants must match
+    if tf.distribute.has_strategy() or any(
+        getattr(m, "_distribute_strategy", None) is not None for m in (model, fresh)
+    ):
+        return False  # distributed variables are built in their strategy's scope: a fresh model per cycle there
     fresh.optimizer.build(fresh.trainable_variables)
     variables = [(model.variables, fresh.variables), (model.optimizer.variables, fresh.optimizer.variables)]
     if any(len(targets) != len(sources) for targets, sources in variables):
