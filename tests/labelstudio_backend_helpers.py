@@ -130,7 +130,10 @@ class RecordingProxy:
             return Response(answer.content, answer.status_code, media_type=answer.headers.get("content-type"))
 
         app = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        # log_config=None: uvicorn's default config binds logging handlers to the sys.stderr of the moment, which
+        # under pytest is a capture stream closed at the end of the test (later log lines then kill the process).
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None)
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         while not self.server.started:

@@ -143,11 +143,6 @@ def _expected_scores(base: str, root: str, version: int) -> dict[str, float]:
 
 @pytest.mark.slow  # Label Studio's cold start (1-2 min) + one retraining round (1-2 min) on 2 cores
 @pytest.mark.labelstudio
-@pytest.mark.skip(
-    reason="fails on main since item identity (content hashes) and push/pull were merged into the backend's branch "
-    "on 2026-12-04: the round runs to its end, then an assertion on the recorded requests fails and pytest loses "
-    "sys.stderr; passed 4 times on its own branch. To be fixed before issue 21 is closed."
-)
 def test_live_round_in_label_studio(live_label_studio, tmp_path, capsys):
     server, root, work = live_label_studio, live_label_studio.document_root, str(tmp_path)
     manifest, base = _initial_model(root, work)
