@@ -13,11 +13,18 @@ rebuilt (issue 23), so `random`, `badge` and `random@light_joint` were run again
 moved cycle 0 by 1-2 points). `entropy`, `margin` and `coreset` were not rerun: their earlier runs are
 used, and the table says so. The digits task ran on one code version.
 
-    python benchmarks/label_efficiency_decision.py      # prints the decision, writes decision.md
+v4 (registered after v3's decision, "Label efficiency v4: registration"): the candidates `badge` and
+`badge@light_joint` on fresh seeds 5-9, every arm of both tasks rerun on one code version, v3's rule; if
+both qualify, `badge` unless `badge@light_joint` beats it with a paired interval excluding 0 on a task.
+
+    python benchmarks/label_efficiency_decision.py            # v3: prints the decision, writes its .md
+    python benchmarks/label_efficiency_decision.py --v4       # v4 (from the runs finished so far)
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import sys
 
@@ -30,51 +37,90 @@ from label_efficiency_digits import BARE_BASELINES, decision_table  # noqa: E402
 from keras_lossal import results  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FASHION = os.path.join(HERE, "results", "label_efficiency")
-RECHECK = os.path.join(HERE, "results", "label_efficiency_recheck")
-DIGITS = os.path.join(HERE, "results", "label_efficiency_digits")
-OUT = os.path.join(HERE, "results", "label_efficiency_decision.md")
+RESULTS = os.path.join(HERE, "results")
 RECHECKED = ["random", "badge", "random@light_joint"]
 NOT_RECHECKED = ["entropy", "margin", "coreset"]
-FINALISTS = ["badge@light_joint", "learning_loss_badge@light_joint"]
-SEEDS = [0, 1, 2, 3, 4]
 
 
-def fashion_runs() -> dict:
-    """Fashion-MNIST: candidates and unrechecked baselines from the main directory, the rest from the recheck."""
-    main, recheck = finished_runs(FASHION), finished_runs(RECHECK)
-    runs = {arm: main[arm] for arm in FINALISTS + NOT_RECHECKED if arm in main}
-    runs.update({arm: recheck[arm] for arm in RECHECKED if arm in recheck})
-    return {arm: {seed: run for seed, run in by_seed.items() if seed in SEEDS} for arm, by_seed in runs.items()}
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """One registered comparison: where its runs are, its candidates and seeds, and its tie rule."""
+
+    name: str
+    fashion: str
+    digits: str
+    finalists: tuple[str, str]  # (preferred if both qualify, challenger that must win with an interval)
+    seeds: tuple[int, ...]
+    recheck: str | None = None
+
+    @property
+    def out(self) -> str:
+        return os.path.join(RESULTS, f"label_efficiency_decision{'' if self.name == 'v3' else '_' + self.name}.md")
 
 
-def complete_seeds(runs: dict) -> list[int]:
+V3 = Registration(
+    "v3",
+    os.path.join(RESULTS, "label_efficiency"),
+    os.path.join(RESULTS, "label_efficiency_digits"),
+    ("learning_loss_badge@light_joint", "badge@light_joint"),
+    (0, 1, 2, 3, 4),
+    recheck=os.path.join(RESULTS, "label_efficiency_recheck"),
+)
+V4 = Registration(
+    "v4",
+    os.path.join(RESULTS, "label_efficiency_v4"),
+    os.path.join(RESULTS, "label_efficiency_digits_v4"),
+    ("badge", "badge@light_joint"),
+    (5, 6, 7, 8, 9),
+)
+
+
+def fashion_runs(registration: Registration) -> dict:
+    """Fashion-MNIST's runs; for v3, the comparators rerun on the candidates' code replace the earlier ones."""
+    runs = finished_runs(registration.fashion)
+    if registration.recheck:
+        recheck = finished_runs(registration.recheck)
+        runs = {arm: runs[arm] for arm in list(registration.finalists) + NOT_RECHECKED if arm in runs}
+        runs.update({arm: recheck[arm] for arm in RECHECKED if arm in recheck})
+    return _only_seeds(runs, registration.seeds)
+
+
+def _only_seeds(runs: dict, seeds) -> dict:
+    kept = {arm: {seed: run for seed, run in by_seed.items() if seed in seeds} for arm, by_seed in runs.items()}
+    return {arm: by_seed for arm, by_seed in kept.items() if by_seed}
+
+
+def complete_seeds(runs: dict, registration: Registration) -> list[int]:
     """Seeds every finalist and every bare baseline has finished."""
-    arms = FINALISTS + BARE_BASELINES
-    return [seed for seed in SEEDS if all(seed in runs.get(arm, {}) for arm in arms)]
+    arms = list(registration.finalists) + BARE_BASELINES
+    return [seed for seed in registration.seeds if all(seed in runs.get(arm, {}) for arm in arms)]
 
 
-def task_section(name: str, runs: dict) -> tuple[str, dict[str, bool]]:
-    """The task's tables and whether each finalist qualifies (only when all five seeds are in)."""
-    seeds = complete_seeds(runs)
-    runs = {arm: {seed: run for seed, run in by_seed.items() if seed in seeds} for arm, by_seed in runs.items()}
-    runs = {arm: by_seed for arm, by_seed in runs.items() if by_seed}
+def task_section(name: str, runs: dict, registration: Registration) -> tuple[str, dict[str, bool]]:
+    """The task's tables and whether each finalist qualifies (only when all its seeds are in)."""
+    seeds = complete_seeds(runs, registration)
+    runs = _only_seeds(runs, seeds)
+    finalists = list(registration.finalists)
+    if not seeds:
+        return f"## {name}: no seed complete yet\n", dict.fromkeys(finalists, False) | {"_challenger_wins": False}
     summary = results.summarise(runs)
-    table = decision_table(summary, runs)
-    qualifies = {arm: len(seeds) == len(SEEDS) and _verdict(table, arm) for arm in FINALISTS}
-    paired = results.format_paired_table(summary, FINALISTS, BARE_BASELINES + ["random@light_joint"])
-    head_to_head = results.paired_difference(summary, "badge@light_joint", "learning_loss_badge@light_joint")
+    table = decision_table(summary, runs, finalists)
+    qualifies = {arm: len(seeds) == len(registration.seeds) and _verdict(table, arm) for arm in finalists}
+    controls = [arm for arm in ["random@light_joint"] if arm in runs]
+    paired = results.format_paired_table(summary, finalists, BARE_BASELINES + controls)
+    preferred, challenger = finalists
+    head_to_head = results.paired_difference(summary, challenger, preferred)
     text = (
-        f"## {name} (seeds {', '.join(map(str, seeds)) or 'none complete'})\n\n"
+        f"## {name} (seeds {', '.join(map(str, seeds))})\n\n"
         + results.format_table(summary)
         + "\n\nPaired AUC differences (candidate − baseline, 95 % t-interval, * = excludes 0):\n\n"
         + paired
         + "\n\nRegistered decision rule:\n\n"
         + table
-        + f"\n\nbadge@light_joint − learning_loss_badge@light_joint: {head_to_head['mean']:+.4f} "
+        + f"\n\n{challenger} − {preferred}: {head_to_head['mean']:+.4f} "
         + f"[{head_to_head['low']:+.4f}, {head_to_head['high']:+.4f}]\n"
     )
-    return text, qualifies | {"_badge_beats": head_to_head["low"] > 0}
+    return text, qualifies | {"_challenger_wins": head_to_head["low"] > 0}
 
 
 def _verdict(table: str, arm: str) -> bool:
@@ -82,28 +128,37 @@ def _verdict(table: str, arm: str) -> bool:
     return bool(rows) and rows[0].rstrip(" |").endswith("yes")
 
 
-def decide(verdicts: list[dict[str, bool]]) -> str:
+def decide(verdicts: list[dict[str, bool]], registration: Registration) -> str:
     """The registered choice from the per-task verdicts."""
-    both = [arm for arm in FINALISTS if all(verdict[arm] for verdict in verdicts)]
+    preferred, challenger = registration.finalists
+    both = [arm for arm in registration.finalists if all(verdict[arm] for verdict in verdicts)]
     if not both:
         return "neither candidate qualifies on both tasks: the recommendation stays as it is (target missed)"
     if len(both) == 2:
-        if any(verdict["_badge_beats"] for verdict in verdicts):
-            return "both qualify; badge@light_joint beats learning_loss_badge@light_joint on a task: badge@light_joint"
-        return "both qualify: learning_loss_badge@light_joint"
+        if any(verdict["_challenger_wins"] for verdict in verdicts):
+            return f"both qualify; {challenger} beats {preferred} with an interval excluding 0 on a task: {challenger}"
+        return f"both qualify: {preferred}"
     return f"qualifies on both tasks: {both[0]}"
 
 
-def main() -> int:
-    fashion_text, fashion = task_section("Fashion-MNIST", fashion_runs())
-    digits_text, digits = task_section("Digits (64 tabular features)", finished_runs(DIGITS))
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--v4", action="store_true", help="the v4 registration (fresh seeds 5-9)")
+    registration = V4 if parser.parse_args(argv).v4 else V3
+    fashion_text, fashion = task_section("Fashion-MNIST", fashion_runs(registration), registration)
+    digits_runs = _only_seeds(finished_runs(registration.digits), registration.seeds)
+    digits_text, digits = task_section("Digits (64 tabular features)", digits_runs, registration)
     note = (
         "Fashion-MNIST: random, badge and random@light_joint from label_efficiency_recheck/ (the candidates' code); "
         "entropy, margin and coreset from the earlier code (not rerun).\n"
+        if registration.recheck
+        else "Every arm of each task on one code version; seeds never run before the registration.\n"
     )
-    text = "\n".join(["# Issue 22: the registered decision", "", note, fashion_text, digits_text])
-    text += "\n**Decision:** " + decide([fashion, digits]) + "\n"
-    with open(OUT, "w") as stream:
+    text = "\n".join(
+        [f"# Issue 22: the registered decision ({registration.name})", "", note, fashion_text, digits_text]
+    )
+    text += "\n**Decision:** " + decide([fashion, digits], registration) + "\n"
+    with open(registration.out, "w") as stream:
         stream.write(text)
     print(text)
     return 0

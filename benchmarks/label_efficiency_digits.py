@@ -130,7 +130,7 @@ def drop_finished_weights(out_dir: str) -> None:
             shutil.rmtree(os.path.join(out_dir, arm, f"seed_{seed}", "weights"), ignore_errors=True)
 
 
-def decision_table(summary: dict, complete: dict) -> str:
+def decision_table(summary: dict, complete: dict, candidates: list[str] | None = None) -> str:
     """The registered rule, criterion by criterion, for every candidate with runs.
 
     (a) AUC ≥ random's on every seed; (b) mean paired AUC difference ≥ 0
@@ -143,7 +143,7 @@ def decision_table(summary: dict, complete: dict) -> str:
         "| candidate | seeds | (a) seeds ≥ random | (b) lowest mean difference (baseline) | (c) cycle 0 − bare | qualifies |",
         "|---|---|---|---|---|---|",
     ]
-    for candidate in [name for name in CANDIDATES if name in aucs and "random" in aucs]:
+    for candidate in [name for name in candidates or CANDIDATES if name in aucs and "random" in aucs]:
         seeds = sorted(set(aucs[candidate]) & set(aucs["random"]))
         if not seeds:
             continue
