@@ -26,9 +26,12 @@ Then the exported model (`export_for_serving` of the ResNet, PNG bytes in), at
 the SavedModel's `score_image_bytes` signature (decode, preprocessing and
 forward, compiled) called on ready-made batches of the PNG bytes; beside it
 `InProcessScorer.score` (what triage and Beam score with), the Beam
-`LossalModelHandler.run_inference` on pool-item batches, and a whole
-`triage` run over a folder of the same PNG files (file reads, records, the
-queue: not only scoring). Target: the scorer and the handler >= 0.9x.
+`LossalModelHandler.run_inference` on pool-item batches, and whole
+`triage` runs over a folder of the same PNG files (file reads on
+`--read-threads` threads, the records, the queue: not only scoring), once
+with the default queue selection (k-means of the candidates' embeddings) and
+once with `selection="top_k"`, so the selection's share shows. Targets: the
+scorer and the handler >= 0.9x; a whole triage run >= 0.9x (issue 25).
 
 Run: `python benchmarks/scoring.py` (about 5 minutes on 2 cores), on a quiet machine.
 """
@@ -51,6 +54,7 @@ from keras_lossal import acquisition  # noqa: E402
 from keras_lossal.beam import LossalModelHandler  # noqa: E402
 from keras_lossal.export import export_for_serving  # noqa: E402
 from keras_lossal.preprocessing import ImagePreprocessing  # noqa: E402
+from keras_lossal.records import DEFAULT_READ_THREADS, DEFAULT_SELECTION  # noqa: E402
 from keras_lossal.serving import InProcessScorer, read_items, triage  # noqa: E402
 
 
@@ -160,10 +164,18 @@ def export_runners(args, workdir: str) -> tuple[dict, int]:
         "floor (score_image_bytes)": lambda: [signature(**{input_name: t})["predicted_loss"].numpy() for t in tensors],
         "InProcessScorer.score": lambda: [scorer.score("image", batch) for batch in batches],
         "LossalModelHandler.run_inference": lambda: [list(handler.run_inference(b, handler_model)) for b in items],
-        "triage (whole run, files)": lambda: triage(
-            read_items(folder), scorer, os.path.join(workdir, "triage"), top_k=100, batch_size=size, restart=True
-        ),
     }
+    for selection in (DEFAULT_SELECTION, "top_k"):
+        methods[f"triage (whole run, {selection})"] = lambda selection=selection: triage(
+            read_items(folder),
+            scorer,
+            os.path.join(workdir, f"triage_{selection}"),
+            top_k=args.triage_top_k,
+            batch_size=size,
+            restart=True,
+            selection=selection,
+            read_threads=args.read_threads,
+        )
     for method in methods.values():  # warm-up: tracing, first reads
         method()
     return methods, len(pngs)
@@ -178,7 +190,7 @@ def report(name: str, result: dict, rounds: int) -> None:
         cpu_ratio = statistics.median(f / m for f, m in zip(cpu[floor], cpu[method]))
         median = statistics.median(wall[method])
         print(
-            f"    {method:27s} {items / median:8.0f} items/s  x floor {statistics.median(ratios):.3f} "
+            f"    {method:44s} {items / median:8.0f} items/s  x floor {statistics.median(ratios):.3f} "
             f"(range {min(ratios):.3f}-{max(ratios):.3f})  CPU-time x floor {cpu_ratio:.3f}"
         )
 
@@ -191,6 +203,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--export-items", type=int, default=2048)
     parser.add_argument("--export-batch-size", type=int, default=64)
+    parser.add_argument("--triage-top-k", type=int, default=100, help="the triage runs' queue length")
+    parser.add_argument("--read-threads", type=int, default=DEFAULT_READ_THREADS, help="the triage runs' readers")
     parser.add_argument("--skip-export", action="store_true")
     args = parser.parse_args(argv)
     print(
@@ -205,7 +219,10 @@ def main(argv=None):
             methods, items = export_runners(args, workdir)
             result = {"items": items, "input_shape": "PNG 28x28x1", **interleaved(methods, args.rounds)}
             report(f"exported resnet18_cifar_w8, batch {args.export_batch_size}", result, args.rounds)
-        print("target: InProcessScorer.score and LossalModelHandler.run_inference >= 0.9x floor")
+        print(
+            f"triage: top_k={args.triage_top_k}, read_threads={args.read_threads}; "
+            "target: InProcessScorer.score, LossalModelHandler.run_inference and a whole triage run >= 0.9x floor"
+        )
 
 
 if __name__ == "__main__":

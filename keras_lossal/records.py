@@ -50,6 +50,7 @@ __all__ = [
     "CANDIDATES_FILE",
     "DEFAULT_CANDIDATES_FACTOR",
     "DEFAULT_SELECTION",
+    "DEFAULT_READ_THREADS",
     "DEFAULT_SELECTION_SEED",
     "DUPLICATE_REASON",
     "EMBEDDING",
@@ -110,6 +111,8 @@ DEFAULT_SELECTION = "learning_loss_clusters"
 # Candidates kept while scoring, as a multiple of the queue length: memory is O(factor * K), never O(pool).
 DEFAULT_CANDIDATES_FACTOR = 10
 DEFAULT_SELECTION_SEED = 0
+# Triage's threads reading and checking items ahead of the scorer (file reads wait on disk, NFS or object stores).
+DEFAULT_READ_THREADS = max(2, min(8, os.cpu_count() or 1))
 
 # Triage writes it once per repeated id (with `"duplicate": true`); Beam once per extra copy.
 DUPLICATE_REASON = "duplicate item id (an earlier item had the same id; not scored)"
@@ -340,7 +343,12 @@ def read_jsonl_log(path: str) -> Iterator[dict]:
 
 
 class JsonlLog:
-    """An append-only JSONL log on local disk; `sync` makes what was written survive a crash.
+    """An append-only JSONL log on local disk; `write` buffers records in memory, `sync` makes them survive a crash.
+
+    Nothing written reaches the file before `sync` (or `close`): then the buffered lines are appended in
+    one write and fsynced. So the caller decides the order in which several logs reach the disk, and a
+    kill loses only what was buffered since the last `sync` (at worst it leaves a torn last line, which
+    `read_jsonl_log` drops).
 
     Args:
         path: the log file (created if missing, appended to otherwise).
@@ -355,12 +363,22 @@ class JsonlLog:
     def __init__(self, path: str):
         self.path = path
         self.handle = open(path, "a", encoding="utf-8")
+        self._buffered: list[str] = []
 
     def write(self, records: Sequence[Mapping[str, Any]]) -> None:
         if records:
-            self.handle.write(to_jsonl(records))
+            self._buffered.append(to_jsonl(records))
+
+    @property
+    def buffered(self) -> bool:
+        """Whether records wait in memory for the next `sync`."""
+        return bool(self._buffered)
 
     def sync(self) -> None:
+        if not self._buffered:
+            return  # everything written is synced already
+        self.handle.write("".join(self._buffered))
+        self._buffered.clear()
         self.handle.flush()
         os.fsync(self.handle.fileno())
 

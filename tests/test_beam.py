@@ -362,3 +362,68 @@ def test_non_finite_predicted_losses_are_failures_like_triage(model_dir, pool, t
         )
     assert not {record["id"] for record in scored + queue} & set(poisoned_ids)
     assert len(queue) == TOP_K and all(np.isfinite(record["predicted_loss"]) for record in queue)
+
+
+# --------------------------------------------------------------------------- several processes (slow)
+MULTI_PROCESS = ["--runner=FnApiRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+
+
+def run_driver(model_dir, pool, output, pids, *arguments, timeout=240):
+    """`tests/beam_driver.py` in a process of its own; `(its CompletedProcess, the pids of the scoring workers)`."""
+    import subprocess
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(tests), *sys.path]))
+    # Beam starts loopback worker processes as `python` from PATH: this interpreter's.
+    environment["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), environment.get("PATH", "")])
+    os.makedirs(pids, exist_ok=True)
+    command = [sys.executable, os.path.join(tests, "beam_driver.py"), model_dir, pool, output, "--pids", pids]
+    completed = subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=timeout, env=environment)
+    return completed, {int(name) for name in os.listdir(pids)}
+
+
+def driver_pid(completed) -> int:
+    """The pid of the driver process, from the summary line it prints when the pipeline is done."""
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])["pid"]
+
+
+def assert_nothing_duplicated(beam_output):
+    scored, queue, failures = beam_output
+    ids = [record["id"] for record in scored] + [record["id"] for record in failures]
+    assert len(ids) == len(set(ids)) == 26 and len(queue) == TOP_K
+
+
+@pytest.mark.slow
+def test_two_worker_processes_and_a_worker_killed_mid_bundle_queue_what_triage_queues(model_dir, pool, tmp_path):
+    """Beam's multi-process mode with the recommended queue rule, a worker SIGKILLed mid-bundle, then a rerun.
+
+    FnApiRunner (what DirectRunner runs on offline) does not retry a bundle whose worker died: the data
+    channel closes and the run fails ("Channel closed prematurely"), with no scored or queue file
+    written (only Beam's `beam-temp-*` folders). Rerunning the same command gives triage's result.
+    """
+    triage_output = run_triage(pool, model_dir, str(tmp_path / "triage"), candidates_factor=2)
+    output, marker = str(tmp_path / "beam"), str(tmp_path / "died")
+    arguments = ["--die-on", "b/10.png", "--marker", marker, *MULTI_PROCESS]
+    failed, _ = run_driver(model_dir, pool, output, str(tmp_path / "pids_killed"), *arguments)
+    assert failed.returncode != 0 and os.path.exists(marker), failed.stderr[-3000:]
+    assert "RuntimeError: Channel closed prematurely" in failed.stderr
+    assert not glob.glob(os.path.join(output, "*.jsonl")) and not glob.glob(os.path.join(output, "*.csv"))
+    rerun, pids = run_driver(model_dir, pool, output, str(tmp_path / "pids"), *arguments)
+    assert len(pids) == 2 and driver_pid(rerun) not in pids  # scored in two worker processes, not the driver
+    beam_output = read_beam_output(output)
+    assert_same_as_triage(beam_output, triage_output)
+    assert_nothing_duplicated(beam_output)
+
+
+@pytest.mark.slow
+def test_a_portable_runner_queues_what_triage_queues(model_dir, pool, tmp_path):
+    """PortableRunner through the Job API to the Python SDK's local job service, workers in their own process."""
+    triage_output = run_triage(pool, model_dir, str(tmp_path / "triage"), candidates_factor=2)
+    output = str(tmp_path / "beam")
+    portable = ["--portable", "--environment_type=LOOPBACK", "--experiments=use_loopback_process_worker"]
+    completed, pids = run_driver(model_dir, pool, output, str(tmp_path / "pids"), *portable)
+    assert len(pids) == 1 and driver_pid(completed) not in pids  # the SDK harness is a process of its own
+    beam_output = read_beam_output(output)
+    assert_same_as_triage(beam_output, triage_output)
+    assert_nothing_duplicated(beam_output)

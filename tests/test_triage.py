@@ -1,6 +1,10 @@
 """`triage` and `lossal triage`: ranked queue, failures, resume, readers and their security checks."""
 
+import collections
 import csv
+import dataclasses
+import functools
+import itertools
 import json
 import os
 import struct
@@ -887,3 +891,124 @@ def test_cli_refusal_of_another_models_scores_names_the_restart_flag(setup, tmp_
     assert len(error.splitlines()) == 1 and "Traceback" not in error and "do not rank together" in error
     assert "--restart" in error
     assert cli.main(["triage", setup["folder"], "--model", setup["base"], "--output", str(out), "--restart"]) == 0
+
+
+class JitteredReads:
+    """The folder's items, each read after a sleep that makes later items finish first; records finish order."""
+
+    def __init__(self, folder):
+        self.items = list(read_items(folder))
+        self.finished = []
+
+    def __iter__(self):
+        for position, item in enumerate(self.items):
+            if item.loader is not None:
+                item = dataclasses.replace(item, loader=functools.partial(self.load, item, position))
+            yield item
+
+    def load(self, item, position):
+        time.sleep(0.002 * ((len(self.items) - position) % 5))
+        self.finished.append(item.item_id)
+        return item.loader()
+
+
+def count_syncs(monkeypatch):
+    """`{log file name: JsonlLog.sync calls that wrote records}`, counted from now on."""
+    from keras_lossal import records
+
+    counts = collections.Counter()
+    original = records.JsonlLog.sync
+
+    def sync(log):
+        counts[os.path.basename(log.path)] += log.buffered
+        original(log)
+
+    monkeypatch.setattr(records.JsonlLog, "sync", sync)
+    return counts
+
+
+def test_parallel_reads_and_buffered_commits_write_what_serial_reads_and_per_batch_commits_write(
+    setup, tmp_path, monkeypatch
+):
+    triage_module = sys.modules["keras_lossal.serving.triage"]
+    scorer = InProcessScorer(setup["base"])
+    manifest = tmp_path / "pool.jsonl"  # one more item, whose file is missing: a failure of its own
+    manifest.write_text(json.dumps({"path": "gone.png", "id": "gone.png"}) + "\n")
+    files = ("scored.jsonl", "failures.jsonl", "queue.jsonl", "candidates.jsonl", "label_studio_tasks.json")
+    outputs = {}
+    # Serial reads committed after every batch (the old behaviour), then 4 reader threads and one commit at the end.
+    for name, threads, commit_seconds in (("serial", 1, 0.0), ("parallel", 4, 3600.0)):
+        monkeypatch.setattr(triage_module, "COMMIT_SECONDS", commit_seconds)
+        syncs = count_syncs(monkeypatch)
+        reads = JitteredReads(setup["folder"])
+        items = itertools.chain(reads, read_manifest(str(manifest)))
+        # The default selection, choosing 4 among 8 candidates.
+        result = triage(items, scorer, str(tmp_path / name), top_k=4, batch_size=4, candidates_factor=2,
+                        read_threads=threads)  # fmt: skip
+        assert (result.scored, result.failed, result.queued) == (N_GOOD, 4, 4)
+        outputs[name] = {file: (tmp_path / name / file).read_bytes() for file in files}
+        outputs[name].update(finished=reads.finished, syncs=syncs["scored.jsonl"])
+    serial, parallel = outputs["serial"], outputs["parallel"]
+    readable = [item.item_id for item in read_items(setup["folder"]) if item.loader is not None]
+    assert serial["finished"] == readable and len(readable) == N_GOOD + 3
+    assert sorted(parallel["finished"]) == sorted(readable) and parallel["finished"] != readable  # out of order
+    # Per-batch commits sync scored.jsonl once per batch with scores (the last holds only the refused
+    # truncated.png); buffered, once at the end.
+    assert serial["syncs"] == N_GOOD // 4 and parallel["syncs"] == 1
+    for file in files:
+        assert parallel[file] == serial[file], file  # the same bytes: records, order, queue
+    failures = {json.loads(line)["id"]: json.loads(line)["reason"] for line in serial["failures.jsonl"].splitlines()}
+    assert sorted(failures) == ["a/garbage.png", "b/bomb.png", "b/truncated.png", "gone.png"]
+    assert failures["gone.png"].startswith("not found") and "corrupt image" in failures["a/garbage.png"]
+
+
+def test_a_run_killed_between_commits_resumes_to_the_uninterrupted_runs_records(setup, tmp_path):
+    import signal
+    import subprocess
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    pixels = np.random.default_rng(5).integers(0, 256, size=(40, 8, 8, 3), dtype=np.uint8)
+    for index, image in enumerate(pixels):
+        (pool / f"img_{index:02d}.png").write_bytes(tf.io.encode_png(image).numpy())
+    (pool / "img_07x.png").write_bytes(b"not an image")
+    (pool / "img_21x.png").write_bytes(tf.io.encode_png(pixels[0]).numpy()[:40])  # refused by the model
+    reference = triage(read_items(str(pool)), InProcessScorer(setup["base"]), str(tmp_path / "reference"),
+                       top_k=5, batch_size=4)  # fmt: skip
+    out = tmp_path / "killed"
+    driver = os.path.join(os.path.dirname(__file__), "triage_kill_driver.py")
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(__file__)), *sys.path])}
+    process = subprocess.Popen(
+        [sys.executable, driver, setup["base"], str(pool), str(out), "--delay", "0.2", "--commit-seconds", "0.5"],
+        stdout=subprocess.PIPE, text=True, env=environment,
+    )  # fmt: skip
+    try:
+        # Kill once some records are on disk and a later batch is scored in memory only.
+        for line in process.stdout:
+            scored_in_memory = int(line.split()[1]) if line.startswith("progress") else 0
+            on_disk = len((out / "scored.jsonl").read_bytes().splitlines()) if (out / "scored.jsonl").exists() else 0
+            if 0 < on_disk < scored_in_memory:
+                process.send_signal(signal.SIGKILL)
+                break
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL and 0 < on_disk < scored_in_memory < 40
+    committed = len(read_jsonl(out / "scored.jsonl")) + len(read_jsonl(out / "failures.jsonl"))
+    on_disk = len(read_jsonl(out / "scored.jsonl"))
+    with open(out / "scored.jsonl", "a") as handle:
+        handle.write('{"id": "img_39.png", "predicted_lo')  # a kill in the middle of a write tears the last line
+    resumed = triage(read_items(str(pool)), InProcessScorer(setup["base"]), str(out), top_k=5, batch_size=4)
+    # What was on disk is kept, what was in memory only is scored again: every item once, none twice.
+    assert resumed.scored == 40 - on_disk and resumed.resumed == committed
+    records, expected = read_jsonl(out / "scored.jsonl"), read_jsonl(tmp_path / "reference" / "scored.jsonl")
+    assert len(records) == len({record["id"] for record in records}) == 40
+    by_id = {record["id"]: record for record in records}
+    for record in expected:
+        mine = by_id[record["id"]]
+        assert {**mine, "predicted_loss": 0, "probabilities": 0} == {**record, "predicted_loss": 0, "probabilities": 0}
+        np.testing.assert_allclose(mine["predicted_loss"], record["predicted_loss"], rtol=1e-5)
+    assert [record["id"] for record in resumed.queue] == [record["id"] for record in reference.queue]
+    failures = sorted((record["id"], record["reason"]) for record in read_jsonl(out / "failures.jsonl"))
+    assert failures == sorted((r["id"], r["reason"]) for r in read_jsonl(tmp_path / "reference" / "failures.jsonl"))
+    assert len(failures) == 2

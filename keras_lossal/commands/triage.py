@@ -7,7 +7,13 @@ import collections
 import math
 
 from keras_lossal.commands._errors import CommandError, reports_errors
-from keras_lossal.records import DEFAULT_CANDIDATES_FACTOR, DEFAULT_SELECTION, DEFAULT_SELECTION_SEED, SELECTIONS
+from keras_lossal.records import (
+    DEFAULT_CANDIDATES_FACTOR,
+    DEFAULT_READ_THREADS,
+    DEFAULT_SELECTION,
+    DEFAULT_SELECTION_SEED,
+    SELECTIONS,
+)
 
 __all__ = ["add_parser", "class_names", "run"]
 
@@ -71,12 +77,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="stop (resumable) after N scoring calls in a row failed on the server side (default 3; 0 = never)",
     )
     _add_content_arguments(parser)
-    parser.add_argument(
-        "--input-type", default="auto", choices=("auto", "images", "tfrecord", "manifest"), help="default: auto"
-    )
-    parser.add_argument("--root", help="manifest paths must resolve inside this directory (default: its folder)")
-    parser.add_argument("--max-image-pixels", type=int, help="decompression-bomb guard (default: the export's)")
-    parser.add_argument("--max-image-bytes", type=int, help="largest encoded file accepted (default: the export's)")
+    _add_reading_arguments(parser)
     _add_label_studio_arguments(parser)
     parser.add_argument("--restart", action="store_true", help="discard earlier results in --output")
     parser.add_argument(
@@ -84,6 +85,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.set_defaults(func=run)
     return parser
+
+
+def _add_reading_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reading items")
+    group.add_argument(
+        "--input-type", default="auto", choices=("auto", "images", "tfrecord", "manifest"), help="default: auto"
+    )
+    group.add_argument("--root", help="manifest paths must resolve inside this directory (default: its folder)")
+    group.add_argument("--max-image-pixels", type=int, help="decompression-bomb guard (default: the export's)")
+    group.add_argument("--max-image-bytes", type=int, help="largest encoded file accepted (default: the export's)")
+    group.add_argument(
+        "--read-threads",
+        type=int,
+        default=DEFAULT_READ_THREADS,
+        metavar="N",
+        help=f"threads reading and checking items ahead of the scorer (default here: {DEFAULT_READ_THREADS}, the "
+        "number of CPUs between 2 and 8; the outputs are the same for any N)",
+    )
 
 
 def _add_content_arguments(parser: argparse.ArgumentParser) -> None:
@@ -221,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
             selection=args.selection,
             candidates_factor=args.candidates_factor,
             seed=args.seed,
+            read_threads=args.read_threads,
         )
     except TriageStopped as error:  # the server failed repeatedly, or answered with another model version
         scored = error.result.total_scored
@@ -238,6 +258,8 @@ def _queue_limits(args: argparse.Namespace) -> tuple[int | None, float | None]:
     """Checks the scoring mode and limits; returns triage's `(top_k, threshold)`."""
     if (args.model is None) == (args.server is None):
         raise CommandError("pass exactly one of --model DIR (in-process) or --server URL")
+    if args.read_threads < 1:
+        raise CommandError(f"expected --read-threads >= 1. Received: {args.read_threads}")
     for name in ("top_k", "stop_after_server_errors", "show"):
         if getattr(args, name) < 0:
             flag = f"--{name.replace('_', '-')}"

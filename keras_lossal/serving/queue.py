@@ -24,7 +24,7 @@ lists its picks by predicted loss, highest first (ties: the earlier item), and
 the records keep their fields (`predicted_loss` stays the score).
 
 Resume (triage): the features of every item that enters the heap are appended
-to `candidates.jsonl`, synced before the item's score reaches `scored.jsonl`,
+to `candidates.jsonl`, synced (`Candidates.sync`) before the item's score reaches `scored.jsonl`,
 and the file is rewritten with the heap's content when it grows past
 `4 * max_candidates` lines. A resumed run rebuilds the candidates from
 `scored.jsonl` and reads their features back: an item among the final
@@ -224,8 +224,8 @@ class Candidates:
     def add(self, records: Iterable[dict], orders: Iterable) -> None:
         """Offers newly scored records, taking their kept outputs off (`score_isolating(..., keep=rule.outputs)`).
 
-        The features of those that become candidates are appended to the log and synced before this
-        returns, so call it before the records are written to `scored.jsonl`.
+        The features of those that become candidates are buffered for the log: call `sync` before the
+        records' scores are synced to `scored.jsonl`.
         """
         admitted = []
         for record, order in zip(records, orders):
@@ -234,10 +234,16 @@ class Candidates:
                 admitted.append(_feature_line(record["id"], features))
         if self._log is not None and admitted:
             self._log.write(admitted)
-            self._log.sync()
             self._lines += len(admitted)
-            if self._lines > _COMPACT_FACTOR * self.rule.max_candidates:
-                self._compact()
+
+    def sync(self) -> None:
+        """Writes the buffered features to the log and syncs it (compacting a log grown past its bound)."""
+        if self._log is None:
+            return
+        if self._lines > _COMPACT_FACTOR * self.rule.max_candidates:
+            self._compact()
+        else:
+            self._log.sync()
 
     # ------------------------------------------------------------------ resume
     def restore_features(self, output_dir: str) -> None:
@@ -267,7 +273,7 @@ class Candidates:
 
     def _compact(self) -> None:
         """Rewrites the log with the current candidates' features only (older lines can never be needed)."""
-        self._log.close()
+        self._log.close()  # what it buffered is written first: the atomic rewrite below replaces it whole
         held = [record for record in self._top.ranked() if record[_FEATURES] is not None]
         atomic_write(self.log_path, to_jsonl([_feature_line(record["id"], record[_FEATURES]) for record in held]))
         self._log = JsonlLog(self.log_path)

@@ -1,8 +1,12 @@
 """Triage: turn a stream of unlabeled items into a ranked labeling queue.
 
-Items are scored in batches by predicted loss (in-process or through TF
-Serving). Every item ends up in exactly one of two append-only logs in the
-output directory, flushed after every batch:
+Items are read and checked ahead of the scorer by a bounded pool of threads
+(`read_threads`; results are taken in input order, so the outputs do not
+depend on it) and scored in batches by predicted loss (in-process or through
+TF Serving). Every item ends up in exactly one of two append-only logs in the
+output directory, written and synced about once a second (`COMMIT_SECONDS`)
+and at the end, so a kill loses at most the batches scored since the last
+sync, and a resume scores those again:
 
 - `scored.jsonl`: id, path, predicted loss, class and probabilities, the
   model version that scored it, the payload's sha256 and the item's position
@@ -42,6 +46,7 @@ their bytes under any name, and neither scored nor queued (nor logged).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import math
@@ -59,6 +64,7 @@ from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXEL
 from keras_lossal.records import (
     CANDIDATES_FILE,
     DEFAULT_CANDIDATES_FACTOR,
+    DEFAULT_READ_THREADS,
     DEFAULT_SELECTION,
     DEFAULT_SELECTION_SEED,
     DUPLICATE_REASON,
@@ -170,6 +176,7 @@ def triage(
     selection: str = DEFAULT_SELECTION,
     candidates_factor: int = DEFAULT_CANDIDATES_FACTOR,
     seed: int = DEFAULT_SELECTION_SEED,
+    read_threads: int = DEFAULT_READ_THREADS,
 ) -> TriageResult:
     """Scores `items` by predicted loss and writes the labeling queue to `output_dir`.
 
@@ -211,6 +218,8 @@ def triage(
         candidates_factor: the diverse selections choose among the `candidates_factor * top_k`
             highest predicted losses, the most items held in memory with their embeddings.
         seed: the seed of the diverse selections (the same seed, items and model: the same queue).
+        read_threads: threads reading and checking items ahead of the scorer (the outputs are the same
+            for any number: items are handled in input order).
 
     Example:
 
@@ -219,7 +228,7 @@ def triage(
     >>> result.queue[0]["predicted_loss"]  # doctest: +SKIP
     """
     settings = _Settings.for_scorer(
-        scorer, batch_size, max_image_pixels, max_image_bytes, dedupe, stop_after_server_errors
+        scorer, batch_size, max_image_pixels, max_image_bytes, dedupe, stop_after_server_errors, read_threads
     )
     _check_threshold(threshold)
     rule = QueueRule(top_k, threshold, selection, candidates_factor, seed)
@@ -251,11 +260,15 @@ class _Settings:
     max_image_bytes: int
     dedupe: bool
     stop_after_server_errors: int | None
+    read_threads: int
 
     @classmethod
-    def for_scorer(cls, scorer, batch_size, max_image_pixels, max_image_bytes, dedupe, stop_after_server_errors):
-        if int(batch_size) < 1:
-            raise ValueError(f"Expected batch_size >= 1. Received: batch_size={batch_size}")
+    def for_scorer(
+        cls, scorer, batch_size, max_image_pixels, max_image_bytes, dedupe, stop_after_server_errors, read_threads
+    ):
+        for name, value in (("batch_size", batch_size), ("read_threads", read_threads)):
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
         if stop_after_server_errors is not None and int(stop_after_server_errors) < 1:
             raise ValueError(
                 "Expected stop_after_server_errors >= 1 or None. "
@@ -269,6 +282,7 @@ class _Settings:
             max_image_bytes=int(max_image_bytes or getattr(scorer, "max_image_bytes", None) or DEFAULT_MAX_IMAGE_BYTES),
             dedupe=bool(dedupe),
             stop_after_server_errors=stop_after_server_errors,
+            read_threads=int(read_threads),
         )
 
 
@@ -468,8 +482,11 @@ class _Run:
 
     Resume rules: an id in `scored.jsonl` is done; otherwise its *last* failure record decides (retryable:
     score again; not retryable: done). Duplicate-id records are about a second item with a known id.
-    `prepare` runs in the read-ahead thread and only reads `done`, which is fixed once `resume` returns;
-    everything else is changed by the calling thread alone.
+    `prepare` runs in the reader threads and only reads `done`, which is fixed once `resume` returns;
+    everything else is changed by the calling thread alone, in input order.
+
+    The logs buffer their records in memory; `commit` writes and syncs them, the candidates' features
+    first, at most `COMMIT_SECONDS` apart and at the end (also when the run stops or raises).
     """
 
     def __init__(
@@ -499,6 +516,7 @@ class _Run:
         self.owner_of_content: dict[str, str] = {}  # with dedupe: sha256 -> the first item with those bytes
         self.pending: list[tuple[Item, bytes, int, str]] = []
         self.server_error_streak = 0
+        self.last_commit = time.monotonic()
         self.stopped: str | None = None
         self.stop_error: type[TriageStopped] = ServerUnavailableError
         self.versions = _ServedVersion(getattr(scorer, "version", None))
@@ -555,8 +573,9 @@ class _Run:
 
     # ------------------------------------------------------------------ scoring
     def score(self, items: Iterable[Item]) -> None:
-        """Streams `items` (read ahead in a thread) through `handle`, until the end or a stop; closes the logs."""
-        stream = _read_ahead(items, self.prepare, depth=2 * self.settings.batch_size)
+        """Streams `items` (read ahead by threads) through `handle`, until the end or a stop; commits, closes the logs."""
+        depth = max(2 * self.settings.batch_size, 4 * self.settings.read_threads)
+        stream = _read_ahead(items, self.prepare, depth, self.settings.read_threads)
         try:
             for position, (item, prepared) in enumerate(stream):
                 self.handle(item, prepared, position)
@@ -566,12 +585,21 @@ class _Run:
                 self.flush()
         finally:
             stream.close()
+            self.commit()
             self.scored_log.close()
             self.failures_log.close()
             self.candidates.close()
 
+    def commit(self) -> None:
+        """Writes and syncs what the logs buffered: features before scores (what a resume relies on), then state."""
+        self.candidates.sync()
+        self.scored_log.sync()
+        self.failures_log.sync()
+        self._save_state()
+        self.last_commit = time.monotonic()
+
     def prepare(self, item: Item):
-        """Runs in the read-ahead thread: loads and checks an item not handled yet; `None` for one that is."""
+        """Runs in a reader thread: loads and checks an item not handled yet; `None` for one that is."""
         if item.item_id in self.done:
             return None
         payload, failure = precheck(item, self.settings.max_image_pixels, self.settings.max_image_bytes)
@@ -625,16 +653,14 @@ class _Run:
             record["input_index"], record["sha256"] = facts[record["id"]]
         for record in failed:
             record["sha256"] = facts[record["id"]][1]
-        # First: a candidate's features are on disk before its score is (what a resume relies on).
         self.candidates.add(scored, [record["input_index"] for record in scored])
         self.scored_log.write(scored)
         self.failures_log.write(failed)
-        self.scored_log.sync()
-        self.failures_log.sync()
         self.scored_ids.update(record["id"] for record in scored)
         self.counts["scored"] += len(scored)
         self.counts["failed"] += len(failed)
-        self._save_state()
+        if time.monotonic() - self.last_commit >= COMMIT_SECONDS:
+            self.commit()
         if other_versions:
             self.stopped = self.versions.changed_message(other_versions[0], len(self.scored_ids))
             self.stop_error = ModelVersionChangedError
@@ -716,15 +742,22 @@ def _compact_failures(path: str, scored_ids: set[str]) -> int:
 
 _END = object()
 _UNWRITTEN = object()
+# The longest the logs hold scored records in memory: a kill loses at most this much scoring, rescored on resume.
+COMMIT_SECONDS = 1.0
 
 
-def _read_ahead(items: Iterable[Item], prepare: Callable[[Item], Any], depth: int) -> Iterator[tuple[Item, Any]]:
-    """Yields `(item, prepare(item))` in order, computed by a background thread at most `depth` items ahead.
+def _read_ahead(
+    items: Iterable[Item], prepare: Callable[[Item], Any], depth: int, threads: int = 1
+) -> Iterator[tuple[Item, Any]]:
+    """Yields `(item, prepare(item))` in input order; `threads` threads prepare items, at most `depth` ahead.
 
-    Overlaps reading files (local disk, NFS, object stores) with scoring; memory stays O(depth).
+    A background thread walks `items` and hands each to the pool; the caller takes the results in the
+    order of `items`, whatever order they finish in. Overlaps reading files (local disk, NFS, object
+    stores) with scoring; memory stays O(depth).
     """
     results: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="lossal-triage-reader")
 
     def put(entry) -> bool:
         while not stop.is_set():
@@ -738,13 +771,13 @@ def _read_ahead(items: Iterable[Item], prepare: Callable[[Item], Any], depth: in
     def work() -> None:
         try:
             for item in items:
-                if not put((item, prepare(item))):
+                if not put((item, pool.submit(prepare, item))):
                     return
             put((_END, None))
         except BaseException as error:  # noqa: BLE001 - re-raised in the consuming thread
             put((_END, error))
 
-    thread = threading.Thread(target=work, name="lossal-triage-reader", daemon=True)
+    thread = threading.Thread(target=work, name="lossal-triage-lister", daemon=True)
     thread.start()
     try:
         while True:
@@ -753,7 +786,8 @@ def _read_ahead(items: Iterable[Item], prepare: Callable[[Item], Any], depth: in
                 if value is not None:
                     raise value
                 return
-            yield item, value
+            yield item, value.result()
     finally:
         stop.set()
         thread.join(timeout=10)
+        pool.shutdown(wait=False, cancel_futures=True)
