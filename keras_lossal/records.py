@@ -105,8 +105,9 @@ MODEL_VERSION = "model_version"
 # The serving output with each item's penultimate features, float32 [B, D]: what the diverse queue selections cluster.
 EMBEDDING = "embedding"
 # How the queue picks from the scored items (`keras_lossal.serving.queue.QueueRule`): the recommended
-# learning-loss selection (see `keras_lossal.acquisition`), BADGE weighted by predicted loss, or plain top-K.
-SELECTIONS = ("learning_loss_clusters", "learning_loss_badge", "top_k")
+# learning-loss selection (see `keras_lossal.acquisition`), BADGE weighted by predicted loss, plain top-K, or
+# plain BADGE on a uniform sample of the pool (the benchmarked `badge` strategy's protocol).
+SELECTIONS = ("learning_loss_clusters", "learning_loss_badge", "top_k", "badge")
 DEFAULT_SELECTION = "learning_loss_clusters"
 # Candidates kept while scoring, as a multiple of the queue length: memory is O(factor * K), never O(pool).
 DEFAULT_CANDIDATES_FACTOR = 10
@@ -232,6 +233,7 @@ class TopK:
     """The `k` records with the highest predicted loss (all above `threshold` when `k` is None).
 
     Ties keep the earlier item (the lower `order`, by default the earlier push; see `queue_key`).
+    A `score` given to `push` ranks instead of the predicted loss (the `badge` queue's sample key).
     Memory is O(k).
 
     Args:
@@ -257,10 +259,11 @@ class TopK:
         self._heap: list[tuple[float, Earlier, int, dict]] = []
         self._count = 0
 
-    def push(self, predicted_loss: float, record: dict, order: Any = None) -> bool:
+    def push(self, predicted_loss: float, record: dict, order: Any = None, score: float | None = None) -> bool:
         """Offers a record; `order` ranks ties, lower first (default: the order of pushes).
 
-        Returns whether the record is now kept (it may be pushed out later).
+        `score`, when given, ranks the record instead of its predicted loss (the threshold still applies to
+        the predicted loss). Returns whether the record is now kept (it may be pushed out later).
         """
         if not math.isfinite(predicted_loss):
             raise ValueError(
@@ -270,11 +273,12 @@ class TopK:
         if self.threshold is not None and not predicted_loss >= self.threshold:
             return False
         self._count += 1
+        score = predicted_loss if score is None else score
         full = self.k is not None and len(self._heap) >= self.k
-        if full and predicted_loss < self._heap[0][0]:
+        if full and score < self._heap[0][0]:
             return False  # the common case in a long stream, decided without building a key
         # The push count last: entries never tie, so records themselves are never compared.
-        entry = (*queue_key(predicted_loss, self._count if order is None else order), -self._count, record)
+        entry = (*queue_key(score, self._count if order is None else order), -self._count, record)
         if not full:
             heapq.heappush(self._heap, entry)
         elif entry[:3] > self._heap[0][:3]:

@@ -152,9 +152,10 @@ def test_image_folder_top_k_scores_and_failures_match_triage(model_dir, pool, tm
     assert rows[1].split(",")[1] == queue[0]["id"]
 
 
-@pytest.mark.parametrize("selection", ["learning_loss_clusters", "learning_loss_badge", "top_k"])
+@pytest.mark.parametrize("selection", ["learning_loss_clusters", "learning_loss_badge", "top_k", "badge"])
 def test_each_selection_queues_what_triage_queues(model_dir, pool, tmp_path, selection):
-    # 24 scored, 14 candidates: the diverse selections really choose (the other tests keep all 24 as candidates).
+    # 24 scored, 14 candidates: the diverse selections really choose (the other tests keep all 24 as candidates);
+    # badge's 14 are a hash sample that Beam's combiner must draw as triage's heap does, whatever the bundles.
     options = {"selection": selection, "candidates_factor": 2, "seed": 5}
     score_pool(pool, model_dir, str(tmp_path / "beam"), top_k=TOP_K, pipeline_options=DIRECT, max_batch_size=5,
                **options)  # fmt: skip
@@ -245,7 +246,8 @@ def test_bad_arguments_name_the_value(model_dir, pool):
         LossalModelHandler(model_dir, min_batch_size=9, max_batch_size=4)
     with pytest.raises(FileNotFoundError, match="Version 7 not found"):
         LossalModelHandler(model_dir, version=7)
-    with pytest.raises(ValueError, match="Expected selection in"):
+    all_four = r"\['learning_loss_clusters', 'learning_loss_badge', 'top_k', 'badge'\]"
+    with pytest.raises(ValueError, match=rf"Expected selection in {all_four}. Received: selection='coreset'"):
         ScorePool(pool, model_dir, selection="coreset")
     with pytest.raises(ValueError, match="candidates_factor=0"):
         ScorePool(pool, model_dir, candidates_factor=0)

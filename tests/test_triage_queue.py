@@ -1,6 +1,7 @@
 """`keras_lossal.serving.queue` through triage: the queue is the library's selection, bounded and resumable."""
 
 import base64
+import hashlib
 import json
 import os
 import sys
@@ -20,7 +21,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from serving_fixtures import PREP, lossal_export  # noqa: E402, F401
 
 N_ITEMS = 16
-DIVERSE = ("learning_loss_clusters", "learning_loss_badge")
+DIVERSE = ("learning_loss_clusters", "learning_loss_badge")  # candidates: the highest predicted losses
+RESUMABLE = (*DIVERSE, "badge")  # badge's candidates: a uniform sample of the pool
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,18 @@ def ranked_candidates(out, count):
     scored = read_jsonl(os.path.join(out, "scored.jsonl"))
     scored.sort(key=lambda record: (-record["predicted_loss"], record["input_index"]))
     return ids(scored[:count])
+
+
+def uniform_hash(seed, item_id):
+    """The reference of `badge`'s sample key: 53 bits of BLAKE2b of "seed:id" as a number in [0, 1)."""
+    digest = hashlib.blake2b(f"{seed}:{item_id}".encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") >> 11) / 2**53
+
+
+def hash_sample(records, count, seed):
+    """The `badge` candidates: the `count` records with the largest hash, then by predicted loss (tie rule)."""
+    sample = sorted(records, key=lambda record: uniform_hash(seed, record["id"]), reverse=True)[:count]
+    return sorted(sample, key=lambda record: (-record["predicted_loss"], record["input_index"]))
 
 
 class CrashingScorer:
@@ -89,6 +103,40 @@ def test_queue_is_the_strategys_selection_on_the_same_candidates(pool, tmp_path,
     # The queue's records are the scored records with a rank: no embedding or other selection feature.
     scored = {record["id"]: record for record in read_jsonl(os.path.join(out, "scored.jsonl"))}
     assert all(record == {**scored[record["id"]], "rank": record["rank"]} for record in result.queue)
+
+
+def test_badge_queue_is_badge_on_a_hash_sample_of_the_pool(pool, tmp_path):
+    out = str(tmp_path / "out")
+    result = triage(read_items(pool["folder"]), InProcessScorer(pool["base"]), out, top_k=3, batch_size=5,
+                    selection="badge", candidates_factor=3, seed=7)  # fmt: skip
+    candidates = ids(hash_sample(read_jsonl(os.path.join(out, "scored.jsonl")), 9, seed=7))
+    assert candidates != ranked_candidates(out, 9)  # a sample of the pool, not the highest predicted losses
+    # The library's `Badge`, in memory on the Keras model, over the same candidates in the same (ranked) order.
+    chosen = kl.acquisition.get("badge").select(
+        pool["model"], np.stack([pool["inputs"][item_id] for item_id in candidates]), k=3, seed=7
+    )
+    assert ids(result.queue) == [candidates[position] for position in sorted(chosen.indices)]
+    losses = [record["predicted_loss"] for record in result.queue]
+    assert losses == sorted(losses, reverse=True) and [record["rank"] for record in result.queue] == [1, 2, 3]
+    scored = {record["id"]: record for record in read_jsonl(os.path.join(out, "scored.jsonl"))}
+    assert all(record == {**scored[record["id"]], "rank": record["rank"]} for record in result.queue)
+    # Fewer scored items than the queue's length: all of them, by predicted loss.
+    everything = triage(read_items(pool["folder"]), InProcessScorer(pool["base"]), str(tmp_path / "all"),
+                        top_k=20, selection="badge")  # fmt: skip
+    assert ids(everything.queue) == ranked_candidates(str(tmp_path / "all"), N_ITEMS)
+
+
+def test_badge_queue_does_not_depend_on_the_input_order_or_batches(pool, tmp_path):
+    options = {"top_k": 3, "selection": "badge", "candidates_factor": 2, "seed": 11}
+    scorer = InProcessScorer(pool["base"])
+    reference = triage(read_items(pool["folder"]), scorer, str(tmp_path / "ref"), batch_size=5, **options)
+    items = list(read_items(pool["folder"]))
+    np.random.default_rng(0).shuffle(items)
+    shuffled = triage(items, scorer, str(tmp_path / "shuffled"), batch_size=3, **options)
+    assert ids(shuffled.queue) == ids(reference.queue)
+    other_seed = triage(read_items(pool["folder"]), scorer, str(tmp_path / "seed"), batch_size=5,
+                        **{**options, "seed": 12})  # fmt: skip
+    assert ids(other_seed.queue) != ids(reference.queue)  # the seed draws another sample
 
 
 def test_the_default_queue_spreads_over_clusters_not_the_top_k(pool, tmp_path):
@@ -194,8 +242,86 @@ def test_a_long_stream_holds_the_bound_and_queues_what_the_whole_top_would(tmp_p
     assert ids(resumed.queue()) == ids(expected)
 
 
+def badge_features(records):
+    """Residual and embedding arrays of synthetic records, as `QueueRule.features` computes them."""
+    probabilities = np.stack([record[KEPT_OUTPUTS]["probabilities"] for record in records])
+    residuals = probabilities - np.eye(probabilities.shape[1], dtype=np.float32)[probabilities.argmax(axis=1)]
+    return residuals, np.stack([record[KEPT_OUTPUTS]["embedding"] for record in records])
+
+
+def without_outputs(record):
+    """A synthetic record as `scored.jsonl` holds it (what a resume pushes)."""
+    return {key: value for key, value in record.items() if key != KEPT_OUTPUTS}
+
+
+def stream(candidates, records, batch_size):
+    """Offers `records` to `candidates` as triage does, `batch_size` at a time."""
+    for start in range(0, len(records), batch_size):
+        batch = [
+            dict(record, **{KEPT_OUTPUTS: dict(record[KEPT_OUTPUTS])}) for record in records[start : start + batch_size]
+        ]
+        candidates.add(batch, [record["input_index"] for record in batch])
+
+
+def test_a_long_badge_stream_samples_by_hash_whatever_the_order_and_resumes(tmp_path):
+    from keras_lossal.acquisition import diversity
+
+    rule = QueueRule(top_k=5, selection="badge", candidates_factor=4, seed=3)
+    records = synthetic_records(2000)
+    # The NumPy reference: the 20 records with the largest hash, ranked by predicted loss, then BADGE's k-means++.
+    sample = hash_sample(records, 20, seed=3)
+    chosen, _ = diversity.kmeans_plus_plus_gradients(*badge_features(sample), 5, 3)
+    expected = [sample[position]["id"] for position in sorted(chosen)]
+    # Scored in input order, or shuffled (each record keeps its input_index), in batches of 7, 64 or 1.
+    for shuffle_seed, batch_size in ((None, 7), (1, 64), (2, 1)):
+        arrival = np.arange(2000) if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(2000)
+        path = str(tmp_path / f"candidates_{shuffle_seed}.jsonl")
+        candidates = Candidates(rule, path)
+        candidates.restore_features(str(tmp_path))
+        stream(candidates, [records[index] for index in arrival], batch_size)
+        candidates.close()
+        assert candidates.peak == 20 and len(read_jsonl(path)) <= 4 * 20  # bounded, and the log compacted
+        assert ids(record for record, _ in candidates.ranked()) == ids(sample)
+        assert ids(candidates.queue()) == expected
+    # A resume rebuilds the same sample from the scores and reads its features back from the (last) file.
+    resumed = Candidates(rule, path)
+    for record in records:
+        resumed.push(without_outputs(record), record["input_index"])
+    resumed.restore_features(str(tmp_path))
+    resumed.close()
+    assert ids(resumed.queue()) == expected
+    # Another seed's sample lacks features in this file: refused, naming the seed.
+    other = Candidates(QueueRule(top_k=5, selection="badge", candidates_factor=4, seed=4), path)
+    for record in records:
+        other.push(without_outputs(record), record["input_index"])
+    with pytest.raises(ResumeWithoutFeaturesError, match="for badge, another --seed"):
+        other.restore_features(str(tmp_path))
+
+
+def test_badge_candidates_are_a_uniform_sample_across_predicted_losses():
+    records = synthetic_records(2000, seed=4)
+    for index, record in enumerate(records):
+        record["predicted_loss"] = float(index) / 2000  # distinct losses, so deciles have 200 items each
+    chosen = {}
+    for selection in ("badge", "learning_loss_badge"):
+        candidates = Candidates(QueueRule(top_k=20, selection=selection, candidates_factor=10, seed=0))
+        for record in records:
+            candidates.push(without_outputs(record), record["input_index"])
+        losses = np.array([record["predicted_loss"] for record, _ in candidates.ranked()])
+        chosen[selection] = np.bincount((losses * 10).astype(int), minlength=10)
+    # 200 of 2,000: about 20 per decile (binomial sd ~4); the learning-loss candidates are all the top decile.
+    assert chosen["badge"].sum() == 200 and chosen["badge"].min() >= 10 and chosen["badge"].max() <= 30
+    assert chosen["learning_loss_badge"].tolist() == [0] * 9 + [200]
+    # With a threshold, only items at or above it are sampled: the 500 highest losses here.
+    candidates = Candidates(QueueRule(top_k=20, threshold=0.75, selection="badge", candidates_factor=10, seed=0))
+    for record in records:
+        candidates.push(without_outputs(record), record["input_index"])
+    above = [record for record in records if record["predicted_loss"] >= 0.75]
+    assert ids(record for record, _ in candidates.ranked()) == ids(hash_sample(above, 200, seed=0))
+
+
 # ----------------------------------------------------------------------------------------------- resume
-@pytest.mark.parametrize("selection", DIVERSE)
+@pytest.mark.parametrize("selection", RESUMABLE)
 def test_resume_after_a_kill_gives_the_uninterrupted_queue(pool, tmp_path, selection):
     options = {"top_k": 2, "batch_size": 4, "selection": selection, "candidates_factor": 2, "seed": 3}
     reference = triage(read_items(pool["folder"]), InProcessScorer(pool["base"]), str(tmp_path / "ref"), **options)
@@ -266,7 +392,7 @@ def test_an_export_without_embedding_is_refused_naming_the_fix(pool, tmp_path):
     [
         (
             {"selection": "coreset"},
-            r"Expected selection in \['learning_loss_clusters', 'learning_loss_badge', 'top_k'\]",
+            r"Expected selection in \['learning_loss_clusters', 'learning_loss_badge', 'top_k', 'badge'\]",
         ),
         ({"candidates_factor": 0}, "Expected candidates_factor to be an integer >= 1. Received: candidates_factor=0"),
         ({"seed": -1}, "Expected seed to be an integer >= 0"),
@@ -279,10 +405,23 @@ def test_queue_rule_refuses_bad_settings_naming_them(settings, message):
         QueueRule(**settings)
 
 
+@pytest.mark.parametrize("command", ["triage", "beam-score"])
+def test_the_command_line_refuses_a_bad_selection_listing_all_four(command, capsys):
+    from keras_lossal import records
+
+    argv = [command, "pool", "--model", "m", "--output", "o", "--selection", "coreset"]
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv if command == "triage" else [*argv[:1], "--input", *argv[1:]])
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert stopped.value.code == 2 and "invalid choice: 'coreset'" in error
+    assert error.endswith(f"(choose from {', '.join(repr(name) for name in records.SELECTIONS)})")
+    assert len(records.SELECTIONS) == 4 and records.SELECTIONS[-1] == "badge"
+
+
 def test_the_names_the_command_line_lists_are_the_rules():
     from keras_lossal import records
 
-    assert set(records.SELECTIONS) == {"learning_loss_clusters", "learning_loss_badge", "top_k"}
+    assert set(records.SELECTIONS) == {"learning_loss_clusters", "learning_loss_badge", "top_k", "badge"}
     assert QueueRule().selection == records.DEFAULT_SELECTION == "learning_loss_clusters"
     assert QueueRule(top_k=3).max_candidates == 3 * records.DEFAULT_CANDIDATES_FACTOR
     assert QueueRule(top_k=3, selection="top_k").max_candidates == 3 and queue_lib.QueueRule is QueueRule

@@ -8,8 +8,9 @@ The pipeline, per item:
       -> scores | failures,  scores -> Top.Of(candidates) -> QueueRule.select -> ranked queue
 
 Records, the tie rule and the file names come from `keras_lossal.records`,
-and the queue rule (`QueueRule`: which of the candidates, the highest
-predicted losses, are queued) from `keras_lossal.serving.queue`, as for
+and the queue rule (`QueueRule`: which items are candidates, the highest
+predicted losses or `badge`'s uniform sample, and which of them are queued)
+from `keras_lossal.serving.queue`, as for
 in-process triage (`scored.jsonl`, `failures.jsonl`, `queue.jsonl`), so
 downstream tools read either and both queue the same items. Every item ends in
 exactly one of `scores` and `failures`.
@@ -420,9 +421,19 @@ def _ordered_queue_key(ordered_record) -> tuple:
     return queue_key(record["predicted_loss"], tuple(order))
 
 
+def _candidate_key(rule: QueueRule, ordered_record) -> tuple:
+    """The combiner's key of an `(order, record, ...)` tuple: `QueueRule.candidate_rank`, as triage's `Candidates`."""
+    order, record = ordered_record[:2]
+    return queue_key(*rule.candidate_rank(record, tuple(order)))
+
+
 def _ranked_queue(candidates: list, rule: QueueRule) -> list[dict]:
-    """The queue, with ranks, from the best-first `(order, record, features)` candidates (`QueueRule.select`)."""
-    return assign_ranks(rule.select([(record, features) for _, record, features in candidates]))
+    """The queue, with ranks, from the `(order, record, features)` candidates (`QueueRule.select`).
+
+    The combiner gives them by its key (`badge`: a hash); the selection sees them by predicted loss, best first.
+    """
+    best_first = sorted(candidates, key=_ordered_queue_key, reverse=True)
+    return assign_ranks(rule.select([(record, features) for _, record, features in best_first]))
 
 
 def _count_failure(record: dict) -> dict:
@@ -439,8 +450,9 @@ class ScorePool(beam.PTransform):
       `predicted_loss`, and for classifiers `class_id`, `label`,
       `probabilities`; manifest fields under `extra`);
     - `"top_k"`: a single element, the queue: the list of the `top_k` records
-      `selection` picks among the `candidates_factor * top_k` highest
-      predicted losses (`keras_lossal.serving.queue`), by predicted loss,
+      `selection` picks among `candidates_factor * top_k` candidates (the
+      highest predicted losses, or for `badge` a uniform sample of the pool;
+      `keras_lossal.serving.queue`), by predicted loss,
       highest first, each with its `rank` (ties keep the earlier item; the
       same queue as in-process triage's);
     - `"failures"`: `{"id", "path", "reason", "retryable"}` for every item
@@ -461,11 +473,12 @@ class ScorePool(beam.PTransform):
         max_image_pixels: header pixel limit (default: the export's).
         max_image_bytes: encoded size limit (default: the export's).
         large_model: share one model copy per machine (Beam's `large_model`).
-        selection: `"learning_loss_clusters"` (default), `"learning_loss_badge"`
-            or `"top_k"` (see `keras_lossal.serving.queue`).
-        candidates_factor: the diverse selections choose among the
-            `candidates_factor * top_k` highest predicted losses.
-        seed: the seed of the diverse selections.
+        selection: `"learning_loss_clusters"` (default), `"learning_loss_badge"`,
+            `"top_k"` or `"badge"` (see `keras_lossal.serving.queue`).
+        candidates_factor: the diverse selections choose among
+            `candidates_factor * top_k` candidates: the highest predicted
+            losses, or for `badge` a uniform sample of the pool.
+        seed: the seed of the diverse selections (and of `badge`'s sample).
 
     Example:
 
@@ -528,10 +541,11 @@ class ScorePool(beam.PTransform):
             | "Split" >> beam.ParDo(_SplitPredictions(self.rule)).with_outputs("failures", main="scores")
         )
         ordered_scores = predictions.scores
-        # A combiner: each bundle keeps its best `max_candidates` (with features), then one merge and the selection.
+        # A combiner: each bundle keeps its `max_candidates` (with features), then one merge and the selection.
+        candidate_key = functools.partial(_candidate_key, self.rule)
         top_k = (
             ordered_scores
-            | "Candidates" >> beam.combiners.Top.Of(self.rule.max_candidates, key=_ordered_queue_key)
+            | "Candidates" >> beam.combiners.Top.Of(self.rule.max_candidates, key=candidate_key)
             | "Select" >> beam.Map(_ranked_queue, self.rule)
         )
         failures = (

@@ -50,16 +50,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--selection",
         choices=SELECTIONS,
         default=DEFAULT_SELECTION,
-        help=f"how the queue is chosen from the scored items, as in lossal triage (default: {DEFAULT_SELECTION})",
+        help=f"how the queue is chosen from the scored items, as in lossal triage (default: {DEFAULT_SELECTION}; "
+        "badge: plain BADGE on a uniform random sample, the benchmarked badge protocol)",
     )
     parser.add_argument(
         "--candidates-factor",
         type=int,
         default=DEFAULT_CANDIDATES_FACTOR,
         metavar="F",
-        help=f"choose among the F * K highest predicted losses (default: {DEFAULT_CANDIDATES_FACTOR})",
+        help=f"choose among the F * K highest predicted losses, or for badge a uniform random sample of F * K "
+        f"scored items (default: {DEFAULT_CANDIDATES_FACTOR})",
     )
-    parser.add_argument("--seed", type=int, default=DEFAULT_SELECTION_SEED, help="selection seed (default: 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SELECTION_SEED,
+        help=f"selection seed, also of badge's sample (default: {DEFAULT_SELECTION_SEED})",
+    )
     parser.add_argument("--version", type=int, default=None, help="export version (default: the highest)")
     parser.add_argument("--min-batch-size", type=int, default=1)
     parser.add_argument("--max-batch-size", type=int, default=64)

@@ -126,18 +126,22 @@ def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_SELECTION,
         help=f"default {DEFAULT_SELECTION}: the highest predicted loss in each of K k-means clusters of the "
         "candidates' embeddings; learning_loss_badge: BADGE's k-means++ weighted by predicted loss; top_k: the K "
-        "highest predicted losses",
+        "highest predicted losses; badge: plain BADGE k-means++ on a uniform random sample of F * K scored items "
+        "instead of the highest predicted losses (the benchmarked badge protocol)",
     )
     group.add_argument(
         "--candidates-factor",
         type=int,
         default=DEFAULT_CANDIDATES_FACTOR,
         metavar="F",
-        help=f"choose among the F * K highest predicted losses, the most items held in memory with their "
-        f"embeddings (default {DEFAULT_CANDIDATES_FACTOR})",
+        help=f"choose among the F * K highest predicted losses (badge: a random sample of F * K), the most items "
+        f"held in memory with their embeddings (default {DEFAULT_CANDIDATES_FACTOR})",
     )
     group.add_argument(
-        "--seed", type=int, default=DEFAULT_SELECTION_SEED, help=f"selection seed (default {DEFAULT_SELECTION_SEED})"
+        "--seed",
+        type=int,
+        default=DEFAULT_SELECTION_SEED,
+        help=f"selection seed, also of badge's sample (default {DEFAULT_SELECTION_SEED})",
     )
 
 

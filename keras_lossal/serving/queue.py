@@ -1,11 +1,13 @@
 """The labeling queue: which scored items triage and Beam put in front of people, and in which order.
 
-While a pool is scored, `Candidates` keeps the `candidates_factor * top_k`
-items with the highest predicted loss (the tie rule of `keras_lossal.records`),
+While a pool is scored, `Candidates` keeps `candidates_factor * top_k` items,
 each with what the selection needs: its `embedding` (the penultimate features
-the export serves) and, for BADGE, its residual `p - onehot(argmax p)`. It is a
-bounded heap, so memory is O(candidates_factor * top_k * (D + C)) whatever the
-pool size. At the end `QueueRule.select` picks `top_k` of the candidates:
+the export serves) and, for the BADGE selections, its residual
+`p - onehot(argmax p)`. The candidates are the items with the highest
+predicted loss (the tie rule of `keras_lossal.records`), except for `badge`,
+whose candidates are a uniform sample of the pool (below). It is a bounded
+heap, so memory is O(candidates_factor * top_k * (D + C)) whatever the pool
+size. At the end `QueueRule.select` picks `top_k` of the candidates:
 
 - `learning_loss_clusters` (the default: the library's recommended strategy):
   k-means of the candidates' embeddings into `top_k` clusters, and the highest
@@ -15,28 +17,42 @@ pool size. At the end `QueueRule.select` picks `top_k` of the candidates:
   embeddings, residuals weighted by predicted-loss rank
   (`acquisition.diversity.kmeans_plus_plus_loss_weighted`, the rule of
   `LearningLossBadge`);
-- `top_k`: the `top_k` highest predicted losses (the candidates are the queue).
+- `top_k`: the `top_k` highest predicted losses (the candidates are the queue);
+- `badge`: plain BADGE, the protocol the label-efficiency benchmark measured
+  for the `badge` strategy (k-means++ on the gradient embeddings of a uniformly
+  random subset of the pool). The candidates are the items with the largest
+  `sample_key(seed, id)`, a uniform hash in [0, 1): a random subset that does
+  not depend on the scoring order, the batches or Beam's bundles, so resume
+  and Beam find the same one. Then `diversity.kmeans_plus_plus_gradients` on
+  their residuals and embeddings, unweighted (the rule of `Badge`). With the
+  default `candidates_factor` (10) the subset is 10 * `top_k`, as the
+  benchmark's M = 5,000 for K = 500.
 
-The diverse selections see the candidates best first and use `seed`, so the
-queue is reproducible and equals the strategy's `select(model, candidates,
-top_k, seed=seed)` on the same candidates. Whatever the selection, the queue
-lists its picks by predicted loss, highest first (ties: the earlier item), and
-the records keep their fields (`predicted_loss` stays the score).
+The diverse selections see the candidates by predicted loss, best first, and
+use `seed`, so the queue is reproducible and equals the strategy's
+`select(model, candidates, top_k, seed=seed)` on the same candidates. Whatever
+the selection, the queue lists its picks by predicted loss, highest first
+(ties: the earlier item), and the records keep their fields (`predicted_loss`
+stays the score). `threshold` applies to the predicted loss before anything
+else: only items at or above it are candidates, for `badge` too.
 
 Resume (triage): the features of every item that enters the heap are appended
 to `candidates.jsonl`, synced (`Candidates.sync`) before the item's score reaches `scored.jsonl`,
 and the file is rewritten with the heap's content when it grows past
 `4 * max_candidates` lines. A resumed run rebuilds the candidates from
-`scored.jsonl` and reads their features back: an item among the final
-candidates was among the candidates when it was scored, so its features were
-written. A resume whose candidates lack features (an earlier run with fewer
-candidates, another selection, or an older keras-lossal) is refused.
+`scored.jsonl` and reads their features back: a candidate's rank is fixed by
+the item (its predicted loss, or `badge`'s hash of its id), so an item among the
+final candidates was among the candidates when it was scored, and its features
+were written. A resume whose candidates lack features (an earlier run with
+fewer candidates, another selection or, for `badge`, another seed, or an older
+keras-lossal) is refused.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -51,16 +67,20 @@ from keras_lossal.records import (
     SELECTIONS,
     JsonlLog,
     TopK,
+    queue_key,
     read_jsonl_log,
     to_jsonl,
 )
 from keras_lossal.serving.scorers import KEPT_OUTPUTS
 
-__all__ = ["Candidates", "QueueRule", "ResumeWithoutFeaturesError"]
+__all__ = ["Candidates", "QueueRule", "ResumeWithoutFeaturesError", "sample_key"]
 
-_CLUSTERS, _BADGE, _TOP_K = SELECTIONS
+_CLUSTERS, _LEARNING_LOSS_BADGE, _TOP_K, _BADGE = SELECTIONS
+_GRADIENT_SELECTIONS = (_LEARNING_LOSS_BADGE, _BADGE)  # those that need the residual
 _RESIDUAL = "residual"
 _FEATURES = "_selection_features"  # the key of a held record's features (never written out)
+_ORDER = "_queue_order"  # a sampled candidate's tie order, for ranking by predicted loss (never written out)
+_HELD_ONLY = (_FEATURES, _ORDER)
 _COMPACT_FACTOR = 4
 
 
@@ -77,9 +97,10 @@ class QueueRule:
             (then the selection has nothing to choose and the queue is ranked).
         threshold: only items with at least this predicted loss, or `None`.
         selection: one of `records.SELECTIONS` (see the module docstring).
-        candidates_factor: the diverse selections choose among the
-            `candidates_factor * top_k` highest predicted losses.
-        seed: the seed of the diverse selections.
+        candidates_factor: the diverse selections choose among
+            `candidates_factor * top_k` candidates: the highest predicted
+            losses, or for `badge` a uniform sample of the pool.
+        seed: the seed of the diverse selections (and of `badge`'s sample).
 
     Example:
 
@@ -117,6 +138,11 @@ class QueueRule:
         return self.selection != _TOP_K and self.top_k is not None
 
     @property
+    def samples(self) -> bool:
+        """Whether the candidates are a uniform sample of the pool (`badge`), not the highest predicted losses."""
+        return self.selection == _BADGE and self.diverse
+
+    @property
     def max_candidates(self) -> int | None:
         """The most candidates held while scoring: `candidates_factor * top_k` (`top_k` for `top_k`)."""
         return self.top_k * self.candidates_factor if self.diverse else self.top_k
@@ -126,19 +152,29 @@ class QueueRule:
         """The scorer outputs the selection needs besides the predicted loss."""
         if not self.diverse:
             return ()
-        return (EMBEDDING, "probabilities") if self.selection == _BADGE else (EMBEDDING,)
+        return (EMBEDDING, "probabilities") if self.selection in _GRADIENT_SELECTIONS else (EMBEDDING,)
 
     def features(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """One item's selection features from its rows of `outputs` (as `score_isolating` keeps them)."""
         if not self.diverse:
             return None
         features = {EMBEDDING: np.asarray(outputs[EMBEDDING], np.float32).reshape(-1)}
-        if self.selection == _BADGE:
+        if self.selection in _GRADIENT_SELECTIONS:
             probabilities = np.asarray(outputs["probabilities"], np.float32).reshape(-1)
             predicted_class = np.zeros_like(probabilities)
             predicted_class[np.argmax(probabilities)] = 1.0
             features[_RESIDUAL] = probabilities - predicted_class
         return features
+
+    def candidate_rank(self, record: Mapping, order) -> tuple[float, object]:
+        """`(score, tie order)` of a scored record: the candidates are the largest `records.queue_key` of it.
+
+        The predicted loss and the item's `order`; for `badge`, `sample_key(seed, id)` and the id, so the
+        sample depends on the items alone (triage's `Candidates` and Beam's combiner both rank by this).
+        """
+        if self.samples:
+            return sample_key(self.seed, record["id"]), record["id"]
+        return record["predicted_loss"], order
 
     def select(self, ranked: Sequence[tuple[dict, Mapping[str, np.ndarray] | None]]) -> list[dict]:
         """The queue from the candidates `(record, features)`, best first: the picks by predicted loss."""
@@ -155,12 +191,16 @@ class QueueRule:
             raise ResumeWithoutFeaturesError(f"{len(missing)} candidates have no selection features: {missing[:5]}")
         predicted = np.array([record["predicted_loss"] for record, _ in ranked], np.float32)
         embeddings = np.stack([features[EMBEDDING] for _, features in ranked])
-        residuals = np.stack([features[_RESIDUAL] for _, features in ranked]) if self.selection == _BADGE else None
+        gradients = self.selection in _GRADIENT_SELECTIONS
+        residuals = np.stack([features[_RESIDUAL] for _, features in ranked]) if gradients else None
         kept = _finite_rows(embeddings, residuals)
         if len(kept) <= self.top_k:
             return kept
         if self.selection == _CLUSTERS:
             return kept[diversity.hardest_per_cluster(predicted[kept], embeddings[kept], self.top_k, self.seed)]
+        if self.selection == _BADGE:
+            chosen, _ = diversity.kmeans_plus_plus_gradients(residuals[kept], embeddings[kept], self.top_k, self.seed)
+            return kept[chosen]
         chosen, _ = diversity.kmeans_plus_plus_loss_weighted(
             predicted[kept], residuals[kept], embeddings[kept], self.top_k, self.seed
         )
@@ -168,7 +208,21 @@ class QueueRule:
 
     def has_features(self, features: Mapping[str, np.ndarray] | None) -> bool:
         """Whether `features` hold all the selection needs."""
-        return features is not None and (self.selection != _BADGE or _RESIDUAL in features)
+        return features is not None and (self.selection not in _GRADIENT_SELECTIONS or _RESIDUAL in features)
+
+
+def sample_key(seed: int, item_id: str) -> float:
+    """A uniform number in [0, 1) from `(seed, item_id)`: the `badge` queue samples the items with the largest.
+
+    The 53 high bits of BLAKE2b of `f"{seed}:{item_id}"`, so the same on every machine, Python and run.
+
+    Example:
+
+    >>> sample_key(0, "a.png") == sample_key(0, "a.png") != sample_key(1, "a.png")
+    True
+    """
+    digest = hashlib.blake2b(f"{seed}:{item_id}".encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") >> 11) / 2**53
 
 
 def _finite_rows(embeddings: np.ndarray, residuals: np.ndarray | None) -> np.ndarray:
@@ -186,9 +240,10 @@ def _finite_rows(embeddings: np.ndarray, residuals: np.ndarray | None) -> np.nda
 
 
 class Candidates:
-    """The scored records with the highest predicted loss, with their selection features, for one triage run.
+    """The queue's candidates among the scored records, with their selection features, for one triage run.
 
-    Holds at most `rule.max_candidates` records (`peak` is the most it held) and, with `log_path`, keeps
+    The records with the highest predicted loss, or `badge`'s sample (`QueueRule.candidate_rank`). Holds at
+    most `rule.max_candidates` records (`peak` is the most it held) and, with `log_path`, keeps
     `candidates.jsonl` as the module docstring says.
 
     Args:
@@ -211,13 +266,22 @@ class Candidates:
         self._top = TopK(rule.max_candidates, rule.threshold)
         self._log: JsonlLog | None = None
         self._lines = 0
+        self._pushes = 0
 
     def __len__(self) -> int:
         return len(self._top)
 
     def push(self, record: dict, order, features: Mapping[str, np.ndarray] | None = None) -> bool:
-        """Offers a scored record (its predicted loss decides); returns whether it is now a candidate."""
-        admitted = self._top.push(record["predicted_loss"], {**record, _FEATURES: features}, order)
+        """Offers a scored record (`QueueRule.candidate_rank` decides); returns whether it is now a candidate.
+
+        `order` ranks ties of the predicted loss, lower first (`None`: the order of pushes).
+        """
+        self._pushes += 1
+        held = {**record, _FEATURES: features}
+        if self.rule.samples:
+            held[_ORDER] = self._pushes if order is None else order
+        score, tie_order = self.rule.candidate_rank(record, order)
+        admitted = self._top.push(record["predicted_loss"], held, tie_order, score=score)
         self.peak = max(self.peak, len(self._top))
         return admitted
 
@@ -260,9 +324,9 @@ class Candidates:
             raise ResumeWithoutFeaturesError(
                 f"Output directory {output_dir!r} holds {len(missing)} scored items among the queue's candidates "
                 f"without the features --selection {self.rule.selection} needs (e.g. {missing[0]!r}): an earlier "
-                "run kept fewer candidates (a smaller --top-k or --candidates-factor), used another selection, or "
-                "an older keras-lossal. Re-run with that run's settings, with --selection top_k, or restart "
-                "(--restart) to score everything again."
+                "run kept fewer candidates (a smaller --top-k or --candidates-factor), used another selection (or, "
+                "for badge, another --seed), or an older keras-lossal. Re-run with that run's settings, with "
+                "--selection top_k, or restart (--restart) to score everything again."
             )
         self._log = JsonlLog(self.log_path)
 
@@ -281,10 +345,13 @@ class Candidates:
 
     # --------------------------------------------------------------------- end
     def ranked(self) -> list[tuple[dict, dict | None]]:
-        """`(record, features)` of every candidate, best first."""
+        """`(record, features)` of every candidate, by predicted loss, best first (the tie rule)."""
+        held = self._top.ranked()
+        if self.rule.samples:
+            held.sort(key=lambda record: queue_key(record["predicted_loss"], record[_ORDER]), reverse=True)
         return [
-            ({key: value for key, value in record.items() if key != _FEATURES}, record[_FEATURES])
-            for record in self._top.ranked()
+            ({key: value for key, value in record.items() if key not in _HELD_ONLY}, record[_FEATURES])
+            for record in held
         ]
 
     def queue(self) -> list[dict]:

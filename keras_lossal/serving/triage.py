@@ -213,10 +213,12 @@ def triage(
             `keras_lossal.manifest.labeled_content(manifests).sha256`: an item with those bytes, under any
             name, is not scored and not queued (nor logged); how many is `excluded_labeled`.
         selection: how the queue's `top_k` items are chosen (`keras_lossal.serving.queue`):
-            `"learning_loss_clusters"` (default), `"learning_loss_badge"` or `"top_k"` (the highest
-            predicted losses). The queue lists the picks by predicted loss, highest first.
-        candidates_factor: the diverse selections choose among the `candidates_factor * top_k`
-            highest predicted losses, the most items held in memory with their embeddings.
+            `"learning_loss_clusters"` (default), `"learning_loss_badge"`, `"top_k"` (the highest
+            predicted losses) or `"badge"` (plain BADGE on a uniform sample). The queue lists the picks by
+            predicted loss, highest first.
+        candidates_factor: the diverse selections choose among `candidates_factor * top_k` candidates
+            (the highest predicted losses; for `"badge"` a uniform sample), the most items held in memory
+            with their embeddings.
         seed: the seed of the diverse selections (the same seed, items and model: the same queue).
         read_threads: threads reading and checking items ahead of the scorer (the outputs are the same
             for any number: items are handled in input order).
