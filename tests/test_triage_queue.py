@@ -255,12 +255,13 @@ def without_outputs(record):
 
 
 def stream(candidates, records, batch_size):
-    """Offers `records` to `candidates` as triage does, `batch_size` at a time."""
+    """Offers `records` to `candidates` as triage does, `batch_size` at a time, committing after each batch."""
     for start in range(0, len(records), batch_size):
         batch = [
             dict(record, **{KEPT_OUTPUTS: dict(record[KEPT_OUTPUTS])}) for record in records[start : start + batch_size]
         ]
         candidates.add(batch, [record["input_index"] for record in batch])
+        candidates.sync()  # triage's commit (about once a second): the log is written, compacted past its bound
 
 
 def test_a_long_badge_stream_samples_by_hash_whatever_the_order_and_resumes(tmp_path):
