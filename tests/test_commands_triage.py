@@ -128,3 +128,11 @@ def test_the_library_refuses_a_threshold_no_score_can_reach(tmp_path):
         with pytest.raises(ValueError, match=r"Expected a threshold some predicted loss can reach"):
             triage([], scorer=None, output_dir=str(tmp_path / "out"), threshold=threshold)
     assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_read_threads_below_one_are_refused(capsys, folder, tmp_path, value):
+    out = str(tmp_path / "out")
+    code, err = run_triage(capsys, folder, "--output", out, "--model", "m", "--read-threads", value)
+    assert code == 2 and err == f"lossal triage: expected --read-threads >= 1. Received: {value}\n"
+    assert not os.path.exists(out)
