@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from keras_lossal.contracts import REJECTS_FILE
 from keras_lossal.files import check_regular_file, read_file
 from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, checked_image_size
 from keras_lossal.preprocessing import ImagePreprocessing, infer_preprocessing
@@ -73,8 +74,6 @@ __all__ = [
 IDENTITY = "identity"
 # Manifest files `load` and `labeled_images` recognise by their name (`keras_lossal.manifest` reads both).
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
-# Where `lossal train` and `lossal run` list the images they skipped, one `{"id", "path", "reason"}` per line.
-REJECTS_FILE = "rejects.jsonl"
 # Datasets `load` reads from local files by name (anything else by name comes from TFDS).
 LOCAL_DATASETS = ("fashion_mnist",)
 

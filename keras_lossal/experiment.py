@@ -11,15 +11,16 @@ import dataclasses
 import hashlib
 import importlib
 import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
 
-from keras_lossal import acquisition, backbones
+from keras_lossal import acquisition
 from keras_lossal.acquisition.models import mc_dropout_model
+from keras_lossal.backbones import BACKBONES, small_cnn
+from keras_lossal.contracts import OPTIMIZER_NAMES, ModelSpec, check_finite_non_negative
 from keras_lossal.data import ArrayDataset
 from keras_lossal.head import LossPredictionHead
 from keras_lossal.loop import ActiveLearningLoop, LoopConfig, LoopResult
@@ -38,33 +39,10 @@ __all__ = [
 ]
 
 
-def small_cnn(
-    input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 10, width: int = 16, name: str = "small_cnn"
-) -> keras.Model:
-    """A two-stage CNN for quick CPU runs and tests (not in the paper).
-
-    Example:
-
-    >>> small_cnn(width=4).get_layer("stage2").output.shape
-    (None, 7, 7, 8)
-    """
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = inputs
-    for stage in range(2):
-        x = keras.layers.Conv2D(width * 2**stage, 3, padding="same", use_bias=False, name=f"stage{stage + 1}_conv")(x)
-        x = keras.layers.BatchNormalization(name=f"stage{stage + 1}_bn")(x)
-        x = keras.layers.ReLU(name=f"stage{stage + 1}_relu")(x)
-        x = keras.layers.MaxPooling2D(name=f"stage{stage + 1}")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = keras.layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, outputs, name=name)
-
-
-BACKBONES = {"resnet18_cifar": backbones.resnet18_cifar, "small_cnn": small_cnn}
 # `ModelSpec.backbone` may also name your own backbone: a `.keras` file or a `package.module:function` factory.
 KERAS_FILE_SUFFIX = ".keras"
 FACTORY_SEPARATOR = ":"
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = OPTIMIZER_NAMES
 # Strategies whose scores need the loss-prediction head; the others train the bare backbone, as in the paper.
 HEAD_STRATEGIES = ("learning_loss", "learning_loss_clusters", "learning_loss_kcenter", "learning_loss_badge")
 ARM_SEPARATOR = "@"
@@ -90,98 +68,6 @@ def parse_arm(arm: str) -> tuple[str, str | None]:
     return name, recipe or None
 
 
-@dataclasses.dataclass
-class ModelSpec:
-    """How to build and compile the model trained in every cycle.
-
-    Args:
-        backbone: a name in `BACKBONES`, or your own backbone (see `backbone_builder`):
-            a `.keras` file or an importable factory `"package.module:function"`.
-        width: first-stage channels of `resnet18_cifar` (64 in the paper); the
-            built-in backbones only.
-        optimizer: `"sgd"` (momentum, weight decay: the paper) or `"adam"`.
-        learning_rate: initial learning rate.
-        momentum: SGD momentum.
-        weight_decay: optimizer weight decay. Keras applies it decoupled from
-            momentum (`w -= lr * wd * w`); PyTorch's SGD in the reference code adds
-            it to the gradient, where momentum 0.9 amplifies it about 10x.
-        batch_norm_momentum: moving-average momentum of every BatchNormalization
-            layer of the backbone (yours too; `None` leaves them as built); 0.9
-            equals PyTorch's default (0.1) used by the reference code, and lets
-            short runs on small labeled sets evaluate sensibly.
-        recipe: the `LossLearningModel` recipe (`"recommended"` or `"paper"`);
-            the head options below override it when not `None`.
-        loss_weight: lambda of `LossLearningModel`.
-        margin: xi of `LossLearningModel`.
-        detach_after_epoch: stop head-to-backbone gradients from this epoch.
-        detach_after_fraction: the same, as a fraction of each cycle's epochs.
-        backbone_gradient_scale: factor on the head's gradient into the backbone.
-        loss_weight_warmup_epochs: epochs of linear lambda warm-up per cycle.
-        pairs: `"disjoint"` or `"all"` ranking pairs.
-        normalize_head_inputs: layer-normalise the head's pooled inputs.
-        head_units: units of each head branch.
-
-    Example:
-
-    >>> spec = ModelSpec(width=8)
-    >>> model = make_model_factory(spec, (28, 28, 1), 10, with_head=True)()
-    >>> type(model).__name__
-    'LossLearningModel'
-    >>> ModelSpec(learning_rate=float("nan"))
-    Traceback (most recent call last):
-    ...
-    ValueError: Expected learning_rate to be a finite number >= 0. Received: learning_rate=nan
-    """
-
-    backbone: str = "resnet18_cifar"
-    width: int = 16
-    optimizer: str = "sgd"
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_norm_momentum: float | None = 0.9
-    recipe: str = "recommended"
-    loss_weight: float | None = None
-    margin: float | None = None
-    detach_after_epoch: int | None = None
-    detach_after_fraction: float | None = None
-    backbone_gradient_scale: float | None = None
-    loss_weight_warmup_epochs: int | None = None
-    pairs: str | None = None
-    normalize_head_inputs: bool | None = None
-    head_units: int = 128
-
-    def __post_init__(self):
-        # A NaN or negative rate trains to NaN weights without any error; refuse it before anything is built.
-        for name in ("learning_rate", "momentum", "weight_decay"):
-            _check_finite(name, getattr(self, name))
-
-    def head_options(self) -> dict[str, Any]:
-        """The `LossLearningModel` keyword arguments this spec sets (the recipe and its overrides)."""
-        options = {
-            "recipe": self.recipe,
-            "loss_weight": self.loss_weight,
-            "margin": self.margin,
-            "detach_after_epoch": self.detach_after_epoch,
-            "detach_after_fraction": self.detach_after_fraction,
-            "backbone_gradient_scale": self.backbone_gradient_scale,
-            "loss_weight_warmup_epochs": self.loss_weight_warmup_epochs,
-            "pairs": self.pairs,
-            "normalize_head_inputs": self.normalize_head_inputs,
-        }
-        return {key: value for key, value in options.items() if value is not None}
-
-
-def _check_finite(name: str, value) -> None:
-    """Raises `ValueError` unless `value` is a finite number >= 0."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number) or number < 0:
-        raise ValueError(f"Expected {name} to be a finite number >= 0. Received: {name}={value!r}")
-
-
 def backbone_builder(backbone: str) -> Callable[[tuple[int, ...], int, int], keras.Model]:
     """A callable `(input_shape, num_classes, width) -> new backbone` for a `ModelSpec.backbone`.
 
@@ -205,7 +91,7 @@ def backbone_builder(backbone: str) -> Callable[[tuple[int, ...], int, int], ker
 
     Example:
 
-    >>> build = backbone_builder("keras_lossal.experiment:small_cnn")
+    >>> build = backbone_builder("keras_lossal.backbones:small_cnn")
     >>> build((8, 8, 1), 3, 16).output.shape
     (None, 3)
     >>> backbone_builder("resnet50")
@@ -336,7 +222,7 @@ def parse_lr_schedule(text: str | None) -> dict[int, float]:
         try:
             epoch, rate = part.split(":")
             schedule[int(epoch)] = float(rate)
-            _check_finite("rate", schedule[int(epoch)])
+            check_finite_non_negative("rate", schedule[int(epoch)])
         except ValueError as error:
             raise ValueError(
                 "Expected a learning-rate schedule like '160:0.01,180:0.001' (epoch:rate, every rate a finite "

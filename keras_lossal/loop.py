@@ -25,6 +25,7 @@ import tensorflow as tf
 from keras_lossal import acquisition
 from keras_lossal import data as data_lib
 from keras_lossal.callbacks import StopOnNonFiniteLoss
+from keras_lossal.contracts import check_integer
 from keras_lossal.loop_state import STATE_FILE, RunDirectory, jsonable, load_weights, write_json_atomic
 from keras_lossal.preprocessing import ImagePreprocessing, infer_preprocessing
 
@@ -46,14 +47,6 @@ def cycle_seed(seed: int, cycle: int, purpose: int = 0) -> int:
     """
     sequence = np.random.SeedSequence([int(seed), int(cycle), int(purpose)])
     return int(sequence.generate_state(1)[0] % (2**31 - 1))
-
-
-def _is_integer(value) -> bool:
-    """Whether `value` is an integer or an integral float (`10.0`), as a size or a count may be given."""
-    try:
-        return int(value) == value
-    except (TypeError, ValueError, OverflowError):
-        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,17 +97,16 @@ class LoopConfig:
         lowest = {"initial_size": 1, "query_size": 1, "cycles": 1, "epochs": 0, "batch_size": 1, "seed": 0}
         lowest.update(score_batch_size=1, verbose=0)
         for name, low in lowest.items():
-            value = getattr(self, name)
-            if not _is_integer(value) or value < low:
-                raise ValueError(f"Expected `{name}` to be an integer >= {low}. Received: {name}={value!r}")
-            object.__setattr__(self, name, int(value))
+            object.__setattr__(self, name, check_integer(name, getattr(self, name), low, integral_floats=True))
         subset_size = self.subset_size
         if subset_size is not None:
-            if not _is_integer(subset_size) or subset_size < self.query_size:
+            try:
+                subset_size = check_integer("subset_size", subset_size, self.query_size, integral_floats=True)
+            except ValueError:
                 raise ValueError(
                     f"Expected subset_size >= query_size ({self.query_size}) or None. Received: subset_size={subset_size}"
-                )
-            object.__setattr__(self, "subset_size", int(subset_size))
+                ) from None
+            object.__setattr__(self, "subset_size", subset_size)
         object.__setattr__(self, "augment", bool(self.augment))
         object.__setattr__(self, "warm_start", bool(self.warm_start))
 

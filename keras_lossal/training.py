@@ -17,7 +17,7 @@ progress bars and a checkpoint after every epoch → an output directory:
   per-epoch history and the final validation metrics; `finished` once the files
   above are written.
 
-- `rejects.jsonl` (`keras_lossal.data.REJECTS_FILE`, written by `lossal train`):
+- `rejects.jsonl` (`REJECTS_FILE`, written by `lossal train`):
   the images that could not be read and were skipped (`TrainingResult.rejects`).
 
 A killed run re-run with the same arguments continues after the last finished
@@ -41,6 +41,15 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_lossal.contracts import (
+    CLASSES_FILE,
+    MODEL_FILE,
+    PREPROCESSING_FILE,
+    REJECTS_FILE,
+    TRAINING_FILE,
+    check_integer,
+)
+
 __all__ = [
     "BACKUP_DIR",
     "CLASSES_FILE",
@@ -53,10 +62,6 @@ __all__ = [
     "train",
 ]
 
-MODEL_FILE = "model.keras"
-PREPROCESSING_FILE = "preprocessing.json"
-CLASSES_FILE = "classes.json"
-TRAINING_FILE = "training.json"
 BACKUP_DIR = "backup"
 # The model is saved under this name, then renamed to MODEL_FILE.
 PARTIAL_MODEL_FILE = ".model.partial.keras"
@@ -275,8 +280,7 @@ class _TrainingRun:
         if not isinstance(self.spec, experiment.ModelSpec):
             raise TypeError(f"Expected `spec` to be a keras_lossal.experiment.ModelSpec. Received: {spec!r}")
         for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("seed", seed, 0)):
-            if int(value) != value or value < low:
-                raise ValueError(f"Expected `{name}` to be an integer >= {low}. Received: {name}={value!r}")
+            check_integer(name, value, low, integral_floats=True)
         if not 0 <= validation_fraction < 1:
             raise ValueError(f"Expected validation_fraction in [0, 1). Received: {validation_fraction}")
         experiment.backbone_builder(self.spec.backbone)  # an unknown name, file or factory fails before reading data
@@ -400,8 +404,6 @@ class _TrainingRun:
 
     def _discard_earlier_training(self) -> None:
         """Deletes what an earlier training wrote in the directory (a restart); other files stay."""
-        from keras_lossal.data import REJECTS_FILE
-
         for name in (MODEL_FILE, PREPROCESSING_FILE, CLASSES_FILE, TRAINING_FILE, REJECTS_FILE, PARTIAL_MODEL_FILE):
             if os.path.isfile(self.path(name)):
                 os.remove(self.path(name))

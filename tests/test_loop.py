@@ -249,7 +249,7 @@ def test_settings_as_a_config_or_as_arguments():
     assert by_config.loop_config is config and by_config.seed == 4 and by_arguments.cycles == 3
     with pytest.raises(ValueError, match=r"not both. Received: config=.* and \{'cycles': 5\}"):
         ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel(), config=config, cycles=5)
-    with pytest.raises(ValueError, match=r"Expected `initial_size` to be an integer >= 1. Received: initial_size=None"):
+    with pytest.raises(ValueError, match=r"Expected initial_size to be an integer >= 1. Received: initial_size=None"):
         ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel())
     with pytest.raises(AttributeError, match="no attribute 'cycle'"):
         _ = by_config.cycle

@@ -22,6 +22,7 @@ from keras_lossal.acquisition.scoring import (
     scoring_strategy,
     top_k_selection,
 )
+from keras_lossal.contracts import check_integer
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -52,12 +53,6 @@ def _jit_compile(model) -> bool:
         return False
 
 
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"Expected `{name}` to be a positive integer. Received: {name}={value!r}")
-    return int(value)
-
-
 def _check_factor(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not float(value) >= 1.0:
         raise ValueError(f"Expected {name} >= 1. Received: {name}={value!r}")
@@ -65,10 +60,10 @@ def _check_factor(name: str, value) -> float:
 
 
 def _check_arguments(k, subset_size, batch_size) -> tuple[int, int | None, int]:
-    k = _check_positive_int("k", k)
-    batch_size = _check_positive_int("batch_size", batch_size)
+    k = check_integer("k", k)
+    batch_size = check_integer("batch_size", batch_size)
     if subset_size is not None:
-        subset_size = _check_positive_int("subset_size", subset_size)
+        subset_size = check_integer("subset_size", subset_size)
         if k > subset_size:
             raise ValueError(f"Expected k <= subset_size. Received: k={k}, subset_size={subset_size}")
     return k, subset_size, batch_size
@@ -428,7 +423,7 @@ class BALD(_MonteCarloDropout, _Uncertainty):
 
     def __init__(self, num_samples: int = 20, from_logits: bool | None = None):
         super().__init__(from_logits)
-        self.num_samples = _check_positive_int("num_samples", num_samples)
+        self.num_samples = check_integer("num_samples", num_samples)
 
     def get_config(self) -> dict:
         return {"num_samples": self.num_samples, **super().get_config()}
@@ -463,7 +458,7 @@ class MCDropoutVariance(_MonteCarloDropout):
     name = "mc_dropout_variance"
 
     def __init__(self, num_samples: int = 20):
-        self.num_samples = _check_positive_int("num_samples", num_samples)
+        self.num_samples = check_integer("num_samples", num_samples)
 
     def get_config(self) -> dict:
         return {"num_samples": self.num_samples}
@@ -714,9 +709,9 @@ class LearningLossClusters(_HardAndDiverse):
         min_candidates: int = 10_000,
     ):
         super().__init__(layer)
-        self.iterations = _check_positive_int("iterations", iterations)
+        self.iterations = check_integer("iterations", iterations)
         self.candidates_factor = _check_factor("candidates_factor", candidates_factor)
-        self.min_candidates = _check_positive_int("min_candidates", min_candidates)
+        self.min_candidates = check_integer("min_candidates", min_candidates)
 
     def get_config(self) -> dict:
         return {

@@ -6,6 +6,7 @@ import argparse
 import time
 
 from keras_lossal.commands._errors import CommandError, check_finite_positive, report_rejects, reports_errors
+from keras_lossal.contracts import OPTIMIZER_NAMES, RECIPE_NAMES
 
 
 def _int_list(text: str) -> list[int]:
@@ -117,14 +118,14 @@ def _add_model_arguments(model) -> None:
     model.add_argument("--width", type=int, default=16, help="first-stage channels of resnet18_cifar (paper: 64)")
     model.add_argument("--epochs", type=int, default=10, help="epochs per cycle (paper: 200)")
     model.add_argument("--batch-size", type=int, default=128)
-    model.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    model.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="sgd")
     model.add_argument("--lr", type=float, default=0.1, help="initial learning rate")
     model.add_argument("--lr-schedule", default="", help="epoch:rate steps within each cycle, e.g. 160:0.01")
     model.add_argument("--momentum", type=float, default=0.9)
     model.add_argument("--weight-decay", type=float, default=5e-4)
     model.add_argument(
         "--recipe",
-        choices=("recommended", "paper"),
+        choices=RECIPE_NAMES,
         default="recommended",
         help="the loss-prediction head's training recipe (an arm's @recipe overrides it)",
     )
