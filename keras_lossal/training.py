@@ -41,12 +41,14 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_lossal import model_factory
 from keras_lossal.contracts import (
     CLASSES_FILE,
     MODEL_FILE,
     PREPROCESSING_FILE,
     REJECTS_FILE,
     TRAINING_FILE,
+    ModelSpec,
     check_integer,
 )
 
@@ -226,9 +228,9 @@ def train(
         source: a manifest, a folder of class subfolders or an `.npz` (see
             `load_training_data`), or a `TrainingData`.
         out_dir: the output directory (see the module docstring for its files).
-        spec: a `keras_lossal.experiment.ModelSpec`: the backbone (a built-in by
+        spec: a `keras_lossal.contracts.ModelSpec`: the backbone (a built-in by
             name with `width`, your `.keras` file or `package.module:function`
-            factory, see `experiment.backbone_builder`), the optimizer and the
+            factory, see `model_factory.backbone_builder`), the optimizer and the
             head's recipe; default `ModelSpec(learning_rate=0.05)`: `resnet18_cifar`
             of width 16, SGD, the "recommended" recipe.
         epochs: training epochs.
@@ -253,8 +255,8 @@ def train(
 
     Example:
 
-    >>> from keras_lossal import experiment
-    >>> spec = experiment.ModelSpec(backbone="small_cnn", width=8, optimizer="adam", learning_rate=0.01)
+    >>> from keras_lossal.contracts import ModelSpec
+    >>> spec = ModelSpec(backbone="small_cnn", width=8, optimizer="adam", learning_rate=0.01)
     >>> result = train("my_images/", "models/round_1", spec, epochs=5)  # doctest: +SKIP
     >>> result.path(MODEL_FILE), result.validation["accuracy"]  # doctest: +SKIP
     ('models/round_1/model.keras', 0.91)
@@ -273,18 +275,16 @@ class _TrainingRun:
     """One `train` call: its settings, its data and split, and the steps that fill the output directory."""
 
     def __init__(self, source, out_dir, spec, epochs, batch_size, validation_fraction, seed, augment, restart=False):
-        from keras_lossal import experiment
-
         self.source, self.out_dir = source, str(out_dir)
-        self.spec = spec if spec is not None else experiment.ModelSpec(learning_rate=0.05)
-        if not isinstance(self.spec, experiment.ModelSpec):
-            raise TypeError(f"Expected `spec` to be a keras_lossal.experiment.ModelSpec. Received: {spec!r}")
+        self.spec = spec if spec is not None else ModelSpec(learning_rate=0.05)
+        if not isinstance(self.spec, ModelSpec):
+            raise TypeError(f"Expected `spec` to be a keras_lossal.contracts.ModelSpec. Received: {spec!r}")
         for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("seed", seed, 0)):
             check_integer(name, value, low, integral_floats=True)
         if not 0 <= validation_fraction < 1:
             raise ValueError(f"Expected validation_fraction in [0, 1). Received: {validation_fraction}")
-        experiment.backbone_builder(self.spec.backbone)  # an unknown name, file or factory fails before reading data
-        self.backbone_sha256 = experiment.backbone_fingerprint(self.spec.backbone)
+        model_factory.backbone_builder(self.spec.backbone)  # an unknown name, file or factory fails before reading data
+        self.backbone_sha256 = model_factory.backbone_fingerprint(self.spec.backbone)
         self.epochs, self.batch_size, self.seed = int(epochs), int(batch_size), int(seed)
         self.validation_fraction, self.augment = float(validation_fraction), bool(augment)
         self.restart = bool(restart)
@@ -368,14 +368,13 @@ class _TrainingRun:
     def fit(self, verbose: int, callbacks: list) -> TrainingResult:
         """Trains (or resumes), then writes the model, the preprocessing, the class names and `finished`."""
         from keras_lossal import data as data_lib
-        from keras_lossal import experiment
         from keras_lossal.callbacks import StopOnNonFiniteLoss
 
         keras.utils.set_random_seed(self.seed)
         # Built before anything is written, so a backbone that does not fit leaves the directory as it was.
-        model = experiment.make_model_factory(
+        model = model_factory.build_model(
             self.spec, self.data.preprocessing.input_shape, len(self.data.class_names), with_head=True
-        )()
+        )
         if self.restart:
             self._discard_earlier_training()
         os.makedirs(self.out_dir, exist_ok=True)

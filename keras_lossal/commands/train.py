@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from keras_lossal.commands._errors import CommandError, check_finite_positive, report_rejects, reports_errors
-from keras_lossal.contracts import BACKBONE_NAMES, OPTIMIZER_NAMES, RECIPE_NAMES
+from keras_lossal.contracts import BACKBONE_NAMES, OPTIMIZER_NAMES, RECIPE_NAMES, ModelSpec
 
 # The built-in backbones `--backbone` names (kept under this name for importers).
 BUILTIN_BACKBONES = BACKBONE_NAMES
@@ -81,7 +81,7 @@ def add_parser(subparsers) -> None:
 
 @reports_errors("train")
 def run(args) -> int:
-    from keras_lossal import experiment, training
+    from keras_lossal import training
     from keras_lossal.loop_state import ResumeRefusedError
 
     if args.epochs < 1 or args.batch_size < 1 or args.width < 1:
@@ -89,7 +89,7 @@ def run(args) -> int:
             f"expected --epochs, --batch-size and --width >= 1; got {args.epochs}, {args.batch_size}, {args.width}"
         )
     check_finite_positive("--lr", args.lr)
-    spec = experiment.ModelSpec(
+    spec = ModelSpec(
         backbone=args.backbone,
         width=args.width,
         optimizer=args.optimizer,
