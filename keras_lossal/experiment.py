@@ -116,17 +116,9 @@ def run_experiment(
     seeds: list[int],
     out_dir: str,
     spec: ModelSpec,
-    initial_size: int,
-    query_size: int,
-    subset_size: int | None,
-    cycles: int,
-    epochs: int,
-    batch_size: int = 128,
+    config: LoopConfig,
     lr_schedule: dict[int, float] | None = None,
-    augment: bool = False,
-    warm_start: bool = True,
     head_for_all: bool = False,
-    verbose: int = 1,
     restart: bool = False,
 ) -> dict[str, list[LoopResult]]:
     """Runs every strategy with every seed (seed-major, so partial results cover all strategies).
@@ -139,10 +131,8 @@ def run_experiment(
         seeds: one run per seed; the same seed gives every strategy the same initial labeled set.
         out_dir: output directory.
         spec: the `ModelSpec`.
-        initial_size, query_size, subset_size, cycles, epochs, batch_size, augment,
-        warm_start, verbose: the `LoopConfig` of every run (validated before
-            anything trains or is written; verbose: 0 silent, 1 a line per
-            cycle, 2 Keras progress bars too).
+        config: the `LoopConfig` of every run, its `seed` replaced by each of `seeds`
+            (`verbose`: 0 silent, 1 a line per cycle, 2 Keras progress bars too).
         lr_schedule: `{epoch: rate}` applied within every cycle.
         head_for_all: also train the loss-prediction head for non-learning-loss strategies.
         restart: discard the recorded state of these (arm, seed) runs instead of resuming them;
@@ -152,18 +142,9 @@ def run_experiment(
     Returns:
         `{strategy name: [LoopResult per seed]}`.
     """
+    if not isinstance(config, LoopConfig):
+        raise TypeError(f"Expected `config` to be a keras_lossal.LoopConfig. Received: config={config!r}")
     _check_strategies(strategies, spec, dataset)
-    config = LoopConfig(
-        initial_size=initial_size,
-        query_size=query_size,
-        subset_size=subset_size,
-        cycles=cycles,
-        epochs=epochs,
-        batch_size=batch_size,
-        augment=augment,
-        warm_start=warm_start,
-        verbose=verbose,
-    )
     os.makedirs(out_dir, exist_ok=True)
     arms = _Arms(dataset, spec, out_dir, config, lr_schedule or {}, head_for_all)
     names = [_arm_name(strategy) for strategy in strategies]

@@ -124,29 +124,6 @@ class LoopConfig:
                 f"{self.final_size} labels"
             )
 
-    @classmethod
-    def from_arguments(cls, config: LoopConfig | None, **settings) -> LoopConfig:
-        """`config` itself, or a `LoopConfig` of `settings` when `config` is `None`.
-
-        `settings` are `ActiveLearningLoop`'s keyword arguments; with a `config`
-        they must be left at their defaults (`None` for the sizes).
-        """
-        if config is None:
-            return cls(**settings)
-        if not isinstance(config, LoopConfig):
-            raise TypeError(f"Expected `config` to be a LoopConfig or None. Received: config={config!r}")
-        defaults = {
-            field.name: None if field.default is dataclasses.MISSING else field.default
-            for field in dataclasses.fields(cls)
-        }
-        given = {name: value for name, value in settings.items() if value != defaults[name]}
-        if given:
-            raise ValueError(
-                f"Expected either `config` or the loop settings as arguments, not both. Received: config={config} "
-                f"and {given}"
-            )
-        return config
-
 
 @dataclasses.dataclass
 class LoopResult:
@@ -223,10 +200,8 @@ class ActiveLearningLoop:
             items, preprocessed). Any other object with `select(model, pool, k,
             subset_size, seed, batch_size)` still works, without `verbose` and
             `labeled`, and draws a `DeprecationWarning`.
-        initial_size, query_size, subset_size, cycles, epochs, batch_size,
-        augment, warm_start, seed, score_batch_size, verbose: the protocol's
-            settings, validated by `LoopConfig` (see there); or pass them all as
-            `config=`.
+        config: the `LoopConfig`: sizes, cycles, epochs, batch size, augmentation,
+            warm start, seed and verbosity (validated when it was built).
         preprocessing: the `ImagePreprocessing` turning raw images into model
             input; default `infer_preprocessing(x)`: uint8 pixels divided by 255,
             float inputs unchanged (the first log line says which). Non-image
@@ -241,8 +216,6 @@ class ActiveLearningLoop:
             in the config so a resume with different ones is refused.
         label: the run's name in log lines (default: the strategy's name), to tell variants of
             one strategy apart (e.g. `"random+head"`); not part of the config.
-        config: a `LoopConfig` with the protocol's settings, instead of passing
-            them one by one (then leave those keyword arguments unset).
 
     Example:
 
@@ -253,8 +226,8 @@ class ActiveLearningLoop:
     ...                   metrics=["accuracy"])
     ...     return model
     >>> x, y = np.random.randint(0, 255, (40, 4, 4, 1)).astype("uint8"), np.arange(40) % 2
-    >>> loop = ActiveLearningLoop(factory, (x, y), (x[:8], y[:8]), "random", initial_size=10,
-    ...                           query_size=5, cycles=3, epochs=1)  # doctest: +SKIP
+    >>> config = LoopConfig(initial_size=10, query_size=5, cycles=3, epochs=1)
+    >>> loop = ActiveLearningLoop(factory, (x, y), (x[:8], y[:8]), "random", config)  # doctest: +SKIP
     >>> loop.run().learning_curve()[0].tolist()  # doctest: +SKIP
     [10, 15, 20]
     """
@@ -265,48 +238,26 @@ class ActiveLearningLoop:
         train_data,
         test_data,
         strategy: Any,
-        initial_size: int | None = None,
-        query_size: int | None = None,
-        subset_size: int | None = None,
-        cycles: int = 10,
-        epochs: int = 1,
-        batch_size: int = 128,
+        config: LoopConfig,
         preprocessing: ImagePreprocessing | data_lib.IdentityPreprocessing | str | None = None,
-        augment: bool = False,
-        warm_start: bool = True,
-        seed: int = 0,
         work_dir: str | None = None,
         fit_kwargs: dict | None = None,
-        score_batch_size: int = 512,
-        verbose: int = 1,
         tags: dict | None = None,
         label: str | None = None,
-        config: LoopConfig | None = None,
     ):
         if not callable(model_factory):
             raise TypeError(
                 f"Expected `model_factory` to be a callable returning a compiled model. Received: {model_factory!r}"
             )
+        if not isinstance(config, LoopConfig):
+            raise TypeError(f"Expected `config` to be a keras_lossal.LoopConfig. Received: config={config!r}")
         self.model_factory = model_factory
         self.x_train, self.y_train = _materialise(train_data, "train_data", preprocessing)
         self.x_test, self.y_test = _materialise(test_data, "test_data", preprocessing)
         _check_finite_test_images(self.x_test)
         # Items with NaN/inf features are never labeled (not in the initial set, never scored).
         self.finite_pool = _finite_items(self.x_train)
-        self.loop_config = LoopConfig.from_arguments(
-            config,
-            initial_size=initial_size,
-            query_size=query_size,
-            subset_size=subset_size,
-            cycles=cycles,
-            epochs=epochs,
-            batch_size=batch_size,
-            augment=augment,
-            warm_start=warm_start,
-            seed=seed,
-            score_batch_size=score_batch_size,
-            verbose=verbose,
-        )
+        self.loop_config = config
         self.loop_config.check_pool(int(self.finite_pool.sum()))
         self.strategy, self.strategy_name = _resolve_strategy(strategy)
         self.preprocessing, self.preprocessing_note = self._resolve_preprocessing(preprocessing)
@@ -317,13 +268,6 @@ class ActiveLearningLoop:
         self.tags = jsonable(dict(tags or {}))
         self.label = str(label) if label is not None else self.strategy_name
         self.model: keras.Model | None = None
-
-    def __getattr__(self, name: str):
-        # The settings stay readable as attributes (`loop.seed`, `loop.cycles`), as before `LoopConfig`.
-        config = self.__dict__.get("loop_config")
-        if config is not None and name in _CONFIG_FIELDS:
-            return getattr(config, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _resolve_preprocessing(self, preprocessing) -> tuple[Any, str | None]:
         """The given preprocessing, or the one the inputs imply (images: their dtype) and the note saying so."""
@@ -578,9 +522,6 @@ class ActiveLearningLoop:
                     f"Expected class labels in [0, {classes}) for a model with {classes} output classes. Received: "
                     f"{name} label {labels[outside[0]]} at index {outside[0]} ({len(outside)} label(s) outside)"
                 )
-
-
-_CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(LoopConfig))
 
 
 class _Progress:

@@ -620,9 +620,6 @@ class LossLearningModel(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        # Models saved before recipes existed trained jointly on disjoint pairs, detached only at an explicit epoch.
-        if "recipe" not in config:
-            config.update(recipe="paper", detach_after_fraction=None if config.get("detach_after_epoch") else 1.0)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"], custom_objects=custom_objects)
         config["head"] = keras.saving.deserialize_keras_object(config["head"], custom_objects=custom_objects)
         return cls(**config)

@@ -66,11 +66,21 @@ class ScoreByModel(Strategy):
         return types.SimpleNamespace(indices=order, scores=scores[order])
 
 
+_LOOP_ARGUMENTS = ("preprocessing", "work_dir", "fit_kwargs", "tags", "label")
+
+
+def _new_loop(model_factory, train_data, test_data, strategy, *sizes, **options):
+    """`ActiveLearningLoop` with its `LoopConfig` built from `options` (`sizes`: initial_size, query_size)."""
+    arguments = {name: options.pop(name) for name in _LOOP_ARGUMENTS if name in options}
+    options.update(zip(("initial_size", "query_size"), sizes))
+    return ActiveLearningLoop(model_factory, train_data, test_data, strategy, LoopConfig(**options), **arguments)
+
+
 def _loop(work_dir, strategy, warm_start=True, cycles=4, train=None, model_factory=_classifier, **options):
     x, y = _data()
     defaults = dict(initial_size=20, query_size=10, subset_size=50, epochs=2, batch_size=16, seed=7, verbose=0)
     defaults.update(options)
-    return ActiveLearningLoop(
+    return _new_loop(
         model_factory,
         train if train is not None else (x, y),
         (x[:40], y[:40]),
@@ -185,11 +195,11 @@ def test_learning_loss_by_name_labels_the_highest_predicted_losses():
 def test_invalid_arguments_name_the_value():
     x, y = _data()
     with pytest.raises(ValueError, match="pool size 120"):
-        ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel(), initial_size=100, query_size=10, cycles=4)
+        _new_loop(_classifier, (x, y), (x, y), ScoreByModel(), initial_size=100, query_size=10, cycles=4)
     with pytest.raises(ValueError, match="subset_size=5"):
-        ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel(), initial_size=10, query_size=10, subset_size=5)
+        _new_loop(_classifier, (x, y), (x, y), ScoreByModel(), initial_size=10, query_size=10, subset_size=5)
     with pytest.raises(TypeError, match="select"):
-        ActiveLearningLoop(_classifier, (x, y), (x, y), object(), initial_size=10, query_size=10)
+        _new_loop(_classifier, (x, y), (x, y), object(), initial_size=10, query_size=10)
 
 
 def test_strategy_returning_duplicates_is_rejected():
@@ -238,21 +248,17 @@ def test_a_strategy_that_is_not_a_strategy_subclass_gets_the_older_arguments_and
     assert len(result.labeled_indices) == 30 and result.config["strategy"] == "old_style"
 
 
-def test_settings_as_a_config_or_as_arguments():
+def test_the_settings_are_one_loop_config_passed_whole():
     x, y = _data()
     config = LoopConfig(initial_size=20, query_size=10, subset_size=50, cycles=3, epochs=1, seed=4)
-    by_config = ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel(), config=config)
-    by_arguments = ActiveLearningLoop(
-        _classifier, (x, y), (x, y), ScoreByModel(), 20, 10, subset_size=50, cycles=3, epochs=1, seed=4
-    )
-    assert by_config.config() == by_arguments.config()
-    assert by_config.loop_config is config and by_config.seed == 4 and by_arguments.cycles == 3
-    with pytest.raises(ValueError, match=r"not both. Received: config=.* and \{'cycles': 5\}"):
-        ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel(), config=config, cycles=5)
-    with pytest.raises(ValueError, match=r"Expected initial_size to be an integer >= 1. Received: initial_size=None"):
-        ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel())
-    with pytest.raises(AttributeError, match="no attribute 'cycle'"):
-        _ = by_config.cycle
+    loop = ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel(), config)
+    assert loop.loop_config is config and loop.config()["seed"] == 4 and loop.config()["cycles"] == 3
+    with pytest.raises(TypeError, match=r"Expected `config` to be a keras_lossal.LoopConfig. Received: config=\{"):
+        ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel(), {"initial_size": 20, "query_size": 10})
+    with pytest.raises(TypeError, match="initial_size"):
+        ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel(), config, initial_size=20)
+    with pytest.raises(AttributeError, match="no attribute 'seed'"):
+        _ = loop.seed  # the settings live in `loop.loop_config` only
 
 
 def test_labels_outside_the_models_classes_are_refused_before_training(tmp_path):
@@ -273,7 +279,7 @@ def test_labels_outside_the_models_classes_are_refused_before_training(tmp_path)
 def test_preprocessing_is_inferred_from_the_dtype_and_said(capsys):
     x, y = _data()
     standardised = ((x.astype(np.float32) - 127.5) / 40.0).astype(np.float32)  # about -3..3: already model input
-    loop = ActiveLearningLoop(
+    loop = _new_loop(
         _classifier, (standardised, y), (standardised[:40], y[:40]), ScoreByModel(), initial_size=20, query_size=10,
         cycles=1, epochs=1, verbose=1,
     )  # fmt: skip
@@ -281,15 +287,13 @@ def test_preprocessing_is_inferred_from_the_dtype_and_said(capsys):
     np.testing.assert_allclose(loop.preprocessing(standardised[:4]).numpy(), standardised[:4], atol=1e-6)
     loop.run()
     assert "preprocessing inferred from float32 images: x unchanged, at 6x6x1" in capsys.readouterr().out
-    pixels = ActiveLearningLoop(_classifier, (x, y), (x[:40], y[:40]), ScoreByModel(), initial_size=20, query_size=10)
+    pixels = _new_loop(_classifier, (x, y), (x[:40], y[:40]), ScoreByModel(), initial_size=20, query_size=10)
     assert pixels.preprocessing.scale == pytest.approx(1 / 255)
     assert pixels.preprocessing_note == "preprocessing inferred from uint8 images: x / 255, at 6x6x1"
     with pytest.raises(ValueError, match="dtype int64"):
-        ActiveLearningLoop(
-            _classifier, (x.astype(np.int64), y), (x[:40].astype(np.int64), y[:40]), ScoreByModel(), 20, 10
-        )
+        _new_loop(_classifier, (x.astype(np.int64), y), (x[:40].astype(np.int64), y[:40]), ScoreByModel(), 20, 10)
     with pytest.raises(ValueError, match="one dtype"):
-        ActiveLearningLoop(_classifier, (x, y), (standardised[:40], y[:40]), ScoreByModel(), 20, 10)
+        _new_loop(_classifier, (x, y), (standardised[:40], y[:40]), ScoreByModel(), 20, 10)
 
 
 def test_cycle_log_shows_task_loss_for_every_model_and_the_runs_label(capsys):
@@ -316,7 +320,7 @@ def test_non_finite_pool_items_are_never_labeled_and_non_finite_test_data_is_ref
     x[bad[1]] = np.inf
     x[bad[2], 1, 1, 0] = -np.inf
     x[bad[3], 2, 0, 0] = np.nan
-    loop = ActiveLearningLoop(
+    loop = _new_loop(
         _classifier, (x, y), (x[60:100][~np.isin(np.arange(60, 100), bad)], y[60:100][~np.isin(np.arange(60, 100), bad)]),
         "random", initial_size=100, query_size=8, subset_size=None, cycles=3, epochs=1, batch_size=16, seed=0,
     )  # fmt: skip
@@ -326,11 +330,9 @@ def test_non_finite_pool_items_are_never_labeled_and_non_finite_test_data_is_ref
     assert all(np.isfinite(record["accuracy"]) for record in result.cycles)
     assert "4 pool items have NaN/inf values; they are never labeled" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"Expected finite test_data images. Received: 2 of 40"):
-        ActiveLearningLoop(_classifier, (x, y), (x[:40], y[:40]), "random", initial_size=10, query_size=5)
+        _new_loop(_classifier, (x, y), (x[:40], y[:40]), "random", initial_size=10, query_size=5)
     with pytest.raises(ValueError, match=r"pool size 116 \(finite items\)"):
-        ActiveLearningLoop(
-            _classifier, (x, y), (x[60:64], y[60:64]), "random", initial_size=110, query_size=8, cycles=2
-        )
+        _new_loop(_classifier, (x, y), (x[60:64], y[60:64]), "random", initial_size=110, query_size=8, cycles=2)
 
 
 def test_a_finished_run_whose_weights_were_not_kept_still_loads(tmp_path):
@@ -401,7 +403,7 @@ def test_non_image_inputs_run_through_the_loop_unchanged(
 ):
     x, y = make_data(300, seed=0)
     x_test, y_test = make_data(150, seed=1)
-    loop = ActiveLearningLoop(
+    loop = _new_loop(
         model_factory, (x, y), tf.data.Dataset.from_tensor_slices((x_test, y_test)), strategy,
         initial_size=60, query_size=30, subset_size=150, cycles=3, epochs=4, batch_size=32, seed=3,
         preprocessing=preprocessing, work_dir=str(tmp_path), verbose=0,
@@ -417,7 +419,7 @@ def test_non_image_inputs_run_through_the_loop_unchanged(
     state = json.loads((tmp_path / STATE_FILE).read_text())
     assert state["config"]["preprocessing"] == {"kind": "identity", "input_shape": list(x.shape[1:])}
     # A resume of the finished run reads the identity preprocessing back and accepts it.
-    again = ActiveLearningLoop(
+    again = _new_loop(
         model_factory, (x, y), (x_test, y_test), strategy, initial_size=60, query_size=30, subset_size=150,
         cycles=3, epochs=4, batch_size=32, seed=3, preprocessing=preprocessing, work_dir=str(tmp_path), verbose=0,
     )  # fmt: skip
@@ -427,11 +429,11 @@ def test_non_image_inputs_run_through_the_loop_unchanged(
 def test_non_image_inputs_refuse_augmentation_and_mismatched_test_shapes():
     x, y = _tabular(40, seed=0)
     with pytest.raises(ValueError, match="augment=False"):
-        ActiveLearningLoop(_tabular_model, (x, y), (x, y), "random", 10, 5, cycles=2, augment=True)
+        _new_loop(_tabular_model, (x, y), (x, y), "random", 10, 5, cycles=2, augment=True)
     with pytest.raises(ValueError, match=r"one item shape. Received \(10,\) and \(9,\)"):
-        ActiveLearningLoop(_tabular_model, (x, y), (x[:, :9], y), "random", 10, 5, cycles=2)
+        _new_loop(_tabular_model, (x, y), (x[:, :9], y), "random", 10, 5, cycles=2)
     signals, labels = _signals(40, seed=0)
-    grayscale = ActiveLearningLoop(
+    grayscale = _new_loop(
         _classifier, (signals[..., 0][:, :6, None].repeat(6, 2), labels), (signals[:8, :6, :].repeat(6, 2), labels[:8]),
         "random", initial_size=10, query_size=5, cycles=2,
     )  # fmt: skip

@@ -109,8 +109,6 @@ def test_loop_config_stores_integers_and_checks_the_pool():
     config.check_pool(50)
     with pytest.raises(ValueError, match=r"<= pool size 49 .*initial_size=20, query_size=10, cycles=4 -> 50 labels"):
         config.check_pool(49)
-    with pytest.raises(TypeError, match="Expected `config` to be a LoopConfig"):
-        LoopConfig.from_arguments({"initial_size": 20}, initial_size=None)
 
 
 def test_a_refusal_carries_advice_each_layer_can_replace_and_clear_removes_only_the_state(tmp_path):

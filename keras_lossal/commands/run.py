@@ -137,6 +137,7 @@ def _add_model_arguments(model) -> None:
 @reports_errors("run")
 def run(args) -> int:
     from keras_lossal import experiment, results
+    from keras_lossal.loop import LoopConfig
     from keras_lossal.loop_state import ResumeRefusedError
 
     check_finite_positive("--lr", args.lr)
@@ -156,17 +157,19 @@ def run(args) -> int:
             args.seeds,
             args.out,
             spec,
-            initial_size=args.initial_size,
-            query_size=args.query_size,
-            subset_size=args.subset_size or None,
-            cycles=args.cycles,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
+            LoopConfig(
+                initial_size=args.initial_size,
+                query_size=args.query_size,
+                subset_size=args.subset_size or None,
+                cycles=args.cycles,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                augment=args.augment,
+                warm_start=not args.cold_start,
+                verbose=verbose,
+            ),
             lr_schedule=lr_schedule,
-            augment=args.augment,
-            warm_start=not args.cold_start,
             head_for_all=args.head_for_all,
-            verbose=verbose,
             restart=args.restart,
         )
     except ResumeRefusedError as error:  # the directory is untouched
