@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -197,9 +196,7 @@ class ActiveLearningLoop:
         strategy: an acquisition strategy name (`keras_lossal.acquisition.get`)
             or a `keras_lossal.acquisition.Strategy`; its `select` is called with
             the arguments of `Strategy.select`, `labeled` included (the labeled
-            items, preprocessed). Any other object with `select(model, pool, k,
-            subset_size, seed, batch_size)` still works, without `verbose` and
-            `labeled`, and draws a `DeprecationWarning`.
+            items, preprocessed). Any other object is refused with a `TypeError`.
         config: the `LoopConfig`: sizes, cycles, epochs, batch size, augmentation,
             warm start, seed and verbosity (validated when it was built).
         preprocessing: the `ImagePreprocessing` turning raw images into model
@@ -459,12 +456,16 @@ class ActiveLearningLoop:
         """The strategy's picks among `candidates`, as positions in it (checked: `query_size` distinct ones)."""
         settings = self.loop_config
         pool = self.preprocessing(self.x_train[candidates]).numpy()
-        arguments = dict(subset_size=None, seed=cycle_seed(settings.seed, cycle, _PURPOSE_STRATEGY))
-        arguments["batch_size"] = settings.score_batch_size
-        if isinstance(self.strategy, acquisition.Strategy):
-            arguments["verbose"] = 1 if settings.verbose >= 2 else 0
-            arguments["labeled"] = self.preprocessing(self.x_train[is_labeled]).numpy()
-        selection = self.strategy.select(model, pool, settings.query_size, **arguments)
+        selection = self.strategy.select(
+            model,
+            pool,
+            settings.query_size,
+            subset_size=None,
+            seed=cycle_seed(settings.seed, cycle, _PURPOSE_STRATEGY),
+            batch_size=settings.score_batch_size,
+            verbose=1 if settings.verbose >= 2 else 0,
+            labeled=self.preprocessing(self.x_train[is_labeled]).numpy(),
+        )
         positions = np.asarray(selection.indices, dtype=np.int64).reshape(-1)
         if len(positions) != settings.query_size or len(np.unique(positions)) != len(positions):
             raise RuntimeError(
@@ -584,22 +585,16 @@ def _optimizer_settings(model: keras.Model) -> tuple[type, dict]:
     return type(model.optimizer), {key: value for key, value in config.items() if key not in ("learning_rate", "name")}
 
 
-def _resolve_strategy(strategy) -> tuple[Any, str]:
-    """The strategy object and its name, from a name or an object with `select`."""
+def _resolve_strategy(strategy) -> tuple[acquisition.Strategy, str]:
+    """The strategy object and its name, from a name or a `Strategy`."""
     if isinstance(strategy, str):
         return acquisition.get(strategy), strategy
-    if not callable(getattr(strategy, "select", None)):
-        raise TypeError(f"Expected a strategy name or an object with `.select(...)`. Received: {strategy!r}")
     if not isinstance(strategy, acquisition.Strategy):
-        warnings.warn(
-            f"{type(strategy).__name__} is not a keras_lossal.acquisition.Strategy, so the loop calls its "
-            "select(model, pool, k, subset_size=, seed=, batch_size=) without `verbose` and `labeled`. Subclass "
-            "Strategy (and accept every argument of Strategy.select) to get them; duck-typed strategies will be "
-            "refused in a future version.",
-            DeprecationWarning,
-            stacklevel=3,
+        raise TypeError(
+            "Expected a strategy name or a keras_lossal.acquisition.Strategy (subclass it and implement "
+            f"pick(model, pool, request), or score(model, features) in a ScoringStrategy). Received: {strategy!r}"
         )
-    return strategy, getattr(strategy, "name", type(strategy).__name__)
+    return strategy, strategy.name
 
 
 def _check_fit_kwargs(fit_kwargs: dict | None) -> dict:

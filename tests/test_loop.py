@@ -55,7 +55,8 @@ class ScoreByModel(Strategy):
         self.pool_sizes = []
         self.labeled_sizes = []
 
-    def select(self, model, pool, k, subset_size=None, seed=None, batch_size=32, verbose=0, labeled=None):
+    def pick(self, model, pool, request):
+        k, batch_size, labeled = request.k, request.batch_size, request.labeled
         if self.calls == self.fail_at_call:
             raise KeyboardInterrupt("simulated crash")
         self.calls += 1
@@ -198,14 +199,14 @@ def test_invalid_arguments_name_the_value():
         _new_loop(_classifier, (x, y), (x, y), ScoreByModel(), initial_size=100, query_size=10, cycles=4)
     with pytest.raises(ValueError, match="subset_size=5"):
         _new_loop(_classifier, (x, y), (x, y), ScoreByModel(), initial_size=10, query_size=10, subset_size=5)
-    with pytest.raises(TypeError, match="select"):
+    with pytest.raises(TypeError, match="Strategy"):
         _new_loop(_classifier, (x, y), (x, y), object(), initial_size=10, query_size=10)
 
 
 def test_strategy_returning_duplicates_is_rejected():
     class Duplicates(Strategy):
-        def select(self, model, pool, k, **_):
-            return types.SimpleNamespace(indices=np.zeros(k, dtype=int))
+        def pick(self, model, pool, request):
+            return types.SimpleNamespace(indices=np.zeros(request.k, dtype=int))
 
     with pytest.raises(RuntimeError, match="distinct"):
         _loop(None, Duplicates(), cycles=2, epochs=1).run()
@@ -217,10 +218,10 @@ def test_every_strategy_gets_the_arguments_of_strategy_select():
     class Recording(Strategy):
         name = "recording"
 
-        def select(self, model, pool, k, subset_size=None, seed=None, batch_size=256, verbose=0, labeled=None):
-            calls.append({"k": k, "subset_size": subset_size, "seed": seed, "batch_size": batch_size})
-            calls[-1].update(verbose=verbose, pool=pool, labeled=labeled)
-            return types.SimpleNamespace(indices=np.arange(k))
+        def pick(self, model, pool, request):
+            calls.append({"k": request.k, "subset_size": request.subset_size, "seed": request.seed})
+            calls[-1].update(batch_size=request.batch_size, verbose=request.verbose, pool=pool, labeled=request.labeled)
+            return types.SimpleNamespace(indices=np.arange(request.k))
 
     loop = _loop(None, Recording(), cycles=3, epochs=1, verbose=2, score_batch_size=24)
     result = loop.run()
@@ -235,17 +236,23 @@ def test_every_strategy_gets_the_arguments_of_strategy_select():
         assert call["pool"].shape == (50, *INPUT_SHAPE)
 
 
-def test_a_strategy_that_is_not_a_strategy_subclass_gets_the_older_arguments_and_a_deprecation_warning():
+def test_a_duck_typed_strategy_is_refused_with_a_type_error():
     class OldStyle:
         name = "old_style"
 
         def select(self, model, pool, k, subset_size=None, seed=None, batch_size=32):
             return types.SimpleNamespace(indices=np.arange(k)[::-1])
 
-    with pytest.warns(DeprecationWarning, match="OldStyle is not a keras_lossal.acquisition.Strategy"):
-        loop = _loop(None, OldStyle(), cycles=2, epochs=1)
-    result = loop.run()
-    assert len(result.labeled_indices) == 30 and result.config["strategy"] == "old_style"
+    with pytest.raises(TypeError, match=r"Expected a strategy name or a keras_lossal.acquisition.Strategy .*OldStyle"):
+        _loop(None, OldStyle(), cycles=2, epochs=1)
+
+
+def test_a_strategy_overriding_select_is_refused_when_defined():
+    with pytest.raises(TypeError, match="overrides Strategy.select; implement pick"):
+
+        class Overriding(Strategy):
+            def select(self, model, pool, k, **_):
+                return None
 
 
 def test_the_settings_are_one_loop_config_passed_whole():
