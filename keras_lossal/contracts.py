@@ -27,9 +27,11 @@ from typing import Any
 __all__ = [
     "BACKBONE_NAMES",
     "CLASSES_FILE",
+    "CONTENT_FIELD",
     "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "DEFAULT_RECIPE",
+    "EXPERIMENT_FILE",
     "MODEL_FILE",
     "ModelSpec",
     "OPTIMIZER_NAMES",
@@ -55,6 +57,10 @@ CLASSES_FILE = "classes.json"
 TRAINING_FILE = "training.json"
 # The images that could not be read, one JSON line each (`lossal train`, `lossal run`).
 REJECTS_FILE = "rejects.jsonl"
+# An experiment's settings, in its output directory (`lossal run`, read by `lossal report`).
+EXPERIMENT_FILE = "experiment.json"
+# The field of a labeled-set or Label Studio record that holds the SHA-256 of the item's bytes.
+CONTENT_FIELD = "sha256"
 
 # 64 megapixels / 32 MiB: far above any labeling image, far below a decompression bomb.
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000

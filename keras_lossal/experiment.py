@@ -18,7 +18,7 @@ import keras
 from keras_lossal import acquisition
 from keras_lossal.acquisition.models import mc_dropout_model
 from keras_lossal.backbones import BACKBONES, small_cnn
-from keras_lossal.contracts import ModelSpec, check_finite_non_negative
+from keras_lossal.contracts import EXPERIMENT_FILE, ModelSpec, check_finite_non_negative
 from keras_lossal.data import ArrayDataset
 from keras_lossal.loop import ActiveLearningLoop, LoopConfig, LoopResult
 from keras_lossal.loop_state import ResumeRefusedError, RunDirectory, write_json_atomic
@@ -51,7 +51,6 @@ __all__ = [
 # Strategies whose scores need the loss-prediction head; the others train the bare backbone, as in the paper.
 HEAD_STRATEGIES = ("learning_loss", "learning_loss_clusters", "learning_loss_kcenter", "learning_loss_badge")
 ARM_SEPARATOR = "@"
-EXPERIMENT_FILE = "experiment.json"
 
 
 def parse_arm(arm: str) -> tuple[str, str | None]:
