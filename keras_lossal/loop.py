@@ -202,7 +202,7 @@ class ActiveLearningLoop:
         preprocessing: the `ImagePreprocessing` turning raw images into model
             input; default `infer_preprocessing(x)`: uint8 pixels divided by 255,
             float inputs unchanged (the first log line says which). Non-image
-            inputs use `keras_lossal.data.IdentityPreprocessing` (`"identity"`;
+            inputs use `keras_lossal.preprocessing.IdentityPreprocessing` (`"identity"`;
             the default for `(N, F)` features): cast to float32, nothing else,
             and `augment` must stay off. Recorded in the state.
         work_dir: where state and warm-start weights live; `None` keeps

@@ -10,7 +10,7 @@ progress bars and a checkpoint after every epoch → an output directory:
 - `preprocessing.json` (`PREPROCESSING_FILE`): raw input → model input, the
   format `examples/demo.py` writes and `ImagePreprocessing.from_config` reads
   (non-image data: `{"kind": "identity", "input_shape": [...]}`, read by
-  `keras_lossal.data.preprocessing_from_config`);
+  `keras_lossal.preprocessing.preprocessing_from_config`);
 - `classes.json` (`CLASSES_FILE`): the class names, a JSON list in label order
   (index i is the model's output i);
 - `training.json` (`TRAINING_FILE`): the settings, the data's fingerprint, the
