@@ -10,14 +10,17 @@ LS_STAMP := $(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION)
 export LOSSAL_LABEL_STUDIO ?= $(CURDIR)/$(LS_VENV)/bin/label-studio
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
+# The package `make structure` checks (a test points it at synthetic packages).
+PACKAGE ?= keras_lossal
 
-.PHONY: help venv labelstudio test test-all demo fashion-mnist lint format bench bench-all clean
+.PHONY: help venv labelstudio test test-all demo fashion-mnist lint structure format bench bench-all clean
 
 help:
 	@echo "make test      quick test suite (not slow)"
 	@echo "make test-all  every test, slow ones included (CI); installs Label Studio in .venv-labelstudio for its tests"
 	@echo "make demo      the main job on Fashion-MNIST (CPU, a few minutes)"
-	@echo "make lint      ruff, and no function in keras_lossal/ over 60 lines of code"
+	@echo "make lint      make structure, then ruff"
+	@echo "make structure no function in keras_lossal/ over 60 lines of code, no upward import between layers"
 	@echo "make bench     speed benchmarks (ratios on stdout; see benchmarks/RESULTS.md)"
 	@echo "make bench-all also Beam and the label-efficiency protocol (about an hour)"
 
@@ -51,10 +54,14 @@ demo: $(STAMP) fashion-mnist
 fashion-mnist:
 	@bash scripts/ensure_fashion_mnist.sh
 
-lint: $(STAMP)
+lint: $(STAMP) structure
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) scripts/check_function_length.py --max 60 keras_lossal
+
+# The layers are defined once, in scripts/check_layers.py (docs/architecture.md draws them).
+structure: $(STAMP)
+	$(PY) scripts/check_function_length.py --max 60 $(PACKAGE)
+	$(PY) scripts/check_layers.py $(PACKAGE)
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -50,6 +50,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from keras_lossal import data, experiment, results  # noqa: E402
+from keras_lossal.loop import LoopConfig  # noqa: E402
 
 LEARNING_LOSS_ARMS = [
     "learning_loss",
@@ -165,13 +166,15 @@ def main(argv=None) -> int:
                 [seed],
                 args.out,
                 spec,
-                initial_size=args.initial_size,
-                query_size=args.query_size,
-                subset_size=args.subset_size,
-                cycles=args.cycles,
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                verbose=0 if args.quiet else 1,
+                LoopConfig(
+                    initial_size=args.initial_size,
+                    query_size=args.query_size,
+                    subset_size=args.subset_size,
+                    cycles=args.cycles,
+                    epochs=args.epochs,
+                    batch_size=args.batch_size,
+                    verbose=0 if args.quiet else 1,
+                ),
             )
             print(f"seed {seed} done after {time.perf_counter() - start:.0f} s", flush=True)
             print(report(args.out), flush=True)

@@ -64,6 +64,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 from keras_lossal import data, experiment, results  # noqa: E402
+from keras_lossal.loop import LoopConfig  # noqa: E402
 
 # The split is part of the protocol: changing a number here changes every run.
 SPLIT_SEED = 0
@@ -234,13 +235,15 @@ def main(argv=None) -> int:
                 [seed],
                 args.out,
                 spec,
-                initial_size=args.initial_size,
-                query_size=args.query_size,
-                subset_size=None,
-                cycles=args.cycles,
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                verbose=0 if args.quiet else 1,
+                LoopConfig(
+                    initial_size=args.initial_size,
+                    query_size=args.query_size,
+                    subset_size=None,
+                    cycles=args.cycles,
+                    epochs=args.epochs,
+                    batch_size=args.batch_size,
+                    verbose=0 if args.quiet else 1,
+                ),
             )
             drop_finished_weights(args.out)
             print(f"seed {seed} done after {time.perf_counter() - start:.0f} s", flush=True)

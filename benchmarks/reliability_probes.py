@@ -743,8 +743,8 @@ def loop_labels(ws: Workspace) -> Outcome:
     observed, checks = [], {}
     for name, labels in (("label 7", np.where(np.arange(24) == 10, 7, y)), ("float labels", y.astype(np.float32))):
         try:
-            loop = kl.ActiveLearningLoop(small_model, (x, labels), (x[:6], y[:6]), "random", initial_size=6,
-                                         query_size=3, cycles=2, epochs=1, batch_size=4, verbose=0)  # fmt: skip
+            config = kl.LoopConfig(initial_size=6, query_size=3, cycles=2, epochs=1, batch_size=4, verbose=0)
+            loop = kl.ActiveLearningLoop(small_model, (x, labels), (x[:6], y[:6]), "random", config)
             loop.run()
             raised = "no error: trained"
         except ValueError as error:

@@ -33,6 +33,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from keras_lossal import data, experiment, results  # noqa: E402
+from keras_lossal.loop import LoopConfig  # noqa: E402
 
 # The paper's protocol; --smoke swaps in the tiny values below, leaving the structure unchanged.
 PAPER = dict(
@@ -108,16 +109,18 @@ def main(argv=None) -> dict:
         list(range(protocol["trials"])),
         args.out,
         spec,
-        initial_size=protocol["initial_size"],
-        query_size=protocol["query_size"],
-        subset_size=protocol["subset_size"],
-        cycles=protocol["cycles"],
-        epochs=protocol["epochs"],
-        batch_size=protocol["batch_size"],
+        LoopConfig(
+            initial_size=protocol["initial_size"],
+            query_size=protocol["query_size"],
+            subset_size=protocol["subset_size"],
+            cycles=protocol["cycles"],
+            epochs=protocol["epochs"],
+            batch_size=protocol["batch_size"],
+            augment=True,
+            warm_start=True,
+            verbose=0 if args.quiet else 1,
+        ),
         lr_schedule={protocol["lr_drop_epoch"]: 0.01},
-        augment=True,
-        warm_start=True,
-        verbose=0 if args.quiet else 1,
     )
     summary = results.summarise(results.load_experiment(args.out))
     results.write_report(summary, args.out)

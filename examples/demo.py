@@ -68,14 +68,16 @@ def run_protocol(args) -> dict:
                 (dataset.x_train, dataset.y_train),
                 (dataset.x_test, dataset.y_test),
                 strategy,
-                initial_size=500,
-                query_size=500,
-                subset_size=5000,
-                cycles=args.cycles,
-                epochs=args.epochs,
-                batch_size=64,
+                kl.LoopConfig(
+                    initial_size=500,
+                    query_size=500,
+                    subset_size=5000,
+                    cycles=args.cycles,
+                    epochs=args.epochs,
+                    batch_size=64,
+                    seed=seed,
+                ),
                 preprocessing=dataset.preprocessing,
-                seed=seed,
                 work_dir=os.path.join(args.out, strategy, f"seed_{seed}"),
             )
             runs[strategy].append(loop.run())

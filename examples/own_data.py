@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_lossal import data, experiment, results, training  # noqa: E402
+from keras_lossal.loop import LoopConfig  # noqa: E402
 
 
 # A backbone of your own is any functional Keras model that outputs logits. `train` and
@@ -112,8 +113,8 @@ def main(argv=None) -> dict:
         pool = len(dataset.x_train)
         outcome["experiment"] = experiment.run_experiment(
             dataset, ["learning_loss", "random"], seeds=[0], out_dir=os.path.join(args.out, "experiment"),
-            spec=spec, initial_size=pool // 4, query_size=pool // 8, subset_size=None, cycles=3,
-            epochs=args.epochs, batch_size=32,
+            spec=spec,
+            config=LoopConfig(initial_size=pool // 4, query_size=pool // 8, cycles=3, epochs=args.epochs, batch_size=32),
         )  # fmt: skip
         summary = results.summarise(results.load_experiment(os.path.join(args.out, "experiment")))
         print(results.format_table(summary))

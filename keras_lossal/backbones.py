@@ -1,11 +1,11 @@
-"""Backbones as functional Keras models with named taps: the paper's CIFAR ResNet-18 and a dense MLP for features."""
+"""Backbones as functional Keras models with named taps: the paper's CIFAR ResNet-18, a small CNN and a dense MLP."""
 
 from __future__ import annotations
 
 import keras
 from keras import layers
 
-__all__ = ["dense_mlp", "resnet18_cifar", "unsafe_strided_1x1"]
+__all__ = ["BACKBONES", "dense_mlp", "resnet18_cifar", "small_cnn", "unsafe_strided_1x1"]
 
 # oneDNN's reduce-to-unit-stride workspace holds one block of input channels (16 floats with AVX-512, 8 with AVX2).
 _ONEDNN_CHANNEL_BLOCK = 16
@@ -111,6 +111,28 @@ def resnet18_cifar(
     return keras.Model(inputs, outputs, name=name)
 
 
+def small_cnn(
+    input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 10, width: int = 16, name: str = "small_cnn"
+) -> keras.Model:
+    """A two-stage CNN for quick CPU runs and tests (not in the paper).
+
+    Example:
+
+    >>> small_cnn(width=4).get_layer("stage2").output.shape
+    (None, 7, 7, 8)
+    """
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for stage in range(2):
+        x = layers.Conv2D(width * 2**stage, 3, padding="same", use_bias=False, name=f"stage{stage + 1}_conv")(x)
+        x = layers.BatchNormalization(name=f"stage{stage + 1}_bn")(x)
+        x = layers.ReLU(name=f"stage{stage + 1}_relu")(x)
+        x = layers.MaxPooling2D(name=f"stage{stage + 1}")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
 def dense_mlp(
     input_shape: tuple[int, ...] = (64,),
     num_classes: int = 10,
@@ -147,3 +169,7 @@ def dense_mlp(
         x = layers.Dense(width, activation="relu", name=f"hidden{index + 1}")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+# The built-in backbones by name (`keras_lossal.contracts.BACKBONE_NAMES`, which the command line reads).
+BACKBONES = {builder.__name__: builder for builder in (resnet18_cifar, small_cnn)}

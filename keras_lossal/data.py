@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import gzip
-import json
 import os
 import re
 import struct
@@ -37,9 +36,16 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from keras_lossal.contracts import REJECTS_FILE
 from keras_lossal.files import check_regular_file, read_file
 from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, checked_image_size
-from keras_lossal.preprocessing import ImagePreprocessing, infer_preprocessing
+from keras_lossal.preprocessing import (  # IDENTITY, IdentityPreprocessing and preprocessing_from_config: public here too
+    IDENTITY,
+    IdentityPreprocessing,
+    ImagePreprocessing,
+    infer_preprocessing,
+    preprocessing_from_config,
+)
 
 __all__ = [
     "ArrayDataset",
@@ -69,12 +75,8 @@ __all__ = [
     "training_pipeline",
 ]
 
-# The `preprocessing=` shorthand for "use the inputs as they are" (any rank).
-IDENTITY = "identity"
 # Manifest files `load` and `labeled_images` recognise by their name (`keras_lossal.manifest` reads both).
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
-# Where `lossal train` and `lossal run` list the images they skipped, one `{"id", "path", "reason"}` per line.
-REJECTS_FILE = "rejects.jsonl"
 # Datasets `load` reads from local files by name (anything else by name comes from TFDS).
 LOCAL_DATASETS = ("fashion_mnist",)
 
@@ -96,58 +98,6 @@ NORMALISATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class IdentityPreprocessing:
-    """Inputs used as they are, cast to float32: the preprocessing of non-image data (features, signals).
-
-    Args:
-        input_shape: the shape of one item, e.g. `(20,)` for 20 tabular features or
-            `(128, 1)` for a one-channel signal of 128 samples.
-
-    Example:
-
-    >>> import numpy as np
-    >>> prep = IdentityPreprocessing((3,))
-    >>> prep(np.array([[1, 2, 3]], np.int64)).numpy().tolist(), prep.describe()
-    ([[1.0, 2.0, 3.0]], 'x unchanged, input (3,)')
-    >>> preprocessing_from_config(prep.get_config()) == prep
-    True
-    """
-
-    input_shape: tuple[int, ...]
-
-    def __post_init__(self):
-        shape = tuple(int(size) for size in self.input_shape)
-        if not shape or min(shape) <= 0:
-            raise ValueError(f"Expected a non-empty input_shape of positive sizes. Received: {self.input_shape}")
-        object.__setattr__(self, "input_shape", shape)
-
-    def __call__(self, inputs) -> tf.Tensor:
-        """`inputs` `(batch, *input_shape)` as float32."""
-        return tf.cast(tf.convert_to_tensor(inputs), tf.float32)
-
-    def describe(self) -> str:
-        return f"x unchanged, input {self.input_shape}"
-
-    def get_config(self) -> dict[str, Any]:
-        # `kind` tells it apart from an ImagePreprocessing config, which has no such key.
-        return {"kind": IDENTITY, "input_shape": list(self.input_shape)}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> IdentityPreprocessing:
-        return cls(tuple(config["input_shape"]))
-
-    def to_json(self) -> str:
-        return json.dumps(self.get_config(), sort_keys=True)
-
-
-def preprocessing_from_config(config: dict[str, Any]) -> ImagePreprocessing | IdentityPreprocessing:
-    """The preprocessing a `get_config()` (or a `preprocessing.json`) describes, image or identity."""
-    if config.get("kind") == IDENTITY:
-        return IdentityPreprocessing.from_config(config)
-    return ImagePreprocessing.from_config(config)
 
 
 @dataclasses.dataclass

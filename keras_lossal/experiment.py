@@ -8,27 +8,37 @@ resumes unfinished runs and skips finished ones.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import importlib
 import json
-import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import keras
 
-from keras_lossal import acquisition, backbones
+from keras_lossal import acquisition
 from keras_lossal.acquisition.models import mc_dropout_model
+from keras_lossal.backbones import BACKBONES, small_cnn
+from keras_lossal.contracts import EXPERIMENT_FILE, ModelSpec, check_finite_non_negative
 from keras_lossal.data import ArrayDataset
-from keras_lossal.head import LossPredictionHead
 from keras_lossal.loop import ActiveLearningLoop, LoopConfig, LoopResult
 from keras_lossal.loop_state import ResumeRefusedError, RunDirectory, write_json_atomic
-from keras_lossal.model import RECIPES, LossLearningModel
+from keras_lossal.model import RECIPES
+from keras_lossal.model_factory import (  # public here as before the model factory had a module of its own
+    FACTORY_SEPARATOR,
+    KERAS_FILE_SUFFIX,
+    OPTIMIZERS,
+    backbone_builder,
+    backbone_fingerprint,
+    make_model_factory,
+)
 
 __all__ = [
+    "FACTORY_SEPARATOR",
+    "KERAS_FILE_SUFFIX",
+    "OPTIMIZERS",
     "ModelSpec",
     "backbone_builder",
+    "backbone_fingerprint",
     "make_model_factory",
     "parse_arm",
     "small_cnn",
@@ -38,37 +48,9 @@ __all__ = [
 ]
 
 
-def small_cnn(
-    input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 10, width: int = 16, name: str = "small_cnn"
-) -> keras.Model:
-    """A two-stage CNN for quick CPU runs and tests (not in the paper).
-
-    Example:
-
-    >>> small_cnn(width=4).get_layer("stage2").output.shape
-    (None, 7, 7, 8)
-    """
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = inputs
-    for stage in range(2):
-        x = keras.layers.Conv2D(width * 2**stage, 3, padding="same", use_bias=False, name=f"stage{stage + 1}_conv")(x)
-        x = keras.layers.BatchNormalization(name=f"stage{stage + 1}_bn")(x)
-        x = keras.layers.ReLU(name=f"stage{stage + 1}_relu")(x)
-        x = keras.layers.MaxPooling2D(name=f"stage{stage + 1}")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = keras.layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, outputs, name=name)
-
-
-BACKBONES = {"resnet18_cifar": backbones.resnet18_cifar, "small_cnn": small_cnn}
-# `ModelSpec.backbone` may also name your own backbone: a `.keras` file or a `package.module:function` factory.
-KERAS_FILE_SUFFIX = ".keras"
-FACTORY_SEPARATOR = ":"
-OPTIMIZERS = ("sgd", "adam")
 # Strategies whose scores need the loss-prediction head; the others train the bare backbone, as in the paper.
 HEAD_STRATEGIES = ("learning_loss", "learning_loss_clusters", "learning_loss_kcenter", "learning_loss_badge")
 ARM_SEPARATOR = "@"
-EXPERIMENT_FILE = "experiment.json"
 
 
 def parse_arm(arm: str) -> tuple[str, str | None]:
@@ -90,237 +72,6 @@ def parse_arm(arm: str) -> tuple[str, str | None]:
     return name, recipe or None
 
 
-@dataclasses.dataclass
-class ModelSpec:
-    """How to build and compile the model trained in every cycle.
-
-    Args:
-        backbone: a name in `BACKBONES`, or your own backbone (see `backbone_builder`):
-            a `.keras` file or an importable factory `"package.module:function"`.
-        width: first-stage channels of `resnet18_cifar` (64 in the paper); the
-            built-in backbones only.
-        optimizer: `"sgd"` (momentum, weight decay: the paper) or `"adam"`.
-        learning_rate: initial learning rate.
-        momentum: SGD momentum.
-        weight_decay: optimizer weight decay. Keras applies it decoupled from
-            momentum (`w -= lr * wd * w`); PyTorch's SGD in the reference code adds
-            it to the gradient, where momentum 0.9 amplifies it about 10x.
-        batch_norm_momentum: moving-average momentum of every BatchNormalization
-            layer of the backbone (yours too; `None` leaves them as built); 0.9
-            equals PyTorch's default (0.1) used by the reference code, and lets
-            short runs on small labeled sets evaluate sensibly.
-        recipe: the `LossLearningModel` recipe (`"recommended"` or `"paper"`);
-            the head options below override it when not `None`.
-        loss_weight: lambda of `LossLearningModel`.
-        margin: xi of `LossLearningModel`.
-        detach_after_epoch: stop head-to-backbone gradients from this epoch.
-        detach_after_fraction: the same, as a fraction of each cycle's epochs.
-        backbone_gradient_scale: factor on the head's gradient into the backbone.
-        loss_weight_warmup_epochs: epochs of linear lambda warm-up per cycle.
-        pairs: `"disjoint"` or `"all"` ranking pairs.
-        normalize_head_inputs: layer-normalise the head's pooled inputs.
-        head_units: units of each head branch.
-
-    Example:
-
-    >>> spec = ModelSpec(width=8)
-    >>> model = make_model_factory(spec, (28, 28, 1), 10, with_head=True)()
-    >>> type(model).__name__
-    'LossLearningModel'
-    >>> ModelSpec(learning_rate=float("nan"))
-    Traceback (most recent call last):
-    ...
-    ValueError: Expected learning_rate to be a finite number >= 0. Received: learning_rate=nan
-    """
-
-    backbone: str = "resnet18_cifar"
-    width: int = 16
-    optimizer: str = "sgd"
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_norm_momentum: float | None = 0.9
-    recipe: str = "recommended"
-    loss_weight: float | None = None
-    margin: float | None = None
-    detach_after_epoch: int | None = None
-    detach_after_fraction: float | None = None
-    backbone_gradient_scale: float | None = None
-    loss_weight_warmup_epochs: int | None = None
-    pairs: str | None = None
-    normalize_head_inputs: bool | None = None
-    head_units: int = 128
-
-    def __post_init__(self):
-        # A NaN or negative rate trains to NaN weights without any error; refuse it before anything is built.
-        for name in ("learning_rate", "momentum", "weight_decay"):
-            _check_finite(name, getattr(self, name))
-
-    def head_options(self) -> dict[str, Any]:
-        """The `LossLearningModel` keyword arguments this spec sets (the recipe and its overrides)."""
-        options = {
-            "recipe": self.recipe,
-            "loss_weight": self.loss_weight,
-            "margin": self.margin,
-            "detach_after_epoch": self.detach_after_epoch,
-            "detach_after_fraction": self.detach_after_fraction,
-            "backbone_gradient_scale": self.backbone_gradient_scale,
-            "loss_weight_warmup_epochs": self.loss_weight_warmup_epochs,
-            "pairs": self.pairs,
-            "normalize_head_inputs": self.normalize_head_inputs,
-        }
-        return {key: value for key, value in options.items() if value is not None}
-
-
-def _check_finite(name: str, value) -> None:
-    """Raises `ValueError` unless `value` is a finite number >= 0."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number) or number < 0:
-        raise ValueError(f"Expected {name} to be a finite number >= 0. Received: {name}={value!r}")
-
-
-def backbone_builder(backbone: str) -> Callable[[tuple[int, ...], int, int], keras.Model]:
-    """A callable `(input_shape, num_classes, width) -> new backbone` for a `ModelSpec.backbone`.
-
-    - a name in `BACKBONES` (`"resnet18_cifar"`, `"small_cnn"`): built fresh,
-      with `width`;
-    - a `.keras` file: reloaded on every call, so every run and cycle gets a
-      model of its own, and **its stored weights are the initialisation** (a
-      pretrained backbone, or the `model.keras` of `lossal train`, whose
-      backbone is taken). Every (strategy, seed) starts from the same weights;
-      the seed still sets the head's initialisation, the initial labeled set
-      and the shuffles. For a random initialisation per seed, use a factory;
-      custom layers must be registered (`keras.saving.register_keras_serializable`);
-    - `"package.module:function"`: an importable factory called as
-      `function(input_shape=(H, W, C), num_classes=N)` returning a new,
-      uncompiled, functional or Sequential `keras.Model` that outputs logits
-      `(batch, N)`. It is called after the loop seeds Keras' global generator
-      (`keras.utils.set_random_seed`) from the run's seed and cycle, so create
-      layers inside it with default (unseeded) initialisers.
-
-    The model must take inputs of the dataset's `input_shape` (checked).
-
-    Example:
-
-    >>> build = backbone_builder("keras_lossal.experiment:small_cnn")
-    >>> build((8, 8, 1), 3, 16).output.shape
-    (None, 3)
-    >>> backbone_builder("resnet50")
-    Traceback (most recent call last):
-    ...
-    ValueError: Expected backbone in ['resnet18_cifar', 'small_cnn'], a .keras file or a 'package.module:function' factory. Received: backbone='resnet50'
-    """
-    if backbone in BACKBONES:
-        builtin = BACKBONES[backbone]
-        return lambda input_shape, num_classes, width: builtin(
-            input_shape=tuple(input_shape), num_classes=num_classes, width=width
-        )
-    if backbone.endswith(KERAS_FILE_SUFFIX):
-        if not os.path.isfile(backbone):
-            raise ValueError(f"Expected a .keras backbone file. Received: backbone={backbone!r} (no such file)")
-        return lambda input_shape, num_classes, width: _checked(_load_backbone(backbone), backbone, input_shape)
-    if FACTORY_SEPARATOR in backbone:
-        factory = _import_factory(backbone)
-        return lambda input_shape, num_classes, width: _checked(
-            factory(input_shape=tuple(input_shape), num_classes=num_classes), backbone, input_shape
-        )
-    raise ValueError(
-        f"Expected backbone in {sorted(BACKBONES)}, a .keras file or a 'package.module:function' factory. "
-        f"Received: backbone={backbone!r}"
-    )
-
-
-def _import_factory(backbone: str) -> Callable[..., keras.Model]:
-    module_name, _, function_name = backbone.partition(FACTORY_SEPARATOR)
-    try:
-        factory = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(
-            f"Expected an importable backbone factory 'package.module:function'. Received: backbone={backbone!r} "
-            f"({type(error).__name__}: {error})"
-        ) from None
-    if not callable(factory):
-        raise ValueError(f"Expected {backbone!r} to be a callable factory. Received: {type(factory).__name__}")
-    return factory
-
-
-def _load_backbone(path: str) -> keras.Model:
-    """The model in a `.keras` file; a `LossLearningModel`'s backbone (a model of `lossal train`)."""
-    model = keras.saving.load_model(path, compile=False)
-    return model.backbone if isinstance(model, LossLearningModel) else model
-
-
-def _checked(model, backbone: str, input_shape: tuple[int, ...]) -> keras.Model:
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"Expected backbone {backbone!r} to give a keras.Model. Received: {type(model).__name__}")
-    expected = tuple(int(size) for size in input_shape)
-    inputs = getattr(model, "inputs", None) or []
-    received = tuple(inputs[0].shape[1:]) if len(inputs) == 1 else None
-    if received != expected:
-        raise ValueError(
-            f"Expected backbone {backbone!r} to take one input of shape {expected} (the data's). Received: {received}"
-        )
-    return model
-
-
-def backbone_fingerprint(backbone: str) -> str | None:
-    """The SHA-256 of a `.keras` backbone file (recorded so a resume with a changed file is refused), else `None`."""
-    if not backbone.endswith(KERAS_FILE_SUFFIX) or not os.path.isfile(backbone):
-        return None  # a missing file is refused by `backbone_builder`
-    digest = hashlib.sha256()
-    with open(backbone, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def make_model_factory(
-    spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, with_head: bool
-) -> Callable[[], keras.Model]:
-    """A zero-argument callable building a fresh compiled model from `spec`.
-
-    Args:
-        spec: the `ModelSpec` (its backbone: see `backbone_builder`).
-        input_shape: model input shape, e.g. `(28, 28, 1)`.
-        num_classes: number of classes.
-        with_head: wrap the backbone in a `LossLearningModel`.
-    """
-    build_backbone = backbone_builder(spec.backbone)
-    if spec.optimizer not in OPTIMIZERS:
-        raise ValueError(f"Expected optimizer in {OPTIMIZERS}. Received: optimizer={spec.optimizer!r}")
-
-    def factory() -> keras.Model:
-        backbone = build_backbone(tuple(input_shape), num_classes, spec.width)
-        if spec.batch_norm_momentum is not None:
-            for layer in backbone.layers:
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    layer.momentum = float(spec.batch_norm_momentum)
-        if with_head:
-            options = spec.head_options()
-            normalize = options.get("normalize_head_inputs", RECIPES[spec.recipe]["normalize_head_inputs"])
-            head = LossPredictionHead(units=spec.head_units, normalize=normalize, name="loss_prediction_head")
-            model = LossLearningModel(backbone, head=head, **options)
-        else:
-            model = backbone
-        model.compile(
-            optimizer=_optimizer(spec),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        return model
-
-    return factory
-
-
-def _optimizer(spec: ModelSpec) -> keras.optimizers.Optimizer:
-    if spec.optimizer == "sgd":
-        return keras.optimizers.SGD(spec.learning_rate, momentum=spec.momentum, weight_decay=spec.weight_decay or None)
-    return keras.optimizers.Adam(spec.learning_rate, weight_decay=spec.weight_decay or None)
-
-
 def parse_lr_schedule(text: str | None) -> dict[int, float]:
     """Parses `"160:0.01,180:0.001"` into `{160: 0.01, 180: 0.001}` (epoch: learning rate from then on).
 
@@ -336,7 +87,7 @@ def parse_lr_schedule(text: str | None) -> dict[int, float]:
         try:
             epoch, rate = part.split(":")
             schedule[int(epoch)] = float(rate)
-            _check_finite("rate", schedule[int(epoch)])
+            check_finite_non_negative("rate", schedule[int(epoch)])
         except ValueError as error:
             raise ValueError(
                 "Expected a learning-rate schedule like '160:0.01,180:0.001' (epoch:rate, every rate a finite "
@@ -364,17 +115,9 @@ def run_experiment(
     seeds: list[int],
     out_dir: str,
     spec: ModelSpec,
-    initial_size: int,
-    query_size: int,
-    subset_size: int | None,
-    cycles: int,
-    epochs: int,
-    batch_size: int = 128,
+    config: LoopConfig,
     lr_schedule: dict[int, float] | None = None,
-    augment: bool = False,
-    warm_start: bool = True,
     head_for_all: bool = False,
-    verbose: int = 1,
     restart: bool = False,
 ) -> dict[str, list[LoopResult]]:
     """Runs every strategy with every seed (seed-major, so partial results cover all strategies).
@@ -387,10 +130,8 @@ def run_experiment(
         seeds: one run per seed; the same seed gives every strategy the same initial labeled set.
         out_dir: output directory.
         spec: the `ModelSpec`.
-        initial_size, query_size, subset_size, cycles, epochs, batch_size, augment,
-        warm_start, verbose: the `LoopConfig` of every run (validated before
-            anything trains or is written; verbose: 0 silent, 1 a line per
-            cycle, 2 Keras progress bars too).
+        config: the `LoopConfig` of every run, its `seed` replaced by each of `seeds`
+            (`verbose`: 0 silent, 1 a line per cycle, 2 Keras progress bars too).
         lr_schedule: `{epoch: rate}` applied within every cycle.
         head_for_all: also train the loss-prediction head for non-learning-loss strategies.
         restart: discard the recorded state of these (arm, seed) runs instead of resuming them;
@@ -400,18 +141,9 @@ def run_experiment(
     Returns:
         `{strategy name: [LoopResult per seed]}`.
     """
+    if not isinstance(config, LoopConfig):
+        raise TypeError(f"Expected `config` to be a keras_lossal.LoopConfig. Received: config={config!r}")
     _check_strategies(strategies, spec, dataset)
-    config = LoopConfig(
-        initial_size=initial_size,
-        query_size=query_size,
-        subset_size=subset_size,
-        cycles=cycles,
-        epochs=epochs,
-        batch_size=batch_size,
-        augment=augment,
-        warm_start=warm_start,
-        verbose=verbose,
-    )
     os.makedirs(out_dir, exist_ok=True)
     arms = _Arms(dataset, spec, out_dir, config, lr_schedule or {}, head_for_all)
     names = [_arm_name(strategy) for strategy in strategies]

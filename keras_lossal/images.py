@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import struct
 
+from keras_lossal.contracts import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+
 __all__ = ["DEFAULT_MAX_IMAGE_BYTES", "DEFAULT_MAX_IMAGE_PIXELS", "checked_image_size", "image_header_size"]
 
-# 64 megapixels / 32 MiB: far above any labeling image, far below a decompression bomb.
-DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
-DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"

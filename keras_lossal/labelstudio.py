@@ -67,6 +67,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from keras_lossal.contracts import CONTENT_FIELD
 from keras_lossal.files import DEFAULT_LOCK_TIMEOUT
 
 if TYPE_CHECKING:
@@ -121,7 +122,6 @@ REFUSED_IMAGE = "image refused"
 IMAGE_MISSING = "image missing"
 CONTENT_CHANGED = "content changed since triage"
 # The task data field holding the hex SHA-256 of the item's bytes (`keras_lossal.records.CONTENT_HASH`).
-CONTENT_FIELD = "sha256"
 # What a JSON value is, for "`result` is a string 'cat', expected a list".
 _KINDS = ((bool, "a boolean"), (str, "a string"), (int, "an integer"), (float, "a number"), (list, "a list"),
           (dict, "an object"))  # fmt: skip

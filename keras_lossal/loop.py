@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ import tensorflow as tf
 from keras_lossal import acquisition
 from keras_lossal import data as data_lib
 from keras_lossal.callbacks import StopOnNonFiniteLoss
+from keras_lossal.contracts import check_integer
 from keras_lossal.loop_state import STATE_FILE, RunDirectory, jsonable, load_weights, write_json_atomic
 from keras_lossal.preprocessing import ImagePreprocessing, infer_preprocessing
 
@@ -46,14 +46,6 @@ def cycle_seed(seed: int, cycle: int, purpose: int = 0) -> int:
     """
     sequence = np.random.SeedSequence([int(seed), int(cycle), int(purpose)])
     return int(sequence.generate_state(1)[0] % (2**31 - 1))
-
-
-def _is_integer(value) -> bool:
-    """Whether `value` is an integer or an integral float (`10.0`), as a size or a count may be given."""
-    try:
-        return int(value) == value
-    except (TypeError, ValueError, OverflowError):
-        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,17 +96,16 @@ class LoopConfig:
         lowest = {"initial_size": 1, "query_size": 1, "cycles": 1, "epochs": 0, "batch_size": 1, "seed": 0}
         lowest.update(score_batch_size=1, verbose=0)
         for name, low in lowest.items():
-            value = getattr(self, name)
-            if not _is_integer(value) or value < low:
-                raise ValueError(f"Expected `{name}` to be an integer >= {low}. Received: {name}={value!r}")
-            object.__setattr__(self, name, int(value))
+            object.__setattr__(self, name, check_integer(name, getattr(self, name), low, integral_floats=True))
         subset_size = self.subset_size
         if subset_size is not None:
-            if not _is_integer(subset_size) or subset_size < self.query_size:
+            try:
+                subset_size = check_integer("subset_size", subset_size, self.query_size, integral_floats=True)
+            except ValueError:
                 raise ValueError(
                     f"Expected subset_size >= query_size ({self.query_size}) or None. Received: subset_size={subset_size}"
-                )
-            object.__setattr__(self, "subset_size", int(subset_size))
+                ) from None
+            object.__setattr__(self, "subset_size", subset_size)
         object.__setattr__(self, "augment", bool(self.augment))
         object.__setattr__(self, "warm_start", bool(self.warm_start))
 
@@ -131,29 +122,6 @@ class LoopConfig:
                 f"initial_size={self.initial_size}, query_size={self.query_size}, cycles={self.cycles} -> "
                 f"{self.final_size} labels"
             )
-
-    @classmethod
-    def from_arguments(cls, config: LoopConfig | None, **settings) -> LoopConfig:
-        """`config` itself, or a `LoopConfig` of `settings` when `config` is `None`.
-
-        `settings` are `ActiveLearningLoop`'s keyword arguments; with a `config`
-        they must be left at their defaults (`None` for the sizes).
-        """
-        if config is None:
-            return cls(**settings)
-        if not isinstance(config, LoopConfig):
-            raise TypeError(f"Expected `config` to be a LoopConfig or None. Received: config={config!r}")
-        defaults = {
-            field.name: None if field.default is dataclasses.MISSING else field.default
-            for field in dataclasses.fields(cls)
-        }
-        given = {name: value for name, value in settings.items() if value != defaults[name]}
-        if given:
-            raise ValueError(
-                f"Expected either `config` or the loop settings as arguments, not both. Received: config={config} "
-                f"and {given}"
-            )
-        return config
 
 
 @dataclasses.dataclass
@@ -228,17 +196,13 @@ class ActiveLearningLoop:
         strategy: an acquisition strategy name (`keras_lossal.acquisition.get`)
             or a `keras_lossal.acquisition.Strategy`; its `select` is called with
             the arguments of `Strategy.select`, `labeled` included (the labeled
-            items, preprocessed). Any other object with `select(model, pool, k,
-            subset_size, seed, batch_size)` still works, without `verbose` and
-            `labeled`, and draws a `DeprecationWarning`.
-        initial_size, query_size, subset_size, cycles, epochs, batch_size,
-        augment, warm_start, seed, score_batch_size, verbose: the protocol's
-            settings, validated by `LoopConfig` (see there); or pass them all as
-            `config=`.
+            items, preprocessed). Any other object is refused with a `TypeError`.
+        config: the `LoopConfig`: sizes, cycles, epochs, batch size, augmentation,
+            warm start, seed and verbosity (validated when it was built).
         preprocessing: the `ImagePreprocessing` turning raw images into model
             input; default `infer_preprocessing(x)`: uint8 pixels divided by 255,
             float inputs unchanged (the first log line says which). Non-image
-            inputs use `keras_lossal.data.IdentityPreprocessing` (`"identity"`;
+            inputs use `keras_lossal.preprocessing.IdentityPreprocessing` (`"identity"`;
             the default for `(N, F)` features): cast to float32, nothing else,
             and `augment` must stay off. Recorded in the state.
         work_dir: where state and warm-start weights live; `None` keeps
@@ -249,8 +213,6 @@ class ActiveLearningLoop:
             in the config so a resume with different ones is refused.
         label: the run's name in log lines (default: the strategy's name), to tell variants of
             one strategy apart (e.g. `"random+head"`); not part of the config.
-        config: a `LoopConfig` with the protocol's settings, instead of passing
-            them one by one (then leave those keyword arguments unset).
 
     Example:
 
@@ -261,8 +223,8 @@ class ActiveLearningLoop:
     ...                   metrics=["accuracy"])
     ...     return model
     >>> x, y = np.random.randint(0, 255, (40, 4, 4, 1)).astype("uint8"), np.arange(40) % 2
-    >>> loop = ActiveLearningLoop(factory, (x, y), (x[:8], y[:8]), "random", initial_size=10,
-    ...                           query_size=5, cycles=3, epochs=1)  # doctest: +SKIP
+    >>> config = LoopConfig(initial_size=10, query_size=5, cycles=3, epochs=1)
+    >>> loop = ActiveLearningLoop(factory, (x, y), (x[:8], y[:8]), "random", config)  # doctest: +SKIP
     >>> loop.run().learning_curve()[0].tolist()  # doctest: +SKIP
     [10, 15, 20]
     """
@@ -273,48 +235,26 @@ class ActiveLearningLoop:
         train_data,
         test_data,
         strategy: Any,
-        initial_size: int | None = None,
-        query_size: int | None = None,
-        subset_size: int | None = None,
-        cycles: int = 10,
-        epochs: int = 1,
-        batch_size: int = 128,
+        config: LoopConfig,
         preprocessing: ImagePreprocessing | data_lib.IdentityPreprocessing | str | None = None,
-        augment: bool = False,
-        warm_start: bool = True,
-        seed: int = 0,
         work_dir: str | None = None,
         fit_kwargs: dict | None = None,
-        score_batch_size: int = 512,
-        verbose: int = 1,
         tags: dict | None = None,
         label: str | None = None,
-        config: LoopConfig | None = None,
     ):
         if not callable(model_factory):
             raise TypeError(
                 f"Expected `model_factory` to be a callable returning a compiled model. Received: {model_factory!r}"
             )
+        if not isinstance(config, LoopConfig):
+            raise TypeError(f"Expected `config` to be a keras_lossal.LoopConfig. Received: config={config!r}")
         self.model_factory = model_factory
         self.x_train, self.y_train = _materialise(train_data, "train_data", preprocessing)
         self.x_test, self.y_test = _materialise(test_data, "test_data", preprocessing)
         _check_finite_test_images(self.x_test)
         # Items with NaN/inf features are never labeled (not in the initial set, never scored).
         self.finite_pool = _finite_items(self.x_train)
-        self.loop_config = LoopConfig.from_arguments(
-            config,
-            initial_size=initial_size,
-            query_size=query_size,
-            subset_size=subset_size,
-            cycles=cycles,
-            epochs=epochs,
-            batch_size=batch_size,
-            augment=augment,
-            warm_start=warm_start,
-            seed=seed,
-            score_batch_size=score_batch_size,
-            verbose=verbose,
-        )
+        self.loop_config = config
         self.loop_config.check_pool(int(self.finite_pool.sum()))
         self.strategy, self.strategy_name = _resolve_strategy(strategy)
         self.preprocessing, self.preprocessing_note = self._resolve_preprocessing(preprocessing)
@@ -325,13 +265,6 @@ class ActiveLearningLoop:
         self.tags = jsonable(dict(tags or {}))
         self.label = str(label) if label is not None else self.strategy_name
         self.model: keras.Model | None = None
-
-    def __getattr__(self, name: str):
-        # The settings stay readable as attributes (`loop.seed`, `loop.cycles`), as before `LoopConfig`.
-        config = self.__dict__.get("loop_config")
-        if config is not None and name in _CONFIG_FIELDS:
-            return getattr(config, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _resolve_preprocessing(self, preprocessing) -> tuple[Any, str | None]:
         """The given preprocessing, or the one the inputs imply (images: their dtype) and the note saying so."""
@@ -523,12 +456,16 @@ class ActiveLearningLoop:
         """The strategy's picks among `candidates`, as positions in it (checked: `query_size` distinct ones)."""
         settings = self.loop_config
         pool = self.preprocessing(self.x_train[candidates]).numpy()
-        arguments = dict(subset_size=None, seed=cycle_seed(settings.seed, cycle, _PURPOSE_STRATEGY))
-        arguments["batch_size"] = settings.score_batch_size
-        if isinstance(self.strategy, acquisition.Strategy):
-            arguments["verbose"] = 1 if settings.verbose >= 2 else 0
-            arguments["labeled"] = self.preprocessing(self.x_train[is_labeled]).numpy()
-        selection = self.strategy.select(model, pool, settings.query_size, **arguments)
+        selection = self.strategy.select(
+            model,
+            pool,
+            settings.query_size,
+            subset_size=None,
+            seed=cycle_seed(settings.seed, cycle, _PURPOSE_STRATEGY),
+            batch_size=settings.score_batch_size,
+            verbose=1 if settings.verbose >= 2 else 0,
+            labeled=self.preprocessing(self.x_train[is_labeled]).numpy(),
+        )
         positions = np.asarray(selection.indices, dtype=np.int64).reshape(-1)
         if len(positions) != settings.query_size or len(np.unique(positions)) != len(positions):
             raise RuntimeError(
@@ -586,9 +523,6 @@ class ActiveLearningLoop:
                     f"Expected class labels in [0, {classes}) for a model with {classes} output classes. Received: "
                     f"{name} label {labels[outside[0]]} at index {outside[0]} ({len(outside)} label(s) outside)"
                 )
-
-
-_CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(LoopConfig))
 
 
 class _Progress:
@@ -651,22 +585,16 @@ def _optimizer_settings(model: keras.Model) -> tuple[type, dict]:
     return type(model.optimizer), {key: value for key, value in config.items() if key not in ("learning_rate", "name")}
 
 
-def _resolve_strategy(strategy) -> tuple[Any, str]:
-    """The strategy object and its name, from a name or an object with `select`."""
+def _resolve_strategy(strategy) -> tuple[acquisition.Strategy, str]:
+    """The strategy object and its name, from a name or a `Strategy`."""
     if isinstance(strategy, str):
         return acquisition.get(strategy), strategy
-    if not callable(getattr(strategy, "select", None)):
-        raise TypeError(f"Expected a strategy name or an object with `.select(...)`. Received: {strategy!r}")
     if not isinstance(strategy, acquisition.Strategy):
-        warnings.warn(
-            f"{type(strategy).__name__} is not a keras_lossal.acquisition.Strategy, so the loop calls its "
-            "select(model, pool, k, subset_size=, seed=, batch_size=) without `verbose` and `labeled`. Subclass "
-            "Strategy (and accept every argument of Strategy.select) to get them; duck-typed strategies will be "
-            "refused in a future version.",
-            DeprecationWarning,
-            stacklevel=3,
+        raise TypeError(
+            "Expected a strategy name or a keras_lossal.acquisition.Strategy (subclass it and implement "
+            f"pick(model, pool, request), or score(model, features) in a ScoringStrategy). Received: {strategy!r}"
         )
-    return strategy, getattr(strategy, "name", type(strategy).__name__)
+    return strategy, strategy.name
 
 
 def _check_fit_kwargs(fit_kwargs: dict | None) -> dict:

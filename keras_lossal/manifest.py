@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_lossal.contracts import CONTENT_FIELD
 from keras_lossal.files import DEFAULT_LOCK_TIMEOUT
 from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 
@@ -79,8 +80,7 @@ __all__ = [
 MANIFEST_FIELDS = ("id", "path", "label")
 # Written by `lossal ingest` after the required fields (CSV manifests join `annotators` with ";").
 PROVENANCE_FIELDS = ("source", "annotators", "ingested_at")
-# The hex SHA-256 of the item's bytes (`keras_lossal.records.CONTENT_HASH`); optional, last in CSV manifests.
-CONTENT_FIELD = "sha256"
+# CONTENT_FIELD holds the hex SHA-256 of the item's bytes (as `records.CONTENT_HASH`); optional, last in CSV manifests.
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # What `keras.utils.image_dataset_from_directory` reads, minus GIF (the header guard refuses it).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")

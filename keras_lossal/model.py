@@ -16,6 +16,7 @@ from keras import ops
 from keras_lossal import backbones as backbones_lib
 from keras_lossal import data as data_lib
 from keras_lossal import losses as losses_lib
+from keras_lossal.contracts import DEFAULT_RECIPE
 from keras_lossal.head import LossPredictionHead
 
 __all__ = ["LossLearningModel", "HeadSchedule", "RECIPES", "resolve_feature_layers"]
@@ -286,7 +287,7 @@ class LossLearningModel(keras.Model):
         pairs: `"disjoint"` (the paper's B/2 pairs) or `"all"` (all B(B-1)/2).
         normalize_head_inputs: give the default head `normalize=True`.
         objective: `"ranking"` (the paper) or `"mse"` (the ablation).
-        recipe: `"recommended"` or `"paper"`; see above.
+        recipe: a name in `keras_lossal.contracts.RECIPE_NAMES`; see above.
         **kwargs: standard `keras.Model` arguments such as `name`.
 
     Example:
@@ -313,7 +314,7 @@ class LossLearningModel(keras.Model):
         loss_weight_warmup_epochs: int | None = None,
         pairs: str | None = None,
         normalize_head_inputs: bool | None = None,
-        recipe: str = "recommended",
+        recipe: str = DEFAULT_RECIPE,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -619,9 +620,6 @@ class LossLearningModel(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        # Models saved before recipes existed trained jointly on disjoint pairs, detached only at an explicit epoch.
-        if "recipe" not in config:
-            config.update(recipe="paper", detach_after_fraction=None if config.get("detach_after_epoch") else 1.0)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"], custom_objects=custom_objects)
         config["head"] = keras.saving.deserialize_keras_object(config["head"], custom_objects=custom_objects)
         return cls(**config)

@@ -1,6 +1,7 @@
-"""Image preprocessing shared by training input pipelines and the serving graph.
+"""Preprocessing shared by training input pipelines and the serving graph: images, or inputs used as they are.
 
-One object describes how raw pixels become model input. Training pipelines
+One object describes how raw pixels become model input (`ImagePreprocessing`);
+`IdentityPreprocessing` is its counterpart for features and signals. Training pipelines
 map it over `tf.data`; `export_for_serving` builds the same ops into the
 SavedModel and records the object's config beside it, so serving cannot
 silently differ from training.
@@ -15,7 +16,16 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["ImagePreprocessing", "infer_preprocessing"]
+__all__ = [
+    "IDENTITY",
+    "IdentityPreprocessing",
+    "ImagePreprocessing",
+    "infer_preprocessing",
+    "preprocessing_from_config",
+]
+
+# The `preprocessing=` shorthand for "use the inputs as they are" (any rank).
+IDENTITY = "identity"
 
 # Raw pixel dtypes whose range is known, so the scale to [0, 1] can be inferred.
 PIXEL_SCALES = {np.dtype(np.uint8): 1.0 / 255.0, np.dtype(np.uint16): 1.0 / 65535.0}
@@ -135,3 +145,55 @@ def infer_preprocessing(images, name: str = "images") -> ImagePreprocessing:
             "(scale=1/255 for 0-255 pixel values, 1.0 for inputs already scaled), or cast the images."
         )
     return ImagePreprocessing(height, width, channels, scale=scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentityPreprocessing:
+    """Inputs used as they are, cast to float32: the preprocessing of non-image data (features, signals).
+
+    Args:
+        input_shape: the shape of one item, e.g. `(20,)` for 20 tabular features or
+            `(128, 1)` for a one-channel signal of 128 samples.
+
+    Example:
+
+    >>> import numpy as np
+    >>> prep = IdentityPreprocessing((3,))
+    >>> prep(np.array([[1, 2, 3]], np.int64)).numpy().tolist(), prep.describe()
+    ([[1.0, 2.0, 3.0]], 'x unchanged, input (3,)')
+    >>> preprocessing_from_config(prep.get_config()) == prep
+    True
+    """
+
+    input_shape: tuple[int, ...]
+
+    def __post_init__(self):
+        shape = tuple(int(size) for size in self.input_shape)
+        if not shape or min(shape) <= 0:
+            raise ValueError(f"Expected a non-empty input_shape of positive sizes. Received: {self.input_shape}")
+        object.__setattr__(self, "input_shape", shape)
+
+    def __call__(self, inputs) -> tf.Tensor:
+        """`inputs` `(batch, *input_shape)` as float32."""
+        return tf.cast(tf.convert_to_tensor(inputs), tf.float32)
+
+    def describe(self) -> str:
+        return f"x unchanged, input {self.input_shape}"
+
+    def get_config(self) -> dict[str, Any]:
+        # `kind` tells it apart from an ImagePreprocessing config, which has no such key.
+        return {"kind": IDENTITY, "input_shape": list(self.input_shape)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> IdentityPreprocessing:
+        return cls(tuple(config["input_shape"]))
+
+    def to_json(self) -> str:
+        return json.dumps(self.get_config(), sort_keys=True)
+
+
+def preprocessing_from_config(config: dict[str, Any]) -> ImagePreprocessing | IdentityPreprocessing:
+    """The preprocessing a `get_config()` (or a `preprocessing.json`) describes, image or identity."""
+    if config.get("kind") == IDENTITY:
+        return IdentityPreprocessing.from_config(config)
+    return ImagePreprocessing.from_config(config)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_lossal.contracts import EXPERIMENT_FILE
 from keras_lossal.loop import STATE_FILE, LoopResult
 
 __all__ = [
@@ -94,7 +95,7 @@ def load_experiment(out_dir: str) -> dict[str, dict[int, LoopResult]]:
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"Expected an experiment directory written by `lossal run`. Not found: {out_dir!r}")
     order: list[str] = []
-    settings_path = os.path.join(out_dir, "experiment.json")
+    settings_path = os.path.join(out_dir, EXPERIMENT_FILE)
     if os.path.exists(settings_path):
         with open(settings_path) as stream:
             order = list(json.load(stream).get("strategies", []))

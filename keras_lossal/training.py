@@ -10,14 +10,14 @@ progress bars and a checkpoint after every epoch → an output directory:
 - `preprocessing.json` (`PREPROCESSING_FILE`): raw input → model input, the
   format `examples/demo.py` writes and `ImagePreprocessing.from_config` reads
   (non-image data: `{"kind": "identity", "input_shape": [...]}`, read by
-  `keras_lossal.data.preprocessing_from_config`);
+  `keras_lossal.preprocessing.preprocessing_from_config`);
 - `classes.json` (`CLASSES_FILE`): the class names, a JSON list in label order
   (index i is the model's output i);
 - `training.json` (`TRAINING_FILE`): the settings, the data's fingerprint, the
   per-epoch history and the final validation metrics; `finished` once the files
   above are written.
 
-- `rejects.jsonl` (`keras_lossal.data.REJECTS_FILE`, written by `lossal train`):
+- `rejects.jsonl` (`REJECTS_FILE`, written by `lossal train`):
   the images that could not be read and were skipped (`TrainingResult.rejects`).
 
 A killed run re-run with the same arguments continues after the last finished
@@ -41,6 +41,17 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_lossal import model_factory
+from keras_lossal.contracts import (
+    CLASSES_FILE,
+    MODEL_FILE,
+    PREPROCESSING_FILE,
+    REJECTS_FILE,
+    TRAINING_FILE,
+    ModelSpec,
+    check_integer,
+)
+
 __all__ = [
     "BACKUP_DIR",
     "CLASSES_FILE",
@@ -53,10 +64,6 @@ __all__ = [
     "train",
 ]
 
-MODEL_FILE = "model.keras"
-PREPROCESSING_FILE = "preprocessing.json"
-CLASSES_FILE = "classes.json"
-TRAINING_FILE = "training.json"
 BACKUP_DIR = "backup"
 # The model is saved under this name, then renamed to MODEL_FILE.
 PARTIAL_MODEL_FILE = ".model.partial.keras"
@@ -221,9 +228,9 @@ def train(
         source: a manifest, a folder of class subfolders or an `.npz` (see
             `load_training_data`), or a `TrainingData`.
         out_dir: the output directory (see the module docstring for its files).
-        spec: a `keras_lossal.experiment.ModelSpec`: the backbone (a built-in by
+        spec: a `keras_lossal.contracts.ModelSpec`: the backbone (a built-in by
             name with `width`, your `.keras` file or `package.module:function`
-            factory, see `experiment.backbone_builder`), the optimizer and the
+            factory, see `model_factory.backbone_builder`), the optimizer and the
             head's recipe; default `ModelSpec(learning_rate=0.05)`: `resnet18_cifar`
             of width 16, SGD, the "recommended" recipe.
         epochs: training epochs.
@@ -248,8 +255,8 @@ def train(
 
     Example:
 
-    >>> from keras_lossal import experiment
-    >>> spec = experiment.ModelSpec(backbone="small_cnn", width=8, optimizer="adam", learning_rate=0.01)
+    >>> from keras_lossal.contracts import ModelSpec
+    >>> spec = ModelSpec(backbone="small_cnn", width=8, optimizer="adam", learning_rate=0.01)
     >>> result = train("my_images/", "models/round_1", spec, epochs=5)  # doctest: +SKIP
     >>> result.path(MODEL_FILE), result.validation["accuracy"]  # doctest: +SKIP
     ('models/round_1/model.keras', 0.91)
@@ -268,19 +275,16 @@ class _TrainingRun:
     """One `train` call: its settings, its data and split, and the steps that fill the output directory."""
 
     def __init__(self, source, out_dir, spec, epochs, batch_size, validation_fraction, seed, augment, restart=False):
-        from keras_lossal import experiment
-
         self.source, self.out_dir = source, str(out_dir)
-        self.spec = spec if spec is not None else experiment.ModelSpec(learning_rate=0.05)
-        if not isinstance(self.spec, experiment.ModelSpec):
-            raise TypeError(f"Expected `spec` to be a keras_lossal.experiment.ModelSpec. Received: {spec!r}")
+        self.spec = spec if spec is not None else ModelSpec(learning_rate=0.05)
+        if not isinstance(self.spec, ModelSpec):
+            raise TypeError(f"Expected `spec` to be a keras_lossal.contracts.ModelSpec. Received: {spec!r}")
         for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("seed", seed, 0)):
-            if int(value) != value or value < low:
-                raise ValueError(f"Expected `{name}` to be an integer >= {low}. Received: {name}={value!r}")
+            check_integer(name, value, low, integral_floats=True)
         if not 0 <= validation_fraction < 1:
             raise ValueError(f"Expected validation_fraction in [0, 1). Received: {validation_fraction}")
-        experiment.backbone_builder(self.spec.backbone)  # an unknown name, file or factory fails before reading data
-        self.backbone_sha256 = experiment.backbone_fingerprint(self.spec.backbone)
+        model_factory.backbone_builder(self.spec.backbone)  # an unknown name, file or factory fails before reading data
+        self.backbone_sha256 = model_factory.backbone_fingerprint(self.spec.backbone)
         self.epochs, self.batch_size, self.seed = int(epochs), int(batch_size), int(seed)
         self.validation_fraction, self.augment = float(validation_fraction), bool(augment)
         self.restart = bool(restart)
@@ -364,14 +368,13 @@ class _TrainingRun:
     def fit(self, verbose: int, callbacks: list) -> TrainingResult:
         """Trains (or resumes), then writes the model, the preprocessing, the class names and `finished`."""
         from keras_lossal import data as data_lib
-        from keras_lossal import experiment
         from keras_lossal.callbacks import StopOnNonFiniteLoss
 
         keras.utils.set_random_seed(self.seed)
         # Built before anything is written, so a backbone that does not fit leaves the directory as it was.
-        model = experiment.make_model_factory(
+        model = model_factory.build_model(
             self.spec, self.data.preprocessing.input_shape, len(self.data.class_names), with_head=True
-        )()
+        )
         if self.restart:
             self._discard_earlier_training()
         os.makedirs(self.out_dir, exist_ok=True)
@@ -400,8 +403,6 @@ class _TrainingRun:
 
     def _discard_earlier_training(self) -> None:
         """Deletes what an earlier training wrote in the directory (a restart); other files stay."""
-        from keras_lossal.data import REJECTS_FILE
-
         for name in (MODEL_FILE, PREPROCESSING_FILE, CLASSES_FILE, TRAINING_FILE, REJECTS_FILE, PARTIAL_MODEL_FILE):
             if os.path.isfile(self.path(name)):
                 os.remove(self.path(name))

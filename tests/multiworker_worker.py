@@ -121,8 +121,9 @@ def loop_recipe(strategy, out: str, name: str, run_in_scope: bool) -> tuple[dict
         return model
 
     loop = kl.ActiveLearningLoop(
-        factory, images(96, seed=2), images(24, seed=3), "learning_loss", initial_size=16, query_size=8, cycles=2,
-        epochs=1, batch_size=8, work_dir=os.path.join(out, f"loop_{name}"), verbose=0,
+        factory, images(96, seed=2), images(24, seed=3), "learning_loss",
+        kl.LoopConfig(initial_size=16, query_size=8, cycles=2, epochs=1, batch_size=8, verbose=0),
+        work_dir=os.path.join(out, f"loop_{name}"),
     )  # fmt: skip
     with strategy.scope() if run_in_scope else contextlib.nullcontext():
         result = loop.run()

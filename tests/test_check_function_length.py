@@ -38,3 +38,7 @@ def test_main_fails_on_an_offender_and_passes_the_package(tmp_path, capsys):
     assert check.main([str(path)]) == 1
     assert "too_long has 70 lines of code (limit 60)" in capsys.readouterr().out
     assert check.main(["--max", "70", str(path)]) == 0
+
+
+def test_the_package_passes():
+    assert check.main(["--max", "60", os.path.join(os.path.dirname(SCRIPT), "..", "keras_lossal")]) == 0

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_lossal import data, experiment
+from keras_lossal.loop import LoopConfig
 
 
 def tiny_dataset():
@@ -26,11 +27,7 @@ def test_unusable_strategies_fail_before_any_training(tmp_path, strategy, messag
             seeds=[0],
             out_dir=out,
             spec=experiment.ModelSpec(backbone="small_cnn", width=4),
-            initial_size=10,
-            query_size=5,
-            subset_size=None,
-            cycles=2,
-            epochs=1,
+            config=LoopConfig(initial_size=10, query_size=5, cycles=2, epochs=1),
         )
     assert not os.path.exists(out)  # nothing trained, nothing written
 
@@ -42,13 +39,7 @@ def _run(out, strategies, epochs=1, **spec):
         seeds=[0],
         out_dir=out,
         spec=experiment.ModelSpec(backbone="small_cnn", width=4, **spec),
-        initial_size=10,
-        query_size=5,
-        subset_size=None,
-        cycles=2,
-        epochs=epochs,
-        batch_size=8,
-        verbose=0,
+        config=LoopConfig(initial_size=10, query_size=5, cycles=2, epochs=epochs, batch_size=8, verbose=0),
     )
 
 
@@ -104,7 +95,7 @@ def test_a_bad_loop_setting_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match=r"Expected subset_size >= query_size \(5\) or None. Received: subset_size=3"):
         experiment.run_experiment(
             tiny_dataset(), ["random"], seeds=[0], out_dir=out, spec=experiment.ModelSpec(backbone="small_cnn"),
-            initial_size=10, query_size=5, subset_size=3, cycles=2, epochs=1,
+            config=LoopConfig(initial_size=10, query_size=5, subset_size=3, cycles=2, epochs=1),
         )  # fmt: skip
     assert not os.path.exists(out)
 
@@ -113,8 +104,8 @@ def test_every_run_gets_the_experiments_settings_and_its_seed(tmp_path):
     out = str(tmp_path / "run")
     results = experiment.run_experiment(
         tiny_dataset(), ["random"], seeds=[3, 1], out_dir=out, spec=experiment.ModelSpec(backbone="small_cnn", width=4),
-        initial_size=10, query_size=5, subset_size=None, cycles=2, epochs=1, batch_size=8, lr_schedule={1: 0.01},
-        verbose=0,
+        config=LoopConfig(initial_size=10, query_size=5, cycles=2, epochs=1, batch_size=8, verbose=0),
+        lr_schedule={1: 0.01},
     )  # fmt: skip
     assert [run.config["seed"] for run in results["random"]] == [3, 1]
     assert {run.config["batch_size"] for run in results["random"]} == {8}
@@ -139,7 +130,7 @@ def _own_backbone_run(out, backbone, strategies, epochs=1, seeds=(0,), cycles=2)
     return experiment.run_experiment(
         tiny_dataset(), strategies, seeds=list(seeds), out_dir=out,
         spec=experiment.ModelSpec(backbone=backbone, optimizer="adam", learning_rate=0.01),
-        initial_size=10, query_size=5, subset_size=None, cycles=cycles, epochs=epochs, batch_size=8, verbose=0,
+        config=LoopConfig(initial_size=10, query_size=5, cycles=cycles, epochs=epochs, batch_size=8, verbose=0),
     )  # fmt: skip
 
 
@@ -217,7 +208,7 @@ def test_a_refusal_advises_restart_and_restart_discards_only_the_requested_runs(
         _run(out, ["random"], epochs=2)
     results = experiment.run_experiment(
         tiny_dataset(), ["random"], seeds=[0], out_dir=out, spec=experiment.ModelSpec(backbone="small_cnn", width=4),
-        initial_size=10, query_size=5, subset_size=None, cycles=2, epochs=2, batch_size=8, verbose=0, restart=True,
+        config=LoopConfig(initial_size=10, query_size=5, cycles=2, epochs=2, batch_size=8, verbose=0), restart=True,
     )  # fmt: skip
     assert results["random"][0].config["epochs"] == 2
     assert json.load(open(os.path.join(out, "random", "seed_0", "state.json")))["config"]["epochs"] == 2

@@ -55,7 +55,8 @@ class ScoreByModel(Strategy):
         self.pool_sizes = []
         self.labeled_sizes = []
 
-    def select(self, model, pool, k, subset_size=None, seed=None, batch_size=32, verbose=0, labeled=None):
+    def pick(self, model, pool, request):
+        k, batch_size, labeled = request.k, request.batch_size, request.labeled
         if self.calls == self.fail_at_call:
             raise KeyboardInterrupt("simulated crash")
         self.calls += 1
@@ -66,11 +67,21 @@ class ScoreByModel(Strategy):
         return types.SimpleNamespace(indices=order, scores=scores[order])
 
 
+_LOOP_ARGUMENTS = ("preprocessing", "work_dir", "fit_kwargs", "tags", "label")
+
+
+def _new_loop(model_factory, train_data, test_data, strategy, *sizes, **options):
+    """`ActiveLearningLoop` with its `LoopConfig` built from `options` (`sizes`: initial_size, query_size)."""
+    arguments = {name: options.pop(name) for name in _LOOP_ARGUMENTS if name in options}
+    options.update(zip(("initial_size", "query_size"), sizes))
+    return ActiveLearningLoop(model_factory, train_data, test_data, strategy, LoopConfig(**options), **arguments)
+
+
 def _loop(work_dir, strategy, warm_start=True, cycles=4, train=None, model_factory=_classifier, **options):
     x, y = _data()
     defaults = dict(initial_size=20, query_size=10, subset_size=50, epochs=2, batch_size=16, seed=7, verbose=0)
     defaults.update(options)
-    return ActiveLearningLoop(
+    return _new_loop(
         model_factory,
         train if train is not None else (x, y),
         (x[:40], y[:40]),
@@ -185,17 +196,17 @@ def test_learning_loss_by_name_labels_the_highest_predicted_losses():
 def test_invalid_arguments_name_the_value():
     x, y = _data()
     with pytest.raises(ValueError, match="pool size 120"):
-        ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel(), initial_size=100, query_size=10, cycles=4)
+        _new_loop(_classifier, (x, y), (x, y), ScoreByModel(), initial_size=100, query_size=10, cycles=4)
     with pytest.raises(ValueError, match="subset_size=5"):
-        ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel(), initial_size=10, query_size=10, subset_size=5)
-    with pytest.raises(TypeError, match="select"):
-        ActiveLearningLoop(_classifier, (x, y), (x, y), object(), initial_size=10, query_size=10)
+        _new_loop(_classifier, (x, y), (x, y), ScoreByModel(), initial_size=10, query_size=10, subset_size=5)
+    with pytest.raises(TypeError, match="Strategy"):
+        _new_loop(_classifier, (x, y), (x, y), object(), initial_size=10, query_size=10)
 
 
 def test_strategy_returning_duplicates_is_rejected():
     class Duplicates(Strategy):
-        def select(self, model, pool, k, **_):
-            return types.SimpleNamespace(indices=np.zeros(k, dtype=int))
+        def pick(self, model, pool, request):
+            return types.SimpleNamespace(indices=np.zeros(request.k, dtype=int))
 
     with pytest.raises(RuntimeError, match="distinct"):
         _loop(None, Duplicates(), cycles=2, epochs=1).run()
@@ -207,10 +218,10 @@ def test_every_strategy_gets_the_arguments_of_strategy_select():
     class Recording(Strategy):
         name = "recording"
 
-        def select(self, model, pool, k, subset_size=None, seed=None, batch_size=256, verbose=0, labeled=None):
-            calls.append({"k": k, "subset_size": subset_size, "seed": seed, "batch_size": batch_size})
-            calls[-1].update(verbose=verbose, pool=pool, labeled=labeled)
-            return types.SimpleNamespace(indices=np.arange(k))
+        def pick(self, model, pool, request):
+            calls.append({"k": request.k, "subset_size": request.subset_size, "seed": request.seed})
+            calls[-1].update(batch_size=request.batch_size, verbose=request.verbose, pool=pool, labeled=request.labeled)
+            return types.SimpleNamespace(indices=np.arange(request.k))
 
     loop = _loop(None, Recording(), cycles=3, epochs=1, verbose=2, score_batch_size=24)
     result = loop.run()
@@ -225,34 +236,36 @@ def test_every_strategy_gets_the_arguments_of_strategy_select():
         assert call["pool"].shape == (50, *INPUT_SHAPE)
 
 
-def test_a_strategy_that_is_not_a_strategy_subclass_gets_the_older_arguments_and_a_deprecation_warning():
+def test_a_duck_typed_strategy_is_refused_with_a_type_error():
     class OldStyle:
         name = "old_style"
 
         def select(self, model, pool, k, subset_size=None, seed=None, batch_size=32):
             return types.SimpleNamespace(indices=np.arange(k)[::-1])
 
-    with pytest.warns(DeprecationWarning, match="OldStyle is not a keras_lossal.acquisition.Strategy"):
-        loop = _loop(None, OldStyle(), cycles=2, epochs=1)
-    result = loop.run()
-    assert len(result.labeled_indices) == 30 and result.config["strategy"] == "old_style"
+    with pytest.raises(TypeError, match=r"Expected a strategy name or a keras_lossal.acquisition.Strategy .*OldStyle"):
+        _loop(None, OldStyle(), cycles=2, epochs=1)
 
 
-def test_settings_as_a_config_or_as_arguments():
+def test_a_strategy_overriding_select_is_refused_when_defined():
+    with pytest.raises(TypeError, match="overrides Strategy.select; implement pick"):
+
+        class Overriding(Strategy):
+            def select(self, model, pool, k, **_):
+                return None
+
+
+def test_the_settings_are_one_loop_config_passed_whole():
     x, y = _data()
     config = LoopConfig(initial_size=20, query_size=10, subset_size=50, cycles=3, epochs=1, seed=4)
-    by_config = ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel(), config=config)
-    by_arguments = ActiveLearningLoop(
-        _classifier, (x, y), (x, y), ScoreByModel(), 20, 10, subset_size=50, cycles=3, epochs=1, seed=4
-    )
-    assert by_config.config() == by_arguments.config()
-    assert by_config.loop_config is config and by_config.seed == 4 and by_arguments.cycles == 3
-    with pytest.raises(ValueError, match=r"not both. Received: config=.* and \{'cycles': 5\}"):
-        ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel(), config=config, cycles=5)
-    with pytest.raises(ValueError, match=r"Expected `initial_size` to be an integer >= 1. Received: initial_size=None"):
-        ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel())
-    with pytest.raises(AttributeError, match="no attribute 'cycle'"):
-        _ = by_config.cycle
+    loop = ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel(), config)
+    assert loop.loop_config is config and loop.config()["seed"] == 4 and loop.config()["cycles"] == 3
+    with pytest.raises(TypeError, match=r"Expected `config` to be a keras_lossal.LoopConfig. Received: config=\{"):
+        ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel(), {"initial_size": 20, "query_size": 10})
+    with pytest.raises(TypeError, match="initial_size"):
+        ActiveLearningLoop(_classifier, (x, y), (x, y), ScoreByModel(), config, initial_size=20)
+    with pytest.raises(AttributeError, match="no attribute 'seed'"):
+        _ = loop.seed  # the settings live in `loop.loop_config` only
 
 
 def test_labels_outside_the_models_classes_are_refused_before_training(tmp_path):
@@ -273,7 +286,7 @@ def test_labels_outside_the_models_classes_are_refused_before_training(tmp_path)
 def test_preprocessing_is_inferred_from_the_dtype_and_said(capsys):
     x, y = _data()
     standardised = ((x.astype(np.float32) - 127.5) / 40.0).astype(np.float32)  # about -3..3: already model input
-    loop = ActiveLearningLoop(
+    loop = _new_loop(
         _classifier, (standardised, y), (standardised[:40], y[:40]), ScoreByModel(), initial_size=20, query_size=10,
         cycles=1, epochs=1, verbose=1,
     )  # fmt: skip
@@ -281,15 +294,13 @@ def test_preprocessing_is_inferred_from_the_dtype_and_said(capsys):
     np.testing.assert_allclose(loop.preprocessing(standardised[:4]).numpy(), standardised[:4], atol=1e-6)
     loop.run()
     assert "preprocessing inferred from float32 images: x unchanged, at 6x6x1" in capsys.readouterr().out
-    pixels = ActiveLearningLoop(_classifier, (x, y), (x[:40], y[:40]), ScoreByModel(), initial_size=20, query_size=10)
+    pixels = _new_loop(_classifier, (x, y), (x[:40], y[:40]), ScoreByModel(), initial_size=20, query_size=10)
     assert pixels.preprocessing.scale == pytest.approx(1 / 255)
     assert pixels.preprocessing_note == "preprocessing inferred from uint8 images: x / 255, at 6x6x1"
     with pytest.raises(ValueError, match="dtype int64"):
-        ActiveLearningLoop(
-            _classifier, (x.astype(np.int64), y), (x[:40].astype(np.int64), y[:40]), ScoreByModel(), 20, 10
-        )
+        _new_loop(_classifier, (x.astype(np.int64), y), (x[:40].astype(np.int64), y[:40]), ScoreByModel(), 20, 10)
     with pytest.raises(ValueError, match="one dtype"):
-        ActiveLearningLoop(_classifier, (x, y), (standardised[:40], y[:40]), ScoreByModel(), 20, 10)
+        _new_loop(_classifier, (x, y), (standardised[:40], y[:40]), ScoreByModel(), 20, 10)
 
 
 def test_cycle_log_shows_task_loss_for_every_model_and_the_runs_label(capsys):
@@ -316,7 +327,7 @@ def test_non_finite_pool_items_are_never_labeled_and_non_finite_test_data_is_ref
     x[bad[1]] = np.inf
     x[bad[2], 1, 1, 0] = -np.inf
     x[bad[3], 2, 0, 0] = np.nan
-    loop = ActiveLearningLoop(
+    loop = _new_loop(
         _classifier, (x, y), (x[60:100][~np.isin(np.arange(60, 100), bad)], y[60:100][~np.isin(np.arange(60, 100), bad)]),
         "random", initial_size=100, query_size=8, subset_size=None, cycles=3, epochs=1, batch_size=16, seed=0,
     )  # fmt: skip
@@ -326,11 +337,9 @@ def test_non_finite_pool_items_are_never_labeled_and_non_finite_test_data_is_ref
     assert all(np.isfinite(record["accuracy"]) for record in result.cycles)
     assert "4 pool items have NaN/inf values; they are never labeled" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"Expected finite test_data images. Received: 2 of 40"):
-        ActiveLearningLoop(_classifier, (x, y), (x[:40], y[:40]), "random", initial_size=10, query_size=5)
+        _new_loop(_classifier, (x, y), (x[:40], y[:40]), "random", initial_size=10, query_size=5)
     with pytest.raises(ValueError, match=r"pool size 116 \(finite items\)"):
-        ActiveLearningLoop(
-            _classifier, (x, y), (x[60:64], y[60:64]), "random", initial_size=110, query_size=8, cycles=2
-        )
+        _new_loop(_classifier, (x, y), (x[60:64], y[60:64]), "random", initial_size=110, query_size=8, cycles=2)
 
 
 def test_a_finished_run_whose_weights_were_not_kept_still_loads(tmp_path):
@@ -401,7 +410,7 @@ def test_non_image_inputs_run_through_the_loop_unchanged(
 ):
     x, y = make_data(300, seed=0)
     x_test, y_test = make_data(150, seed=1)
-    loop = ActiveLearningLoop(
+    loop = _new_loop(
         model_factory, (x, y), tf.data.Dataset.from_tensor_slices((x_test, y_test)), strategy,
         initial_size=60, query_size=30, subset_size=150, cycles=3, epochs=4, batch_size=32, seed=3,
         preprocessing=preprocessing, work_dir=str(tmp_path), verbose=0,
@@ -417,7 +426,7 @@ def test_non_image_inputs_run_through_the_loop_unchanged(
     state = json.loads((tmp_path / STATE_FILE).read_text())
     assert state["config"]["preprocessing"] == {"kind": "identity", "input_shape": list(x.shape[1:])}
     # A resume of the finished run reads the identity preprocessing back and accepts it.
-    again = ActiveLearningLoop(
+    again = _new_loop(
         model_factory, (x, y), (x_test, y_test), strategy, initial_size=60, query_size=30, subset_size=150,
         cycles=3, epochs=4, batch_size=32, seed=3, preprocessing=preprocessing, work_dir=str(tmp_path), verbose=0,
     )  # fmt: skip
@@ -427,11 +436,11 @@ def test_non_image_inputs_run_through_the_loop_unchanged(
 def test_non_image_inputs_refuse_augmentation_and_mismatched_test_shapes():
     x, y = _tabular(40, seed=0)
     with pytest.raises(ValueError, match="augment=False"):
-        ActiveLearningLoop(_tabular_model, (x, y), (x, y), "random", 10, 5, cycles=2, augment=True)
+        _new_loop(_tabular_model, (x, y), (x, y), "random", 10, 5, cycles=2, augment=True)
     with pytest.raises(ValueError, match=r"one item shape. Received \(10,\) and \(9,\)"):
-        ActiveLearningLoop(_tabular_model, (x, y), (x[:, :9], y), "random", 10, 5, cycles=2)
+        _new_loop(_tabular_model, (x, y), (x[:, :9], y), "random", 10, 5, cycles=2)
     signals, labels = _signals(40, seed=0)
-    grayscale = ActiveLearningLoop(
+    grayscale = _new_loop(
         _classifier, (signals[..., 0][:, :6, None].repeat(6, 2), labels), (signals[:8, :6, :].repeat(6, 2), labels[:8]),
         "random", initial_size=10, query_size=5, cycles=2,
     )  # fmt: skip

@@ -564,7 +564,7 @@ def test_normalized_head_is_invariant_to_feature_scale():
     assert kl.LossPredictionHead.from_config(head.get_config()).normalize
 
 
-def test_new_options_survive_save_and_old_configs_load_as_paper(tmp_path):
+def test_new_options_survive_save_and_a_config_without_a_recipe_gets_the_default(tmp_path):
     x, y = classification_data(32)
     model = kl.LossLearningModel(small_cnn(), recipe="paper", pairs="all", backbone_gradient_scale=0.5)
     model.compile(keras.optimizers.Adam(1e-2), sparse_ce())
@@ -583,9 +583,13 @@ def test_new_options_survive_save_and_old_configs_load_as_paper(tmp_path):
     for key in ("recipe", "pairs", "backbone_gradient_scale", "detach_after_fraction", "loss_weight_warmup_epochs"):
         config.pop(key)
     config["normalize_head_inputs"] = None
-    old = kl.LossLearningModel.from_config(config)
-    assert (old.pairs, old.backbone_gradient_scale, old.detach_after_fraction) == ("disjoint", 1.0, 1.0)
-    assert old.head_schedule().detach_epoch() is None or old.head_schedule().detach_after_fraction == 1.0
+    old = kl.LossLearningModel.from_config(config)  # no pre-recipe mapping to "paper" any more (CHANGELOG.md)
+    assert (old.recipe, old.pairs, old.backbone_gradient_scale, old.detach_after_fraction) == (
+        "recommended",
+        "all",
+        0.0,
+        None,
+    )
 
 
 # ------------------------------------------------------------------ reliability

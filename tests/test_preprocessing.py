@@ -48,3 +48,12 @@ def test_inferred_scale_follows_the_dtype():
     assert infer_preprocessing(np.zeros((1, 3, 3, 2), np.float64)).scale == 1.0
     with pytest.raises(ValueError, match="Received dtype int32"):
         infer_preprocessing(np.zeros((1, 3, 3, 1), np.int32), name="pool")
+
+
+def test_identity_preprocessing_lives_beside_image_preprocessing_and_stays_importable_from_data():
+    from keras_lossal import data, preprocessing
+
+    assert data.IdentityPreprocessing is preprocessing.IdentityPreprocessing
+    assert data.preprocessing_from_config is preprocessing.preprocessing_from_config
+    identity = preprocessing.IdentityPreprocessing((3,))
+    assert preprocessing.preprocessing_from_config(identity.get_config()) == identity

@@ -3,8 +3,12 @@
 `get(name, **options)` builds a strategy; `strategy.select(model, pool, k,
 subset_size=None, seed=None, batch_size=512, verbose=0, labeled=None)` returns
 a `Selection` with the picked pool positions (best first) and their scores.
-Every strategy takes these arguments (`Strategy.select` is the contract);
-`labeled` matters to the diversity strategies only.
+`Strategy.select` is defined once and checks these arguments; a strategy
+implements `pick` (or `score`, in a `ScoringStrategy`). `labeled` matters to the
+diversity strategies only. The modules by role: pure scores (`scores`) and
+selectors (`ranking`, `diversity`); the pool scorer (`pool_scorer`, over
+`pool` and `scoring`); the strategies (`baseline`, `uncertainty`,
+`diversity_strategies`, `learning_loss`), registered in `strategies`.
 
 Example:
 
@@ -29,12 +33,15 @@ from keras_lossal.acquisition.strategies import (
     CoreSet,
     Entropy,
     LearningLoss,
+    LearningLossBadge,
     LearningLossClusters,
     LearningLossKCenter,
     LeastConfidence,
     Margin,
     MCDropoutVariance,
     Random,
+    ScoringStrategy,
+    SelectionRequest,
     Strategy,
     get,
 )
@@ -47,6 +54,7 @@ __all__ = [
     "CoreSet",
     "Entropy",
     "LearningLoss",
+    "LearningLossBadge",
     "LearningLossClusters",
     "LearningLossKCenter",
     "LeastConfidence",
@@ -54,6 +62,8 @@ __all__ = [
     "MCDropoutVariance",
     "Random",
     "Selection",
+    "ScoringStrategy",
+    "SelectionRequest",
     "Strategy",
     "diversity",
     "get",

@@ -1,10 +1,17 @@
-"""Per-item uncertainty scores as pure `keras.ops` functions (higher = more informative)."""
+"""Per-item scores as pure `keras.ops` functions of a classifier's outputs (higher = more informative)."""
 
 from __future__ import annotations
 
 from keras import ops
 
-__all__ = ["class_probabilities", "entropy", "margin", "least_confidence", "mutual_information"]
+__all__ = [
+    "class_probabilities",
+    "entropy",
+    "margin",
+    "least_confidence",
+    "mutual_information",
+    "prediction_residuals",
+]
 
 _EPSILON = 1e-12
 
@@ -97,3 +104,19 @@ def mutual_information(sampled_probabilities):
     sampled_probabilities = ops.cast(sampled_probabilities, "float32")
     mean_entropy = ops.mean(entropy(sampled_probabilities), axis=0)
     return entropy(ops.mean(sampled_probabilities, axis=0)) - mean_entropy
+
+
+def prediction_residuals(probabilities):
+    """`p - onehot(argmax p)`: the factor of BADGE's gradient embedding that the class outputs give.
+
+    The gradient of the cross-entropy with the predicted label with respect to
+    the last Dense kernel is this residual times that layer's input.
+
+    Example:
+
+    >>> import numpy as np
+    >>> [round(float(v), 4) for v in ops.convert_to_numpy(prediction_residuals(np.array([[0.7, 0.2, 0.1]], "float32")))[0]]
+    [-0.3, 0.2, 0.1]
+    """
+    predicted = ops.one_hot(ops.argmax(probabilities, axis=-1), probabilities.shape[-1])
+    return probabilities - predicted

@@ -75,7 +75,7 @@ def report_rejects(rejects: Sequence[dict], out_dir: str, shown: int = 10) -> No
     """
     import os
 
-    from keras_lossal.data import REJECTS_FILE
+    from keras_lossal.contracts import REJECTS_FILE
     from keras_lossal.files import atomic_write
     from keras_lossal.records import to_jsonl
 

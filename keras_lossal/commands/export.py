@@ -7,14 +7,12 @@ import os
 
 from keras_lossal.commands._errors import CommandError, reports_errors
 from keras_lossal.commands.triage import class_names
+from keras_lossal.contracts import CLASSES_FILE, PREPROCESSING_FILE, TRAINING_FILE
 
 __all__ = ["add_parser", "run"]
 
-# What `lossal train` (keras_lossal.training, which loads TensorFlow) and `make demo` write beside the model.
-PREPROCESSING_FILE = "preprocessing.json"
-CLASSES_FILE = "classes.json"
-# `lossal train` writes it first with `finished: false`, and sets `finished` once the two files above exist.
-TRAINING_FILE = "training.json"
+# What `lossal train` and `make demo` write beside the model. `lossal train` writes TRAINING_FILE first with
+# `finished: false`, and sets `finished` once the other two exist.
 
 EPILOG = """examples:
   lossal export demo_out/learning_loss_model.keras --base-path models/lossal --labels labels.txt

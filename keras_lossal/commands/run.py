@@ -6,6 +6,7 @@ import argparse
 import time
 
 from keras_lossal.commands._errors import CommandError, check_finite_positive, report_rejects, reports_errors
+from keras_lossal.contracts import OPTIMIZER_NAMES, RECIPE_NAMES
 
 
 def _int_list(text: str) -> list[int]:
@@ -117,14 +118,14 @@ def _add_model_arguments(model) -> None:
     model.add_argument("--width", type=int, default=16, help="first-stage channels of resnet18_cifar (paper: 64)")
     model.add_argument("--epochs", type=int, default=10, help="epochs per cycle (paper: 200)")
     model.add_argument("--batch-size", type=int, default=128)
-    model.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    model.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="sgd")
     model.add_argument("--lr", type=float, default=0.1, help="initial learning rate")
     model.add_argument("--lr-schedule", default="", help="epoch:rate steps within each cycle, e.g. 160:0.01")
     model.add_argument("--momentum", type=float, default=0.9)
     model.add_argument("--weight-decay", type=float, default=5e-4)
     model.add_argument(
         "--recipe",
-        choices=("recommended", "paper"),
+        choices=RECIPE_NAMES,
         default="recommended",
         help="the loss-prediction head's training recipe (an arm's @recipe overrides it)",
     )
@@ -136,6 +137,7 @@ def _add_model_arguments(model) -> None:
 @reports_errors("run")
 def run(args) -> int:
     from keras_lossal import experiment, results
+    from keras_lossal.loop import LoopConfig
     from keras_lossal.loop_state import ResumeRefusedError
 
     check_finite_positive("--lr", args.lr)
@@ -155,17 +157,19 @@ def run(args) -> int:
             args.seeds,
             args.out,
             spec,
-            initial_size=args.initial_size,
-            query_size=args.query_size,
-            subset_size=args.subset_size or None,
-            cycles=args.cycles,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
+            LoopConfig(
+                initial_size=args.initial_size,
+                query_size=args.query_size,
+                subset_size=args.subset_size or None,
+                cycles=args.cycles,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                augment=args.augment,
+                warm_start=not args.cold_start,
+                verbose=verbose,
+            ),
             lr_schedule=lr_schedule,
-            augment=args.augment,
-            warm_start=not args.cold_start,
             head_for_all=args.head_for_all,
-            verbose=verbose,
             restart=args.restart,
         )
     except ResumeRefusedError as error:  # the directory is untouched

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 from keras_lossal.commands._errors import CommandError, check_finite_positive, report_rejects, reports_errors
+from keras_lossal.contracts import BACKBONE_NAMES, OPTIMIZER_NAMES, RECIPE_NAMES, ModelSpec
 
-# The built-in backbones `--backbone` names (keras_lossal.experiment.BACKBONES, not imported here: no TensorFlow).
-BUILTIN_BACKBONES = ("resnet18_cifar", "small_cnn")
+# The built-in backbones `--backbone` names (kept under this name for importers).
+BUILTIN_BACKBONES = BACKBONE_NAMES
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -65,11 +66,11 @@ def add_parser(subparsers) -> None:
     model.add_argument("--width", type=int, default=16, help="first-stage channels of the built-in backbones")
     model.add_argument("--epochs", type=int, default=10)
     model.add_argument("--batch-size", type=int, default=64)
-    model.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    model.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="sgd")
     model.add_argument("--lr", type=float, default=0.05, help="learning rate")
     model.add_argument("--momentum", type=float, default=0.9)
     model.add_argument("--weight-decay", type=float, default=5e-4)
-    model.add_argument("--recipe", choices=("recommended", "paper"), default="recommended", help="the head's recipe")
+    model.add_argument("--recipe", choices=RECIPE_NAMES, default="recommended", help="the head's recipe")
     model.add_argument("--seed", type=int, default=0, help="seeds the split, the initialisation and the shuffles")
     parser.add_argument(
         "--restart", action="store_true", help="discard an earlier training in --out instead of resuming it"
@@ -80,7 +81,7 @@ def add_parser(subparsers) -> None:
 
 @reports_errors("train")
 def run(args) -> int:
-    from keras_lossal import experiment, training
+    from keras_lossal import training
     from keras_lossal.loop_state import ResumeRefusedError
 
     if args.epochs < 1 or args.batch_size < 1 or args.width < 1:
@@ -88,7 +89,7 @@ def run(args) -> int:
             f"expected --epochs, --batch-size and --width >= 1; got {args.epochs}, {args.batch_size}, {args.width}"
         )
     check_finite_positive("--lr", args.lr)
-    spec = experiment.ModelSpec(
+    spec = ModelSpec(
         backbone=args.backbone,
         width=args.width,
         optimizer=args.optimizer,

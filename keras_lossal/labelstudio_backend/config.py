@@ -13,6 +13,8 @@ import os
 import re
 from collections.abc import Sequence
 
+from keras_lossal.contracts import check_integer
+
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_HOST",
@@ -169,12 +171,7 @@ class BackendConfig:
 
 
 def _check_int(config: BackendConfig, name: str, low: int, optional: bool = False) -> None:
-    value = getattr(config, name)
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        suffix = " or None" if optional else ""
-        raise ValueError(f"Expected {name} to be an integer >= {low}{suffix}. Received: {name}={value!r}")
+    check_integer(name, getattr(config, name), low, optional=optional)
 
 
 def parse_url_schemes(text: str) -> tuple[str, ...]:

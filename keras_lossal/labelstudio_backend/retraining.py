@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from keras_lossal import manifest as manifest_lib
+from keras_lossal.contracts import MODEL_FILE, TRAINING_FILE
 from keras_lossal.files import atomic_write
 
 __all__ = ["ROUNDS_DIR", "Round", "RoundCommands", "RoundFailed", "Retrainer"]
@@ -134,14 +135,14 @@ class RoundCommands:
         ]
 
     def export(self, round_: Round, base_path: str) -> list[str]:
-        model = os.path.join(round_.path(TRAIN_DIR), "model.keras")
+        model = os.path.join(round_.path(TRAIN_DIR), MODEL_FILE)
         return [self.python, "-m", "keras_lossal.cli", "export", model, "--base-path", base_path,
                 "--version", str(round_.version), "--model-name", self.model_name]  # fmt: skip
 
     def trained(self, round_: Round) -> bool:
         """Whether the train step finished (its `training.json` says so): a resumed round skips it."""
         try:
-            with open(os.path.join(round_.path(TRAIN_DIR), "training.json"), encoding="utf-8") as handle:
+            with open(os.path.join(round_.path(TRAIN_DIR), TRAINING_FILE), encoding="utf-8") as handle:
                 return json.load(handle).get("finished") is True
         except (OSError, ValueError, AttributeError):
             return False

@@ -28,13 +28,13 @@ from keras_lossal.labelstudio_backend.protocol import (
     project_id,
 )
 from keras_lossal.labelstudio_backend.retraining import Retrainer, RoundCommands
+from keras_lossal.records import LABEL_CONFIG_FILE
 from keras_lossal.serving.scorers import ServerScorer
 
 __all__ = ["LabelStudioBackend", "RequestRefused", "make_scorer"]
 
 logger = logging.getLogger(__name__)
 
-LABEL_CONFIG_FILE = "label_config.xml"
 LOCK_FILE = "backend.lock"
 
 

@@ -15,6 +15,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from keras_lossal.contracts import check_integer
+
 __all__ = [
     "DEFAULT_INPUT_NAMES",
     "Prediction",
@@ -546,8 +548,7 @@ def _check_options(version, label, timeout, retries, batch_size, max_concurrency
     if version is not None and (isinstance(version, bool) or int(version) < 0 or int(version) != version):
         raise ValueError(f"Expected version to be a non-negative integer. Received: version={version!r}")
     for name, value in (("batch_size", batch_size), ("max_concurrency", max_concurrency)):
-        if int(value) < 1:
-            raise ValueError(f"Expected {name} >= 1. Received: {name}={value}")
+        check_integer(name, value, 1, integral_floats=True)
     if int(retries) < 0 or float(timeout) <= 0:
         raise ValueError(f"Expected retries >= 0 and timeout > 0. Received: retries={retries}, timeout={timeout}")
     if rest_format not in ("inputs", "instances"):
