@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_lossal as kl  # noqa: E402
+from keras_lossal.records import DEFAULT_READ_THREADS  # noqa: E402
 
 FULL = {"fit_items": 8192, "fit_width": 64, "pool_items": 100_000, "export_items": 4096, "rounds": 5}
 SMOKE = {"fit_items": 64, "fit_width": 4, "pool_items": 512, "export_items": 64, "rounds": 2}
@@ -97,7 +98,12 @@ def main(argv=None) -> int:
         "scoring, small CNN 16x16x1", {"items": len(pool), "input_shape": (16, 16, 1), **timings}, sizes["rounds"]
     )
 
-    export_args = argparse.Namespace(export_items=sizes["export_items"], export_batch_size=min(args.batch_size, 64))
+    export_args = argparse.Namespace(
+        export_items=sizes["export_items"],
+        export_batch_size=min(args.batch_size, 64),
+        triage_top_k=max(1, sizes["export_items"] // 20),
+        read_threads=DEFAULT_READ_THREADS,
+    )
     with tempfile.TemporaryDirectory(prefix="lossal_bench_gpu_") as workdir:
         methods, items = scoring.export_runners(export_args, workdir)
         timings = scoring.interleaved(methods, sizes["rounds"])

@@ -160,11 +160,17 @@ class Server:
             self.process.wait()
 
 
+COMMIT_SECONDS = 0.2
+
+
 def triage_command(pool: str, out: str, port: int, top_k: int) -> list[str]:
     return [
         sys.executable, "-m", "keras_lossal.cli", "triage", pool, "--server", f"grpc://localhost:{port}",
         "--output", out, "--top-k", str(top_k), "--batch-size", "32", "--concurrency", "2",
         "--max-image-bytes", str(MAX_IMAGE_BYTES), "--labels", ",".join(LABELS), "--show", "0",
+        # Commits every 0.2 s (default 1 s): the logs then grow in steps the kills can be aimed at, on a pool
+        # that scores in about 2 s, and each commit still holds several batches.
+        "--commit-seconds", str(COMMIT_SECONDS),
     ]  # fmt: skip
 
 
@@ -188,7 +194,7 @@ def soak_run(command: list[str], out: str, server: Server, full_bytes: int, kill
     Scoring is fast next to start-up, so while work is left the moments are drawn in progress, not time:
     a launch is killed once its logs have grown by a random share (up to 60 %) of what is left of
     `full_bytes` (the uninterrupted run's logs); the server is killed and restarted likewise during the
-    second launch, which is not killed. Once little is left, kills come at a random time of a launch
+    second launch (or the next one, if that launch finished first), which is not killed. Once little is left, kills come at a random time of a launch
     (start-up, resume bookkeeping, the final compaction and queue writes).
     """
     log = []
@@ -197,22 +203,30 @@ def soak_run(command: list[str], out: str, server: Server, full_bytes: int, kill
         before = log_bytes(out)
         left = full_bytes - before
         target = before + rng.uniform(0.0, 0.6) * left if left > 0.05 * full_bytes else None
-        restart_target = target if launch == 1 else None
-        kill_target = target if kills_done < kills and launch != 1 else None
-        kill_time = rng.uniform(0.0, idle_seconds) if kills_done < kills and launch != 1 and target is None else None
+        # The server restart comes in the second launch, or the first after it that did not get to it (the logs
+        # grow in commits, so a launch can finish between two polls); such a launch is not killed.
+        restart_due = launch >= 1 and not restarted
+        restart_target = target if restart_due else None
+        restart_time = rng.uniform(0.0, idle_seconds) if restart_due and target is None else None
+        kill_target = target if kills_done < kills and not restart_due else None
+        kill_time = (
+            rng.uniform(0.0, idle_seconds) if kills_done < kills and not restart_due and target is None else None
+        )
         event = {"launch": launch, "log_bytes_before": before}
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         start = time.monotonic()
         while process.poll() is None:
             grown, elapsed = log_bytes(out), time.monotonic() - start
-            if restart_target is not None and grown >= restart_target:
+            if (restart_target is not None and grown >= restart_target) or (
+                restart_time is not None and elapsed >= restart_time
+            ):
                 server.kill()
                 down = time.monotonic()
                 time.sleep(0.5)
                 server.start()
                 restarted = True
                 event["server_restart"] = {"at_log_bytes": grown, "down_seconds": round(time.monotonic() - down, 1)}
-                restart_target = None
+                restart_target = restart_time = None
             if (kill_target is not None and grown >= kill_target) or (kill_time is not None and elapsed >= kill_time):
                 process.send_signal(signal.SIGKILL)
                 process.wait()

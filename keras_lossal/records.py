@@ -50,6 +50,7 @@ __all__ = [
     "CANDIDATES_FILE",
     "DEFAULT_CANDIDATES_FACTOR",
     "DEFAULT_SELECTION",
+    "COMMIT_SECONDS",
     "DEFAULT_READ_THREADS",
     "DEFAULT_SELECTION_SEED",
     "DUPLICATE_REASON",
@@ -114,6 +115,8 @@ DEFAULT_CANDIDATES_FACTOR = 10
 DEFAULT_SELECTION_SEED = 0
 # Triage's threads reading and checking items ahead of the scorer (file reads wait on disk, NFS or object stores).
 DEFAULT_READ_THREADS = max(2, min(8, os.cpu_count() or 1))
+# The longest triage's logs hold scored records in memory: a kill loses at most this much scoring, rescored on resume.
+COMMIT_SECONDS = 1.0
 
 # Triage writes it once per repeated id (with `"duplicate": true`); Beam once per extra copy.
 DUPLICATE_REASON = "duplicate item id (an earlier item had the same id; not scored)"

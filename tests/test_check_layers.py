@@ -1,6 +1,7 @@
 """`scripts/check_layers.py` and `make lint`: an upward import or a long function fails the build."""
 
 import importlib.util
+import os
 import pathlib
 import shlex
 import shutil
@@ -59,15 +60,21 @@ def test_the_package_has_no_upward_import_but_the_known_one():
     assert unknown and all("keras_lossal.manifest (data) imports keras_lossal.records" in line for line in unknown)
 
 
+def _make(*arguments: str) -> str:
+    """`make -n ...`'s commands, alone: under `make test` the parent's MAKEFLAGS would add "Entering directory" lines."""
+    environment = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    return subprocess.run(
+        ["make", "--no-print-directory", "-n", *arguments], cwd=ROOT, capture_output=True, text=True, check=True,
+        env=environment,
+    ).stdout  # fmt: skip
+
+
 def _make_structure(package: pathlib.Path) -> subprocess.CompletedProcess:
     """Runs the commands of `make structure PACKAGE=package` (listed by `make -n`; make itself installs nothing)."""
     venv = pathlib.Path(sys.prefix)
-    listed = subprocess.run(
-        ["make", "-n", "-o", str(venv / ".installed"), "structure", f"PACKAGE={package}", f"VENV={venv}",
-         f"PY={sys.executable}"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    for command in filter(None, listed.stdout.splitlines()):
+    listed = _make("-o", str(venv / ".installed"), "structure", f"PACKAGE={package}", f"VENV={venv}",
+                   f"PY={sys.executable}")  # fmt: skip
+    for command in filter(None, listed.splitlines()):
         result = subprocess.run(shlex.split(command), cwd=ROOT, capture_output=True, text=True)
         if result.returncode:
             return result
@@ -85,10 +92,7 @@ def _make_structure(package: pathlib.Path) -> subprocess.CompletedProcess:
 )
 def test_make_lint_fails_on_a_long_function_and_on_an_upward_import(tmp_path, files, message):
     venv = pathlib.Path(sys.prefix)
-    listed = subprocess.run(
-        ["make", "-n", "-o", str(venv / ".installed"), "lint", f"VENV={venv}"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    listed = _make("-o", str(venv / ".installed"), "lint", f"VENV={venv}")
     assert "scripts/check_function_length.py" in listed and "scripts/check_layers.py" in listed
     assert "make lint" in (ROOT / ".ci" / "run").read_text()
     result = _make_structure(_package(tmp_path, files))  # modules named like keras_lossal's, in its LAYERS

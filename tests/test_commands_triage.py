@@ -136,3 +136,23 @@ def test_read_threads_below_one_are_refused(capsys, folder, tmp_path, value):
     code, err = run_triage(capsys, folder, "--output", out, "--model", "m", "--read-threads", value)
     assert code == 2 and err == f"lossal triage: expected --read-threads >= 1. Received: {value}\n"
     assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_commit_seconds_must_be_finite_and_not_negative(capsys, folder, tmp_path, value):
+    out = str(tmp_path / "out")
+    code, err = run_triage(capsys, folder, "--output", out, "--model", "m", "--commit-seconds", value)
+    assert (
+        code == 2
+        and err == f"lossal triage: expected --commit-seconds to be a finite number >= 0. Received: {float(value)}\n"
+    )
+    assert not os.path.exists(out)
+
+
+def test_the_library_refuses_commit_seconds_that_are_not_a_finite_number_at_least_zero(tmp_path):
+    from keras_lossal.serving import triage
+
+    for commit_seconds in (-1.0, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match=r"Expected commit_seconds to be a finite number >= 0"):
+            triage([], scorer=None, output_dir=str(tmp_path / "out"), commit_seconds=commit_seconds)
+    assert not os.path.exists(tmp_path / "out")

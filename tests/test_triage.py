@@ -930,7 +930,6 @@ def count_syncs(monkeypatch):
 def test_parallel_reads_and_buffered_commits_write_what_serial_reads_and_per_batch_commits_write(
     setup, tmp_path, monkeypatch
 ):
-    triage_module = sys.modules["keras_lossal.serving.triage"]
     scorer = InProcessScorer(setup["base"])
     manifest = tmp_path / "pool.jsonl"  # one more item, whose file is missing: a failure of its own
     manifest.write_text(json.dumps({"path": "gone.png", "id": "gone.png"}) + "\n")
@@ -938,13 +937,12 @@ def test_parallel_reads_and_buffered_commits_write_what_serial_reads_and_per_bat
     outputs = {}
     # Serial reads committed after every batch (the old behaviour), then 4 reader threads and one commit at the end.
     for name, threads, commit_seconds in (("serial", 1, 0.0), ("parallel", 4, 3600.0)):
-        monkeypatch.setattr(triage_module, "COMMIT_SECONDS", commit_seconds)
         syncs = count_syncs(monkeypatch)
         reads = JitteredReads(setup["folder"])
         items = itertools.chain(reads, read_manifest(str(manifest)))
         # The default selection, choosing 4 among 8 candidates.
         result = triage(items, scorer, str(tmp_path / name), top_k=4, batch_size=4, candidates_factor=2,
-                        read_threads=threads)  # fmt: skip
+                        read_threads=threads, commit_seconds=commit_seconds)  # fmt: skip
         assert (result.scored, result.failed, result.queued) == (N_GOOD, 4, 4)
         outputs[name] = {file: (tmp_path / name / file).read_bytes() for file in files}
         outputs[name].update(finished=reads.finished, syncs=syncs["scored.jsonl"])

@@ -45,7 +45,6 @@ def main(argv=None) -> int:
     parser.add_argument("--read-threads", type=int, default=3)
     parser.add_argument("--top-k", type=int, default=5)
     args = parser.parse_args(argv)
-    triage_module.COMMIT_SECONDS = args.commit_seconds
 
     def progress(scored: int, failed: int) -> None:
         print(f"progress {scored} {failed}", flush=True)
@@ -57,6 +56,7 @@ def main(argv=None) -> int:
         top_k=args.top_k,
         batch_size=args.batch_size,
         read_threads=args.read_threads,
+        commit_seconds=args.commit_seconds,
         progress=progress,
     )
     print("finished", flush=True)

@@ -8,6 +8,7 @@ import math
 
 from keras_lossal.commands._errors import CommandError, reports_errors
 from keras_lossal.records import (
+    COMMIT_SECONDS,
     DEFAULT_CANDIDATES_FACTOR,
     DEFAULT_READ_THREADS,
     DEFAULT_SELECTION,
@@ -102,6 +103,14 @@ def _add_reading_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"threads reading and checking items ahead of the scorer (default here: {DEFAULT_READ_THREADS}, the "
         "number of CPUs between 2 and 8; the outputs are the same for any N)",
+    )
+    group.add_argument(
+        "--commit-seconds",
+        type=float,
+        default=COMMIT_SECONDS,
+        metavar="S",
+        help=f"write and sync the logs at most every S seconds (default: {COMMIT_SECONDS:g}; 0: after every batch); "
+        "a kill loses at most S seconds of scoring, which the resume does again",
     )
 
 
@@ -245,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
             candidates_factor=args.candidates_factor,
             seed=args.seed,
             read_threads=args.read_threads,
+            commit_seconds=args.commit_seconds,
         )
     except TriageStopped as error:  # the server failed repeatedly, or answered with another model version
         scored = error.result.total_scored
@@ -264,6 +274,8 @@ def _queue_limits(args: argparse.Namespace) -> tuple[int | None, float | None]:
         raise CommandError("pass exactly one of --model DIR (in-process) or --server URL")
     if args.read_threads < 1:
         raise CommandError(f"expected --read-threads >= 1. Received: {args.read_threads}")
+    if not 0 <= args.commit_seconds < math.inf:
+        raise CommandError(f"expected --commit-seconds to be a finite number >= 0. Received: {args.commit_seconds}")
     for name in ("top_k", "stop_after_server_errors", "show"):
         if getattr(args, name) < 0:
             flag = f"--{name.replace('_', '-')}"

@@ -63,6 +63,7 @@ from keras_lossal.files import atomic_open, atomic_write
 from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from keras_lossal.records import (
     CANDIDATES_FILE,
+    COMMIT_SECONDS,
     DEFAULT_CANDIDATES_FACTOR,
     DEFAULT_READ_THREADS,
     DEFAULT_SELECTION,
@@ -177,6 +178,7 @@ def triage(
     candidates_factor: int = DEFAULT_CANDIDATES_FACTOR,
     seed: int = DEFAULT_SELECTION_SEED,
     read_threads: int = DEFAULT_READ_THREADS,
+    commit_seconds: float | None = None,
 ) -> TriageResult:
     """Scores `items` by predicted loss and writes the labeling queue to `output_dir`.
 
@@ -222,6 +224,9 @@ def triage(
         seed: the seed of the diverse selections (the same seed, items and model: the same queue).
         read_threads: threads reading and checking items ahead of the scorer (the outputs are the same
             for any number: items are handled in input order).
+        commit_seconds: the logs are written and synced at most this often (and at the end); a kill
+            loses at most this much scoring, which a resume does again. 0 commits after every batch;
+            `None`: `COMMIT_SECONDS` (1 s).
 
     Example:
 
@@ -232,6 +237,8 @@ def triage(
     settings = _Settings.for_scorer(
         scorer, batch_size, max_image_pixels, max_image_bytes, dedupe, stop_after_server_errors, read_threads
     )
+    commit_seconds = COMMIT_SECONDS if commit_seconds is None else commit_seconds
+    settings = dataclasses.replace(settings, commit_seconds=_checked_commit_seconds(commit_seconds))
     _check_threshold(threshold)
     rule = QueueRule(top_k, threshold, selection, candidates_factor, seed)
     labeling = _labeling_options(label_studio, label_studio_image_prefix, scorer)
@@ -263,6 +270,7 @@ class _Settings:
     dedupe: bool
     stop_after_server_errors: int | None
     read_threads: int
+    commit_seconds: float = 1.0
 
     @classmethod
     def for_scorer(
@@ -286,6 +294,16 @@ class _Settings:
             stop_after_server_errors=stop_after_server_errors,
             read_threads=int(read_threads),
         )
+
+
+def _checked_commit_seconds(commit_seconds: float) -> float:
+    if (
+        isinstance(commit_seconds, bool)
+        or not isinstance(commit_seconds, (int, float))
+        or not (0 <= commit_seconds < math.inf)
+    ):
+        raise ValueError(f"Expected commit_seconds to be a finite number >= 0. Received: {commit_seconds!r}")
+    return float(commit_seconds)
 
 
 def _check_threshold(threshold: float | None) -> None:
@@ -661,7 +679,7 @@ class _Run:
         self.scored_ids.update(record["id"] for record in scored)
         self.counts["scored"] += len(scored)
         self.counts["failed"] += len(failed)
-        if time.monotonic() - self.last_commit >= COMMIT_SECONDS:
+        if time.monotonic() - self.last_commit >= self.settings.commit_seconds:
             self.commit()
         if other_versions:
             self.stopped = self.versions.changed_message(other_versions[0], len(self.scored_ids))
@@ -744,8 +762,6 @@ def _compact_failures(path: str, scored_ids: set[str]) -> int:
 
 _END = object()
 _UNWRITTEN = object()
-# The longest the logs hold scored records in memory: a kill loses at most this much scoring, rescored on resume.
-COMMIT_SECONDS = 1.0
 
 
 def _read_ahead(
