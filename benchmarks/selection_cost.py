@@ -5,8 +5,8 @@ small CNN on 8x8x1 inputs (the outside review's setting), a pool of random items
 and the documented call `acquisition.get(name).select(model, pool, k=K, seed=0)` run `--rounds` times after one
 warm-up call (tracing). Each round is split into:
 
-- scoring: the time spent in the compiled scoring pass (`acquisition.scoring.collect` for the strategies that
-  gather embeddings; the whole call for the top-K strategies, whose running top-K is part of the pass);
+- scoring: the time spent in the compiled scoring pass (`PoolScorer.collect` / `collect_top` for the strategies
+  that gather embeddings or candidates; the whole call for the top-K strategies, whose running top-K is part of the pass);
 - selection: the rest of the call (k-means, k-center, k-means++, best-per-cluster, ...).
 
 The headline per row is the median over rounds of selection / scoring of the same strategy, and of the whole call
@@ -58,25 +58,38 @@ def _reset_peak_rss() -> None:
         clear_refs.write("5")
 
 
-class _CollectTimer:
-    """Wraps the scoring pass that embedding strategies call, summing its wall time."""
+class _ScoringTimer:
+    """Wraps the pool scorer's scoring passes (`PoolScorer.collect` and `collect_top`), summing their wall time.
 
-    def __init__(self, module):
-        self.module, self.original, self.seconds = module, module.collect, 0.0
+    Strategies that gather embeddings or candidates call one of them; the
+    top-K strategies call neither (their running top-K is the pass itself).
+    """
 
-    def __enter__(self):
+    METHODS = ("collect", "collect_top")
+
+    def __init__(self, scorer_class):
+        self.scorer_class, self.seconds, self.calls = scorer_class, 0.0, 0
+        self.originals = {name: getattr(scorer_class, name) for name in self.METHODS}
+
+    def _timed(self, original):
         def timed(*args, **kwargs):
             start = time.perf_counter()
             try:
-                return self.original(*args, **kwargs)
+                return original(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - start
+                self.calls += 1
 
-        self.module.collect = timed
+        return timed
+
+    def __enter__(self):
+        for name, original in self.originals.items():
+            setattr(self.scorer_class, name, self._timed(original))
         return self
 
     def __exit__(self, *exc):
-        self.module.collect = self.original
+        for name, original in self.originals.items():
+            setattr(self.scorer_class, name, original)
 
 
 def measure_one(name: str, size: int, k: int, rounds: int, batch_size: int) -> dict:
@@ -85,23 +98,23 @@ def measure_one(name: str, size: int, k: int, rounds: int, batch_size: int) -> d
     import numpy as np
 
     import keras_lossal as kl
-    from keras_lossal import acquisition, experiment
-    from keras_lossal.acquisition import strategies
+    from keras_lossal import acquisition, backbones
+    from keras_lossal.acquisition.pool_scorer import PoolScorer
 
     keras.utils.set_random_seed(0)
-    model = kl.LossLearningModel(experiment.small_cnn(INPUT_SHAPE, num_classes=10, width=16))
+    model = kl.LossLearningModel(backbones.small_cnn(INPUT_SHAPE, num_classes=10, width=16))
     pool = np.random.default_rng(0).random((size, *INPUT_SHAPE), dtype=np.float32)
     acquisition.get(name).select(model, pool[: max(2 * k, 4096)], k=k, seed=0, batch_size=batch_size)  # trace
     rss_before = _vm_kb("VmRSS")
     _reset_peak_rss()
     totals, scoring = [], []
     for round_index in range(rounds):
-        with _CollectTimer(strategies) as timer:
+        with _ScoringTimer(PoolScorer) as timer:
             start = time.perf_counter()
             selection = acquisition.get(name).select(model, pool, k=k, seed=round_index, batch_size=batch_size)
             total = time.perf_counter() - start
         totals.append(total)
-        scoring.append(timer.seconds if timer.seconds else total)
+        scoring.append(timer.seconds if timer.calls else total)
         assert len(set(selection.indices.tolist())) == k
     return {
         "strategy": name,

@@ -38,7 +38,7 @@ class Random(Strategy):
         scored = len(candidates)
         num_non_finite = 0
         if isinstance(pool, np.ndarray) and np.issubdtype(pool.dtype, np.floating):
-            finite = np.isfinite(pool[candidates].reshape(len(candidates), -1)).all(axis=1)
+            finite = _finite_rows(pool, candidates)
             num_non_finite = int(np.sum(~finite))
             candidates = candidates[finite]
             report_non_finite(num_non_finite, scored, k, self.name)
@@ -62,3 +62,12 @@ class Random(Strategy):
         if request.k > len(candidates):
             raise ValueError(f"Expected k <= the number of items to score ({len(candidates)}). Received: k={request.k}")
         return candidates
+
+
+def _finite_rows(pool: np.ndarray, positions: np.ndarray, block: int = 65_536) -> np.ndarray:
+    """Whether each of `pool[positions]` is all finite, checked a block of rows at a time (no copy of the pool)."""
+    finite = np.empty(len(positions), bool)
+    for start in range(0, len(positions), block):
+        rows = pool[positions[start : start + block]]
+        finite[start : start + block] = np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
+    return finite

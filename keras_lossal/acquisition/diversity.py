@@ -211,8 +211,11 @@ def kmeans(embeddings, k: int, seed: int | None = None, iterations: int = KMEANS
     """Lloyd's k-means with k-means++ seeding; returns each embedding's cluster in `[0, k)`.
 
     Seeding samples each new center with probability proportional to the
-    squared distance to the nearest center so far. An empty cluster keeps its
-    center. Memory is O(N * D + k * D) plus one distance block.
+    squared distance to the nearest center so far (a point already taken is
+    never taken again). An empty cluster keeps its center. Seeding and the
+    Lloyd iterations run in one compiled TensorFlow function (on a GPU when
+    there is one, without a host round trip per step); distances are computed
+    in row blocks, so memory is O(N * D + k * D) plus one `(block, k)` block.
 
     Args:
         embeddings: `(N, D)` array.
@@ -231,25 +234,63 @@ def kmeans(embeddings, k: int, seed: int | None = None, iterations: int = KMEANS
     size = len(embeddings)
     if not 1 <= k <= size:
         raise ValueError(f"Expected 1 <= k <= {size} (the number of embeddings). Received: k={k}")
-    rng = np.random.default_rng(seed)
-    centers = np.empty((k, embeddings.shape[1]), np.float32)
-    centers[0] = embeddings[rng.integers(size)]
-    min_squared = np.sum(np.square(embeddings - centers[0]), axis=1)
-    for index in range(1, k):
-        total = float(min_squared.sum())
-        # All remaining points coincide with centers: any of them will do.
-        choice = rng.choice(size, p=min_squared / total) if total > 0 else rng.integers(size)
-        centers[index] = embeddings[choice]
-        min_squared = np.minimum(min_squared, np.sum(np.square(embeddings - centers[index]), axis=1))
-    assignment = nearest_center(embeddings, centers)[0]
-    for _ in range(iterations):
-        counts = np.bincount(assignment, minlength=k)
-        sums = np.zeros_like(centers)
-        np.add.at(sums, assignment, embeddings)
-        filled = counts > 0
-        centers[filled] = sums[filled] / counts[filled, None]
-        updated = nearest_center(embeddings, centers)[0]
-        if np.array_equal(updated, assignment):
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**31 - 1))
+    assignment = _kmeans(
+        tf.constant(embeddings), tf.constant(k), tf.constant(seed, tf.int64), tf.constant(int(iterations))
+    )
+    return assignment.numpy().astype(np.int64)
+
+
+_NEAREST_BLOCK = 4096
+
+
+def _nearest(embeddings, squared_norms, centers):
+    """Index of each row's nearest center, computed over row blocks of `_NEAREST_BLOCK` (graph code)."""
+    center_norms = ops.sum(ops.square(centers), axis=1)
+    size = tf.shape(embeddings)[0]
+    blocks = (size + _NEAREST_BLOCK - 1) // _NEAREST_BLOCK
+    nearest = tf.TensorArray(tf.int32, size=blocks, infer_shape=False)
+    for block in tf.range(blocks):
+        start = block * _NEAREST_BLOCK
+        rows = embeddings[start : start + _NEAREST_BLOCK]
+        squared = squared_norms[start : start + _NEAREST_BLOCK, None] - 2.0 * ops.matmul(rows, ops.transpose(centers))
+        nearest = nearest.write(block, tf.argmin(squared + center_norms[None, :], axis=1, output_type=tf.int32))
+    return nearest.concat()
+
+
+@tf.function(reduce_retracing=True)
+def _kmeans(embeddings, k, seed, iterations):
+    size = tf.shape(embeddings)[0]
+    squared_norms = ops.sum(ops.square(embeddings), axis=1)
+    positions = tf.range(size)
+
+    def squared_distance_to(center):
+        cross = ops.matmul(embeddings, embeddings[center][:, None])[:, 0]
+        return ops.maximum(squared_norms + squared_norms[center] - 2.0 * cross, 0.0)
+
+    first = tf.random.stateless_uniform([], tf.stack([seed, 0]), maxval=size, dtype=tf.int32)
+    min_squared = squared_distance_to(first)
+    taken = ops.equal(positions, first)
+    chosen = tf.TensorArray(tf.int32, size=k).write(0, first)
+    for step in tf.range(1, k):
+        # Weight proportional to D^2 among the points not taken; the floor keeps duplicates (D = 0) reachable.
+        logits = ops.where(taken, -np.inf, ops.log(ops.maximum(min_squared, 1e-30)))
+        step_seed = tf.stack([seed, tf.cast(step, tf.int64)])
+        candidate = tf.random.stateless_categorical(logits[None, :], 1, seed=step_seed, dtype=tf.int32)[0, 0]
+        chosen = chosen.write(step, candidate)
+        min_squared = ops.minimum(min_squared, squared_distance_to(candidate))
+        taken = ops.logical_or(taken, ops.equal(positions, candidate))
+    centers = tf.gather(embeddings, chosen.stack())
+    assignment = _nearest(embeddings, squared_norms, centers)
+    ones = tf.ones([size], embeddings.dtype)
+    for _ in tf.range(iterations):
+        counts = tf.math.unsorted_segment_sum(ones, assignment, k)
+        sums = tf.math.unsorted_segment_sum(embeddings, assignment, k)
+        means = sums / ops.maximum(counts, 1.0)[:, None]
+        centers = tf.reshape(tf.where(counts[:, None] > 0, means, centers), tf.shape(centers))
+        updated = _nearest(embeddings, squared_norms, centers)
+        if tf.reduce_all(ops.equal(updated, assignment)):
             break
         assignment = updated
     return assignment
