@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_lossal as kl  # noqa: E402
-from keras_lossal.records import DEFAULT_READ_THREADS  # noqa: E402
+from keras_lossal.contracts import DEFAULT_READ_THREADS  # noqa: E402
 
 FULL = {"fit_items": 8192, "fit_width": 64, "pool_items": 100_000, "export_items": 4096, "rounds": 5}
 SMOKE = {"fit_items": 64, "fit_width": 4, "pool_items": 512, "export_items": 64, "rounds": 2}

@@ -52,9 +52,9 @@ import tensorflow as tf  # noqa: E402
 import keras_lossal as kl  # noqa: E402
 from keras_lossal import acquisition  # noqa: E402
 from keras_lossal.beam import LossalModelHandler  # noqa: E402
+from keras_lossal.contracts import DEFAULT_READ_THREADS, DEFAULT_SELECTION  # noqa: E402
 from keras_lossal.export import export_for_serving  # noqa: E402
 from keras_lossal.preprocessing import ImagePreprocessing  # noqa: E402
-from keras_lossal.records import DEFAULT_READ_THREADS, DEFAULT_SELECTION  # noqa: E402
 from keras_lossal.serving import InProcessScorer, read_items, triage  # noqa: E402
 
 

@@ -2,8 +2,10 @@
 
 The one home of facts several layers need: recipe, backbone and optimizer
 names, the files of a `lossal train` directory, the image size limits, the
-`ModelSpec` and the checks every config runs. It imports only the standard
-library, so `lossal --help` reads the same lists the library builds from.
+queue selections, the `ModelSpec`, the `TriageSettings` that in-process triage
+and Beam share, the unlabeled `Item`, the `Scorer` protocol and the checks
+every config runs. It imports only the standard library, so `lossal --help`
+reads the same lists the library builds from.
 
 Example:
 
@@ -20,27 +22,41 @@ ValueError: Expected k to be an integer >= 1. Received: k=0
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
-from typing import Any
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "BACKBONE_NAMES",
     "CLASSES_FILE",
+    "COMMIT_SECONDS",
     "CONTENT_FIELD",
+    "DEFAULT_CANDIDATES_FACTOR",
     "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_IMAGE_PIXELS",
+    "DEFAULT_READ_THREADS",
     "DEFAULT_RECIPE",
+    "DEFAULT_SELECTION",
+    "DEFAULT_SELECTION_SEED",
     "EXPERIMENT_FILE",
+    "Item",
     "MODEL_FILE",
     "ModelSpec",
     "OPTIMIZER_NAMES",
     "PREPROCESSING_FILE",
     "RECIPE_NAMES",
     "REJECTS_FILE",
+    "SCORER_ATTRIBUTES",
+    "SELECTIONS",
+    "Scorer",
     "TRAINING_FILE",
+    "TriageSettings",
     "check_finite_non_negative",
     "check_integer",
+    "check_scorer",
 ]
 
 # The `LossLearningModel` recipes (`keras_lossal.model.RECIPES` holds what each sets), the default first.
@@ -65,6 +81,19 @@ CONTENT_FIELD = "sha256"
 # 64 megapixels / 32 MiB: far above any labeling image, far below a decompression bomb.
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
+
+# How triage and Beam pick the labeling queue from the scored items (`keras_lossal.serving.queue.QueueRule`):
+# the recommended learning-loss selection (see `keras_lossal.acquisition`), BADGE weighted by predicted loss,
+# plain top-K, or plain BADGE on a uniform sample of the pool (the benchmarked `badge` strategy's protocol).
+SELECTIONS = ("learning_loss_clusters", "learning_loss_badge", "top_k", "badge")
+DEFAULT_SELECTION = SELECTIONS[0]
+# Candidates kept while scoring, as a multiple of the queue length: memory is O(factor * K), never O(pool).
+DEFAULT_CANDIDATES_FACTOR = 10
+DEFAULT_SELECTION_SEED = 0
+# Triage's threads reading and checking items ahead of the scorer (file reads wait on disk, NFS or object stores).
+DEFAULT_READ_THREADS = max(2, min(8, os.cpu_count() or 1))
+# The longest triage's logs hold scored records in memory: a kill loses at most this much scoring, rescored on resume.
+COMMIT_SECONDS = 1.0
 
 
 def check_integer(
@@ -200,3 +229,187 @@ class ModelSpec:
             "normalize_head_inputs": self.normalize_head_inputs,
         }
         return {key: value for key, value in options.items() if value is not None}
+
+
+@dataclasses.dataclass
+class Item:
+    """One unlabeled item.
+
+    Args:
+        item_id: stable identifier (relative path, manifest id, or TFRecord id).
+        path: where the item came from (shown in the queue).
+        kind: `"image"` (encoded image bytes) or `"example"` (serialized `tf.Example`).
+        loader: returns the payload bytes; may raise `OSError`.
+        error: a reason the item cannot be read at all (it goes to the failures file).
+        extra: manifest fields passed through to the labeling queue.
+    """
+
+    item_id: str
+    path: str
+    kind: str
+    loader: Callable[[], bytes] | None = None
+    error: str | None = None
+    extra: dict | None = None
+
+    def load(self) -> bytes:
+        if self.error is not None or self.loader is None:
+            raise OSError(self.error or "no loader")
+        return self.loader()
+
+
+@dataclasses.dataclass(frozen=True)
+class TriageSettings:
+    """How a pool is scored into a labeling queue: the settings `triage` and Beam's `ScorePool` share.
+
+    Validated once, when built; `triage(..., settings=...)` and
+    `ScorePool(..., settings=...)` take it whole, or build it from the same
+    keyword arguments (`triage(..., top_k=100)`).
+
+    Args:
+        top_k: queue length, or `None` for every item at or above `threshold` (triage only).
+        threshold: only items with at least this predicted loss, or `None`
+            (triage only; a number some loss can reach, `-inf` for none).
+        selection: how the queue's `top_k` items are chosen, one of
+            `SELECTIONS` (see `keras_lossal.serving.queue`).
+        candidates_factor: the diverse selections choose among
+            `candidates_factor * top_k` candidates (the highest predicted
+            losses; for `"badge"` a uniform sample), the most items held in
+            memory with their features.
+        seed: the seed of the diverse selections (the same seed, items and
+            model: the same queue).
+        max_image_pixels: header-declared size limit, or `None` for the
+            export's limit, else `DEFAULT_MAX_IMAGE_PIXELS`.
+        max_image_bytes: encoded size limit, or `None` likewise.
+
+    Example:
+
+    >>> TriageSettings(top_k=100).image_limits({"max_image_bytes": 1024})
+    (64000000, 1024)
+    >>> TriageSettings(selection="kmeans")
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected selection in ['learning_loss_clusters', 'learning_loss_badge', 'top_k', 'badge']. \
+Received: selection='kmeans'
+    """
+
+    top_k: int | None = 1000
+    threshold: float | None = None
+    selection: str = DEFAULT_SELECTION
+    candidates_factor: int = DEFAULT_CANDIDATES_FACTOR
+    seed: int = DEFAULT_SELECTION_SEED
+    max_image_pixels: int | None = None
+    max_image_bytes: int | None = None
+
+    def __post_init__(self):
+        check = functools.partial(object.__setattr__, self)
+        check("top_k", check_integer("top_k", self.top_k, optional=True))
+        if self.threshold is not None:
+            threshold = float(self.threshold) if isinstance(self.threshold, numbers.Real) else math.nan
+            if isinstance(self.threshold, bool) or math.isnan(threshold) or threshold == math.inf:
+                raise ValueError(
+                    "Expected a threshold some predicted loss can reach (a number, or -inf for none). "
+                    f"Received: threshold={self.threshold!r}"
+                )
+            check("threshold", threshold)
+        if self.top_k is None and self.threshold is None:
+            raise ValueError("Expected top_k and/or threshold; with neither the queue would hold every item.")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"Expected selection in {list(SELECTIONS)}. Received: selection={self.selection!r}")
+        check("candidates_factor", check_integer("candidates_factor", self.candidates_factor))
+        check("seed", check_integer("seed", self.seed, minimum=0))
+        for name in ("max_image_pixels", "max_image_bytes"):
+            check(name, check_integer(name, getattr(self, name), optional=True))
+
+    @classmethod
+    def of(cls, settings: TriageSettings | None = None, **fields: Any) -> TriageSettings:
+        """`settings` with `fields` replaced, or new settings of `fields`; an unknown field is a `TypeError`.
+
+        Example:
+
+        >>> TriageSettings.of(TriageSettings(top_k=5), seed=3).seed
+        3
+        >>> TriageSettings.of(topk=5)
+        Traceback (most recent call last):
+        ...
+        TypeError: Unknown triage settings ['topk']; expected any of ['top_k', 'threshold', 'selection', \
+'candidates_factor', 'seed', 'max_image_pixels', 'max_image_bytes']
+        """
+        names = [field.name for field in dataclasses.fields(cls)]
+        unknown = sorted(set(fields) - set(names))
+        if unknown:
+            raise TypeError(f"Unknown triage settings {unknown}; expected any of {names}")
+        if settings is not None and not isinstance(settings, cls):
+            raise TypeError(f"Expected settings to be a TriageSettings. Received: {type(settings).__name__}")
+        return dataclasses.replace(settings, **fields) if settings is not None else cls(**fields)
+
+    def image_limits(self, export: Mapping[str, Any] | Any | None = None) -> tuple[int, int]:
+        """`(max_image_pixels, max_image_bytes)`: these settings, else `export`'s, else the defaults.
+
+        `export` is an export config (a mapping) or a `Scorer` (its attributes), or `None`.
+        """
+
+        def export_limit(name):
+            if export is None:
+                return None
+            return export.get(name) if isinstance(export, Mapping) else getattr(export, name, None)
+
+        pixels = self.max_image_pixels or export_limit("max_image_pixels") or DEFAULT_MAX_IMAGE_PIXELS
+        return int(pixels), int(self.max_image_bytes or export_limit("max_image_bytes") or DEFAULT_MAX_IMAGE_BYTES)
+
+
+# What a `Scorer` carries besides `score`: the names every caller may read without probing.
+SCORER_ATTRIBUTES = ("description", "version", "labels", "max_image_pixels", "max_image_bytes", "example_feature")
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """What triage, Beam's model handler and the Label Studio backend score with.
+
+    `keras_lossal.serving.InProcessScorer` (an exported SavedModel in this
+    process) and `ServerScorer` (TF Serving) implement it; so can your own
+    class, e.g. a wrapper that counts calls.
+
+    Attributes:
+        description: the model without its version (`"saved_model:<base path>"`,
+            `"server:<name>"`): what triage's resume check compares.
+        version: the model version scored with, or `None` when unknown until answered.
+        labels: class names for the records' `label`, or `None`.
+        max_image_pixels: the export's header-declared size limit, or `None`.
+        max_image_bytes: the export's encoded size limit, or `None`.
+        example_feature: the `tf.Example` feature holding the image, or `None`.
+    """
+
+    description: str
+    version: int | None
+    labels: Sequence[str] | None
+    max_image_pixels: int | None
+    max_image_bytes: int | None
+    example_feature: str | None
+
+    def score(self, kind: str, payloads: Sequence[bytes]) -> Mapping[str, Any]:
+        """Scores a batch of one kind (`"image"` bytes or serialized `"example"`s): at least `predicted_loss`."""
+        ...
+
+
+def check_scorer(scorer: Any) -> Scorer:
+    """Returns `scorer`, or raises `TypeError` naming what it lacks of the `Scorer` protocol.
+
+    Example:
+
+    >>> class Half:
+    ...     description, version, labels = "half", None, None
+    ...     def score(self, kind, payloads): ...
+    >>> check_scorer(Half())
+    Traceback (most recent call last):
+    ...
+    TypeError: Expected a Scorer (keras_lossal.contracts.Scorer). Received: Half, without \
+['max_image_pixels', 'max_image_bytes', 'example_feature']
+    """
+    missing = [name for name in SCORER_ATTRIBUTES if not hasattr(scorer, name)]
+    if not callable(getattr(scorer, "score", None)):
+        missing.insert(0, "score(kind, payloads)")
+    if missing:
+        raise TypeError(
+            f"Expected a Scorer (keras_lossal.contracts.Scorer). Received: {type(scorer).__name__}, without {missing}"
+        )
+    return scorer

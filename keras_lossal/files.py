@@ -10,18 +10,24 @@ Every reader of a user's file (triage, Beam, `lossal train` and `lossal run`
 on your images) goes through `read_file`: only regular files, at most a size
 limit, so a FIFO, a device or a huge file named like an image is refused
 instead of blocking or filling the memory.
+
+An item's identity (`content_sha256`, `file_sha256`: the hex SHA-256 of its
+bytes) and JSON lines (`jsonl_line`, `to_jsonl`) are here too, so the data
+layer (the labeled-set manifest) and the production records share them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import os
 import secrets
 import stat
 import time
-from collections.abc import Iterator
-from typing import IO
+from collections.abc import Iterator, Mapping, Sequence
+from typing import IO, Any
 from urllib.parse import urlparse
 
 __all__ = [
@@ -31,8 +37,12 @@ __all__ = [
     "atomic_open",
     "atomic_write",
     "check_regular_file",
+    "content_sha256",
     "exclusive_lock",
+    "file_sha256",
+    "jsonl_line",
     "read_file",
+    "to_jsonl",
 ]
 
 # The lock file of `path` is `path + LOCK_SUFFIX`, beside it.
@@ -234,3 +244,40 @@ def _read_remote_file(path: str, max_bytes: int | None) -> bytes:
     if max_bytes is not None and len(data) > max_bytes:
         raise OSError(f"file too large: more than max_image_bytes={max_bytes} bytes")
     return data
+
+
+# --------------------------------------------------------------------------- item identity and JSON lines
+def content_sha256(data: bytes) -> str:
+    """An item's identity: the hex SHA-256 of its bytes (a renamed or copied file keeps it; an edited one does not).
+
+    Example:
+
+    >>> content_sha256(b"abc")[:16]
+    'ba7816bf8f01cfea'
+    """
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    """`content_sha256` of a local file's bytes, read in chunks (`OSError` when it cannot be read)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def jsonl_line(record: Mapping[str, Any]) -> str:
+    """One record as a JSONL line, without the newline (keys sorted, so equal records are equal bytes)."""
+    return json.dumps(record, sort_keys=True)
+
+
+def to_jsonl(records: Sequence[Mapping[str, Any]]) -> str:
+    """Records as JSONL text, one line each, every line ending in a newline.
+
+    Example:
+
+    >>> to_jsonl([{"id": "a", "predicted_loss": 0.5}, {"rank": 2, "id": "b"}])
+    '{"id": "a", "predicted_loss": 0.5}\\n{"id": "b", "rank": 2}\\n'
+    """
+    return "".join(jsonl_line(record) + "\n" for record in records)

@@ -174,7 +174,7 @@ def manifest_text(
 ) -> str:
     """Records as manifest text: JSONL lines (keys sorted), or CSV with a header of `columns` (default: the
     required, provenance and content-hash columns)."""
-    from keras_lossal.records import to_jsonl
+    from keras_lossal.files import to_jsonl
 
     records = list(records)
     if not csv_format:
@@ -340,7 +340,7 @@ def from_folders(directory: str, manifest_path: str) -> list[dict[str, str]]:
     >>> record["id"], record["path"], record["label"], record["sha256"][:12]
     ('cat/1.png', 'cat/1.png', 'cat', 'ba7816bf8f01')
     """
-    from keras_lossal.records import file_sha256
+    from keras_lossal.files import file_sha256
 
     records = []
     for record in from_directory(directory):
@@ -472,7 +472,7 @@ def labeled_content(manifest_paths: Sequence[str]) -> LabeledContent:
     from its file now, and one whose file cannot be read (missing, or an object-store URL) is listed in
     `unhashed`.
     """
-    from keras_lossal.records import file_sha256
+    from keras_lossal.files import file_sha256
 
     hashes, unhashed, count = set(), [], 0
     for path in manifest_paths:

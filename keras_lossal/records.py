@@ -15,9 +15,8 @@ downstream tools read alike and rank the same items first:
 - the output file names and writers: JSONL (`jsonl_line`, `to_jsonl`, the
   append-only `JsonlLog` and its crash-tolerant reader `read_jsonl_log`),
   `queue_csv`, `label_studio_tasks` (atomic writes are `keras_lossal.files`');
-- the names and defaults of the queue selections (`SELECTIONS`,
-  `DEFAULT_SELECTION`, `DEFAULT_CANDIDATES_FACTOR`), here so that the command
-  line lists them without loading NumPy; the rule itself is
+- the names and defaults of the queue selections are `keras_lossal.contracts`'
+  (`SELECTIONS`, `TriageSettings`); the rule itself is
   `keras_lossal.serving.queue`.
 
 Example:
@@ -33,26 +32,20 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import heapq
 import io
 import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from keras_lossal.serving.readers import Item
+from keras_lossal.contracts import Item
+from keras_lossal.files import content_sha256, file_sha256, jsonl_line, to_jsonl
 
 __all__ = [
     "CONTENT_HASH",
     "CANDIDATES_FILE",
-    "DEFAULT_CANDIDATES_FACTOR",
-    "DEFAULT_SELECTION",
-    "COMMIT_SECONDS",
-    "DEFAULT_READ_THREADS",
-    "DEFAULT_SELECTION_SEED",
     "DUPLICATE_REASON",
     "EMBEDDING",
     "FAILURES_FILE",
@@ -63,7 +56,6 @@ __all__ = [
     "QUEUE_CSV",
     "QUEUE_JSONL",
     "SCORED_FILE",
-    "SELECTIONS",
     "STATE_FILE",
     "SUMMARY_FILE",
     "Earlier",
@@ -105,19 +97,6 @@ QUEUE_CSV_COLUMNS = (
 MODEL_VERSION = "model_version"
 # The serving output with each item's penultimate features, float32 [B, D]: what the diverse queue selections cluster.
 EMBEDDING = "embedding"
-# How the queue picks from the scored items (`keras_lossal.serving.queue.QueueRule`): the recommended
-# learning-loss selection (see `keras_lossal.acquisition`), BADGE weighted by predicted loss, plain top-K, or
-# plain BADGE on a uniform sample of the pool (the benchmarked `badge` strategy's protocol).
-SELECTIONS = ("learning_loss_clusters", "learning_loss_badge", "top_k", "badge")
-DEFAULT_SELECTION = "learning_loss_clusters"
-# Candidates kept while scoring, as a multiple of the queue length: memory is O(factor * K), never O(pool).
-DEFAULT_CANDIDATES_FACTOR = 10
-DEFAULT_SELECTION_SEED = 0
-# Triage's threads reading and checking items ahead of the scorer (file reads wait on disk, NFS or object stores).
-DEFAULT_READ_THREADS = max(2, min(8, os.cpu_count() or 1))
-# The longest triage's logs hold scored records in memory: a kill loses at most this much scoring, rescored on resume.
-COMMIT_SECONDS = 1.0
-
 # Triage writes it once per repeated id (with `"duplicate": true`); Beam once per extra copy.
 DUPLICATE_REASON = "duplicate item id (an earlier item had the same id; not scored)"
 
@@ -130,7 +109,7 @@ def scored_record(item: Item, outputs: Mapping[str, Any], row: int, labels: Sequ
 
     Example:
 
-    >>> from keras_lossal.serving.readers import Item
+    >>> from keras_lossal.contracts import Item
     >>> outputs = {"predicted_loss": [0.25], "class_id": [1], "probabilities": [[0.1, 0.9]], "model_version": [3]}
     >>> scored_record(Item("a.png", "pool/a.png", "image"), outputs, 0, ["cat", "dog"])
     {'id': 'a.png', 'path': 'pool/a.png', 'predicted_loss': 0.25, 'class_id': 1, 'label': 'dog', 'probabilities': [0.1, 0.9], 'model_version': 3}
@@ -156,7 +135,7 @@ def failure_record(item: Item, reason: str, retryable: bool = False) -> dict[str
 
     Example:
 
-    >>> from keras_lossal.serving.readers import Item
+    >>> from keras_lossal.contracts import Item
     >>> failure_record(Item("a.png", "pool/a.png", "image"), "corrupt image: not a PNG")
     {'id': 'a.png', 'path': 'pool/a.png', 'reason': 'corrupt image: not a PNG', 'retryable': False}
     """
@@ -168,27 +147,8 @@ def non_finite_reason(predicted_loss: float) -> str:
     return f"non-finite predicted loss {predicted_loss!r} (the model returned NaN/inf for this item; not queued)"
 
 
-# --------------------------------------------------------------------------- item identity
-def content_sha256(data: bytes) -> str:
-    """An item's identity: the hex SHA-256 of its bytes (a renamed or copied file keeps it; an edited one does not).
-
-    Example:
-
-    >>> content_sha256(b"abc")[:16]
-    'ba7816bf8f01cfea'
-    """
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_sha256(path: str) -> str:
-    """`content_sha256` of a local file's bytes, read in chunks (`OSError` when it cannot be read)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
+# Item identity (`content_sha256`, `file_sha256`) and JSON lines (`jsonl_line`, `to_jsonl`) live in
+# `keras_lossal.files`, below the data layer that also reads them; they are re-exported here.
 # --------------------------------------------------------------------------- the tie rule and ranking
 @functools.total_ordering
 class Earlier:
@@ -310,22 +270,6 @@ def assign_ranks(records: Sequence[dict]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- JSONL
-def jsonl_line(record: Mapping[str, Any]) -> str:
-    """One record as a JSONL line, without the newline (keys sorted, so equal records are equal bytes)."""
-    return json.dumps(record, sort_keys=True)
-
-
-def to_jsonl(records: Sequence[Mapping[str, Any]]) -> str:
-    """Records as JSONL text, one line each, every line ending in a newline.
-
-    Example:
-
-    >>> to_jsonl([{"id": "a", "predicted_loss": 0.5}, {"rank": 2, "id": "b"}])
-    '{"id": "a", "predicted_loss": 0.5}\\n{"id": "b", "rank": 2}\\n'
-    """
-    return "".join(jsonl_line(record) + "\n" for record in records)
-
-
 def read_jsonl_log(path: str) -> Iterator[dict]:
     """Reads a JSONL log, dropping a partial last line left by a crash (and truncating it away).
 

@@ -251,6 +251,10 @@ def test_bad_arguments_name_the_value(model_dir, pool):
         ScorePool(pool, model_dir, selection="coreset")
     with pytest.raises(ValueError, match="candidates_factor=0"):
         ScorePool(pool, model_dir, candidates_factor=0)
+    with pytest.raises(ValueError, match="Expected a queue length top_k and no threshold.*threshold=1.0"):
+        ScorePool(pool, model_dir, threshold=1.0)
+    with pytest.raises(TypeError, match=r"Unknown triage settings \['topk'\]"):
+        ScorePool(pool, model_dir, topk=5)
 
 
 def test_an_export_without_embedding_is_refused_before_any_worker_starts():
@@ -285,7 +289,10 @@ def test_missing_apache_beam_names_the_extra(monkeypatch):
 def test_cli_reports_a_bad_argument_or_a_missing_beam_in_one_line(model_dir, pool, tmp_path, monkeypatch, capsys):
     argv = ["beam-score", "--model", model_dir, "--input", pool, "--output", str(tmp_path / "out"), "--top-k", "0"]
     assert cli.main(argv) == 2
-    assert capsys.readouterr().err == "lossal beam-score: Expected top_k to be a positive integer. Received: top_k=0\n"
+    assert (
+        capsys.readouterr().err
+        == "lossal beam-score: Expected top_k to be an integer >= 1 or None. Received: top_k=0\n"
+    )
     for name in [name for name in sys.modules if name.startswith("keras_lossal.beam")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "apache_beam", None)

@@ -23,7 +23,7 @@ def test_smoke_mode_runs_every_part_under_mixed_float16():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "policy mixed_float16" in result.stdout
     assert re.search(r"fit overhead: LossLearningModel / backbone epoch time x\d+\.\d{3}", result.stdout)
-    from keras_lossal.records import DEFAULT_SELECTION
+    from keras_lossal.contracts import DEFAULT_SELECTION
 
     whole_runs = (f"triage (whole run, {DEFAULT_SELECTION})", "triage (whole run, top_k)")
     for method in ("select ", "InProcessScorer.score", *whole_runs):

@@ -54,10 +54,25 @@ def test_downward_and_same_layer_imports_pass_and_an_unlisted_module_fails(tmp_p
     assert "pkg.extra is in no layer" in capsys.readouterr().out
 
 
-def test_the_package_has_no_upward_import_but_the_known_one():
-    assert check.upward_imports(ROOT / "keras_lossal", check.LAYERS, check.KNOWN_UPWARD) == []
-    unknown = check.upward_imports(ROOT / "keras_lossal", check.LAYERS, {})
-    assert unknown and all("keras_lossal.manifest (data) imports keras_lossal.records" in line for line in unknown)
+def test_the_package_has_no_upward_import_and_no_import_cycle():
+    assert check.KNOWN_UPWARD == {}  # the last known upward edge (manifest -> records) is gone
+    assert check.upward_imports(ROOT / "keras_lossal", check.LAYERS, {}) == []
+    assert check.import_cycles(ROOT / "keras_lossal") == []
+
+
+def test_an_import_cycle_fails_even_under_type_checking(tmp_path, capsys):
+    root = _package(
+        tmp_path,
+        {
+            "app.py": "",
+            "base.py": "import typing\nif typing.TYPE_CHECKING:\n    from pkg.shared import thing\n",
+            "shared.py": "from pkg.base import helper\n",
+        },
+    )
+    assert check.main(["--layers", LAYERS, str(root)]) == 1
+    assert "import cycle between pkg.base, pkg.shared" in capsys.readouterr().out
+    (root / "base.py").write_text("")
+    assert check.main(["--layers", LAYERS, str(root)]) == 0
 
 
 def _make(*arguments: str) -> str:

@@ -89,3 +89,68 @@ def test_check_integer_refuses_with_one_message_shape(value, options, message):
 def test_check_finite_non_negative_refuses(value):
     with pytest.raises(ValueError, match="Expected rate to be a finite number >= 0"):
         contracts.check_finite_non_negative("rate", value)
+
+
+# ------------------------------------------------------------------------------------------- TriageSettings
+def test_triage_settings_validate_once_and_build_from_keywords():
+    settings = contracts.TriageSettings(top_k=5, threshold=1, seed=3)
+    assert (settings.top_k, settings.threshold, settings.selection) == (5, 1.0, contracts.DEFAULT_SELECTION)
+    assert contracts.TriageSettings.of(settings, selection="badge") == contracts.TriageSettings(
+        top_k=5, threshold=1.0, seed=3, selection="badge"
+    )
+    assert contracts.TriageSettings.of(top_k=None, threshold=float("-inf")).top_k is None
+    bad = [
+        ({"top_k": 0}, "Expected top_k to be an integer >= 1 or None. Received: top_k=0"),
+        ({"top_k": True}, "top_k=True"),
+        ({"threshold": float("nan")}, "Expected a threshold some predicted loss can reach"),
+        ({"threshold": "1"}, "threshold='1'"),
+        ({"top_k": None}, "Expected top_k and/or threshold"),
+        ({"candidates_factor": 1.5}, "candidates_factor=1.5"),
+        ({"max_image_bytes": 0}, "Expected max_image_bytes to be an integer >= 1 or None"),
+    ]
+    for fields, message in bad:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            contracts.TriageSettings(**fields)
+    with pytest.raises(TypeError, match=r"Unknown triage settings \['topk'\]"):
+        contracts.TriageSettings.of(topk=5)
+    with pytest.raises(TypeError, match="Expected settings to be a TriageSettings. Received: dict"):
+        contracts.TriageSettings.of({"top_k": 5})
+
+
+def test_image_limits_are_the_settings_then_the_export_then_the_defaults():
+    class Export:
+        max_image_pixels, max_image_bytes = 100, None
+
+    defaults = (contracts.DEFAULT_MAX_IMAGE_PIXELS, contracts.DEFAULT_MAX_IMAGE_BYTES)
+    assert contracts.TriageSettings().image_limits() == defaults
+    assert contracts.TriageSettings().image_limits(Export()) == (100, contracts.DEFAULT_MAX_IMAGE_BYTES)
+    assert contracts.TriageSettings().image_limits({"max_image_bytes": 7}) == (defaults[0], 7)
+    assert contracts.TriageSettings(max_image_pixels=9, max_image_bytes=8).image_limits(Export()) == (9, 8)
+
+
+def test_check_scorer_names_what_a_scorer_lacks():
+    class Complete:
+        description, version, labels = "mine", None, ["a"]
+        max_image_pixels = max_image_bytes = example_feature = None
+
+        def score(self, kind, payloads):
+            return {}
+
+    assert contracts.check_scorer(Complete()) is not None and isinstance(Complete(), contracts.Scorer)
+    partial = Complete()
+    partial.score = None
+    with pytest.raises(TypeError, match=r"Received: Complete, without \['score\(kind, payloads\)'\]"):
+        contracts.check_scorer(partial)
+    with pytest.raises(TypeError, match=r"without \['score\(kind, payloads\)', 'description'"):
+        contracts.check_scorer(object())
+
+
+def test_the_shipped_scorers_carry_the_whole_protocol(tmp_path):
+    from keras_lossal.serving import ServerScorer
+
+    class Client:
+        model_name, version = "lossal", 3
+
+    scorer = ServerScorer(Client())
+    assert isinstance(scorer, contracts.Scorer) and contracts.check_scorer(scorer) is scorer
+    assert {name: getattr(scorer, name) for name in contracts.SCORER_ATTRIBUTES}["description"] == "server:lossal"

@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 from keras_lossal import cli
+from keras_lossal.contracts import SCORER_ATTRIBUTES
 from keras_lossal.serving import InProcessScorer, ServingError, TopK, read_items, triage
 from keras_lossal.serving.readers import read_manifest
 
@@ -69,11 +70,8 @@ class CountingScorer:
         self.crash_on_call = crash_on_call
         self.calls = 0
         self.sent = []  # every payload the model was asked to score, in order
-        self.labels = scorer.labels
-        self.max_image_pixels = scorer.max_image_pixels
-        self.max_image_bytes = scorer.max_image_bytes
-        self.description = scorer.description
-        self.version = getattr(scorer, "version", None)
+        for name in SCORER_ATTRIBUTES:  # what the Scorer protocol carries besides score()
+            setattr(self, name, getattr(scorer, name))
 
     def score(self, kind, payloads):
         self.calls += 1
@@ -81,6 +79,29 @@ class CountingScorer:
             raise KeyboardInterrupt("simulated crash mid-run")
         self.sent.extend(payloads)
         return self.scorer.score(kind, payloads)
+
+
+def test_settings_passed_whole_equal_the_same_keywords_and_a_partial_scorer_is_refused(setup, tmp_path):
+    from keras_lossal.contracts import Scorer, TriageSettings
+
+    scorer = InProcessScorer(setup["base"])
+    assert isinstance(scorer, Scorer)
+    settings = TriageSettings(top_k=4, selection="top_k", max_image_bytes=1 << 20)
+    whole = triage(read_items(setup["folder"]), scorer, str(tmp_path / "a"), settings, batch_size=4)
+    keywords = triage(
+        read_items(setup["folder"]), scorer, str(tmp_path / "b"), top_k=4, selection="top_k", max_image_bytes=1 << 20
+    )
+    assert [r["id"] for r in whole.queue] == [r["id"] for r in keywords.queue] and len(whole.queue) == 4
+    replaced = triage(read_items(setup["folder"]), scorer, str(tmp_path / "c"), settings, top_k=2)
+    assert [r["id"] for r in replaced.queue] == [r["id"] for r in whole.queue][:2]
+
+    class Bare:  # a wrapper that forgot the protocol's attributes
+        def score(self, kind, payloads):
+            return scorer.score(kind, payloads)
+
+    with pytest.raises(TypeError, match=r"Expected a Scorer .* Received: Bare, without \['description'"):
+        triage(read_items(setup["folder"]), Bare(), str(tmp_path / "d"))
+    assert not os.path.exists(tmp_path / "d")
 
 
 def test_end_to_end_queue_failures_and_exports(setup, tmp_path):
@@ -661,36 +682,19 @@ def strip_versions(out, state):
     return len(records)
 
 
-@pytest.mark.parametrize(
-    "legacy_state, resumes_unpinned",
-    [("saved_model:{base}/1", True), ("server:lossal:version=1:label=None", True),
-     ("server:lossal:version=None:label=None", False), ("server:lossal:version=None:label=stable", False)],
-)  # fmt: skip
-def test_outputs_of_older_runs_resume_when_their_version_is_known(setup, tmp_path, legacy_state, resumes_unpinned):
+@pytest.mark.parametrize("legacy_state", ["saved_model:{base}/1", "server:lossal:version=1:label=None"])
+def test_an_output_of_a_0_1_run_is_refused_naming_the_restart(setup, tmp_path, legacy_state):
     out = str(tmp_path / "out")
     scorer = InProcessScorer(setup["base"])
-    wrapped = CountingScorer(scorer, crash_on_call=2) if legacy_state.startswith("saved") else None
-    wrapped = wrapped or ServedAs(scorer, 1, crash_on_call=2)
     with pytest.raises(KeyboardInterrupt):
-        triage(read_items(setup["folder"]), wrapped, out, batch_size=4)
-    resumed = strip_versions(out, legacy_state.format(base=os.path.normpath(setup["base"])))
-    unpinned = CountingScorer(scorer) if legacy_state.startswith("saved") else ServedAs(scorer, 1)
-    if resumes_unpinned:
-        result = triage(read_items(setup["folder"]), unpinned, out, batch_size=4)
-    else:
-        with pytest.raises(ValueError, match=f"holds {resumed} scores from an earlier triage that did not record"):
-            triage(read_items(setup["folder"]), unpinned, out, batch_size=4)
-        assert unpinned.calls == 0
-        result = triage(read_items(setup["folder"]), ServedAs(scorer, 1, version=1), out, batch_size=4)
-    assert result.scored == N_GOOD - resumed and result.total_scored == N_GOOD and result.model_version == 1
-    assert {record["model_version"] for record in read_jsonl(os.path.join(out, "queue.jsonl"))} == {1}
-    with open(os.path.join(out, "state.json")) as handle:
-        assert json.load(handle)["model_version"] == 1  # the next resume knows the old scores' version
-    # Another version now would still be refused: the old scores are version 1's.
-    other = CountingScorer(scorer) if legacy_state.startswith("saved") else ServedAs(scorer, 2)
-    other.version = 2
-    with pytest.raises(ValueError, match="scores of model version 1, but this run scores with version 2"):
-        triage(read_items(setup["folder"]), other, out, batch_size=4)
+        triage(read_items(setup["folder"]), CountingScorer(scorer, crash_on_call=2), out, batch_size=4)
+    strip_versions(out, legacy_state.format(base=os.path.normpath(setup["base"])))
+    unpinned = CountingScorer(scorer)
+    with pytest.raises(ValueError, match=r"Expected a triage state.json with 'scorer' and 'model_version'.*--restart"):
+        triage(read_items(setup["folder"]), unpinned, out, batch_size=4)
+    assert unpinned.calls == 0
+    result = triage(read_items(setup["folder"]), unpinned, out, batch_size=4, restart=True)
+    assert result.total_scored == N_GOOD and result.resumed == 0
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "rest"])
@@ -798,10 +802,9 @@ def test_label_studio_tasks_name_local_files_or_cloud_urls_and_a_label_config(se
         triage(read_items(setup["folder"]), InProcessScorer(setup["base"]), out, top_k=4, label_studio=outside)
     with pytest.raises(ValueError, match="url_prefix starting with one of"):
         LabelStudioOptions(url_prefix="bucket/pool")
-    with pytest.warns(DeprecationWarning, match="label_studio_image_prefix is deprecated"):
-        triage(read_items(setup["folder"]), InProcessScorer(setup["base"]), out, label_studio_image_prefix="/x/")
+    triage(read_items(setup["folder"]), InProcessScorer(setup["base"]), out)  # neither: the path as it is
     with open(os.path.join(out, "label_studio_tasks.json")) as handle:
-        assert json.load(handle)[0]["data"]["image"] == "/x/" + queue[0]["path"]
+        assert json.load(handle)[0]["data"]["image"] == queue[0]["path"]
 
 
 def write_tfrecord(path, ids, pixels):

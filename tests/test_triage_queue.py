@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 import keras_lossal as kl
-from keras_lossal import cli
+from keras_lossal import cli, contracts
+from keras_lossal.contracts import SCORER_ATTRIBUTES
 from keras_lossal.serving import InProcessScorer, read_items, triage
 from keras_lossal.serving import queue as queue_lib
 from keras_lossal.serving.queue import Candidates, QueueRule, ResumeWithoutFeaturesError
@@ -70,7 +71,7 @@ class CrashingScorer:
 
     def __init__(self, scorer, crash_on_call=None):
         self.scorer, self.crash_on_call, self.calls = scorer, crash_on_call, 0
-        for name in ("labels", "max_image_pixels", "max_image_bytes", "description", "version"):
+        for name in SCORER_ATTRIBUTES:
             setattr(self, name, getattr(scorer, name))
 
     def score(self, kind, payloads):
@@ -372,7 +373,7 @@ class WithoutEmbedding:
 
     def __init__(self, scorer):
         self.scorer = scorer
-        for name in ("labels", "max_image_pixels", "max_image_bytes", "description", "version"):
+        for name in SCORER_ATTRIBUTES:
             setattr(self, name, getattr(scorer, name))
 
     def score(self, kind, payloads):
@@ -397,7 +398,7 @@ def test_an_export_without_embedding_is_refused_naming_the_fix(pool, tmp_path):
         ),
         ({"candidates_factor": 0}, "Expected candidates_factor to be an integer >= 1. Received: candidates_factor=0"),
         ({"seed": -1}, "Expected seed to be an integer >= 0"),
-        ({"top_k": 0}, "Expected top_k >= 1 or None"),
+        ({"top_k": 0}, "Expected top_k to be an integer >= 1 or None. Received: top_k=0"),
         ({"top_k": None}, "Expected top_k and/or threshold"),
     ],
 )
@@ -408,21 +409,19 @@ def test_queue_rule_refuses_bad_settings_naming_them(settings, message):
 
 @pytest.mark.parametrize("command", ["triage", "beam-score"])
 def test_the_command_line_refuses_a_bad_selection_listing_all_four(command, capsys):
-    from keras_lossal import records
 
     argv = [command, "pool", "--model", "m", "--output", "o", "--selection", "coreset"]
     with pytest.raises(SystemExit) as stopped:
         cli.main(argv if command == "triage" else [*argv[:1], "--input", *argv[1:]])
     error = capsys.readouterr().err.splitlines()[-1]
     assert stopped.value.code == 2 and "invalid choice: 'coreset'" in error
-    assert error.endswith(f"(choose from {', '.join(repr(name) for name in records.SELECTIONS)})")
-    assert len(records.SELECTIONS) == 4 and records.SELECTIONS[-1] == "badge"
+    assert error.endswith(f"(choose from {', '.join(repr(name) for name in contracts.SELECTIONS)})")
+    assert len(contracts.SELECTIONS) == 4 and contracts.SELECTIONS[-1] == "badge"
 
 
 def test_the_names_the_command_line_lists_are_the_rules():
-    from keras_lossal import records
 
-    assert set(records.SELECTIONS) == {"learning_loss_clusters", "learning_loss_badge", "top_k", "badge"}
-    assert QueueRule().selection == records.DEFAULT_SELECTION == "learning_loss_clusters"
-    assert QueueRule(top_k=3).max_candidates == 3 * records.DEFAULT_CANDIDATES_FACTOR
+    assert set(contracts.SELECTIONS) == {"learning_loss_clusters", "learning_loss_badge", "top_k", "badge"}
+    assert QueueRule().selection == contracts.DEFAULT_SELECTION == "learning_loss_clusters"
+    assert QueueRule(top_k=3).max_candidates == 3 * contracts.DEFAULT_CANDIDATES_FACTOR
     assert QueueRule(top_k=3, selection="top_k").max_candidates == 3 and queue_lib.QueueRule is QueueRule

@@ -15,6 +15,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from keras_lossal.contracts import SCORER_ATTRIBUTES  # noqa: E402
 from keras_lossal.serving import InProcessScorer, read_items  # noqa: E402
 
 # The module, not the function `keras_lossal.serving` exports under the same name.
@@ -26,8 +27,8 @@ class SlowScorer:
 
     def __init__(self, scorer: InProcessScorer, delay: float):
         self.scorer, self.delay = scorer, delay
-        self.labels, self.description, self.version = scorer.labels, scorer.description, scorer.version
-        self.max_image_pixels, self.max_image_bytes = scorer.max_image_pixels, scorer.max_image_bytes
+        for name in SCORER_ATTRIBUTES:
+            setattr(self, name, getattr(scorer, name))
 
     def score(self, kind, payloads):
         time.sleep(self.delay)

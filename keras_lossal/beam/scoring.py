@@ -30,12 +30,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from keras_lossal.contracts import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, TriageSettings, check_integer
 from keras_lossal.export import read_export_config, resolve_version_dir
-from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from keras_lossal.records import (
-    DEFAULT_CANDIDATES_FACTOR,
-    DEFAULT_SELECTION,
-    DEFAULT_SELECTION_SEED,
     DUPLICATE_REASON,
     FAILURES_FILE,
     QUEUE_CSV,
@@ -266,8 +263,8 @@ class ReadPool(beam.PTransform):
         is_local_folder = self.input_type == "images" and "://" not in input_path and os.path.isdir(input_path)
         self.directory = os.path.abspath(input_path) if is_local_folder else None
         self.root = root
-        self.max_image_pixels = _positive("max_image_pixels", max_image_pixels)
-        self.max_image_bytes = _positive("max_image_bytes", max_image_bytes)
+        self.max_image_pixels = check_integer("max_image_pixels", max_image_pixels)
+        self.max_image_bytes = check_integer("max_image_bytes", max_image_bytes)
 
     def expand(self, pbegin):
         limits = (self.max_image_pixels, self.max_image_bytes)
@@ -344,8 +341,8 @@ class LossalModelHandler(ModelHandler):
         large_model: bool = False,
         keep: Sequence[str] = (),
     ):
-        min_batch_size = _positive("min_batch_size", min_batch_size)
-        max_batch_size = _positive("max_batch_size", max_batch_size)
+        min_batch_size = check_integer("min_batch_size", min_batch_size)
+        max_batch_size = check_integer("max_batch_size", max_batch_size)
         if min_batch_size > max_batch_size:
             raise ValueError(
                 f"Expected min_batch_size <= max_batch_size. Received: min_batch_size={min_batch_size}, "
@@ -463,22 +460,18 @@ class ScorePool(beam.PTransform):
         input_path: what `ReadPool` reads (image folder or glob, TFRecord,
             JSONL manifest; local or object storage).
         model_dir: the `export_for_serving` base path or version directory.
-        top_k: length of the labeling queue.
+        settings: the queue and the image limits, `keras_lossal.contracts.TriageSettings` (the same as
+            in-process `triage`'s; `threshold` is not supported here). Its fields may also be given as
+            keyword arguments (`top_k=100`, `selection="badge"`, `max_image_bytes=...`), which replace
+            those of `settings`. The image limits default to the export's.
         input_type: `"auto"`, `"images"`, `"tfrecord"` or `"manifest"`.
         version: a specific export version (default: the highest, pinned
             when the pipeline is built).
         min_batch_size: smallest RunInference batch.
         max_batch_size: largest RunInference batch.
         root: manifests only: the folder relative paths must stay inside.
-        max_image_pixels: header pixel limit (default: the export's).
-        max_image_bytes: encoded size limit (default: the export's).
         large_model: share one model copy per machine (Beam's `large_model`).
-        selection: `"learning_loss_clusters"` (default), `"learning_loss_badge"`,
-            `"top_k"` or `"badge"` (see `keras_lossal.serving.queue`).
-        candidates_factor: the diverse selections choose among
-            `candidates_factor * top_k` candidates: the highest predicted
-            losses, or for `badge` a uniform sample of the pool.
-        seed: the seed of the diverse selections (and of `badge`'s sample).
+        **setting_fields: fields of `TriageSettings` (see `settings`).
 
     Example:
 
@@ -492,22 +485,25 @@ class ScorePool(beam.PTransform):
         self,
         input_path: str,
         model_dir: str,
-        top_k: int = 1000,
+        settings: TriageSettings | None = None,
+        *,
         input_type: str = "auto",
         version: int | None = None,
         min_batch_size: int = 1,
         max_batch_size: int = 64,
         root: str | None = None,
-        max_image_pixels: int | None = None,
-        max_image_bytes: int | None = None,
         large_model: bool = False,
-        selection: str = DEFAULT_SELECTION,
-        candidates_factor: int = DEFAULT_CANDIDATES_FACTOR,
-        seed: int = DEFAULT_SELECTION_SEED,
+        **setting_fields,
     ):
         super().__init__()
-        self.top_k = _positive("top_k", top_k)
-        self.rule = QueueRule(self.top_k, None, selection, candidates_factor, seed)
+        settings = TriageSettings.of(settings, **setting_fields)
+        if settings.top_k is None or settings.threshold is not None:
+            raise ValueError(
+                "Expected a queue length top_k and no threshold: Beam's queue is the top_k selection. "
+                f"Received: top_k={settings.top_k!r}, threshold={settings.threshold!r}"
+            )
+        self.settings, self.top_k = settings, settings.top_k
+        self.rule = QueueRule.of(settings)
         self.handler = LossalModelHandler(
             model_dir,
             version,
@@ -518,12 +514,9 @@ class ScorePool(beam.PTransform):
         )
         config = read_export_config(self.handler.version_dir)
         _check_outputs(config, self.rule)
+        max_image_pixels, max_image_bytes = settings.image_limits(config)
         self.reader = ReadPool(
-            input_path,
-            input_type,
-            root=root,
-            max_image_pixels=max_image_pixels or config.get("max_image_pixels") or DEFAULT_MAX_IMAGE_PIXELS,
-            max_image_bytes=max_image_bytes or config.get("max_image_bytes") or DEFAULT_MAX_IMAGE_BYTES,
+            input_path, input_type, root=root, max_image_pixels=max_image_pixels, max_image_bytes=max_image_bytes
         )
 
     def expand(self, pbegin):
@@ -633,7 +626,7 @@ def score_pool(
     input_path: str,
     model_dir: str,
     output_dir: str,
-    top_k: int = 1000,
+    settings: TriageSettings | None = None,
     pipeline_options: PipelineOptions | Sequence[str] | None = None,
     **score_pool_kwargs,
 ) -> dict[str, Any]:
@@ -643,11 +636,11 @@ def score_pool(
         input_path: see `ScorePool`.
         model_dir: see `ScorePool`.
         output_dir: see `WriteScorePool`.
-        top_k: queue length.
+        settings: the queue and the image limits (`keras_lossal.contracts.TriageSettings`), as for `ScorePool`.
         pipeline_options: a `PipelineOptions` or command-line style flags
             (`["--runner=FlinkRunner", "--flink_master=host:8081"]`); default
             DirectRunner.
-        **score_pool_kwargs: the other `ScorePool` arguments.
+        **score_pool_kwargs: the other `ScorePool` arguments, and `TriageSettings` fields (`top_k=100`).
 
     Returns:
         `{"scored", "failed", "queued", "model_loads", "seconds", "items_per_second", "output_dir",
@@ -660,7 +653,7 @@ def score_pool(
     """
     if pipeline_options is None or not isinstance(pipeline_options, PipelineOptions):
         pipeline_options = PipelineOptions(list(pipeline_options or []))
-    transform = ScorePool(input_path, model_dir, top_k=top_k, **score_pool_kwargs)
+    transform = ScorePool(input_path, model_dir, settings, **score_pool_kwargs)
     start = time.perf_counter()
     pipeline = beam.Pipeline(options=pipeline_options)
     _ = pipeline | "ScorePool" >> transform | "Write" >> WriteScorePool(output_dir)
@@ -686,9 +679,3 @@ def _check_outputs(config: dict[str, Any], rule: QueueRule) -> None:
         outputs = config.get("signatures", {}).get(signature, {}).get("outputs")
         if outputs is not None and not set(rule.outputs) <= set(outputs):
             raise MissingOutputError(sorted(set(rule.outputs) - set(outputs)), sorted(outputs))
-
-
-def _positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected {name} to be a positive integer. Received: {name}={value!r}")
-    return value

@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from keras_lossal.commands import _settings
 from keras_lossal.commands._errors import CommandError, reports_errors
-from keras_lossal.records import DEFAULT_CANDIDATES_FACTOR, DEFAULT_SELECTION, DEFAULT_SELECTION_SEED, SELECTIONS
+from keras_lossal.commands._settings import add_image_limit_arguments, add_selection_arguments
 
 
 class _PipelineOptionsParser(argparse.ArgumentParser):
@@ -46,33 +47,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="output folder (local or object storage)")
     parser.add_argument("--input-type", default="auto", choices=["auto", "images", "tfrecord", "manifest"])
     parser.add_argument("--top-k", type=int, default=1000, help="queue length (default: 1000)")
-    parser.add_argument(
-        "--selection",
-        choices=SELECTIONS,
-        default=DEFAULT_SELECTION,
-        help=f"how the queue is chosen from the scored items, as in lossal triage (default: {DEFAULT_SELECTION}; "
-        "badge: plain BADGE on a uniform random sample, the benchmarked badge protocol)",
-    )
-    parser.add_argument(
-        "--candidates-factor",
-        type=int,
-        default=DEFAULT_CANDIDATES_FACTOR,
-        metavar="F",
-        help=f"choose among the F * K highest predicted losses, or for badge a uniform random sample of F * K "
-        f"scored items (default: {DEFAULT_CANDIDATES_FACTOR})",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=DEFAULT_SELECTION_SEED,
-        help=f"selection seed, also of badge's sample (default: {DEFAULT_SELECTION_SEED})",
-    )
+    add_selection_arguments(parser)
     parser.add_argument("--version", type=int, default=None, help="export version (default: the highest)")
     parser.add_argument("--min-batch-size", type=int, default=1)
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--root", default=None, help="manifests: folder relative paths must stay inside")
-    parser.add_argument("--max-image-pixels", type=int, default=None)
-    parser.add_argument("--max-image-bytes", type=int, default=None)
+    add_image_limit_arguments(parser)
     parser.add_argument("--large-model", action="store_true", help="one model copy per machine, shared")
     parser.add_argument("--runner", default="DirectRunner", help="Beam runner (default: DirectRunner)")
     parser.set_defaults(func=run, pipeline_args=[])
@@ -92,19 +72,14 @@ def run(args: argparse.Namespace) -> int:
         args.input,
         args.model,
         args.output,
-        top_k=args.top_k,
+        _settings.settings(args, args.top_k),
         pipeline_options=options,
         input_type=args.input_type,
         version=args.version,
         min_batch_size=args.min_batch_size,
         max_batch_size=args.max_batch_size,
         root=args.root,
-        max_image_pixels=args.max_image_pixels,
-        max_image_bytes=args.max_image_bytes,
         large_model=args.large_model,
-        selection=args.selection,
-        candidates_factor=args.candidates_factor,
-        seed=args.seed,
     )
     print(json.dumps(summary, indent=2))
     return 0

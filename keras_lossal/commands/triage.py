@@ -6,14 +6,12 @@ import argparse
 import collections
 import math
 
+from keras_lossal.commands import _settings
 from keras_lossal.commands._errors import CommandError, reports_errors
-from keras_lossal.records import (
+from keras_lossal.commands._settings import add_image_limit_arguments, add_selection_arguments
+from keras_lossal.contracts import (
     COMMIT_SECONDS,
-    DEFAULT_CANDIDATES_FACTOR,
     DEFAULT_READ_THREADS,
-    DEFAULT_SELECTION,
-    DEFAULT_SELECTION_SEED,
-    SELECTIONS,
 )
 
 __all__ = ["add_parser", "class_names", "run"]
@@ -65,7 +63,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--top-k", type=int, default=1000, help="queue length (default 1000; 0 = no limit: every scored item)"
     )
     parser.add_argument("--threshold", type=float, help="only queue items with predicted loss >= this")
-    _add_selection_arguments(parser)
+    add_selection_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=32, help="items per request (default 32)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight in server mode")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds (server mode)")
@@ -94,8 +92,7 @@ def _add_reading_arguments(parser: argparse.ArgumentParser) -> None:
         "--input-type", default="auto", choices=("auto", "images", "tfrecord", "manifest"), help="default: auto"
     )
     group.add_argument("--root", help="manifest paths must resolve inside this directory (default: its folder)")
-    group.add_argument("--max-image-pixels", type=int, help="decompression-bomb guard (default: the export's)")
-    group.add_argument("--max-image-bytes", type=int, help="largest encoded file accepted (default: the export's)")
+    add_image_limit_arguments(group)
     group.add_argument(
         "--read-threads",
         type=int,
@@ -127,33 +124,6 @@ def _add_content_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("queue selection", "how the --top-k queued items are chosen from the scored ones")
-    group.add_argument(
-        "--selection",
-        choices=SELECTIONS,
-        default=DEFAULT_SELECTION,
-        help=f"default {DEFAULT_SELECTION}: the highest predicted loss in each of K k-means clusters of the "
-        "candidates' embeddings; learning_loss_badge: BADGE's k-means++ weighted by predicted loss; top_k: the K "
-        "highest predicted losses; badge: plain BADGE k-means++ on a uniform random sample of F * K scored items "
-        "instead of the highest predicted losses (the benchmarked badge protocol)",
-    )
-    group.add_argument(
-        "--candidates-factor",
-        type=int,
-        default=DEFAULT_CANDIDATES_FACTOR,
-        metavar="F",
-        help=f"choose among the F * K highest predicted losses (badge: a random sample of F * K), the most items "
-        f"held in memory with their embeddings (default {DEFAULT_CANDIDATES_FACTOR})",
-    )
-    group.add_argument(
-        "--seed",
-        type=int,
-        default=DEFAULT_SELECTION_SEED,
-        help=f"selection seed, also of badge's sample (default {DEFAULT_SELECTION_SEED})",
-    )
-
-
 def _add_label_studio_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "Label Studio", "how label_studio_tasks.json names images (label_config.xml is written beside it)"
@@ -176,26 +146,14 @@ def _add_label_studio_arguments(parser: argparse.ArgumentParser) -> None:
         default="write",
         help="TFRecord items: write their images to <output>/label_studio_images/ (default) or refuse",
     )
-    group.add_argument(
-        "--label-studio-prefix", default="", help="deprecated: prepended to paths as they are (use the options above)"
-    )
 
 
 def _label_studio_options(args: argparse.Namespace):
-    import sys
-
     from keras_lossal.serving.labeling import LabelStudioOptions
 
-    if args.label_studio_prefix:
-        print(
-            "lossal triage: --label-studio-prefix is deprecated (an absolute path under /data/local-files/?d= is a "
-            "404 in Label Studio); use --label-studio-document-root DIR or --label-studio-url-prefix URL",
-            file=sys.stderr,
-        )
     return LabelStudioOptions(
         document_root=args.label_studio_document_root,
         url_prefix=args.label_studio_url_prefix,
-        image_prefix=args.label_studio_prefix,
         tfrecord_images=args.label_studio_tfrecord_images,
     )
 
@@ -229,30 +187,24 @@ def run(args: argparse.Namespace) -> int:
     from keras_lossal.serving import triage
     from keras_lossal.serving.triage import ServerUnavailableError, TriageStopped
 
-    top_k, threshold = _queue_limits(args)
+    settings = _settings.settings(args, *_queue_limits(args))
     label_studio = _label_studio_options(args)
     labeled = _labeled_content(args)
     scorer, batch_size = _scorer(args)
     skipped = collections.Counter()
     try:
         result = triage(
-            _items(args, scorer, skipped),
+            _items(args, scorer, settings, skipped),
             scorer,
             args.output,
-            top_k=top_k,
-            threshold=threshold,
+            settings,
             batch_size=batch_size,
-            max_image_pixels=args.max_image_pixels,
-            max_image_bytes=args.max_image_bytes,
             label_studio=label_studio,
             restart=args.restart,
             dedupe=args.dedupe,
             stop_after_server_errors=args.stop_after_server_errors or None,
             skipped=skipped,
             exclude_content=labeled.sha256,
-            selection=args.selection,
-            candidates_factor=args.candidates_factor,
-            seed=args.seed,
             read_threads=args.read_threads,
             commit_seconds=args.commit_seconds,
         )
@@ -317,12 +269,11 @@ def _scorer(args: argparse.Namespace):
     return ServerScorer(client, labels=class_names(args.labels)), args.batch_size * args.concurrency
 
 
-def _items(args: argparse.Namespace, scorer, skipped: collections.Counter):
-    from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES
+def _items(args: argparse.Namespace, scorer, settings, skipped: collections.Counter):
     from keras_lossal.serving import read_items
 
     # Bound each file read by the same limit triage applies, so a huge file is refused unread.
-    max_bytes = args.max_image_bytes or getattr(scorer, "max_image_bytes", None) or DEFAULT_MAX_IMAGE_BYTES
+    _, max_bytes = settings.image_limits(scorer)
     return read_items(args.input, args.input_type, root=args.root, max_bytes=max_bytes, skipped=skipped)
 
 

@@ -13,6 +13,7 @@ Example:
 >>> result = triage(read_items("unlabeled/"), InProcessScorer("models/lossal"), "triage_out")  # doctest: +SKIP
 """
 
+from keras_lossal.contracts import Scorer, TriageSettings
 from keras_lossal.serving.client import ServingError, TFServingClient
 from keras_lossal.serving.readers import Item, UnsafePathError, read_items
 from keras_lossal.serving.scorers import InProcessScorer, InvalidInputError, ServerScorer
@@ -22,11 +23,13 @@ __all__ = [
     "InProcessScorer",
     "InvalidInputError",
     "Item",
+    "Scorer",
     "ServerScorer",
     "ServingError",
     "TFServingClient",
     "TopK",
     "TriageResult",
+    "TriageSettings",
     "UnsafePathError",
     "read_items",
     "triage",

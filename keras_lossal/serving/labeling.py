@@ -7,7 +7,7 @@ says how an item's path becomes that URL (`keras_lossal.labelstudio.image_url`):
   name `/data/local-files/?d=<path relative to it>` (an item outside it is refused);
 - `url_prefix`: a cloud storage or web prefix (`gs://bucket/dir/`, `s3://...`,
   `https://...`) standing for `document_root` (default: the current directory);
-- neither: the path as it is, after the deprecated `image_prefix`.
+- neither: the path as it is.
 
 Paths that are URLs already (`gs://...` items) are used as they are. An item
 of a TFRecord (`pool.tfrecord#7`) is no image file: its encoded image is
@@ -44,7 +44,6 @@ class LabelStudioOptions:
     Args:
         document_root: Label Studio's `LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT` (an existing folder).
         url_prefix: a `gs://`, `s3://`, `azure-blob://` or `http(s)://` prefix standing for `document_root`.
-        image_prefix: deprecated; prepended to paths as they are when neither of the above is given.
         tfrecord_images: `"write"` (queued TFRecord items' images go to `label_studio_images/`) or `"refuse"`.
         example_feature: the `tf.Example` feature holding a TFRecord item's encoded image.
 
@@ -60,7 +59,6 @@ class LabelStudioOptions:
 
     document_root: str | None = None
     url_prefix: str | None = None
-    image_prefix: str = ""
     tfrecord_images: str = "write"
     example_feature: str = "image"
 
@@ -75,8 +73,6 @@ class LabelStudioOptions:
                 "Expected the Label Studio document root to be an existing directory. "
                 f"Received: document_root={self.document_root!r}"
             )
-        if self.image_prefix and (self.document_root is not None or self.url_prefix is not None):
-            raise ValueError("Pass image_prefix (deprecated) or document_root/url_prefix, not both.")
         if self.tfrecord_images not in TFRECORD_IMAGES:
             raise ValueError(f"Expected tfrecord_images in {TFRECORD_IMAGES}. Received: {self.tfrecord_images!r}")
 
@@ -85,7 +81,7 @@ class LabelStudioOptions:
         if "://" in path:
             return path  # an object-store item: Label Studio reads it through a connected cloud storage
         if self.document_root is None and self.url_prefix is None:
-            return self.image_prefix + path
+            return path
         return image_url(path, self.document_root, self.url_prefix)
 
 

@@ -58,13 +58,16 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from keras_lossal.files import atomic_write
-from keras_lossal.records import (
+from keras_lossal.contracts import (
     DEFAULT_CANDIDATES_FACTOR,
     DEFAULT_SELECTION,
     DEFAULT_SELECTION_SEED,
-    EMBEDDING,
     SELECTIONS,
+    TriageSettings,
+)
+from keras_lossal.files import atomic_write
+from keras_lossal.records import (
+    EMBEDDING,
     JsonlLog,
     TopK,
     queue_key,
@@ -96,7 +99,7 @@ class QueueRule:
         top_k: queue length, or `None` for every item at or above `threshold`
             (then the selection has nothing to choose and the queue is ranked).
         threshold: only items with at least this predicted loss, or `None`.
-        selection: one of `records.SELECTIONS` (see the module docstring).
+        selection: one of `contracts.SELECTIONS` (see the module docstring).
         candidates_factor: the diverse selections choose among
             `candidates_factor * top_k` candidates: the highest predicted
             losses, or for `badge` a uniform sample of the pool.
@@ -121,16 +124,15 @@ class QueueRule:
     seed: int = DEFAULT_SELECTION_SEED
 
     def __post_init__(self):
-        if self.top_k is not None and (isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 1):
-            raise ValueError(f"Expected top_k >= 1 or None. Received: top_k={self.top_k!r}")
-        if self.top_k is None and self.threshold is None:
-            raise ValueError("Expected top_k and/or threshold; with neither the queue would hold every item.")
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"Expected selection in {list(SELECTIONS)}. Received: selection={self.selection!r}")
-        for name, minimum in (("candidates_factor", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-                raise ValueError(f"Expected {name} to be an integer >= {minimum}. Received: {name}={value!r}")
+        # One validation for the queue's settings, wherever they come from (`TriageSettings` checks them).
+        checked = TriageSettings(self.top_k, self.threshold, self.selection, self.candidates_factor, self.seed)
+        for name in ("top_k", "threshold", "candidates_factor", "seed"):
+            object.__setattr__(self, name, getattr(checked, name))
+
+    @classmethod
+    def of(cls, settings: TriageSettings) -> QueueRule:
+        """The rule of `settings` (the queue part of them)."""
+        return cls(settings.top_k, settings.threshold, settings.selection, settings.candidates_factor, settings.seed)
 
     @property
     def diverse(self) -> bool:

@@ -9,14 +9,14 @@ that item instead of stopping the stream.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from urllib.parse import unquote, urlparse
 
 # The guarded read lives with the other file rules (the training data readers use it too); re-exported here.
+from keras_lossal.contracts import Item
 from keras_lossal.files import REMOTE_SCHEMES, read_file
 from keras_lossal.images import checked_image_size
 from keras_lossal.records import failure_record
@@ -42,32 +42,6 @@ INPUT_TYPES = ("auto", "images", "tfrecord", "manifest")
 
 class UnsafePathError(ValueError):
     """A path that escapes the allowed root (path traversal) or uses a refused scheme."""
-
-
-@dataclasses.dataclass
-class Item:
-    """One unlabeled item.
-
-    Args:
-        item_id: stable identifier (relative path, manifest id, or TFRecord id).
-        path: where the item came from (shown in the queue).
-        kind: `"image"` (encoded image bytes) or `"example"` (serialized `tf.Example`).
-        loader: returns the payload bytes; may raise `OSError`.
-        error: a reason the item cannot be read at all (it goes to the failures file).
-        extra: manifest fields passed through to the labeling queue.
-    """
-
-    item_id: str
-    path: str
-    kind: str
-    loader: Callable[[], bytes] | None = None
-    error: str | None = None
-    extra: dict | None = None
-
-    def load(self) -> bytes:
-        if self.error is not None or self.loader is None:
-            raise OSError(self.error or "no loader")
-        return self.loader()
 
 
 def is_inside(root: str, path: str) -> bool:

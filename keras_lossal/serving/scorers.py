@@ -24,7 +24,7 @@ from keras_lossal.records import MODEL_VERSION, failure_record, non_finite_reaso
 from keras_lossal.serving.client import RequestTooLargeError, ServingError, TFServingClient
 
 if TYPE_CHECKING:
-    from keras_lossal.serving.readers import Item
+    from keras_lossal.contracts import Item
 
 __all__ = [
     "InProcessScorer",
@@ -128,6 +128,7 @@ class InProcessScorer:
         self.labels = self.config.get("labels")
         self.max_image_pixels = self.config.get("max_image_pixels")
         self.max_image_bytes = self.config.get("max_image_bytes")
+        self.example_feature = self.config.get("example_feature")
         self._loaded = tf.saved_model.load(self.version_dir)
         self._signatures = {}
         self.description = f"saved_model:{os.path.dirname(self.version_dir)}"
@@ -176,6 +177,7 @@ class ServerScorer:
         self.labels = list(labels) if labels is not None else None
         self.max_image_pixels = None
         self.max_image_bytes = None
+        self.example_feature = None  # not served: TFRecord items' images are named by LabelStudioOptions
         # What the scores depend on (not the protocol); the version is checked per answer (triage's resume rule).
         self.description = f"server:{client.model_name}"
         self.version = client.version

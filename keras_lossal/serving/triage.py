@@ -52,22 +52,23 @@ import json
 import math
 import os
 import queue
-import re
 import threading
 import time
-import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
+from keras_lossal.contracts import (
+    COMMIT_SECONDS,
+    DEFAULT_READ_THREADS,
+    Item,
+    Scorer,
+    TriageSettings,
+    check_integer,
+    check_scorer,
+)
 from keras_lossal.files import atomic_open, atomic_write
-from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from keras_lossal.records import (
     CANDIDATES_FILE,
-    COMMIT_SECONDS,
-    DEFAULT_CANDIDATES_FACTOR,
-    DEFAULT_READ_THREADS,
-    DEFAULT_SELECTION,
-    DEFAULT_SELECTION_SEED,
     DUPLICATE_REASON,
     FAILURES_FILE,
     LABEL_CONFIG_FILE,
@@ -89,7 +90,7 @@ from keras_lossal.records import (
 )
 from keras_lossal.serving.labeling import LabelStudioOptions, write_labeling_files
 from keras_lossal.serving.queue import Candidates, QueueRule
-from keras_lossal.serving.readers import Item, precheck
+from keras_lossal.serving.readers import precheck
 from keras_lossal.serving.scorers import score_isolating
 
 # `TopK` lives in `keras_lossal.records` (Beam ranks with the same rule); re-exported as part of triage's API.
@@ -159,14 +160,11 @@ class ModelVersionChangedError(TriageStopped):
 
 def triage(
     items: Iterable[Item],
-    scorer,
+    scorer: Scorer,
     output_dir: str,
-    top_k: int | None = 1000,
-    threshold: float | None = None,
+    settings: TriageSettings | None = None,
+    *,
     batch_size: int = 32,
-    max_image_pixels: int | None = None,
-    max_image_bytes: int | None = None,
-    label_studio_image_prefix: str = "",
     restart: bool = False,
     progress: Callable[[int, int], None] | None = None,
     dedupe: bool = False,
@@ -174,11 +172,9 @@ def triage(
     label_studio: LabelStudioOptions | None = None,
     skipped: Mapping[str, int] | None = None,
     exclude_content: Collection[str] = (),
-    selection: str = DEFAULT_SELECTION,
-    candidates_factor: int = DEFAULT_CANDIDATES_FACTOR,
-    seed: int = DEFAULT_SELECTION_SEED,
     read_threads: int = DEFAULT_READ_THREADS,
     commit_seconds: float | None = None,
+    **setting_fields: Any,
 ) -> TriageResult:
     """Scores `items` by predicted loss and writes the labeling queue to `output_dir`.
 
@@ -189,16 +185,16 @@ def triage(
 
     Args:
         items: `Item`s, e.g. from `keras_lossal.serving.readers.read_items`.
-        scorer: an `InProcessScorer` or `ServerScorer`.
+        scorer: a `keras_lossal.contracts.Scorer`: an `InProcessScorer`, a `ServerScorer` or your own.
         output_dir: where logs and the queue go; re-running resumes there.
-        top_k: queue length (`None`: every item above `threshold`).
-        threshold: only items whose predicted loss is at least this.
+        settings: the queue and the image limits (`keras_lossal.contracts.TriageSettings`: `top_k`,
+            `threshold`, `selection`, `candidates_factor`, `seed`, `max_image_pixels`, `max_image_bytes`),
+            the same settings Beam's `ScorePool` takes. Its fields may also be given as keyword arguments
+            (`triage(items, scorer, out, top_k=100)`), which replace those of `settings`. The default
+            selection, `"learning_loss_clusters"`, takes the highest predicted loss in each of `top_k`
+            k-means clusters of the candidates' embeddings; the queue lists the picks by predicted loss,
+            highest first.
         batch_size: items per scoring call.
-        max_image_pixels: header-declared size limit (default: the export's
-            limit, else `DEFAULT_MAX_IMAGE_PIXELS`).
-        max_image_bytes: encoded size limit (default likewise).
-        label_studio_image_prefix: deprecated (it made absolute `?d=` URLs, which Label Studio
-            answers 404): use `label_studio=LabelStudioOptions(document_root=...)`.
         restart: discard earlier results in `output_dir` instead of resuming.
         progress: called as `progress(scored, failed)` after every batch.
         dedupe: items whose bytes equal an earlier item's are not scored; they go to the failures
@@ -214,19 +210,12 @@ def triage(
         exclude_content: content hashes (hex SHA-256 of the bytes) of items already labeled, e.g.
             `keras_lossal.manifest.labeled_content(manifests).sha256`: an item with those bytes, under any
             name, is not scored and not queued (nor logged); how many is `excluded_labeled`.
-        selection: how the queue's `top_k` items are chosen (`keras_lossal.serving.queue`):
-            `"learning_loss_clusters"` (default), `"learning_loss_badge"`, `"top_k"` (the highest
-            predicted losses) or `"badge"` (plain BADGE on a uniform sample). The queue lists the picks by
-            predicted loss, highest first.
-        candidates_factor: the diverse selections choose among `candidates_factor * top_k` candidates
-            (the highest predicted losses; for `"badge"` a uniform sample), the most items held in memory
-            with their embeddings.
-        seed: the seed of the diverse selections (the same seed, items and model: the same queue).
         read_threads: threads reading and checking items ahead of the scorer (the outputs are the same
             for any number: items are handled in input order).
         commit_seconds: the logs are written and synced at most this often (and at the end); a kill
             loses at most this much scoring, which a resume does again. 0 commits after every batch;
             `None`: `COMMIT_SECONDS` (1 s).
+        **setting_fields: fields of `TriageSettings` (see `settings`).
 
     Example:
 
@@ -234,14 +223,14 @@ def triage(
     >>> result = triage(read_items("unlabeled/"), InProcessScorer("models/lossal"), "triage_out", top_k=100)  # doctest: +SKIP
     >>> result.queue[0]["predicted_loss"]  # doctest: +SKIP
     """
-    settings = _Settings.for_scorer(
-        scorer, batch_size, max_image_pixels, max_image_bytes, dedupe, stop_after_server_errors, read_threads
+    options = TriageSettings.of(settings, **setting_fields)
+    rule = QueueRule.of(options)
+    settings = _Settings.checked(options, scorer, batch_size, dedupe, stop_after_server_errors, read_threads)
+    settings = dataclasses.replace(
+        settings, commit_seconds=_checked_commit_seconds(COMMIT_SECONDS if commit_seconds is None else commit_seconds)
     )
-    commit_seconds = COMMIT_SECONDS if commit_seconds is None else commit_seconds
-    settings = dataclasses.replace(settings, commit_seconds=_checked_commit_seconds(commit_seconds))
-    _check_threshold(threshold)
-    rule = QueueRule(top_k, threshold, selection, candidates_factor, seed)
-    labeling = _labeling_options(label_studio, label_studio_image_prefix, scorer)
+    scorer = check_scorer(scorer)  # after the values: a wrong value is named first, whatever the scorer
+    labeling = _labeling_options(label_studio, scorer)
     run = _Run(output_dir, scorer, rule, settings, progress)
     run.labeled = frozenset(exclude_content)
     recorded_version = _claim_output_dir(output_dir, run.description, restart)
@@ -270,29 +259,20 @@ class _Settings:
     dedupe: bool
     stop_after_server_errors: int | None
     read_threads: int
-    commit_seconds: float = 1.0
+    commit_seconds: float = COMMIT_SECONDS
 
     @classmethod
-    def for_scorer(
-        cls, scorer, batch_size, max_image_pixels, max_image_bytes, dedupe, stop_after_server_errors, read_threads
+    def checked(
+        cls, options: TriageSettings, scorer: Scorer, batch_size, dedupe, stop_after_server_errors, read_threads
     ):
-        for name, value in (("batch_size", batch_size), ("read_threads", read_threads)):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
-        if stop_after_server_errors is not None and int(stop_after_server_errors) < 1:
-            raise ValueError(
-                "Expected stop_after_server_errors >= 1 or None. "
-                f"Received: stop_after_server_errors={stop_after_server_errors}"
-            )
+        max_image_pixels, max_image_bytes = options.image_limits(scorer)
         return cls(
-            batch_size=int(batch_size),
-            max_image_pixels=int(
-                max_image_pixels or getattr(scorer, "max_image_pixels", None) or DEFAULT_MAX_IMAGE_PIXELS
-            ),
-            max_image_bytes=int(max_image_bytes or getattr(scorer, "max_image_bytes", None) or DEFAULT_MAX_IMAGE_BYTES),
+            batch_size=check_integer("batch_size", batch_size),
+            max_image_pixels=max_image_pixels,
+            max_image_bytes=max_image_bytes,
             dedupe=bool(dedupe),
-            stop_after_server_errors=stop_after_server_errors,
-            read_threads=int(read_threads),
+            stop_after_server_errors=check_integer("stop_after_server_errors", stop_after_server_errors, optional=True),
+            read_threads=check_integer("read_threads", read_threads),
         )
 
 
@@ -304,14 +284,6 @@ def _checked_commit_seconds(commit_seconds: float) -> float:
     ):
         raise ValueError(f"Expected commit_seconds to be a finite number >= 0. Received: {commit_seconds!r}")
     return float(commit_seconds)
-
-
-def _check_threshold(threshold: float | None) -> None:
-    if threshold is not None and (math.isnan(threshold) or threshold == math.inf):
-        raise ValueError(
-            f"Expected a threshold some predicted loss can reach (a number, or -inf for none). Received: "
-            f"threshold={threshold!r}"
-        )
 
 
 def _claim_output_dir(output_dir: str, description: str, restart: bool) -> int | None:
@@ -358,37 +330,29 @@ def canonical_model(description: str | None) -> str | None:
     return _SAVED_MODEL + os.path.realpath(description[len(_SAVED_MODEL) :])
 
 
-# The scorer descriptions of state.json before it recorded the version apart (still read, so old runs resume).
-_LEGACY_SERVER = re.compile(r"^(server:.*):version=(None|[0-9]+):label=.*$")
-
-
 def read_state(path: str) -> tuple[str | None, int | None]:
-    """`(model description, model version)` from a triage `state.json`, also in the layout of older runs.
+    """`(model description, model version)` from a triage `state.json`.
 
-    Older runs wrote one description with the version inside it (`saved_model:<version dir>`,
-    `server:<name>:version=<n or None>:label=<label>`); it is split the way scorers describe models now.
+    A `state.json` without `model_version` (keras-lossal 0.1 wrote the version inside the description)
+    is refused: its scores cannot be tied to a model version, so they must not rank with new ones.
 
     Example:
 
     >>> import tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "state.json")
-    >>> _ = open(path, "w").write('{"scorer": "server:lossal:version=2:label=None"}')
+    >>> _ = open(path, "w").write('{"scorer": "server:lossal", "model_version": 2}')
     >>> read_state(path)
     ('server:lossal', 2)
     """
     with open(path, encoding="utf-8") as handle:
         state = json.load(handle)
-    description = state.get("scorer")
-    if MODEL_VERSION in state or not isinstance(description, str):
-        return description, state.get(MODEL_VERSION)
-    match = _LEGACY_SERVER.match(description)
-    if match:
-        return match.group(1), None if match.group(2) == "None" else int(match.group(2))
-    if description.startswith("saved_model:"):
-        version_dir = os.path.normpath(description[len("saved_model:") :])
-        if os.path.basename(version_dir).isdigit():
-            return f"saved_model:{os.path.dirname(version_dir)}", int(os.path.basename(version_dir))
-    return description, None
+    if not isinstance(state, dict) or MODEL_VERSION not in state or not isinstance(state.get("scorer"), str):
+        raise ValueError(
+            f"Expected a triage state.json with 'scorer' and '{MODEL_VERSION}' (written since keras-lossal 0.2). "
+            f"Received: {path!r} holding {state!r}. Restart the run (--restart; restart=True in Python), or "
+            "finish it with the version that started it."
+        )
+    return state["scorer"], state[MODEL_VERSION]
 
 
 def _write_state(output_dir: str, description: str, version: int | None) -> None:
@@ -467,22 +431,10 @@ class _ServedVersion:
         )
 
 
-def _labeling_options(options: LabelStudioOptions | None, image_prefix: str, scorer) -> LabelStudioOptions:
-    """The Label Studio options, the deprecated prefix folded in; TFRecord images from the export's feature."""
-    if image_prefix:
-        if options is not None:
-            raise ValueError(
-                "Pass label_studio (LabelStudioOptions) or label_studio_image_prefix (deprecated), not both."
-            )
-        warnings.warn(
-            "label_studio_image_prefix is deprecated: pass label_studio=LabelStudioOptions(document_root=...) "
-            "(Label Studio answers 404 for an absolute path under /data/local-files/?d=)",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        options = LabelStudioOptions(image_prefix=image_prefix)
+def _labeling_options(options: LabelStudioOptions | None, scorer: Scorer) -> LabelStudioOptions:
+    """`options` (default: paths as they are), naming the scorer's export's `tf.Example` image feature."""
     options = options or LabelStudioOptions()
-    feature = (getattr(scorer, "config", None) or {}).get("example_feature")
+    feature = scorer.example_feature
     return dataclasses.replace(options, example_feature=feature) if feature else options
 
 
@@ -522,8 +474,8 @@ class _Run:
         self.progress = progress
         self.rule = rule
         self.candidates = Candidates(rule, os.path.join(output_dir, CANDIDATES_FILE))
-        self.labels = getattr(scorer, "labels", None)
-        self.description = getattr(scorer, "description", type(scorer).__name__)
+        self.labels = scorer.labels
+        self.description = scorer.description
         self.output_dir = output_dir
         self.scored_path = os.path.join(output_dir, SCORED_FILE)
         self.failures_path = os.path.join(output_dir, FAILURES_FILE)
@@ -539,7 +491,7 @@ class _Run:
         self.last_commit = time.monotonic()
         self.stopped: str | None = None
         self.stop_error: type[TriageStopped] = ServerUnavailableError
-        self.versions = _ServedVersion(getattr(scorer, "version", None))
+        self.versions = _ServedVersion(scorer.version)
         self.state_version: object = _UNWRITTEN
 
     # ------------------------------------------------------------------ resume
