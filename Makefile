@@ -20,7 +20,7 @@ help:
 	@echo "make test-all  every test, slow ones included (CI); installs Label Studio in .venv-labelstudio for its tests"
 	@echo "make demo      the main job on Fashion-MNIST (CPU, a few minutes)"
 	@echo "make lint      make structure, then ruff"
-	@echo "make structure no function in keras_lossal/ over 60 lines of code, no upward import between layers"
+	@echo "make structure no function in keras_lossal/ over 60 lines of code, no upward import or import cycle, no constant defined twice"
 	@echo "make bench     speed benchmarks (ratios on stdout; see benchmarks/RESULTS.md)"
 	@echo "make bench-all also Beam and the label-efficiency protocol (about an hour)"
 
@@ -62,6 +62,7 @@ lint: $(STAMP) structure
 structure: $(STAMP)
 	$(PY) scripts/check_function_length.py --max 60 $(PACKAGE)
 	$(PY) scripts/check_layers.py $(PACKAGE)
+	$(PY) scripts/check_constants.py $(PACKAGE)
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_RECIPE",
     "DEFAULT_SELECTION",
     "DEFAULT_SELECTION_SEED",
+    "IMAGE_EXTENSIONS",
     "EXPERIMENT_FILE",
     "Item",
     "MODEL_FILE",
@@ -51,12 +52,14 @@ __all__ = [
     "REJECTS_FILE",
     "SCORER_ATTRIBUTES",
     "SELECTIONS",
+    "STATE_FILE",
     "Scorer",
     "TRAINING_FILE",
     "TriageSettings",
     "check_finite_non_negative",
     "check_integer",
     "check_scorer",
+    "is_content_hash",
 ]
 
 # The `LossLearningModel` recipes (`keras_lossal.model.RECIPES` holds what each sets), the default first.
@@ -75,8 +78,13 @@ TRAINING_FILE = "training.json"
 REJECTS_FILE = "rejects.jsonl"
 # An experiment's settings, in its output directory (`lossal run`, read by `lossal report`).
 EXPERIMENT_FILE = "experiment.json"
-# The field of a labeled-set or Label Studio record that holds the SHA-256 of the item's bytes.
+# The field of a labeled-set, triage or Label Studio record that holds the SHA-256 of the item's bytes.
 CONTENT_FIELD = "sha256"
+# A run's resume state in its output directory (an experiment arm's, a triage's).
+STATE_FILE = "state.json"
+# What `keras.utils.image_dataset_from_directory` reads, minus GIF (the header guard refuses it): the image
+# files that triage, Beam, the training readers and the labeled-set manifest pick up from a folder.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 
 # 64 megapixels / 32 MiB: far above any labeling image, far below a decompression bomb.
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
@@ -126,6 +134,17 @@ def check_integer(
         suffix = " or None" if optional else ""
         raise ValueError(f"Expected {name} to be an integer >= {minimum}{suffix}. Received: {name}={value!r}")
     return int(value)
+
+
+def is_content_hash(value: Any) -> bool:
+    """Whether `value` is an item's content hash as records carry it: 64 lowercase hex digits (a SHA-256).
+
+    Example:
+
+    >>> is_content_hash("ab" * 32), is_content_hash("AB" * 32), is_content_hash(None)
+    (True, False, False)
+    """
+    return isinstance(value, str) and len(value) == 64 and all(char in "0123456789abcdef" for char in value)
 
 
 def check_finite_non_negative(name: str, value: Any) -> float:

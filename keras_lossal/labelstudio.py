@@ -67,7 +67,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from keras_lossal.contracts import CONTENT_FIELD
+from keras_lossal.contracts import CONTENT_FIELD, is_content_hash
 from keras_lossal.files import DEFAULT_LOCK_TIMEOUT
 
 if TYPE_CHECKING:
@@ -614,12 +614,9 @@ def _content_hash(value: Any, name: str) -> str | None:
     if value is None or value == "":
         return None
     value = _expect(value, str, name)
-    if not _SHA256_HEX.fullmatch(value):
+    if not is_content_hash(value):
         raise _Malformed(f"`{name}` is {_kind(value)}, expected 64 lowercase hex digits (a SHA-256)")
     return value
-
-
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 # --------------------------------------------------------------------------- resolution

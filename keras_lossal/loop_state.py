@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_lossal.contracts import STATE_FILE
 from keras_lossal.files import atomic_open, atomic_write
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "write_json_atomic",
 ]
 
-STATE_FILE = "state.json"
 STATE_VERSION = 1
 WEIGHTS_DIR = "weights"
 

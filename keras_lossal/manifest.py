@@ -46,13 +46,12 @@ import glob
 import io
 import json
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from keras_lossal.contracts import CONTENT_FIELD
+from keras_lossal.contracts import CONTENT_FIELD, IMAGE_EXTENSIONS, is_content_hash
 from keras_lossal.files import DEFAULT_LOCK_TIMEOUT
 from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 
@@ -80,10 +79,8 @@ __all__ = [
 MANIFEST_FIELDS = ("id", "path", "label")
 # Written by `lossal ingest` after the required fields (CSV manifests join `annotators` with ";").
 PROVENANCE_FIELDS = ("source", "annotators", "ingested_at")
-# CONTENT_FIELD holds the hex SHA-256 of the item's bytes (as `records.CONTENT_HASH`); optional, last in CSV manifests.
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-# What `keras.utils.image_dataset_from_directory` reads, minus GIF (the header guard refuses it).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+# CONTENT_FIELD holds the hex SHA-256 of the item's bytes (`contracts.is_content_hash`); optional, last in CSV
+# manifests. IMAGE_EXTENSIONS (contracts) are the files a folder of labeled images is read for.
 # Triage's output files that list the pool's items (Beam shards the scores as scored-SSSSS-of-NNNNN.jsonl).
 TRIAGE_ITEM_FILES = ("scored.jsonl", "scored-*.jsonl", "queue.jsonl")
 
@@ -158,7 +155,7 @@ def _check_record(record: Mapping[str, Any], where: str) -> None:
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{where}: expected a non-empty string {field!r}. Received: {field}={value!r}")
     content = record.get(CONTENT_FIELD)
-    if content not in (None, "") and not (isinstance(content, str) and _SHA256_HEX.fullmatch(content)):
+    if content not in (None, "") and not is_content_hash(content):
         raise ValueError(
             f"{where}: expected {CONTENT_FIELD!r} to be 64 lowercase hex digits (the SHA-256 of the file). "
             f"Received: {CONTENT_FIELD}={content!r}"

@@ -40,7 +40,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from keras_lossal.contracts import Item
+from keras_lossal.contracts import CONTENT_FIELD, STATE_FILE, Item
 from keras_lossal.files import content_sha256, file_sha256, jsonl_line, to_jsonl
 
 __all__ = [
@@ -85,11 +85,11 @@ QUEUE_CSV = "queue.csv"
 LABEL_STUDIO_FILE = "label_studio_tasks.json"
 LABEL_CONFIG_FILE = "label_config.xml"
 LABEL_STUDIO_IMAGES_DIR = "label_studio_images"  # TFRecord items' images, written for labeling
-STATE_FILE = "state.json"
 SUMMARY_FILE = "summary.json"
 
-# The record field (and Label Studio task data field) holding the hex SHA-256 of an item's bytes: its identity.
-CONTENT_HASH = "sha256"
+# The record field (and Label Studio task data field) holding the hex SHA-256 of an item's bytes: its identity
+# (`contracts.CONTENT_FIELD`, under the name the records have always used).
+CONTENT_HASH = CONTENT_FIELD
 QUEUE_CSV_COLUMNS = (
     "rank", "id", "path", "predicted_loss", "class_id", "label", "probabilities", "model_version", CONTENT_HASH,
 )  # fmt: skip
@@ -109,7 +109,7 @@ def scored_record(item: Item, outputs: Mapping[str, Any], row: int, labels: Sequ
 
     Example:
 
-    >>> from keras_lossal.contracts import Item
+    >>> from keras_lossal.contracts import CONTENT_FIELD, STATE_FILE, Item
     >>> outputs = {"predicted_loss": [0.25], "class_id": [1], "probabilities": [[0.1, 0.9]], "model_version": [3]}
     >>> scored_record(Item("a.png", "pool/a.png", "image"), outputs, 0, ["cat", "dog"])
     {'id': 'a.png', 'path': 'pool/a.png', 'predicted_loss': 0.25, 'class_id': 1, 'label': 'dog', 'probabilities': [0.1, 0.9], 'model_version': 3}
@@ -135,7 +135,7 @@ def failure_record(item: Item, reason: str, retryable: bool = False) -> dict[str
 
     Example:
 
-    >>> from keras_lossal.contracts import Item
+    >>> from keras_lossal.contracts import CONTENT_FIELD, STATE_FILE, Item
     >>> failure_record(Item("a.png", "pool/a.png", "image"), "corrupt image: not a PNG")
     {'id': 'a.png', 'path': 'pool/a.png', 'reason': 'corrupt image: not a PNG', 'retryable': False}
     """

@@ -1,4 +1,5 @@
-"""`scripts/check_layers.py` and `make lint`: an upward import or a long function fails the build."""
+"""`scripts/check_layers.py`, `scripts/check_constants.py` and `make lint`: an upward import, an import cycle, a constant
+defined twice or a long function fails the build."""
 
 import importlib.util
 import os
@@ -102,13 +103,45 @@ def _make_structure(package: pathlib.Path) -> subprocess.CompletedProcess:
     [
         ({"data.py": "def f():\n" + "".join(f"    x{i} = {i}\n" for i in range(61))}, "f has 62 lines of code"),
         ({"data.py": "from pkg import cli\n", "cli.py": ""}, "pkg.data (data) imports pkg.cli (command line)"),
+        (
+            {"data.py": 'STATE_FILE = "state.json"\n', "files.py": 'STATE_FILE = "state.json"\n'},
+            "STATE_FILE = 'state.json' is defined 2 times",
+        ),
     ],
-    ids=["long_function", "upward_import"],
+    ids=["long_function", "upward_import", "constant_twice"],
 )
 def test_make_lint_fails_on_a_long_function_and_on_an_upward_import(tmp_path, files, message):
     venv = pathlib.Path(sys.prefix)
     listed = _make("-o", str(venv / ".installed"), "lint", f"VENV={venv}")
     assert "scripts/check_function_length.py" in listed and "scripts/check_layers.py" in listed
+    assert "scripts/check_constants.py" in listed
     assert "make lint" in (ROOT / ".ci" / "run").read_text()
     result = _make_structure(_package(tmp_path, files))  # modules named like keras_lossal's, in its LAYERS
     assert result.returncode == 1 and message in result.stdout
+
+
+constants_spec = importlib.util.spec_from_file_location("check_constants", ROOT / "scripts" / "check_constants.py")
+check_constants = importlib.util.module_from_spec(constants_spec)
+constants_spec.loader.exec_module(check_constants)
+
+
+def test_a_constant_defined_twice_fails_by_name_or_by_value_and_an_alias_passes(tmp_path, capsys):
+    root = _package(
+        tmp_path,
+        {
+            "a.py": 'LOG = "rejects.jsonl"\nCHOICES = ("x", "y")\nLIMIT = 10\n',
+            "b.py": 'REJECTS = "rejects.jsonl"\nLIMIT_TOO = 10\nfrom pkg.a import CHOICES\nALIAS = CHOICES\n',
+        },
+    )
+    problems = check_constants.repeated_constants(root)
+    assert len(problems) == 1 and "'rejects.jsonl' is defined 2 times" in problems[0]  # numbers are left alone
+    (root / "c.py").write_text('_CHOICES = ("x", "y")\n')
+    assert check_constants.main([str(root)]) == 1
+    assert "('x', 'y') is defined 2 times" in capsys.readouterr().out
+    (root / "b.py").write_text("from pkg.a import LOG as REJECTS\n")
+    (root / "c.py").write_text("")
+    assert check_constants.main([str(root)]) == 0
+
+
+def test_the_package_defines_every_constant_once():
+    assert check_constants.repeated_constants(ROOT / "keras_lossal") == []

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from keras_lossal.contracts import REJECTS_FILE
 from keras_lossal.labelstudio import CHOICES_NAME, IMAGE_FIELD, ImageSources, ingest
 from keras_lossal.labelstudio_backend.protocol import AnnotationEvent, ChoicesTarget
 from keras_lossal.records import JsonlLog, read_jsonl_log
@@ -34,7 +35,7 @@ from keras_lossal.records import JsonlLog, read_jsonl_log
 __all__ = ["ANNOTATION_LOG", "REJECTS_LOG", "LabelStore", "LabelUpdate"]
 
 ANNOTATION_LOG = "annotations.jsonl"
-REJECTS_LOG = "rejects.jsonl"
+REJECTS_LOG = REJECTS_FILE  # the images that could not be read, as `lossal train` names its own
 # The export file name ingest records as each label's `source` in the manifest.
 SOURCE_NAME = "label_studio_ml_backend.json"
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from urllib.parse import unquote, urlparse
 
 # The guarded read lives with the other file rules (the training data readers use it too); re-exported here.
-from keras_lossal.contracts import Item
+from keras_lossal.contracts import IMAGE_EXTENSIONS, Item
 from keras_lossal.files import REMOTE_SCHEMES, read_file
 from keras_lossal.images import checked_image_size
 from keras_lossal.records import failure_record
@@ -36,7 +36,6 @@ __all__ = [
     "read_tfrecord",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 INPUT_TYPES = ("auto", "images", "tfrecord", "manifest")
 
 
