@@ -41,9 +41,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from keras_lossal import cli, data, manifest  # noqa: E402
+from keras_lossal import cli, data  # noqa: E402
 from keras_lossal.commands.ingest import COMPLETED_WITH_REJECTS  # noqa: E402
 from keras_lossal.files import atomic_open, atomic_write  # noqa: E402
+from keras_lossal.labeling import manifest  # noqa: E402
 
 CLASS_NAMES = list(data.FASHION_MNIST_CLASSES)
 # What the simulated annotator types once instead of "T-shirt/top": Label Studio stores labels outside the

@@ -15,7 +15,7 @@ is, cast to float32. Which one applies:
   array is a grayscale image set, as it always was.
 
 Labeled images of your own: a folder of class subfolders or a labeled-set
-manifest (`keras_lossal.manifest`), read by `labeled_images` / `load` with
+manifest (`keras_lossal.labeling.manifest`), read by `labeled_images` / `load` with
 triage's guards (`keras_lossal.files.read_file`, `keras_lossal.images.checked_image_size`):
 an unreadable file (a FIFO, a symlink loop, a truncated or non-image file, one
 over the size or pixel limits) is skipped and reported by name, or refused
@@ -75,7 +75,7 @@ __all__ = [
     "training_pipeline",
 ]
 
-# Manifest files `load` and `labeled_images` recognise by their name (`keras_lossal.manifest` reads both).
+# Manifest files `load` and `labeled_images` recognise by their name (`keras_lossal.labeling.manifest` reads both).
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
 # Datasets `load` reads from local files by name (anything else by name comes from TFDS).
 LOCAL_DATASETS = ("fashion_mnist",)
@@ -496,8 +496,8 @@ def labeled_images(
     """Reads labeled images from a folder of class subfolders or a labeled-set manifest (JSONL/CSV).
 
     A folder follows `keras.utils.image_dataset_from_directory`: each subfolder
-    is a class, every PNG/JPEG/BMP below it an item (`keras_lossal.manifest.from_directory`).
-    A manifest has `id, path, label` records (`keras_lossal.manifest.load_labeled_set`).
+    is a class, every PNG/JPEG/BMP below it an item (`keras_lossal.labeling.manifest.from_directory`).
+    A manifest has `id, path, label` records (`keras_lossal.labeling.manifest.load_labeled_set`).
     Every file is read as triage reads it: regular files only, at most
     `max_image_bytes`, the header's size checked against `max_image_pixels`
     before anything is decoded. A file that fails (a FIFO, a symlink loop, a
@@ -550,8 +550,8 @@ def labeled_images(
 
 
 def _labeled_set(source: str, class_names: Sequence[str] | None):
-    """The `keras_lossal.manifest.LabeledSet` (ids, paths, labels, class names) of a folder or a manifest."""
-    from keras_lossal import manifest
+    """The `keras_lossal.labeling.manifest.LabeledSet` (ids, paths, labels, class names) of a folder or a manifest."""
+    from keras_lossal.labeling import manifest
 
     if not os.path.isdir(source):
         check_regular_file(source)  # a FIFO named like a manifest would block `open`
@@ -609,8 +609,8 @@ class _ImageReader:
             raise ValueError(f"corrupt image: {_op_message(error)}") from None
 
     def _decoder(self, first: bytes, first_size: tuple[int, int]):
-        """One traced `keras_lossal.manifest.decode_image` for every file, at the size the first image fixes."""
-        from keras_lossal.manifest import decode_image
+        """One traced `keras_lossal.labeling.manifest.decode_image` for every file, at the size the first image fixes."""
+        from keras_lossal.labeling.manifest import decode_image
 
         if self.channels is None:
             decoded_channels = int(tf.io.decode_image(first, expand_animations=False).shape[-1])

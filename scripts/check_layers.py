@@ -1,12 +1,15 @@
 """Fails on an upward import (a module of `keras_lossal/` importing a module of a higher layer) or an import cycle.
 
 The layers, bottom up, are defined once, in `LAYERS` below (docs/architecture.md
-draws them). A module may import its own layer and the layers below it. Every
+draws them). A layer lists top-level modules and subpackages (`serving`) or dotted
+members below them (`labeling.manifest`); a module belongs to the layer of its
+longest matching member, so `labeling.manifest` may sit lower than the rest of
+`labeling`. A module may import its own layer and the layers below it. Every
 import counts: at module level, inside functions and under `TYPE_CHECKING`.
 `from package import name` imports the submodule `name` when there is one,
 else the package's `__init__`.
 
-Usage: python scripts/check_layers.py [--layers "low=a,b;high=c"] PACKAGE_DIR
+Usage: python scripts/check_layers.py [--layers "low=a,b.c;high=b,d"] PACKAGE_DIR
 """
 
 from __future__ import annotations
@@ -16,15 +19,23 @@ import ast
 import pathlib
 import sys
 
-# Layer name -> the top-level modules and subpackages of keras_lossal in it, bottom up.
+# Layer name -> the modules and subpackages of keras_lossal in it (dotted below the package), bottom up.
 LAYERS = {
     "contracts": ("contracts",),
     "primitives": ("images", "outputs", "files", "preprocessing", "callbacks", "_tensorflow_logs"),
-    "data": ("data", "backbones", "manifest"),
+    "data": ("data", "backbones", "labeling", "labeling.manifest"),
     "method": ("losses", "head", "model", "model_factory"),
     "acquisition": ("acquisition",),
     "protocol": ("loop", "loop_state", "experiment", "results", "training"),
-    "production": ("export", "serving", "records", "beam", "labelstudio", "labelstudio_api", "labelstudio_backend"),
+    "production": (
+        "export",
+        "serving",
+        "records",
+        "beam",
+        "labeling.labelstudio",
+        "labeling.labelstudio_api",
+        "labelstudio_backend",
+    ),
     "command line": ("cli", "commands", "__init__"),
 }
 # Upward edges known and scheduled to go, (importer, imported): why they are still here. Nothing else may climb.
@@ -62,13 +73,19 @@ def imported_modules(path: pathlib.Path, root: pathlib.Path) -> list[tuple[int, 
 
 
 def layer_of(module: str, layers: dict[str, tuple[str, ...]]) -> int | None:
-    """The rank of `module`'s layer (0 = bottom), from its first component below the package."""
-    parts = module.split(".")
-    top = parts[1] if len(parts) > 1 else "__init__"
+    """The rank of `module`'s layer (0 = bottom): the layer of the longest member that is a prefix of its name.
+
+    Members match whole components below the package: `labeling` matches
+    `pkg.labeling.labelstudio`, not `pkg.serving.labeling`; the package itself is `__init__`.
+    """
+    parts = module.split(".")[1:] or ["__init__"]
+    best, best_length = None, 0
     for rank, members in enumerate(layers.values()):
-        if top in members:
-            return rank
-    return None
+        for member in members:
+            member_parts = member.split(".")
+            if len(member_parts) > best_length and parts[: len(member_parts)] == member_parts:
+                best, best_length = rank, len(member_parts)
+    return best
 
 
 def upward_imports(
@@ -128,7 +145,7 @@ def import_cycles(root: pathlib.Path) -> list[str]:
 
 
 def parse_layers(text: str) -> dict[str, tuple[str, ...]]:
-    """`"low=a,b;high=c"` -> `{"low": ("a", "b"), "high": ("c",)}`."""
+    """`"low=a,b.c;high=b"` -> `{"low": ("a", "b.c"), "high": ("b",)}`."""
     layers = {}
     for part in filter(None, text.split(";")):
         name, _, members = part.partition("=")
@@ -138,7 +155,7 @@ def parse_layers(text: str) -> dict[str, tuple[str, ...]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", default=None, help='bottom up, e.g. "low=a,b;high=c" (default: LAYERS)')
+    parser.add_argument("--layers", default=None, help='bottom up, e.g. "low=a,b.c;high=b,d" (default: LAYERS)')
     parser.add_argument("package", help="the package directory, e.g. keras_lossal")
     args = parser.parse_args(argv)
     layers, known = (parse_layers(args.layers), {}) if args.layers else (LAYERS, KNOWN_UPWARD)

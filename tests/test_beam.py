@@ -258,7 +258,7 @@ def test_bad_arguments_name_the_value(model_dir, pool):
 
 
 def test_an_export_without_embedding_is_refused_before_any_worker_starts():
-    from keras_lossal.beam.scoring import _check_outputs
+    from keras_lossal.beam.pipeline import _check_outputs
     from keras_lossal.serving.queue import QueueRule
     from keras_lossal.serving.scorers import MissingOutputError
 
@@ -270,7 +270,7 @@ def test_an_export_without_embedding_is_refused_before_any_worker_starts():
 
 
 def test_queue_ties_keep_the_earlier_item():
-    from keras_lossal.beam.scoring import _ordered_queue_key
+    from keras_lossal.beam.pipeline import _ordered_queue_key
 
     entries = [(("b.tfrecord", 0), {"predicted_loss": 0.5}), (("a.tfrecord", 3), {"predicted_loss": 0.5})]
     entries.append((("a.tfrecord", 9), {"predicted_loss": 0.7}))

@@ -55,10 +55,37 @@ def test_downward_and_same_layer_imports_pass_and_an_unlisted_module_fails(tmp_p
     assert "pkg.extra is in no layer" in capsys.readouterr().out
 
 
+def test_a_dotted_member_puts_a_submodule_in_a_lower_layer_than_its_package(tmp_path, capsys):
+    layers = "low=base,app.core;high=app,__init__"
+    root = _package(
+        tmp_path,
+        {
+            "base.py": "from pkg.app import core\n",  # app.core is low: the longest member, not `app`, decides
+            "app/__init__.py": "",
+            "app/core.py": "",
+            "app/view.py": "from pkg.app import core\n",
+        },
+    )
+    assert check.layer_of("pkg.app.core", check.parse_layers(layers)) == 0
+    assert check.layer_of("pkg.app.view", check.parse_layers(layers)) == 1
+    assert check.layer_of("pkg.application", check.parse_layers(layers)) is None  # whole components only
+    assert check.main(["--layers", layers, str(root)]) == 0
+    (root / "app" / "view.py").write_text("")
+    (root / "app" / "core.py").write_text("def f():\n    from pkg.app import view\n")
+    assert check.main(["--layers", layers, str(root)]) == 1
+    assert "core.py:2: pkg.app.core (low) imports pkg.app.view (high), a higher layer" in capsys.readouterr().out
+    (root / "app" / "core.py").write_text("from .. import base\n")
+    assert check.main(["--layers", layers, str(root)]) == 1  # same layer, but a cycle
+    assert "import cycle between pkg.app.core, pkg.base" in capsys.readouterr().out
+
+
 def test_the_package_has_no_upward_import_and_no_import_cycle():
     assert check.KNOWN_UPWARD == {}  # the last known upward edge (manifest -> records) is gone
     assert check.upward_imports(ROOT / "keras_lossal", check.LAYERS, {}) == []
     assert check.import_cycles(ROOT / "keras_lossal") == []
+    ranks = {name: rank for rank, name in enumerate(check.LAYERS)}
+    assert check.layer_of("keras_lossal.labeling.manifest", check.LAYERS) == ranks["data"]  # data.py reads it
+    assert check.layer_of("keras_lossal.labeling.labelstudio", check.LAYERS) == ranks["production"]
 
 
 def test_an_import_cycle_fails_even_under_type_checking(tmp_path, capsys):

@@ -52,7 +52,7 @@ def test_summary_paragraph_and_rejects_file(capsys, tmp_path):
 
 
 def test_classes_from_the_label_config_and_a_chosen_rejects_path(capsys, tmp_path):
-    from keras_lossal import labelstudio
+    from keras_lossal.labeling import labelstudio
 
     pool_files(tmp_path, "a.png")
     config = tmp_path / "label_config.xml"

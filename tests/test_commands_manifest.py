@@ -5,7 +5,8 @@ import json
 import subprocess
 import sys
 
-from keras_lossal import cli, manifest
+from keras_lossal import cli
+from keras_lossal.labeling import manifest
 
 IMAGES = {"cat/1.png": b"one", "cat/x/2.jpg": b"two", "dog/3.bmp": b"three", "dog/notes.txt": b"not an image"}
 

@@ -120,7 +120,7 @@ def test_unreadable_images_are_skipped_and_reported_or_refused_with_strict(tmp_p
 def test_a_fifo_named_in_the_manifest_is_skipped_and_a_fifo_manifest_refused(tmp_path, capsys):
     from test_training import write_image_folder
 
-    from keras_lossal import manifest
+    from keras_lossal.labeling import manifest
 
     folder = write_image_folder(tmp_path / "images", per_class=4)
     os.mkfifo(tmp_path / "pipe.png")

@@ -45,7 +45,8 @@ def test_file_names_and_limits_are_re_exported_where_they_were():
     for name in ("PREPROCESSING_FILE", "CLASSES_FILE", "TRAINING_FILE"):
         assert getattr(export, name) is getattr(contracts, name)
     assert data.REJECTS_FILE is contracts.REJECTS_FILE
-    from keras_lossal import experiment, labelstudio, manifest
+    from keras_lossal import experiment
+    from keras_lossal.labeling import labelstudio, manifest
 
     assert experiment.EXPERIMENT_FILE is contracts.EXPERIMENT_FILE
     assert labelstudio.CONTENT_FIELD is manifest.CONTENT_FIELD is contracts.CONTENT_FIELD

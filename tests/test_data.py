@@ -187,7 +187,7 @@ def test_labels_outside_the_classes_are_refused():
 def test_your_images_from_a_folder_or_a_manifest(tmp_path):
     from test_training import write_image_folder
 
-    from keras_lossal import manifest
+    from keras_lossal.labeling import manifest
 
     folder = write_image_folder(tmp_path / "images", per_class=5)
     images = data.labeled_images(folder)
@@ -287,7 +287,7 @@ def test_unreadable_images_are_skipped_and_named_or_refused_when_strict(tmp_path
 def test_a_fifo_in_a_manifest_or_as_the_manifest_never_blocks(tmp_path):
     from test_training import write_image_folder
 
-    from keras_lossal import manifest
+    from keras_lossal.labeling import manifest
 
     folder = write_image_folder(tmp_path / "images", per_class=3)
     os.mkfifo(tmp_path / "pipe.png")

@@ -31,7 +31,8 @@ def test_custom_backbone_example_runs():
 def test_production_round_example_runs_two_rounds(tmp_path, capsys):
     import production_round
 
-    from keras_lossal import data, manifest
+    from keras_lossal import data
+    from keras_lossal.labeling import manifest
 
     try:
         data.load_fashion_mnist()

@@ -452,7 +452,7 @@ def test_webhooks_merge_labels_by_ingest_rules(model_dir, root, tmp_path):
 
 def test_the_older_train_call_merges_an_export_as_lossal_ingest_does(model_dir, root, tmp_path):
     """`POST /train` carries every annotated task as a JSON export: the same labels and rejects as `lossal ingest`."""
-    from keras_lossal import labelstudio
+    from keras_lossal.labeling import labelstudio
 
     export = os.path.join(HERE, "data", "labelstudio", "export.json")
     config = LABEL_CONFIG.replace('<Choice value="bird"/>', "")

@@ -20,6 +20,14 @@ def test_importing_the_package_or_parsing_cli_help_loads_no_tensorflow():
     assert not {"tensorflow", "keras"} & _modules_after(help_run)
 
 
+def test_the_labeling_package_and_its_modules_load_no_tensorflow():
+    package_only = _modules_after("import keras_lossal.labeling")
+    assert not {"tensorflow", "keras", "numpy", "keras_lossal.labeling.manifest"} & package_only  # nothing eager
+    modules = "keras_lossal.labeling.manifest, keras_lossal.labeling.labelstudio, keras_lossal.labeling.labelstudio_api"
+    loaded = _modules_after(f"import {modules}")
+    assert "keras_lossal.labeling.labelstudio_api" in loaded and not {"tensorflow", "keras"} & loaded
+
+
 def test_every_public_name_resolves_to_its_definition():
     from keras_lossal import acquisition, export, loop, model
 

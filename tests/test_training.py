@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_lossal import data, experiment, manifest, training
+from keras_lossal import data, experiment, training
+from keras_lossal.labeling import manifest
 from keras_lossal.preprocessing import ImagePreprocessing
 
 CLASSES = ("bright", "dark", "mid")

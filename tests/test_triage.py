@@ -750,7 +750,7 @@ def test_a_rollout_during_a_run_through_the_standin_stops_it(setup, tmp_path, pr
 def test_relative_manifest_paths_mean_the_same_from_any_working_directory(setup, tmp_path, monkeypatch):
     import shutil
 
-    from keras_lossal.manifest import read_known_items
+    from keras_lossal.labeling.manifest import read_known_items
 
     names = [os.path.basename(item) for item in setup["ids"][:3]]
     (tmp_path / "pool").mkdir()
@@ -776,7 +776,7 @@ def test_relative_manifest_paths_mean_the_same_from_any_working_directory(setup,
 def test_label_studio_tasks_name_local_files_or_cloud_urls_and_a_label_config(setup, tmp_path):
     from urllib.parse import quote
 
-    from keras_lossal.labelstudio import read_label_config
+    from keras_lossal.labeling.labelstudio import read_label_config
     from keras_lossal.serving.labeling import LabelStudioOptions
 
     root = os.path.dirname(setup["folder"])

@@ -5,9 +5,10 @@ subset_size=None, seed=None, batch_size=512, verbose=0, labeled=None)` returns
 a `Selection` with the picked pool positions (best first) and their scores.
 `Strategy.select` is defined once and checks these arguments; a strategy
 implements `pick` (or `score`, in a `ScoringStrategy`). `labeled` matters to the
-diversity strategies only. The modules by role: pure scores (`scores`) and
-selectors (`ranking`, `diversity`); the pool scorer (`pool_scorer`, over
-`pool` and `scoring`); the strategies (`baseline`, `uncertainty`,
+diversity strategies only. The modules by role: pure functions from model
+outputs to per-item scores (`score_functions`) and selectors (`ranking`,
+`diversity`); the pool scorer (`pool_scorer`, over `pool` and the streaming
+passes of `streaming`); the strategies (`baseline`, `uncertainty`,
 `diversity_strategies`, `learning_loss`), registered in `strategies`.
 
 Example:
@@ -21,10 +22,9 @@ Example:
 (5, 20)
 """
 
-from keras_lossal.acquisition import diversity, ranking, scores
+from keras_lossal.acquisition import diversity, ranking, score_functions
 from keras_lossal.acquisition.pool import index_pool
 from keras_lossal.acquisition.ranking import merge_top_k, rank_order, sample_subset
-from keras_lossal.acquisition.scoring import Selection
 from keras_lossal.acquisition.strategies import (
     BALD,
     DEFAULT_BATCH_SIZE,
@@ -45,6 +45,7 @@ from keras_lossal.acquisition.strategies import (
     Strategy,
     get,
 )
+from keras_lossal.acquisition.streaming import Selection
 
 __all__ = [
     "BALD",
@@ -71,6 +72,6 @@ __all__ = [
     "merge_top_k",
     "rank_order",
     "sample_subset",
-    "scores",
+    "score_functions",
     "ranking",
 ]

@@ -20,7 +20,7 @@ import numpy as np
 
 from keras_lossal.acquisition import models
 from keras_lossal.acquisition.pool_scorer import PoolScorer, cached_step
-from keras_lossal.acquisition.scoring import BatchFunction, Selection, mask_non_finite
+from keras_lossal.acquisition.streaming import BatchFunction, Selection, mask_non_finite
 from keras_lossal.contracts import check_integer
 
 __all__ = ["DEFAULT_BATCH_SIZE", "ScoringStrategy", "SelectionRequest", "Strategy"]

@@ -7,7 +7,7 @@ import numpy as np
 from keras_lossal.acquisition.base import SelectionRequest, Strategy, report_non_finite
 from keras_lossal.acquisition.pool import index_pool, model_input_spec, pool_size
 from keras_lossal.acquisition.ranking import sample_subset
-from keras_lossal.acquisition.scoring import Selection
+from keras_lossal.acquisition.streaming import Selection
 
 __all__ = ["Random"]
 

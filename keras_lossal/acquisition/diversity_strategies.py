@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_lossal.acquisition import diversity, models, scores
+from keras_lossal.acquisition import diversity, models, score_functions
 from keras_lossal.acquisition.base import (
     SelectionRequest,
     Strategy,
@@ -17,7 +17,7 @@ from keras_lossal.acquisition.base import (
     report_non_finite,
     resolve_from_logits,
 )
-from keras_lossal.acquisition.scoring import Selection, check_scored, finite_items
+from keras_lossal.acquisition.streaming import Selection, check_scored, finite_items
 
 __all__ = ["Badge", "CoreSet", "EmbeddingStrategy"]
 
@@ -156,8 +156,8 @@ class Badge(EmbeddingStrategy):
 
     def _residuals(self, model, outputs):
         """The class-output factor of the gradient embedding, `p - onehot(argmax p)`."""
-        return scores.prediction_residuals(
-            scores.class_probabilities(outputs, resolve_from_logits(self.from_logits, model))
+        return score_functions.prediction_residuals(
+            score_functions.class_probabilities(outputs, resolve_from_logits(self.from_logits, model))
         )
 
     def _gradient_factors(self, model):

@@ -13,7 +13,7 @@ from keras import ops
 from keras_lossal.acquisition import diversity, models
 from keras_lossal.acquisition.base import ScoringStrategy, SelectionRequest, check_factor, report_non_finite
 from keras_lossal.acquisition.diversity_strategies import Badge, EmbeddingStrategy
-from keras_lossal.acquisition.scoring import Selection, check_scored, mask_non_finite
+from keras_lossal.acquisition.streaming import Selection, check_scored, mask_non_finite
 from keras_lossal.contracts import check_integer
 
 __all__ = ["LearningLoss", "LearningLossBadge", "LearningLossClusters", "LearningLossKCenter"]

@@ -4,7 +4,7 @@ Strategies say *what* to compute per batch (a score, an embedding, gradient
 factors); `PoolScorer` says *how* it runs over the pool: it owns the cache of
 compiled steps (kept on the model, which they depend on), the seeded subset
 and the padded batches (`pool.index_pool`), and the running top-K or the
-collection of per-item outputs (`scoring`).
+collection of per-item outputs (`streaming`).
 
 Example:
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from keras_lossal.acquisition.pool import IndexedPool, index_pool, model_input_spec
-from keras_lossal.acquisition.scoring import (
+from keras_lossal.acquisition.streaming import (
     BatchFunction,
     Selection,
     collect,

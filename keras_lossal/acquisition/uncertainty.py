@@ -1,6 +1,6 @@
 """Uncertainty strategies: score each item by how unsure the classifier is, keep the top `k`.
 
-The scores are the pure functions of `acquisition.scores`; a strategy here
+The scores are the pure functions of `acquisition.score_functions`; a strategy here
 only says which one, on which outputs (one pass, or several MC-dropout passes).
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from keras import ops
 
-from keras_lossal.acquisition import models, scores
+from keras_lossal.acquisition import models, score_functions
 from keras_lossal.acquisition.base import ScoringStrategy, SelectionRequest, check_from_logits, resolve_from_logits
-from keras_lossal.acquisition.scoring import Selection, mask_non_finite
+from keras_lossal.acquisition.streaming import Selection, mask_non_finite
 from keras_lossal.contracts import check_integer
 
 __all__ = ["BALD", "ClassProbabilityStrategy", "Entropy", "LeastConfidence", "MCDropoutVariance", "Margin"]
@@ -33,13 +33,13 @@ class ClassProbabilityStrategy(ScoringStrategy):
 
     def probabilities(self, model, features):
         from_logits = resolve_from_logits(self.from_logits, model)
-        return scores.class_probabilities(models.classifier_outputs(model, features), from_logits)
+        return score_functions.class_probabilities(models.classifier_outputs(model, features), from_logits)
 
     def score(self, model, features):
         return self.score_probabilities(self.probabilities(model, features))
 
     def score_probabilities(self, probabilities):
-        """`(batch,)` scores of `(batch, classes)` probabilities; a subclass names one of `acquisition.scores`."""
+        """`(batch,)` scores of `(batch, classes)` probabilities; a subclass names one of `score_functions`."""
         raise NotImplementedError
 
 
@@ -58,7 +58,7 @@ class Entropy(ClassProbabilityStrategy):
     """
 
     name = "entropy"
-    score_probabilities = staticmethod(scores.entropy)
+    score_probabilities = staticmethod(score_functions.entropy)
 
 
 class Margin(ClassProbabilityStrategy):
@@ -76,7 +76,7 @@ class Margin(ClassProbabilityStrategy):
     """
 
     name = "margin"
-    score_probabilities = staticmethod(scores.margin)
+    score_probabilities = staticmethod(score_functions.margin)
 
 
 class LeastConfidence(ClassProbabilityStrategy):
@@ -94,7 +94,7 @@ class LeastConfidence(ClassProbabilityStrategy):
     """
 
     name = "least_confidence"
-    score_probabilities = staticmethod(scores.least_confidence)
+    score_probabilities = staticmethod(score_functions.least_confidence)
 
 
 class _MonteCarloDropout(ScoringStrategy):
@@ -144,7 +144,7 @@ class BALD(_MonteCarloDropout, ClassProbabilityStrategy):
     def score(self, model, features):
         """Mutual information over `num_samples` passes of `model`, the MC-dropout twin."""
         samples = [self.probabilities(model, features) for _ in range(self.num_samples)]
-        return scores.mutual_information(ops.stack(samples))
+        return score_functions.mutual_information(ops.stack(samples))
 
 
 class MCDropoutVariance(_MonteCarloDropout):

@@ -16,7 +16,7 @@ except ImportError as error:  # pragma: no cover - exercised by a test that hide
         "Install it with: pip install 'keras-lossal[beam]'"
     ) from error
 
-from keras_lossal.beam.scoring import (
+from keras_lossal.beam.pipeline import (
     LossalModelHandler,
     ReadPool,
     ScorePool,

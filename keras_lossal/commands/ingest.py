@@ -2,7 +2,7 @@
 
 The rules (majority of annotators, ties and labels outside the class list
 rejected, unknown ids and conflicts with the manifest rejected, never merged)
-are `keras_lossal.labelstudio`'s; this module only reads the command line.
+are `keras_lossal.labeling.labelstudio`'s; this module only reads the command line.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def _add_image_url_arguments(parser: argparse.ArgumentParser) -> None:
 
 @reports_errors("ingest")
 def run(args) -> int:
-    from keras_lossal import labelstudio
+    from keras_lossal.labeling import labelstudio
 
     if args.classes is not None:
         class_names = [name.strip() for name in args.classes.split(",")]
@@ -127,7 +127,7 @@ def run(args) -> int:
 def ingest_export(args: argparse.Namespace, export: str, class_names: list[str], export_type: str | None) -> int:
     """Ingests `export` into `args.manifest` with the options of `add_rule_arguments`; prints the summary and
     returns the exit status (0, or `COMPLETED_WITH_REJECTS`). Raises `CommandError` for a bad option."""
-    from keras_lossal import labelstudio, manifest
+    from keras_lossal.labeling import labelstudio, manifest
 
     known_items = None
     if args.known_items:

@@ -1,6 +1,6 @@
 """`lossal labelstudio push` and `pull`: a triage output into a Label Studio project, its annotations into the manifest.
 
-`push` and `pull` are `keras_lossal.labelstudio_api`'s; pull ingests the export
+`push` and `pull` are `keras_lossal.labeling.labelstudio_api`'s; pull ingests the export
 with `lossal ingest`'s rules, options and exit statuses (`ingest_export`). This
 module only reads the command line. `add_subcommands` adds both to the
 `lossal labelstudio` group.
@@ -99,7 +99,7 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 
 @reports_errors("labelstudio push")
 def run_push(args: argparse.Namespace) -> int:
-    from keras_lossal import labelstudio_api
+    from keras_lossal.labeling import labelstudio_api
 
     document_root = args.document_root or os.environ.get(labelstudio_api.DOCUMENT_ROOT_VARIABLE)
     try:
@@ -113,7 +113,7 @@ def run_push(args: argparse.Namespace) -> int:
 
 @reports_errors("labelstudio pull")
 def run_pull(args: argparse.Namespace) -> int:
-    from keras_lossal import labelstudio, labelstudio_api
+    from keras_lossal.labeling import labelstudio, labelstudio_api
 
     if args.document_root is None:
         args.document_root = os.environ.get(labelstudio_api.DOCUMENT_ROOT_VARIABLE)

@@ -4,7 +4,7 @@
 of a folder of class subfolders (`ROOT/<class>/.../<image>`), with the sha256 of
 its bytes, so `lossal triage --exclude-labeled labeled.jsonl` recognises those
 images in a pool under any name. The records come from
-`keras_lossal.manifest.from_folders`; this module only reads the command line.
+`keras_lossal.labeling.manifest.from_folders`; this module only reads the command line.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def add_parser(subparsers) -> None:
 
 @reports_errors("manifest")
 def from_folders(args: argparse.Namespace) -> int:
-    from keras_lossal import manifest
+    from keras_lossal.labeling import manifest
 
     if os.path.exists(args.output):
         raise CommandError(

@@ -243,7 +243,7 @@ def _queue_limits(args: argparse.Namespace) -> tuple[int | None, float | None]:
 
 def _labeled_content(args: argparse.Namespace):
     """The content hashes of the `--exclude-labeled` manifests (read before anything is scored)."""
-    from keras_lossal.manifest import labeled_content
+    from keras_lossal.labeling.manifest import labeled_content
 
     return labeled_content(args.exclude_labeled)
 

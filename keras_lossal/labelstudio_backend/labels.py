@@ -3,7 +3,7 @@
 Every annotation event is first appended to `annotations.jsonl` in the state
 directory (synced), then applied to the backend's picture of each task (all
 the annotations it has heard of, the deleted ones gone), and the tasks it
-touched go through `keras_lossal.labelstudio.ingest`, the very function behind
+touched go through `keras_lossal.labeling.labelstudio.ingest`, the very function behind
 `lossal ingest`: cancelled annotations ignored, one vote per annotator (their
 latest), votes outside the class list rejected, the majority wins, a tie is
 rejected, and the manifest is merged under its lock (never overwriting a
@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from keras_lossal.contracts import REJECTS_FILE
-from keras_lossal.labelstudio import CHOICES_NAME, IMAGE_FIELD, ImageSources, ingest
+from keras_lossal.labeling.labelstudio import CHOICES_NAME, IMAGE_FIELD, ImageSources, ingest
 from keras_lossal.labelstudio_backend.protocol import AnnotationEvent, ChoicesTarget
 from keras_lossal.records import JsonlLog, read_jsonl_log
 

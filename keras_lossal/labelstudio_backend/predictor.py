@@ -21,7 +21,7 @@ from typing import Any
 
 from keras_lossal.contracts import Item
 from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
-from keras_lossal.labelstudio import ImageSources, RefusedImage
+from keras_lossal.labeling.labelstudio import ImageSources, RefusedImage
 from keras_lossal.labelstudio_backend.protocol import ChoicesTarget, model_version_name, prediction, task_error
 from keras_lossal.serving.readers import precheck, read_file
 from keras_lossal.serving.scorers import ServerScorer, score_isolating

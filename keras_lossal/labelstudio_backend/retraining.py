@@ -36,9 +36,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from keras_lossal import manifest as manifest_lib
 from keras_lossal.contracts import MODEL_FILE, TRAINING_FILE
 from keras_lossal.files import atomic_write
+from keras_lossal.labeling import manifest as manifest_lib
 
 __all__ = ["ROUNDS_DIR", "Round", "RoundCommands", "RoundFailed", "Retrainer"]
 

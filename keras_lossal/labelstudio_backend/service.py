@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from keras_lossal.files import atomic_write
-from keras_lossal.labelstudio import ImageSources
+from keras_lossal.labeling.labelstudio import ImageSources
 from keras_lossal.labelstudio_backend.config import BackendConfig
 from keras_lossal.labelstudio_backend.labels import LabelStore
 from keras_lossal.labelstudio_backend.predictor import ImageLimits, Predictor, ServedModel

@@ -1,7 +1,7 @@
 """What triage writes for people to label: Label Studio tasks, their label config, images out of TFRecords.
 
 Label Studio loads a task's image from a URL it serves. `LabelStudioOptions`
-says how an item's path becomes that URL (`keras_lossal.labelstudio.image_url`):
+says how an item's path becomes that URL (`keras_lossal.labeling.labelstudio.image_url`):
 
 - `document_root`: the server's `LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`; tasks
   name `/data/local-files/?d=<path relative to it>` (an item outside it is refused);
@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 
 from keras_lossal.files import atomic_open, atomic_write
 from keras_lossal.images import image_header_size
-from keras_lossal.labelstudio import CLOUD_SCHEMES, image_url, write_label_config
+from keras_lossal.labeling.labelstudio import CLOUD_SCHEMES, image_url, write_label_config
 from keras_lossal.records import LABEL_CONFIG_FILE, LABEL_STUDIO_FILE, LABEL_STUDIO_IMAGES_DIR, label_studio_tasks
 
 __all__ = ["TFRECORD_IMAGES", "LabelStudioOptions", "prediction_model_version", "write_labeling_files"]

@@ -1,6 +1,8 @@
 """Scorers for triage: in-process from a SavedModel, or through TF Serving.
 
-A scorer maps a list of payloads (encoded images or serialized
+`InProcessScorer` and `ServerScorer` implement the `keras_lossal.contracts.Scorer`
+protocol, which triage, Beam's model handler and the Label Studio backend score
+with. A scorer maps a list of payloads (encoded images or serialized
 `tf.Example`s) to NumPy outputs by name (`predicted_loss`, `probabilities`,
 `class_id`), plus `model_version` (`records.MODEL_VERSION`): per row, the
 model version that computed it. Its `description` names the model without

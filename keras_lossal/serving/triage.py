@@ -208,7 +208,7 @@ def triage(
         skipped: the counter given to `read_items(..., skipped=...)`: files the reader passed over, by
             reason; read once the stream ends, and reported in the result and `summary.json`.
         exclude_content: content hashes (hex SHA-256 of the bytes) of items already labeled, e.g.
-            `keras_lossal.manifest.labeled_content(manifests).sha256`: an item with those bytes, under any
+            `keras_lossal.labeling.manifest.labeled_content(manifests).sha256`: an item with those bytes, under any
             name, is not scored and not queued (nor logged); how many is `excluded_labeled`.
         read_threads: threads reading and checking items ahead of the scorer (the outputs are the same
             for any number: items are handled in input order).

@@ -6,7 +6,7 @@ covering the folder of the queue's images (found or created), and imports the
 tasks of `label_studio_tasks.json` with their predictions, leaving out every
 task whose `data.sha256` or image URL the project already holds, so pushing
 twice adds nothing. `pull` exports a project's annotations (JSON export) to a
-file for `keras_lossal.labelstudio.ingest`.
+file for `keras_lossal.labeling.labelstudio.ingest`.
 
 Label Studio has two kinds of token, and the SDK sends either:
 
@@ -42,7 +42,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from keras_lossal.labelstudio import CONTENT_FIELD, IMAGE_FIELD, LOCAL_FILES_PREFIX, label_config_classes
+from keras_lossal.labeling.labelstudio import CONTENT_FIELD, IMAGE_FIELD, LOCAL_FILES_PREFIX, label_config_classes
 from keras_lossal.records import LABEL_CONFIG_FILE, LABEL_STUDIO_FILE
 
 __all__ = [
@@ -161,7 +161,7 @@ class LabelStudioClient:
     >>> LabelStudioClient(url="http://localhost:8080", token="")
     Traceback (most recent call last):
     ...
-    keras_lossal.labelstudio_api.LabelStudioError: no Label Studio token: pass --token or set LABEL_STUDIO_API_KEY to a personal access token from the account page (Account & Settings > Personal Access Token), or to a legacy token
+    keras_lossal.labeling.labelstudio_api.LabelStudioError: no Label Studio token: pass --token or set LABEL_STUDIO_API_KEY to a personal access token from the account page (Account & Settings > Personal Access Token), or to a legacy token
     """
 
     def __init__(self, url: str | None = None, token: str | None = None):

@@ -1,4 +1,7 @@
-"""The scoring loop: runs a compiled per-batch function over an indexed pool.
+"""The streaming passes over a pool: a compiled per-batch function, a running top-K, a collection of per-item outputs.
+
+A pass ends in a `Selection` (the picked positions, best first, and their
+scores) or in the collected outputs.
 
 One `tf.function` per (strategy, model, batch size): every batch has the same
 padded shape, so it traces once. A top-K selection merges each batch into a

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_lossal.acquisition import diversity, scores
+from keras_lossal.acquisition import diversity, score_functions
 
 
 def random_probabilities(n=50, classes=5, seed=0):
@@ -21,27 +21,31 @@ def numpy_entropy(p):
 
 def test_class_probabilities_softmax_and_identity():
     logits, probabilities = random_probabilities()
-    np.testing.assert_allclose(ops.convert_to_numpy(scores.class_probabilities(logits, True)), probabilities, rtol=1e-5)
-    np.testing.assert_array_equal(ops.convert_to_numpy(scores.class_probabilities(probabilities, False)), probabilities)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(score_functions.class_probabilities(logits, True)), probabilities, rtol=1e-5
+    )
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(score_functions.class_probabilities(probabilities, False)), probabilities
+    )
 
 
 def test_class_probabilities_binary_column():
     logits = np.array([[0.0], [2.0]], np.float32)
-    result = ops.convert_to_numpy(scores.class_probabilities(logits, True))
+    result = ops.convert_to_numpy(score_functions.class_probabilities(logits, True))
     positive = 1 / (1 + np.exp(-logits[:, 0]))
     np.testing.assert_allclose(result, np.stack([1 - positive, positive], axis=1), rtol=1e-6)
 
 
 def test_class_probabilities_rejects_wrong_rank():
     with pytest.raises(ValueError, match=r"\(batch, classes\)"):
-        scores.class_probabilities(np.zeros((2, 3, 4)), True)
+        score_functions.class_probabilities(np.zeros((2, 3, 4)), True)
 
 
 def test_entropy_matches_numpy_including_zeros():
     _, p = random_probabilities()
     p[0] = [1, 0, 0, 0, 0]
     p[1] = [0.5, 0.5, 0, 0, 0]
-    result = ops.convert_to_numpy(scores.entropy(p))
+    result = ops.convert_to_numpy(score_functions.entropy(p))
     np.testing.assert_allclose(result, numpy_entropy(p), rtol=1e-5, atol=1e-6)
     assert result[0] == 0.0 and np.isclose(result[1], np.log(2))
 
@@ -49,27 +53,29 @@ def test_entropy_matches_numpy_including_zeros():
 def test_margin_matches_numpy():
     _, p = random_probabilities()
     top = np.sort(p, axis=1)[:, ::-1]
-    np.testing.assert_allclose(ops.convert_to_numpy(scores.margin(p)), top[:, 1] - top[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(score_functions.margin(p)), top[:, 1] - top[:, 0], rtol=1e-6)
 
 
 def test_least_confidence_matches_numpy():
     _, p = random_probabilities()
-    np.testing.assert_allclose(ops.convert_to_numpy(scores.least_confidence(p)), 1 - p.max(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(score_functions.least_confidence(p)), 1 - p.max(axis=1), rtol=1e-6)
 
 
 def test_mutual_information_matches_numpy():
     samples = np.stack([random_probabilities(seed=seed)[1] for seed in range(6)])
     expected = numpy_entropy(samples.mean(axis=0)) - numpy_entropy(samples).mean(axis=0)
-    result = ops.convert_to_numpy(scores.mutual_information(samples))
+    result = ops.convert_to_numpy(score_functions.mutual_information(samples))
     np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-6)
     assert np.all(result >= -1e-6)
     # Identical passes carry no model uncertainty.
-    np.testing.assert_allclose(ops.convert_to_numpy(scores.mutual_information(samples[:1].repeat(4, 0))), 0, atol=1e-6)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(score_functions.mutual_information(samples[:1].repeat(4, 0))), 0, atol=1e-6
+    )
 
 
 def test_scores_are_float32_for_low_precision_input():
     _, p = random_probabilities()
-    for fn in (scores.entropy, scores.margin, scores.least_confidence):
+    for fn in (score_functions.entropy, score_functions.margin, score_functions.least_confidence):
         assert keras.backend.standardize_dtype(fn(ops.cast(p, "bfloat16")).dtype) == "float32"
 
 

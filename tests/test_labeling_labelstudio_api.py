@@ -1,4 +1,4 @@
-"""keras_lossal.labelstudio_api and `lossal labelstudio push / pull`: pure parts here, then a real Label Studio 1.23.2.
+"""keras_lossal.labeling.labelstudio_api and `lossal labelstudio push / pull`: pure parts here, then a real Label Studio 1.23.2.
 
 The `labelstudio` tests start one server for the module (tests/labelstudio_server.py) as soon as the first of
 them begins, and wait for it only when they first call it: the two-round test trains and triages meanwhile.
@@ -20,9 +20,16 @@ import numpy as np
 import pytest
 from labelstudio_server import LabelStudioServer, free_port, label_studio_executable
 
-from keras_lossal import cli, labelstudio_api
-from keras_lossal.labelstudio import label_config
-from keras_lossal.labelstudio_api import LabelStudioError, new_tasks, storage_folders, token_kind, unauthorized_message
+from keras_lossal import cli
+from keras_lossal.labeling import labelstudio_api
+from keras_lossal.labeling.labelstudio import label_config
+from keras_lossal.labeling.labelstudio_api import (
+    LabelStudioError,
+    new_tasks,
+    storage_folders,
+    token_kind,
+    unauthorized_message,
+)
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["cat", "dog"]
@@ -112,7 +119,7 @@ def test_push_and_pull_start_without_tensorflow():
     assert parser.parse_args(["labelstudio", "push", "d", "--project", "p"]).tensorflow is False
     assert parser.parse_args(["labelstudio", "pull", "--project", "p", "-o", "m.jsonl"]).tensorflow is False
     assert parser.parse_args(["train", "--data", "d", "--out", "o"]).tensorflow is True
-    code = "import sys, keras_lossal.labelstudio_api, keras_lossal.commands.labelstudio_sync; print('tensorflow' in sys.modules)"
+    code = "import sys, keras_lossal.labeling.labelstudio_api, keras_lossal.commands.labelstudio_sync; print('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 

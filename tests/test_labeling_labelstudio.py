@@ -1,4 +1,4 @@
-"""keras_lossal.labelstudio: label config, image URLs, export readers, the majority rule, ingest.
+"""keras_lossal.labeling.labelstudio: label config, image URLs, export readers, the majority rule, ingest.
 
 The export fixtures in tests/data/labelstudio/ were exported by a real Label
 Studio 1.23.2; the `labelstudio` tests at the end drive a real server
@@ -19,9 +19,9 @@ import zlib
 import pytest
 from labelstudio_server import label_studio  # noqa: F401 - pytest fixture
 
-from keras_lossal import labelstudio, manifest
 from keras_lossal.commands import ingest as ingest_command
-from keras_lossal.labelstudio import Annotation, image_path, image_url, label_config, read_export, resolve
+from keras_lossal.labeling import labelstudio, manifest
+from keras_lossal.labeling.labelstudio import Annotation, image_path, image_url, label_config, read_export, resolve
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "labelstudio")
 EXPORTS = {"JSON": "export.json", "JSON_MIN": "export_min.json", "CSV": "export.csv"}

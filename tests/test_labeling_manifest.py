@@ -1,4 +1,4 @@
-"""keras_lossal.manifest: the labeled-set manifest (read, validate, merge atomically, load for training)."""
+"""keras_lossal.labeling.manifest: the labeled-set manifest (read, validate, merge atomically, load for training)."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_lossal import manifest
+from keras_lossal.labeling import manifest
 
 A = {"id": "a", "path": "pool/a.png", "label": "cat"}
 B = {"id": "b", "path": "pool/b.png", "label": "dog"}
@@ -159,7 +159,7 @@ def test_merge_waits_for_the_lock_and_gives_up_after_its_timeout(tmp_path):
 def test_a_writer_killed_mid_merge_leaves_a_whole_manifest_and_no_stale_lock(tmp_path):
     path = str(tmp_path / "m.jsonl")
     writer = (
-        "import sys; from keras_lossal import manifest\n"
+        "import sys; from keras_lossal.labeling import manifest\n"
         "for i in range(100000):\n"
         "    manifest.merge(sys.argv[1], [{'id': f'x{i}', 'path': f'x{i}.png', 'label': 'cat' * 200}])\n"
     )

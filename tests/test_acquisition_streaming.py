@@ -1,4 +1,4 @@
-"""The scoring loop: the device-side running top-K against NumPy, XLA, mixed precision, indices carried."""
+"""The streaming passes: the device-side running top-K against NumPy, XLA, mixed precision, indices carried."""
 
 import keras
 import numpy as np
@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import keras_lossal as kl
 from keras_lossal import acquisition as acq
-from keras_lossal.acquisition import ranking, scoring
+from keras_lossal.acquisition import ranking, streaming
 from keras_lossal.backbones import resnet18_cifar
 
 TINY = np.float32(1.4e-45)  # the smallest positive subnormal
@@ -30,7 +30,7 @@ def test_order_key_orders_like_the_floats_including_subnormals_and_signed_zero()
     special = np.array([0.0, -0.0, TINY, -TINY, 2 * TINY, np.inf, -np.inf, 1.0, -1.0, 3.4e38, -3.4e38], np.float32)
     values = np.concatenate([special, rng.normal(size=500).astype(np.float32), rng.normal(size=100) * 1e-40])
     values = values.astype(np.float32)
-    keys = scoring._order_key(tf.constant(values)).numpy()
+    keys = streaming._order_key(tf.constant(values)).numpy()
     for a, b in zip(*np.triu_indices(len(values), 1)):
         assert np.sign(int(keys[a]) - int(keys[b])) == np.sign(values[a] - values[b]), (values[a], values[b])
     assert keys[0] == keys[1]  # -0.0 ties with 0.0, as in NumPy
@@ -109,7 +109,7 @@ def test_mixed_precision_models_score_in_float32_equal_to_their_own_predictions(
 # ------------------------------------------------------------------ bounded candidates (collect_top)
 def _echo_function():
     """A batch function returning (score, 2-d embedding) straight from 3-feature items."""
-    return scoring.BatchFunction(lambda features: (features[:, 0], features[:, 1:]), False)
+    return streaming.BatchFunction(lambda features: (features[:, 0], features[:, 1:]), False)
 
 
 @pytest.mark.parametrize("capacity", [1, 7, 40, 200])
@@ -120,7 +120,7 @@ def test_collect_top_keeps_the_highest_scores_in_the_order_scored(capacity):
     items[[3, 77], 0] = np.nan
     items[40, 2] = np.inf  # a non-finite embedding is never a candidate either
     indexed = acq.pool.index_pool(items, 16, tf.TensorSpec((None, 3), tf.float32))
-    indices, (scores, embeddings), num_scored, num_excluded = scoring.collect_top(_echo_function(), indexed, capacity)
+    indices, (scores, embeddings), num_scored, num_excluded = streaming.collect_top(_echo_function(), indexed, capacity)
     finite = np.flatnonzero(np.isfinite(items).all(axis=1))
     order = finite[np.lexsort((finite, -items[finite, 0]))][:capacity]
     assert indices.tolist() == sorted(order.tolist())  # the top `capacity`, back in pool (scoring) order
@@ -133,17 +133,17 @@ def test_collect_top_memory_is_bounded_by_the_capacity_not_the_pool():
     items = np.random.default_rng(1).normal(size=(5000, 3)).astype("float32")
     indexed = acq.pool.index_pool(items, 64, tf.TensorSpec((None, 3), tf.float32))
     peak = []
-    original_add = scoring._TopRows.add
+    original_add = streaming._TopRows.add
 
     def add(self, indices, outputs):
         original_add(self, indices, outputs)
         peak.append(self.buffered)
 
-    scoring._TopRows.add = add
+    streaming._TopRows.add = add
     try:
-        indices, _, _, _ = scoring.collect_top(_echo_function(), indexed, capacity=100)
+        indices, _, _, _ = streaming.collect_top(_echo_function(), indexed, capacity=100)
     finally:
-        scoring._TopRows.add = original_add
+        streaming._TopRows.add = original_add
     assert max(peak) <= 2 * 100 + 64  # at most twice the capacity plus one batch, whatever the pool's size
     assert sorted(indices.tolist()) == sorted(np.argsort(-items[:, 0], kind="stable")[:100].tolist())
 

@@ -21,7 +21,7 @@ what was expected (`malformed task: ...`), and its item gets no label from
 the export; a file in which no record has the shape of an export is an error
 naming the file.
 
-`ingest` applies them to the labeled-set manifest (`keras_lossal.manifest`):
+`ingest` applies them to the labeled-set manifest (`keras_lossal.labeling.manifest`):
 unknown ids and labels that conflict with the manifest are rejected, never
 merged, and ingesting the same export twice changes nothing. No label is
 recorded for a file that does not exist (`image missing: ...`) or whose bytes
@@ -71,7 +71,7 @@ from keras_lossal.contracts import CONTENT_FIELD, is_content_hash
 from keras_lossal.files import DEFAULT_LOCK_TIMEOUT
 
 if TYPE_CHECKING:
-    from keras_lossal.manifest import KnownItem
+    from keras_lossal.labeling.manifest import KnownItem
 
 __all__ = [
     "CHOICES_NAME",
@@ -297,7 +297,7 @@ class ImageSources:
     >>> sources.path("file:///etc/passwd")
     Traceback (most recent call last):
     ...
-    keras_lossal.labelstudio.RefusedImage: image refused: URL scheme 'file' not allowed (file:///etc/passwd)
+    keras_lossal.labeling.labelstudio.RefusedImage: image refused: URL scheme 'file' not allowed (file:///etc/passwd)
     """
 
     document_root: str | None = None
@@ -766,7 +766,7 @@ def ingest(
         manifest_path: the labeled-set manifest (JSONL or CSV; created if missing).
         class_names: the classes a label must be one of.
         known_items: item id -> `KnownItem` (or a plain path) of the pool the tasks came from (see
-            `keras_lossal.manifest.merge_known_items`); an id outside it is
+            `keras_lossal.labeling.manifest.merge_known_items`); an id outside it is
             rejected. None accepts every id and takes the path from the task's
             image URL, as far as `image_sources` allows (an item whose URL it
             refuses is rejected with the reason). Either way the file must exist and,
@@ -778,10 +778,10 @@ def ingest(
         image_sources: which image URLs give a path (only for `known_items=None`); default
             `ImageSources()`: plain paths inside the current directory, no URL scheme, and
             local-files URLs refused for want of a document root.
-        lock_timeout: seconds to wait for another writer of the manifest (see `keras_lossal.manifest.merge`).
+        lock_timeout: seconds to wait for another writer of the manifest (see `keras_lossal.labeling.manifest.merge`).
     """
-    from keras_lossal import manifest
     from keras_lossal.files import atomic_write
+    from keras_lossal.labeling import manifest
     from keras_lossal.records import to_jsonl
 
     image_sources = image_sources or ImageSources()
@@ -818,7 +818,7 @@ def _labeled_item(
     resolved: ResolvedLabel, known_items: Mapping[str, KnownItem | str] | None, image_sources: ImageSources
 ) -> KnownItem:
     """The file a label is for: the pool's record of the item, else the file its task's image URL names."""
-    from keras_lossal.manifest import KnownItem
+    from keras_lossal.labeling.manifest import KnownItem
 
     if known_items is not None:
         known = known_items[resolved.item_id]
@@ -840,7 +840,7 @@ def checked_content(path: str, expected: set[str] | frozenset[str] = frozenset()
     >>> checked_content("/nowhere/a.png")
     Traceback (most recent call last):
     ...
-    keras_lossal.labelstudio.RefusedImage: image missing: /nowhere/a.png
+    keras_lossal.labeling.labelstudio.RefusedImage: image missing: /nowhere/a.png
     """
     from keras_lossal.records import file_sha256
 
