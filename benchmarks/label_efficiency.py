@@ -31,6 +31,18 @@ may share it when they run different seeds:
     nohup python benchmarks/label_efficiency.py --seeds 1,3 > le_b.log 2>&1 &
     python benchmarks/label_efficiency.py --report-only    # tables from what has finished so far
 
+Pilots of the protocol itself (issue 22, v5; benchmarks/V5_PILOTS.md) run the `random` arm alone on a
+validation split and measure the training noise: the same seed (same labeled items) trained with two
+training seeds (`LoopConfig.training_seed`: the model's initialisation and the shuffle only). `--validation`
+holds out a fixed, stratified 5,000 of the training images (split seed 0, the same for every run) as the
+evaluation set, the pool is the other 55,000, and the test files are not read; `--noise-report ROOT` reads
+every `ROOT/<protocol>_train<T>/` and prints, per protocol, the validation accuracy and AUC (mean ± std over
+seeds) and the training noise (per seed, AUC of the second training seed minus the first):
+
+    python benchmarks/label_efficiency.py --validation --strategies random --seeds 0 --training-seed 1 \
+        --lr-schedule 6:0.005 --out runs/v5_pilots/B_train1
+    python benchmarks/label_efficiency.py --noise-report runs/v5_pilots
+
 The same protocol from the command line:
 
     lossal run --dataset fashion_mnist --strategies learning_loss,random,... --seeds 0,1,2,3,4 \\
@@ -42,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -68,6 +81,11 @@ LEARNING_LOSS_ARMS = [
     "badge@light_joint",
 ]
 BASELINE_ARMS = ["random", "coreset", "entropy", "margin", "badge"]
+# The pilots' validation split (--validation): part of the protocol, the same for every run.
+VALIDATION_SIZE = 5_000
+VALIDATION_SEED = 0
+# --noise-report: a protocol's runs with training seed T live in <root>/<protocol>_train<T>/.
+TRAINING_RUN_DIRECTORY = re.compile(r"^(?P<protocol>.+)_train(?P<training_seed>\d+)$")
 CONTROL_ARMS = ["random@recommended", "random@paper", "random@light_joint"]
 # Run order within a seed: the recommended arms and the strongest baselines first.
 ARMS = [
@@ -136,7 +154,134 @@ def report(out_dir: str) -> str:
     )
 
 
-def main(argv=None) -> int:
+def load_dataset(data_dir: str | None, validation: bool) -> data.ArrayDataset:
+    """Fashion-MNIST: the test split, or (`validation`) the pilots' stratified 5,000-image validation split of the training images."""
+    if validation:
+        return data.load_fashion_mnist(data_dir, validation_size=VALIDATION_SIZE, validation_seed=VALIDATION_SEED)
+    return data.load("fashion_mnist", data_dir=data_dir)
+
+
+def training_noise(values: dict[int, dict[int, float]]) -> dict:
+    """How much one number (an AUC, an accuracy) moves with the training seed alone, seed by seed.
+
+    Args:
+        values: `{training_seed: {seed: value}}`, at least two training seeds;
+            only the seeds every training seed has count.
+
+    Returns:
+        `seeds`; `differences` (per seed, the second-lowest training seed's value
+        minus the lowest's) with their `mean_abs` and `std` (ddof=1; 0 for one
+        seed); `per_run`, the training noise of one run: the square root of the
+        mean over seeds of the variance over training seeds (ddof=1; with two
+        training seeds, the root mean square difference / √2); `means`, per seed
+        the mean over training seeds, with `mean` and `std` over seeds.
+
+    Example:
+
+    >>> noise = training_noise({0: {0: 0.80, 1: 0.79}, 1: {0: 0.81, 1: 0.77}})
+    >>> [round(d, 3) for d in noise["differences"]], round(noise["mean_abs"], 3), round(noise["per_run"], 4)
+    ([0.01, -0.02], 0.015, 0.0112)
+    """
+    training_seeds = sorted(values)
+    if len(training_seeds) < 2:
+        raise ValueError(f"Expected values of at least 2 training seeds. Received: {training_seeds}")
+    seeds = sorted(set.intersection(*(set(values[training_seed]) for training_seed in training_seeds)))
+    table = np.array([[values[training_seed][seed] for training_seed in training_seeds] for seed in seeds])
+    table = table.reshape(len(seeds), len(training_seeds))
+    differences = table[:, 1] - table[:, 0]
+    means = table.mean(axis=1)
+    return {
+        "seeds": seeds,
+        "differences": differences.tolist(),
+        "mean_abs": float(np.abs(differences).mean()) if seeds else float("nan"),
+        "std": float(differences.std(ddof=1)) if len(seeds) > 1 else 0.0,
+        "per_run": float(np.sqrt(table.var(axis=1, ddof=1).mean())) if seeds else float("nan"),
+        "means": means.tolist(),
+        "mean": float(means.mean()) if seeds else float("nan"),
+        "mean_std": float(means.std(ddof=1)) if len(seeds) > 1 else 0.0,
+    }
+
+
+def training_repeats(root: str) -> dict[str, dict[int, dict]]:
+    """`{protocol: {training_seed: {seed: finished LoopResult}}}` of every `<root>/<protocol>_train<T>/`, one arm each."""
+    protocols: dict[str, dict[int, dict]] = {}
+    for name in sorted(os.listdir(root)):
+        match = TRAINING_RUN_DIRECTORY.match(name)
+        if not match or not os.path.isdir(os.path.join(root, name)):
+            continue
+        runs = finished_runs(os.path.join(root, name))
+        if len(runs) > 1:
+            raise ValueError(f"Expected the runs of one arm in {os.path.join(root, name)}. Received: {sorted(runs)}")
+        if runs:
+            (by_seed,) = runs.values()
+            for seed, run in by_seed.items():
+                recorded = run.config.get("training_seed")
+                if recorded != int(match["training_seed"]):
+                    raise ValueError(f"{name}/…/seed_{seed} was trained with training_seed={recorded}, not its name's")
+            protocols.setdefault(match["protocol"], {})[int(match["training_seed"])] = by_seed
+    return protocols
+
+
+def format_training_noise(repeats: dict[int, dict]) -> str:
+    """One protocol's table: per label count and for the AUC, the mean ± std over seeds and the training noise."""
+    training_seeds = sorted(repeats)
+    summary = results.summarise({f"train{training_seed}": runs for training_seed, runs in repeats.items()})
+    aucs = results.auc_by_seed(summary)
+    sizes = summary["strategies"][f"train{training_seeds[0]}"]["num_labeled"][: summary["auc_cycles"]]
+    rows = []
+    for cycle, size in enumerate(sizes):
+        at_cycle = results.values_at_cycle(repeats, cycle)
+        rows.append((str(size), {training_seed: at_cycle.get(training_seed, {}) for training_seed in training_seeds}))
+    auc_label = f"AUC ({sizes[0]}–{sizes[-1]})"
+    rows.append((auc_label, {training_seed: aucs[f"train{training_seed}"] for training_seed in training_seeds}))
+    noise_columns = training_noise(rows[-1][1])["seeds"]
+    header = ["labels", *[f"train {t}: mean ± std" for t in training_seeds], "mean of trainings: mean ± std"]
+    header += [f"seed {seed}: train {training_seeds[1]} − {training_seeds[0]}" for seed in noise_columns]
+    header += ["mean abs difference", "std of differences", "training noise per run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, values in rows:
+        noise = training_noise(values)
+        cells = [_mean_std(list(values[training_seed].values())) for training_seed in training_seeds]
+        cells.append(f"{noise['mean']:.4f} ± {noise['mean_std']:.4f}")
+        differences = dict(zip(noise["seeds"], noise["differences"]))
+        cells += [f"{differences[seed]:+.4f}" if seed in differences else "–" for seed in noise_columns]
+        cells += [f"{noise['mean_abs']:.4f}", f"{noise['std']:.4f}", f"{noise['per_run']:.4f}"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mean_std(values: list[float]) -> str:
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{float(np.mean(values)):.4f} ± {std:.4f} (n={len(values)})"
+
+
+NOISE_NOTE = (
+    "Differences are paired by seed (same labeled items with `random`); 'training noise per run' is the square "
+    "root of the mean over seeds of the variance over training seeds (two training seeds: rms difference / √2), "
+    "the spread one training adds to a run's number; the mean of r trainings has it / √r. Every seed of one "
+    "training seed starts from the same initialisation (the training seed, not the seed, draws it)."
+)
+
+
+def noise_report(root: str) -> str:
+    """The training-noise tables of every protocol under `root`; also written to `root/training_noise.md`."""
+    sections = []
+    for protocol, repeats in training_repeats(root).items():
+        seeds = sorted({seed for runs in repeats.values() for seed in runs})
+        title = f"Protocol {protocol}: training seeds {sorted(repeats)}, seeds {seeds} (finished runs)"
+        if len(repeats) < 2 or not set.intersection(*(set(runs) for runs in repeats.values())):
+            sections.append(f"{title}: no seed has finished runs of every training seed yet.")
+            continue
+        sections.append(f"{title}\n\n{format_training_noise(repeats)}")
+    if not sections:
+        raise FileNotFoundError(f"No finished runs under {root!r}/<protocol>_train<T>/")
+    text = "\n\n".join(sections) + "\n\n" + NOISE_NOTE
+    with open(os.path.join(root, "training_noise.md"), "w") as stream:
+        stream.write(text + "\n")
+    return text
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="benchmarks/results/label_efficiency")
     parser.add_argument("--data-dir", default=None)
@@ -150,12 +295,33 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--lr-schedule", default="", help="epoch:rate steps within each cycle (0-based), e.g. 6:0.005")
+    parser.add_argument(
+        "--training-seed", type=int, default=None, help="seed of the training only (LoopConfig.training_seed)"
+    )
+    parser.add_argument(
+        "--validation", action="store_true", help="pilots: evaluate on a validation split of the pool, never the test"
+    )
     parser.add_argument("--report-only", action="store_true", help="only print the tables of finished runs")
+    parser.add_argument(
+        "--noise-report",
+        metavar="ROOT",
+        default=None,
+        help="only print the training noise of ROOT/<protocol>_train<T>/",
+    )
     parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+
+    if args.noise_report:
+        print(noise_report(args.noise_report))
+        return 0
     if not args.report_only:
-        dataset = data.load("fashion_mnist", data_dir=args.data_dir)
+        lr_schedule = experiment.parse_lr_schedule(args.lr_schedule)
+        dataset = load_dataset(args.data_dir, args.validation)
         print(dataset.summary(), flush=True)
         spec = experiment.ModelSpec(width=args.width, learning_rate=args.lr)
         start = time.perf_counter()
@@ -174,7 +340,9 @@ def main(argv=None) -> int:
                     epochs=args.epochs,
                     batch_size=args.batch_size,
                     verbose=0 if args.quiet else 1,
+                    training_seed=args.training_seed,
                 ),
+                lr_schedule=lr_schedule,
             )
             print(f"seed {seed} done after {time.perf_counter() - start:.0f} s", flush=True)
             print(report(args.out), flush=True)

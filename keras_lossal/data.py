@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_lossal.contracts import REJECTS_FILE
+from keras_lossal.contracts import REJECTS_FILE, check_integer
 from keras_lossal.files import check_regular_file, read_file
 from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, checked_image_size
 from keras_lossal.preprocessing import (  # IDENTITY, IdentityPreprocessing and preprocessing_from_config: public here too
@@ -333,22 +333,34 @@ def _find_idx(directory: str, stem: str) -> str | None:
     return None
 
 
-def load_fashion_mnist(data_dir: str | None = None) -> ArrayDataset:
+def load_fashion_mnist(
+    data_dir: str | None = None, validation_size: int | None = None, validation_seed: int = 0
+) -> ArrayDataset:
     """Fashion-MNIST (60k train, 10k test, 28x28x1) from local IDX files.
 
     Args:
         data_dir: directory holding `train-images-idx3-ubyte[.gz]` and the other
             three files; defaults to `$LOSSAL_FASHION_MNIST_DIR` or
             `/usr/share/datasets/fashion-mnist` (Debian's `dataset-fashion-mnist`).
+        validation_size: for choosing settings without the test set: hold out
+            this many training images, stratified (`stratified_split`: every class
+            its share, rounded; exactly this many on Fashion-MNIST's 6,000 per
+            class), as the evaluation split in the test split's place; the pool is
+            the rest and the test files are not read at all. `None`: the test split.
+        validation_seed: the seed of that split.
 
     Example:
 
     >>> dataset = load_fashion_mnist()  # doctest: +SKIP
     >>> dataset.x_train.shape, dataset.preprocessing.mean  # doctest: +SKIP
     ((60000, 28, 28, 1), (0.286,))
+    >>> load_fashion_mnist(validation_size=5000).summary()  # doctest: +SKIP
+    'fashion_mnist_validation: 55000 train, 5000 test, input (28, 28, 1), 10 classes'
     """
+    validation_size = check_integer("validation_size", validation_size, 1, optional=True)
     directory = data_dir or os.environ.get("LOSSAL_FASHION_MNIST_DIR") or DEFAULT_FASHION_MNIST_DIR
-    paths = {key: _find_idx(directory, stem) for key, stem in FASHION_MNIST_FILES.items()}
+    keys = list(FASHION_MNIST_FILES) if validation_size is None else ["x_train", "y_train"]
+    paths = {key: _find_idx(directory, FASHION_MNIST_FILES[key]) for key in keys}
     missing = [FASHION_MNIST_FILES[key] + ".gz" for key, path in paths.items() if path is None]
     if missing:
         raise FileNotFoundError(
@@ -359,6 +371,10 @@ def load_fashion_mnist(data_dir: str | None = None) -> ArrayDataset:
             "(or set LOSSAL_FASHION_MNIST_DIR)."
         )
     arrays = {key: read_idx(path) for key, path in paths.items()}
+    name = "fashion_mnist"
+    if validation_size is not None:
+        name = "fashion_mnist_validation"
+        arrays = _validation_arrays(arrays["x_train"], arrays["y_train"], validation_size, validation_seed)
     mean, std = NORMALISATION["fashion_mnist"]
     return from_arrays(
         arrays["x_train"],
@@ -367,8 +383,16 @@ def load_fashion_mnist(data_dir: str | None = None) -> ArrayDataset:
         arrays["y_test"],
         preprocessing=ImagePreprocessing(28, 28, 1, mean=mean, std=std),
         num_classes=10,
-        name="fashion_mnist",
+        name=name,
     )
+
+
+def _validation_arrays(x: np.ndarray, y: np.ndarray, size: int, seed: int) -> dict[str, np.ndarray]:
+    """A stratified, seeded split of one split's `(x, y)` into a pool and about `size` held-out items, as the four arrays."""
+    if size >= len(y):
+        raise ValueError(f"Expected validation_size < {len(y)} training items. Received: validation_size={size}")
+    pool, held_out = stratified_split(y, size / len(y), seed)
+    return {"x_train": x[pool], "y_train": y[pool], "x_test": x[held_out], "y_test": y[held_out]}
 
 
 def load_tfds(

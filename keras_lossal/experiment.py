@@ -131,7 +131,8 @@ def run_experiment(
         out_dir: output directory.
         spec: the `ModelSpec`.
         config: the `LoopConfig` of every run, its `seed` replaced by each of `seeds`
-            (`verbose`: 0 silent, 1 a line per cycle, 2 Keras progress bars too).
+            (`verbose`: 0 silent, 1 a line per cycle, 2 Keras progress bars too; a
+            `training_seed` is kept as it is: every seed trains from it).
         lr_schedule: `{epoch: rate}` applied within every cycle.
         head_for_all: also train the loss-prediction head for non-learning-loss strategies.
         restart: discard the recorded state of these (arm, seed) runs instead of resuming them;
@@ -199,7 +200,7 @@ class _Arms:
     def settings(self, names: list[str], seeds: list[int]) -> dict:
         """experiment.json's content (the keys and order older runs recorded)."""
         config = self.config
-        return {
+        settings = {
             "dataset": self.dataset.name,
             "strategies": names,
             "seeds": list(seeds),
@@ -211,6 +212,9 @@ class _Arms:
             "head_for_all": self.head_for_all,
             "preprocessing": self.dataset.preprocessing.get_config(),
         }
+        if config.training_seed is not None:
+            settings["training_seed"] = config.training_seed
+        return settings
 
     def loop(self, name: str, strategy, seed: int) -> ActiveLearningLoop:
         """The loop of arm `name` (built from `strategy`, a name or an object) with seed `seed`."""

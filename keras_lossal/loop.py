@@ -1,6 +1,7 @@
 """`ActiveLearningLoop`: the paper's protocol (train, evaluate, acquire, label), resumable.
 
-Every random choice of cycle `c` is seeded from `(seed, c)` alone, and the loop
+Every random choice of cycle `c` is seeded from `(seed, c)` alone (the
+training's from `(training_seed, c)` when that is set), and the loop
 writes its whole state (labeled indices in labeling order, per-cycle metrics,
 config) atomically after each cycle, together with the weights a warm start
 needs (`keras_lossal.loop_state`). A run killed at any point resumes from the
@@ -66,14 +67,26 @@ class LoopConfig:
         batch_size: training batch size.
         augment: apply the paper's flip + pad-crop augmentation when training.
         warm_start: start each cycle from the previous cycle's weights.
-        seed: the run's seed.
+        seed: the run's seed: the initial labeled set, the scored subsets, the
+            strategy's draws and, unless `training_seed` is set, the training.
         score_batch_size: batch size for scoring and evaluation.
         verbose: 0 silent, 1 one line per cycle, 2 also progress bars for training and scoring.
+        training_seed: when set, replaces `seed` for the randomness of training
+            only (each cycle's model initialisation, dropout and the shuffle and
+            augmentation order), so two runs with one `seed` and different
+            `training_seed`s train differently on the same labeled items (with
+            `random`, exactly the same ones): the spread between them is the
+            training noise alone. `None` (the default) trains from `seed`, as
+            runs always did; the run's state records it only when set.
 
     Example:
 
     >>> LoopConfig(initial_size=1000, query_size=1000, cycles=10).final_size
     10000
+    >>> LoopConfig(initial_size=10, query_size=5, training_seed=-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected training_seed to be an integer >= 0 or None. Received: training_seed=-1
     >>> LoopConfig(initial_size=100, query_size=50, subset_size=20)
     Traceback (most recent call last):
     ...
@@ -91,6 +104,7 @@ class LoopConfig:
     seed: int = 0
     score_batch_size: int = 512
     verbose: int = 1
+    training_seed: int | None = None
 
     def __post_init__(self):
         lowest = {"initial_size": 1, "query_size": 1, "cycles": 1, "epochs": 0, "batch_size": 1, "seed": 0}
@@ -106,8 +120,15 @@ class LoopConfig:
                     f"Expected subset_size >= query_size ({self.query_size}) or None. Received: subset_size={subset_size}"
                 ) from None
             object.__setattr__(self, "subset_size", subset_size)
+        training_seed = check_integer("training_seed", self.training_seed, 0, optional=True, integral_floats=True)
+        object.__setattr__(self, "training_seed", training_seed)
         object.__setattr__(self, "augment", bool(self.augment))
         object.__setattr__(self, "warm_start", bool(self.warm_start))
+
+    @property
+    def effective_training_seed(self) -> int:
+        """The seed of the training's random draws: `training_seed` when set, else `seed`."""
+        return self.seed if self.training_seed is None else self.training_seed
 
     @property
     def final_size(self) -> int:
@@ -178,9 +199,10 @@ class ActiveLearningLoop:
     With `warm_start=True` (the paper's reference code) each cycle's model
     starts from the previous cycle's weights with a fresh optimizer; with
     `False` it is re-initialised. Everything random in cycle `c` is seeded
-    from `(seed, c)`, state is saved atomically to `work_dir` after every
-    cycle, and `run()` resumes from it. For bit-identical resumes on any
-    hardware also call `tf.config.experimental.enable_op_determinism()`.
+    from `(seed, c)` (the training from `(training_seed, c)` when set), state
+    is saved atomically to `work_dir` after every cycle, and `run()` resumes
+    from it. For bit-identical resumes on any hardware also call
+    `tf.config.experimental.enable_op_determinism()`.
 
     Args:
         model_factory: a callable returning a new *compiled* Keras model, e.g. a
@@ -198,7 +220,7 @@ class ActiveLearningLoop:
             the arguments of `Strategy.select`, `labeled` included (the labeled
             items, preprocessed). Any other object is refused with a `TypeError`.
         config: the `LoopConfig`: sizes, cycles, epochs, batch size, augmentation,
-            warm start, seed and verbosity (validated when it was built).
+            warm start, seed, training seed and verbosity (validated when it was built).
         preprocessing: the `ImagePreprocessing` turning raw images into model
             input; default `infer_preprocessing(x)`: uint8 pixels divided by 255,
             float inputs unchanged (the first log line says which). Non-image
@@ -299,7 +321,7 @@ class ActiveLearningLoop:
     def config(self) -> dict:
         """The run's configuration as recorded in the state (checked on resume)."""
         settings = self.loop_config
-        return {
+        config = {
             "strategy": self.strategy_name,
             "initial_size": settings.initial_size,
             "query_size": settings.query_size,
@@ -310,11 +332,24 @@ class ActiveLearningLoop:
             "augment": settings.augment,
             "warm_start": settings.warm_start,
             "seed": settings.seed,
-            "pool_size": int(len(self.x_train)),
-            "test_size": int(len(self.x_test)),
-            "preprocessing": self.preprocessing.get_config(),
-            "tags": self.tags,
         }
+        if settings.training_seed is not None:  # recorded only when set, so other runs' states stay as they were
+            config["training_seed"] = settings.training_seed
+        config.update(
+            pool_size=int(len(self.x_train)),
+            test_size=int(len(self.x_test)),
+            preprocessing=self.preprocessing.get_config(),
+            tags=self.tags,
+        )
+        return config
+
+    def _resume_config(self) -> dict:
+        """The config a recorded run must match: `config()` with `training_seed` even when unset.
+
+        A state without the key (every run before it existed) matches `None`;
+        one that recorded a training seed does not match a run without one.
+        """
+        return {**self.config(), "training_seed": self.loop_config.training_seed}
 
     def initial_indices(self) -> np.ndarray:
         """The `initial_size` random pool indices labeled before cycle 0 (seeded)."""
@@ -325,7 +360,7 @@ class ActiveLearningLoop:
     def check_resumable(self) -> None:
         """Raises `ValueError` if `work_dir` holds a run with a different configuration."""
         if self.run_directory is not None:
-            self.run_directory.load(self.config())
+            self.run_directory.load(self._resume_config())
 
     # --------------------------------------------------------------------- run
     def run(self, callbacks: list | None = None) -> LoopResult:
@@ -359,7 +394,7 @@ class ActiveLearningLoop:
         if self.run_directory is None:
             return _Progress([], self.initial_indices(), len(self.x_train), None)
         os.makedirs(self.run_directory.path, exist_ok=True)
-        state = self.run_directory.load(self.config())
+        state = self.run_directory.load(self._resume_config())
         if state is None:
             return _Progress([], self.initial_indices(), len(self.x_train), None)
         if self.loop_config.verbose and state["cycles"] and not state.get("finished"):
@@ -385,7 +420,7 @@ class ActiveLearningLoop:
         state, the previous weights for a warm start), so its compiled
         train, test and scoring functions are traced once per run, not once per cycle.
         """
-        keras.utils.set_random_seed(cycle_seed(self.loop_config.seed, cycle, _PURPOSE_MODEL))
+        keras.utils.set_random_seed(cycle_seed(self.loop_config.effective_training_seed, cycle, _PURPOSE_MODEL))
         model = self.model_factory()
         self._check_labels(model)  # every cycle, so a resumed run builds its models like an uninterrupted one
         warm = self.loop_config.warm_start
@@ -407,7 +442,7 @@ class ActiveLearningLoop:
             self.preprocessing,
             batch_size=settings.batch_size,
             augment=settings.augment,
-            seed=cycle_seed(settings.seed, cycle, _PURPOSE_SHUFFLE),
+            seed=cycle_seed(settings.effective_training_seed, cycle, _PURPOSE_SHUFFLE),
         )
         start = time.perf_counter()
         fit_kwargs = dict(self.fit_kwargs)
@@ -509,7 +544,9 @@ class ActiveLearningLoop:
         return LoopResult(progress.records, progress.labeled, jsonable(self.config()), self.model)
 
     def _prefix(self) -> str:
-        return f"[{self.label} seed {self.loop_config.seed}]"
+        settings = self.loop_config
+        training = "" if settings.training_seed is None else f" training seed {settings.training_seed}"
+        return f"[{self.label} seed {settings.seed}{training}]"
 
     def _check_labels(self, model: keras.Model) -> None:
         """Refuses labels outside the model's classes before training (TensorFlow's error names neither)."""

@@ -177,6 +177,8 @@ class RunDirectory:
             "cycles": jsonable(cycles),
             "weights": weights,
         }
+        if config.get("training_seed") is not None:  # the model's and the shuffle's draws come from it instead
+            state["rng"]["training_seed"] = config["training_seed"]
         write_json_atomic(self.state_path, state)
 
     def save_weights(self, model, cycle: int) -> str:

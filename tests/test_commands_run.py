@@ -79,6 +79,11 @@ def test_a_refused_resume_names_the_cli_flags_and_restart_reruns(tmp_path, capsy
     assert cli.main([*argv, "--cycles", "2", "--restart"]) == 0
     rerun = json.load(open(os.path.join(out, "random", "seed_0", "state.json")))
     assert rerun["finished"] and [cycle["num_labeled"] for cycle in rerun["cycles"]] == [6, 9]
+    assert cli.main([*argv, "--cycles", "2", "--training-seed", "1"]) == 2  # another training is another run
+    assert "'training_seed': (None, 1)" in _short_error(capsys)
+    assert cli.main([*argv, "--cycles", "2", "--training-seed", "1", "--out", out + "_train1"]) == 0
+    other = json.load(open(os.path.join(out + "_train1", "random", "seed_0", "state.json")))
+    assert other["config"]["training_seed"] == 1 and other["labeled_indices"] == rerun["labeled_indices"]
 
 
 def test_cycles_reuse_the_compiled_functions_so_nothing_is_retraced(tmp_path, caplog):

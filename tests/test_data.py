@@ -48,6 +48,34 @@ def test_load_fashion_mnist_from_idx_files(tmp_path, compress):
     assert dataset.preprocessing.mean == (0.286,) and dataset.preprocessing.std == (0.353,)
 
 
+def test_fashion_mnist_validation_split_reads_the_training_files_only(tmp_path):
+    write_fake_fashion_mnist(str(tmp_path), train=100)
+    labels = np.arange(100) % 10  # balanced: 10 of each class
+    images = np.arange(100, dtype=np.uint8)[:, None, None].repeat(28, 1).repeat(28, 2)  # image i is all i
+    for key, array in (("x_train", images), ("y_train", labels)):
+        with gzip.open(os.path.join(tmp_path, data.FASHION_MNIST_FILES[key] + ".gz"), "wb") as handle:
+            handle.write(_idx_bytes(array))
+    for key in ("x_test", "y_test"):  # the test files are not needed, so never read
+        os.remove(os.path.join(tmp_path, data.FASHION_MNIST_FILES[key] + ".gz"))
+    dataset = data.load_fashion_mnist(str(tmp_path), validation_size=20)
+    assert dataset.name == "fashion_mnist_validation" and (len(dataset.y_train), len(dataset.y_test)) == (80, 20)
+    assert np.bincount(dataset.y_test).tolist() == [2] * 10 and np.bincount(dataset.y_train).tolist() == [8] * 10
+    pool, held_out = dataset.x_train[:, 0, 0, 0].tolist(), dataset.x_test[:, 0, 0, 0].tolist()
+    assert sorted(pool + held_out) == list(range(100))  # disjoint, and together the training split
+    np.testing.assert_array_equal(labels[held_out], dataset.y_test)
+    again = data.load_fashion_mnist(str(tmp_path), validation_size=20)
+    assert again.x_test[:, 0, 0, 0].tolist() == held_out  # seed 0 by default: the same split every time
+    other = data.load_fashion_mnist(str(tmp_path), validation_size=20, validation_seed=1)
+    assert other.x_test[:, 0, 0, 0].tolist() != held_out
+    assert dataset.preprocessing.mean == (0.286,)
+    with pytest.raises(ValueError, match="validation_size=0"):
+        data.load_fashion_mnist(str(tmp_path), validation_size=0)
+    with pytest.raises(ValueError, match="validation_size < 100"):
+        data.load_fashion_mnist(str(tmp_path), validation_size=100)
+    with pytest.raises(FileNotFoundError, match="t10k-images"):
+        data.load_fashion_mnist(str(tmp_path))
+
+
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist") as error:
         data.load_fashion_mnist(str(tmp_path / "nowhere"))

@@ -485,3 +485,71 @@ def test_a_non_finite_loss_stops_the_run_before_the_cycle_is_recorded(tmp_path):
     with pytest.raises(NonFiniteLossError, match="Training stopped: the loss became (nan|inf)"):
         _loop(str(tmp_path), "random", model_factory=diverging, cycles=2, epochs=3).run()
     assert not os.path.exists(tmp_path / STATE_FILE)
+
+
+def _weights(result):
+    return np.concatenate([weight.reshape(-1) for weight in result.model.get_weights()])
+
+
+def _fast_classifier():
+    model = _classifier()
+    model.compile(
+        keras.optimizers.Adam(0.02), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
+    return model
+
+
+def test_a_training_seed_changes_the_training_and_nothing_else():
+    runs = {
+        training_seed: _loop(
+            None, "random", cycles=3, epochs=10, training_seed=training_seed, model_factory=_fast_classifier
+        ).run()
+        for training_seed in (None, 7, 1, 2)
+    }
+    # The run's seed is 7: every run labels the same items (initial set, subsets and random's draws come from it).
+    labeled = runs[None].labeled_indices
+    assert all(result.labeled_indices == labeled for result in runs.values())
+    # training_seed=7 trains exactly as the run's own seed does; other training seeds train differently.
+    np.testing.assert_array_equal(_weights(runs[7]), _weights(runs[None]))
+    for training_seed in (1, 2):
+        assert np.abs(_weights(runs[training_seed]) - _weights(runs[None])).max() > 1e-3
+    assert np.abs(_weights(runs[1]) - _weights(runs[2])).max() > 1e-3
+    # The task is learnable: every training seed ends above chance (3 classes).
+    assert all(result.learning_curve()[1][-1] > 0.5 for result in runs.values())
+
+
+def test_training_seed_is_validated_like_the_other_integers():
+    assert LoopConfig(initial_size=10, query_size=5).training_seed is None
+    assert LoopConfig(initial_size=10, query_size=5, training_seed=2.0).training_seed == 2
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(
+            ValueError, match=rf"Expected training_seed to be an integer >= 0 or None. Received: training_seed={bad!r}"
+        ):
+            LoopConfig(initial_size=10, query_size=5, training_seed=bad)
+
+
+def test_a_training_seed_is_recorded_and_checked_on_resume_and_older_states_still_resume(tmp_path):
+    reference = _loop(str(tmp_path / "reference"), ScoreByModel(), cycles=3, training_seed=1).run()
+    with pytest.raises(KeyboardInterrupt):
+        _loop(str(tmp_path / "resumed"), ScoreByModel(fail_at_call=1), cycles=3, training_seed=1).run()
+    state = json.loads((tmp_path / "resumed" / STATE_FILE).read_text())
+    assert state["config"]["training_seed"] == 1 and state["rng"]["training_seed"] == 1
+    for other in (None, 2):  # a recorded training seed is a setting: neither another one nor none resumes it
+        with pytest.raises(ValueError, match=rf"'training_seed': \(1, {other}\)"):
+            _loop(str(tmp_path / "resumed"), ScoreByModel(), cycles=3, training_seed=other).run()
+    resumed = _loop(str(tmp_path / "resumed"), ScoreByModel(), cycles=3, training_seed=1).run()
+    assert resumed.labeled_indices == reference.labeled_indices
+    np.testing.assert_allclose(_weights(resumed), _weights(reference), atol=1e-4)
+
+    # Without a training seed the state is the one runs wrote before it existed, and it resumes as before.
+    with pytest.raises(KeyboardInterrupt):
+        _loop(str(tmp_path / "older"), ScoreByModel(fail_at_call=1), cycles=3).run()
+    state = json.loads((tmp_path / "older" / STATE_FILE).read_text())
+    assert "training_seed" not in state["config"] and "training_seed" not in state["rng"]
+    assert list(state["config"]) == [
+        "strategy", "initial_size", "query_size", "subset_size", "cycles", "epochs", "batch_size", "augment",
+        "warm_start", "seed", "pool_size", "test_size", "preprocessing", "tags",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"'training_seed': \(None, 0\)"):
+        _loop(str(tmp_path / "older"), ScoreByModel(), cycles=3, training_seed=0).run()
+    assert len(_loop(str(tmp_path / "older"), ScoreByModel(), cycles=3).run().cycles) == 3

@@ -94,6 +94,15 @@ def _add_protocol_arguments(protocol) -> None:
         "--subset-size", type=int, default=10000, help="M, random unlabeled items scored per cycle (0 = all)"
     )
     protocol.add_argument(
+        "--training-seed",
+        type=int,
+        default=None,
+        help=(
+            "seed of the training only (model initialisation and shuffle) for every seed; the labeled sets still "
+            "come from --seeds (default: each seed trains from itself)"
+        ),
+    )
+    protocol.add_argument(
         "--cold-start",
         action="store_true",
         help="re-initialise the model every cycle (default: warm start, as the reference code)",
@@ -167,6 +176,7 @@ def run(args) -> int:
                 augment=args.augment,
                 warm_start=not args.cold_start,
                 verbose=verbose,
+                training_seed=args.training_seed,
             ),
             lr_schedule=lr_schedule,
             head_for_all=args.head_for_all,

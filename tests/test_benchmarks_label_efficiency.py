@@ -1,0 +1,64 @@
+"""`benchmarks/label_efficiency.py`: the training-noise arithmetic, and the pilots' path at a toy size."""
+
+import gzip
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import label_efficiency  # noqa: E402
+from test_data import _idx_bytes  # noqa: E402
+
+from keras_lossal import data  # noqa: E402
+
+
+def test_training_noise_against_numpy():
+    values = {0: {0: 0.80, 1: 0.79, 2: 0.81, 3: 0.5}, 1: {0: 0.81, 1: 0.77, 2: 0.81}}
+    noise = label_efficiency.training_noise(values)
+    differences = np.array([0.01, -0.02, 0.0])
+    assert noise["seeds"] == [0, 1, 2]  # seed 3 has one training seed only
+    np.testing.assert_allclose(noise["differences"], differences, atol=1e-12)
+    np.testing.assert_allclose(noise["mean_abs"], 0.01)
+    np.testing.assert_allclose(noise["std"], differences.std(ddof=1))
+    np.testing.assert_allclose(noise["per_run"], np.sqrt(np.mean(differences**2) / 2))
+    np.testing.assert_allclose(noise["means"], [0.805, 0.78, 0.81])
+    np.testing.assert_allclose([noise["mean"], noise["mean_std"]], [0.79833333, np.std([0.805, 0.78, 0.81], ddof=1)])
+    three = label_efficiency.training_noise({0: {0: 0.1}, 1: {0: 0.2}, 2: {0: 0.6}})
+    np.testing.assert_allclose(three["per_run"], np.std([0.1, 0.2, 0.6], ddof=1))  # more trainings: their spread
+    with pytest.raises(ValueError, match="at least 2 training seeds"):
+        label_efficiency.training_noise({0: {0: 0.8}})
+
+
+def test_pilots_on_a_validation_split_with_two_training_seeds(tmp_path, monkeypatch):
+    # The training files only, balanced: --validation never reads the test split.
+    rng = np.random.default_rng(0)
+    os.makedirs(tmp_path / "data")
+    images, labels = rng.integers(0, 256, (120, 28, 28), dtype=np.uint8), np.arange(120) % 10
+    for key, array in (("x_train", images), ("y_train", labels)):
+        with gzip.open(tmp_path / "data" / (data.FASHION_MNIST_FILES[key] + ".gz"), "wb") as handle:
+            handle.write(_idx_bytes(array))
+    monkeypatch.setattr(label_efficiency, "VALIDATION_SIZE", 30)
+    root = tmp_path / "pilots"
+    protocol = ["--data-dir", str(tmp_path / "data"), "--strategies", "random", "--seeds", "0", "--validation"]
+    protocol += ["--cycles", "2", "--initial-size", "10", "--query-size", "5", "--subset-size", "20", "--width", "2"]
+    protocol += ["--epochs", "2", "--batch-size", "8", "--lr-schedule", "1:0.005", "--quiet"]
+    for training_seed in (0, 1):
+        out = str(root / f"B_train{training_seed}")
+        assert label_efficiency.main([*protocol, "--training-seed", str(training_seed), "--out", out]) == 0
+    states = [json.load(open(root / f"B_train{t}" / "random" / "seed_0" / "state.json")) for t in (0, 1)]
+    assert states[0]["labeled_indices"] == states[1]["labeled_indices"]  # same seed: the same labeled items
+    for training_seed, state in enumerate(states):
+        config = state["config"]
+        assert config["training_seed"] == training_seed and config["tags"]["lr_schedule"] == {"1": 0.005}
+        assert config["tags"]["dataset"] == "fashion_mnist_validation"
+        assert (config["pool_size"], config["test_size"]) == (90, 30)
+    report = label_efficiency.noise_report(str(root))
+    assert report.startswith("Protocol B: training seeds [0, 1], seeds [0] (finished runs)")
+    aucs = [label_efficiency.results.area_under_curve([10, 15], [c["accuracy"] for c in s["cycles"]]) for s in states]
+    assert f"| AUC (10–15) | {aucs[0]:.4f} ± 0.0000 (n=1) |" in report
+    assert f"| {aucs[1] - aucs[0]:+.4f} | {abs(aucs[1] - aucs[0]):.4f} |" in report
+    assert open(root / "training_noise.md").read() == report + "\n"
