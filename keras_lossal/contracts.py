@@ -320,8 +320,8 @@ Received: selection='kmeans'
     max_image_bytes: int | None = None
 
     def __post_init__(self):
-        check = functools.partial(object.__setattr__, self)
-        check("top_k", check_integer("top_k", self.top_k, optional=True))
+        store = functools.partial(object.__setattr__, self)  # frozen: keep the checked values
+        store("top_k", check_integer("top_k", self.top_k, optional=True))
         if self.threshold is not None:
             threshold = float(self.threshold) if isinstance(self.threshold, numbers.Real) else math.nan
             if isinstance(self.threshold, bool) or math.isnan(threshold) or threshold == math.inf:
@@ -329,15 +329,15 @@ Received: selection='kmeans'
                     "Expected a threshold some predicted loss can reach (a number, or -inf for none). "
                     f"Received: threshold={self.threshold!r}"
                 )
-            check("threshold", threshold)
+            store("threshold", threshold)
         if self.top_k is None and self.threshold is None:
             raise ValueError("Expected top_k and/or threshold; with neither the queue would hold every item.")
         if self.selection not in SELECTIONS:
             raise ValueError(f"Expected selection in {list(SELECTIONS)}. Received: selection={self.selection!r}")
-        check("candidates_factor", check_integer("candidates_factor", self.candidates_factor))
-        check("seed", check_integer("seed", self.seed, minimum=0))
+        store("candidates_factor", check_integer("candidates_factor", self.candidates_factor))
+        store("seed", check_integer("seed", self.seed, minimum=0))
         for name in ("max_image_pixels", "max_image_bytes"):
-            check(name, check_integer(name, getattr(self, name), optional=True))
+            store(name, check_integer(name, getattr(self, name), optional=True))
 
     @classmethod
     def of(cls, settings: TriageSettings | None = None, **fields: Any) -> TriageSettings:

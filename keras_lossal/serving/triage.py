@@ -225,10 +225,8 @@ def triage(
     """
     options = TriageSettings.of(settings, **setting_fields)
     rule = QueueRule.of(options)
-    settings = _Settings.checked(options, scorer, batch_size, dedupe, stop_after_server_errors, read_threads)
-    settings = dataclasses.replace(
-        settings, commit_seconds=_checked_commit_seconds(COMMIT_SECONDS if commit_seconds is None else commit_seconds)
-    )
+    knobs = (batch_size, dedupe, stop_after_server_errors, read_threads, commit_seconds)
+    settings = _Settings.checked(options, scorer, *knobs)
     scorer = check_scorer(scorer)  # after the values: a wrong value is named first, whatever the scorer
     labeling = _labeling_options(label_studio, scorer)
     run = _Run(output_dir, scorer, rule, settings, progress)
@@ -263,7 +261,14 @@ class _Settings:
 
     @classmethod
     def checked(
-        cls, options: TriageSettings, scorer: Scorer, batch_size, dedupe, stop_after_server_errors, read_threads
+        cls,
+        options: TriageSettings,
+        scorer: Scorer,
+        batch_size,
+        dedupe,
+        stop_after_server_errors,
+        read_threads,
+        commit_seconds=None,
     ):
         max_image_pixels, max_image_bytes = options.image_limits(scorer)
         return cls(
@@ -273,6 +278,7 @@ class _Settings:
             dedupe=bool(dedupe),
             stop_after_server_errors=check_integer("stop_after_server_errors", stop_after_server_errors, optional=True),
             read_threads=check_integer("read_threads", read_threads),
+            commit_seconds=_checked_commit_seconds(COMMIT_SECONDS if commit_seconds is None else commit_seconds),
         )
 
 
