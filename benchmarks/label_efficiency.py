@@ -43,6 +43,15 @@ seeds) and the training noise (per seed, AUC of the second training seed minus t
         --lr-schedule 6:0.005 --out runs/v5_pilots/B_train1
     python benchmarks/label_efficiency.py --noise-report runs/v5_pilots
 
+v5 (issue 22, registered in benchmarks/RESULTS.md) takes each seed's learning curve as the mean over
+several trainings: `--trainings R` writes the seed's own runs (they pick) to `OUT/train0/` and then, for
+the arms in `--retrain` (default: every arm), trains exactly their labeled sets again R - 1 times
+(`ActiveLearningLoop`'s `replay`, nothing is selected) with training seeds 1000 t + seed, into
+`OUT/train<t>/`. The report averages the accuracy of a seed's trainings cycle by cycle:
+
+    python benchmarks/label_efficiency.py --trainings 4 --retrain random,badge,learning_loss_clusters \
+        --strategies random,entropy,margin,coreset,badge,learning_loss_clusters --seeds 10 --out runs/v5
+
 The same protocol from the command line:
 
     lossal run --dataset fashion_mnist --strategies learning_loss,random,... --seeds 0,1,2,3,4 \\
@@ -53,6 +62,7 @@ The same protocol from the command line:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
@@ -63,7 +73,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from keras_lossal import data, experiment, results  # noqa: E402
-from keras_lossal.loop import LoopConfig  # noqa: E402
+from keras_lossal.loop import LoopConfig, LoopResult  # noqa: E402
 
 LEARNING_LOSS_ARMS = [
     "learning_loss",
@@ -87,6 +97,9 @@ VALIDATION_SEED = 0
 # --noise-report: a protocol's runs with training seed T live in <root>/<protocol>_train<T>/.
 TRAINING_RUN_DIRECTORY = re.compile(r"^(?P<protocol>.+)_train(?P<training_seed>\d+)$")
 CONTROL_ARMS = ["random@recommended", "random@paper", "random@light_joint"]
+# --trainings: a seed's t-th retraining (t >= 1) uses training seed TRAINING_SEED_STRIDE * t + seed.
+TRAINING_SEED_STRIDE = 1000
+TRAINING_DIRECTORY = re.compile(r"^train(?P<training>\d+)$")
 # Run order within a seed: the recommended arms and the strongest baselines first.
 ARMS = [
     "learning_loss",
@@ -120,6 +133,86 @@ def finished_runs(out_dir: str) -> dict:
     return complete
 
 
+def retraining_seed(seed: int, training: int) -> int:
+    """The training seed of a seed's `training`-th retraining (`training` >= 1): distinct for every seed."""
+    return TRAINING_SEED_STRIDE * training + seed
+
+
+def run_trainings(dataset, arms: list[str], seed: int, out_dir: str, spec, config, trainings: int, retrain, **kwargs):
+    """One seed of a mean-over-trainings experiment: the arms' own runs, then the retrainings of `retrain`.
+
+    `out_dir/train0/` holds the runs that pick (the seed's own training); `out_dir/train<t>/`
+    (t = 1 .. trainings - 1) the arms of `retrain` trained again on train0's labeled sets with
+    training seed `retraining_seed(seed, t)`. Every run resumes; `kwargs` go to `run_experiment`.
+    """
+    picks = os.path.join(out_dir, "train0")
+    experiment.run_experiment(dataset, arms, [seed], picks, spec, config, **kwargs)
+    retrained = [arm for arm in arms if arm in retrain]
+    for training in range(1, trainings if retrained else 1):
+        experiment.run_experiment(
+            dataset,
+            retrained,
+            [seed],
+            os.path.join(out_dir, f"train{training}"),
+            spec,
+            dataclasses.replace(config, training_seed=retraining_seed(seed, training)),
+            replay_from=picks,
+            **kwargs,
+        )
+
+
+def training_directories(out_dir: str) -> dict[int, str]:
+    """`{t: path}` of `out_dir/train<t>/`, empty when `out_dir` is not a mean-over-trainings experiment."""
+    if not os.path.isdir(out_dir):
+        return {}
+    found = {}
+    for name in os.listdir(out_dir):
+        match = TRAINING_DIRECTORY.match(name)
+        if match and os.path.isdir(os.path.join(out_dir, name)):
+            found[int(match["training"])] = os.path.join(out_dir, name)
+    return dict(sorted(found.items()))
+
+
+def averaged_runs(out_dir: str, required: dict[str, int] | None = None, metric: str = "accuracy") -> dict:
+    """Finished runs of a mean-over-trainings experiment, each (arm, seed) as the mean of its trainings.
+
+    Args:
+        out_dir: the experiment (`train0/`, `train1/`, ...).
+        required: `{arm: trainings}` an (arm, seed) must have finished to count (others: 1);
+            only its first `required` trainings are averaged, so a partial retraining never enters.
+        metric: the per-cycle number averaged (the other records are dropped).
+
+    Returns:
+        `{arm: {seed: LoopResult}}` whose cycles hold `cycle`, `num_labeled`, the mean `metric`
+        and `trainings` (how many were averaged), with train0's labeled set and config.
+    """
+    directories = training_directories(out_dir)
+    if 0 not in directories:
+        raise FileNotFoundError(f"No train0/ (the runs that pick) under {out_dir!r}")
+    by_training = {training: finished_runs(path) for training, path in directories.items()}
+    averaged: dict[str, dict] = {}
+    for arm, runs in by_training[0].items():
+        count = (required or {}).get(arm, 1)
+        for seed, first in runs.items():
+            trainings = [by_training.get(t, {}).get(arm, {}).get(seed) for t in range(count)]
+            if any(run is None for run in trainings):
+                continue
+            for run in trainings[1:]:
+                if run.labeled_indices != first.labeled_indices:
+                    raise ValueError(f"{arm} seed {seed}: a retraining labeled other items than train0")
+            cycles = [
+                {
+                    "cycle": record["cycle"],
+                    "num_labeled": record["num_labeled"],
+                    metric: float(np.mean([run.cycles[index][metric] for run in trainings])),
+                    "trainings": count,
+                }
+                for index, record in enumerate(first.cycles)
+            ]
+            averaged.setdefault(arm, {})[seed] = LoopResult(cycles, first.labeled_indices, first.config)
+    return averaged
+
+
 def class_shares(complete: dict) -> str:
     """How each arm's picks spread over the classes (all acquisitions, all finished seeds)."""
     names = data.FASHION_MNIST_CLASSES
@@ -136,8 +229,9 @@ def class_shares(complete: dict) -> str:
     return "\n".join(lines)
 
 
-def report(out_dir: str) -> str:
-    complete = finished_runs(out_dir)
+def report(out_dir: str, required: dict[str, int] | None = None) -> str:
+    """Writes the report files of `out_dir`; a mean-over-trainings experiment is averaged first (`averaged_runs`)."""
+    complete = averaged_runs(out_dir, required) if training_directories(out_dir) else finished_runs(out_dir)
     summary = results.summarise(complete)
     results.write_report(summary, out_dir)
     results.plot_summary(summary, os.path.join(out_dir, "learning_curves.png"), title="Fashion-MNIST label efficiency")
@@ -302,6 +396,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--validation", action="store_true", help="pilots: evaluate on a validation split of the pool, never the test"
     )
+    parser.add_argument(
+        "--trainings", type=int, default=1, help="v5: each seed's curve is the mean of this many trainings"
+    )
+    parser.add_argument("--retrain", default="", help="v5: the arms trained --trainings times (default: every arm)")
     parser.add_argument("--report-only", action="store_true", help="only print the tables of finished runs")
     parser.add_argument(
         "--noise-report",
@@ -326,28 +424,45 @@ def main(argv=None) -> int:
         spec = experiment.ModelSpec(width=args.width, learning_rate=args.lr)
         start = time.perf_counter()
         for seed in [int(seed) for seed in args.seeds.split(",")]:
-            experiment.run_experiment(
-                dataset,
-                args.strategies.split(","),
-                [seed],
-                args.out,
-                spec,
-                LoopConfig(
-                    initial_size=args.initial_size,
-                    query_size=args.query_size,
-                    subset_size=args.subset_size,
-                    cycles=args.cycles,
-                    epochs=args.epochs,
-                    batch_size=args.batch_size,
-                    verbose=0 if args.quiet else 1,
-                    training_seed=args.training_seed,
-                ),
-                lr_schedule=lr_schedule,
+            config = LoopConfig(
+                initial_size=args.initial_size,
+                query_size=args.query_size,
+                subset_size=args.subset_size,
+                cycles=args.cycles,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                verbose=0 if args.quiet else 1,
+                training_seed=args.training_seed,
             )
+            arms = args.strategies.split(",")
+            if args.trainings > 1:
+                run_trainings(
+                    dataset,
+                    arms,
+                    seed,
+                    args.out,
+                    spec,
+                    config,
+                    args.trainings,
+                    retrained(args),
+                    lr_schedule=lr_schedule,
+                )
+            else:
+                experiment.run_experiment(dataset, arms, [seed], args.out, spec, config, lr_schedule=lr_schedule)
             print(f"seed {seed} done after {time.perf_counter() - start:.0f} s", flush=True)
-            print(report(args.out), flush=True)
-    print(report(args.out))
+            print(report(args.out, required_trainings(args)), flush=True)
+    print(report(args.out, required_trainings(args)))
     return 0
+
+
+def retrained(args) -> list[str]:
+    """The arms `--trainings` applies to: `--retrain`, or every arm of `--strategies`."""
+    return (args.retrain or args.strategies).split(",")
+
+
+def required_trainings(args) -> dict[str, int]:
+    """`{arm: trainings}` a finished (arm, seed) needs to enter the report."""
+    return dict.fromkeys(retrained(args), args.trainings) if args.trainings > 1 else {}
 
 
 if __name__ == "__main__":

@@ -17,8 +17,15 @@ v4 (registered after v3's decision, "Label efficiency v4: registration"): the ca
 `badge@light_joint` on fresh seeds 5-9, every arm of both tasks rerun on one code version, v3's rule; if
 both qualify, `badge` unless `badge@light_joint` beats it with a paired interval excluding 0 on a task.
 
+v5 (registered after the v5 pilots, "Label efficiency v5: registration"): fresh seeds 10-14, the same
+rule with each seed's curve the mean of 4 trainings for random and the candidates (1 for the other
+baselines), plus (d) on digits: accuracy at the first acquisition (40 labels) ≥ random's, mean over seeds.
+Candidates `learning_loss_clusters` (today's recommendation) and `badge`; if both qualify,
+`learning_loss_clusters` unless `badge` beats it with a paired interval excluding 0 on a task.
+
     python benchmarks/label_efficiency_decision.py            # v3: prints the decision, writes its .md
     python benchmarks/label_efficiency_decision.py --v4       # v4 (from the runs finished so far)
+    python benchmarks/label_efficiency_decision.py --v5       # v5 (likewise)
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from label_efficiency import finished_runs  # noqa: E402
+from label_efficiency import averaged_runs, finished_runs  # noqa: E402
 from label_efficiency_digits import BARE_BASELINES, decision_table  # noqa: E402
 
 from keras_lossal import results  # noqa: E402
@@ -52,6 +59,10 @@ class Registration:
     finalists: tuple[str, str]  # (preferred if both qualify, challenger that must win with an interval)
     seeds: tuple[int, ...]
     recheck: str | None = None
+    # v5: {arm: trainings} averaged per seed (other arms: 1); empty for the single-training registrations.
+    trainings: tuple[tuple[str, int], ...] = ()
+    # v5: (d) on digits, accuracy at the first acquisition ≥ random's (mean over seeds).
+    first_acquisition: bool = False
 
     @property
     def out(self) -> str:
@@ -74,10 +85,28 @@ V4 = Registration(
     (5, 6, 7, 8, 9),
 )
 
+V5 = Registration(
+    "v5",
+    os.path.join(RESULTS, "label_efficiency_v5"),
+    os.path.join(RESULTS, "label_efficiency_digits_v5"),
+    ("learning_loss_clusters", "badge"),
+    (10, 11, 12, 13, 14),
+    trainings=(("random", 4), ("badge", 4), ("learning_loss_clusters", 4)),
+    first_acquisition=True,
+)
+FIRST_ACQUISITION_CYCLE = 1
+
+
+def task_runs(path: str, registration: Registration) -> dict:
+    """A task's finished runs: each (arm, seed) the mean of its registered trainings when it has them."""
+    if registration.trainings:
+        return averaged_runs(path, dict(registration.trainings))
+    return finished_runs(path)
+
 
 def fashion_runs(registration: Registration) -> dict:
     """Fashion-MNIST's runs; for v3, the comparators rerun on the candidates' code replace the earlier ones."""
-    runs = finished_runs(registration.fashion)
+    runs = task_runs(registration.fashion, registration)
     if registration.recheck:
         recheck = finished_runs(registration.recheck)
         runs = {arm: runs[arm] for arm in list(registration.finalists) + NOT_RECHECKED if arm in runs}
@@ -108,6 +137,10 @@ def task_section(name: str, runs: dict, registration: Registration) -> tuple[str
     qualifies = {arm: len(seeds) == len(registration.seeds) and _verdict(table, arm) for arm in finalists}
     controls = [arm for arm in ["random@light_joint"] if arm in runs]
     paired = results.format_paired_table(summary, finalists, BARE_BASELINES + controls)
+    first_acquisition = ""
+    if registration.first_acquisition and name.startswith("Digits"):
+        first_acquisition, passed = first_acquisition_check(runs, finalists)
+        qualifies = {arm: qualifies[arm] and passed[arm] for arm in finalists}
     preferred, challenger = finalists
     head_to_head = results.paired_difference(summary, challenger, preferred)
     text = (
@@ -119,8 +152,24 @@ def task_section(name: str, runs: dict, registration: Registration) -> tuple[str
         + table
         + f"\n\n{challenger} − {preferred}: {head_to_head['mean']:+.4f} "
         + f"[{head_to_head['low']:+.4f}, {head_to_head['high']:+.4f}]\n"
+        + first_acquisition
     )
     return text, qualifies | {"_challenger_wins": head_to_head["low"] > 0}
+
+
+def first_acquisition_check(runs: dict, finalists: list[str]) -> tuple[str, dict[str, bool]]:
+    """(d): each finalist's accuracy at the first acquisition minus random's, per seed and mean (≥ 0 passes)."""
+    at_first = results.values_at_cycle(runs, FIRST_ACQUISITION_CYCLE)
+    lines = ["", "(d) accuracy at the first acquisition − random's (mean ≥ 0 passes):", ""]
+    passed = {}
+    for arm in finalists:
+        seeds = sorted(set(at_first.get(arm, {})) & set(at_first.get("random", {})))
+        differences = [at_first[arm][seed] - at_first["random"][seed] for seed in seeds]
+        mean = float(sum(differences) / len(differences)) if differences else float("nan")
+        passed[arm] = bool(differences) and mean >= 0
+        cells = ", ".join(f"{difference:+.4f}" for difference in differences)
+        lines.append(f"- {arm}: {cells}; mean {mean:+.4f}: {'passes' if passed[arm] else 'fails'}")
+    return "\n".join(lines) + "\n", passed
 
 
 def _verdict(table: str, arm: str) -> bool:
@@ -144,15 +193,24 @@ def decide(verdicts: list[dict[str, bool]], registration: Registration) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--v4", action="store_true", help="the v4 registration (fresh seeds 5-9)")
-    registration = V4 if parser.parse_args(argv).v4 else V3
+    parser.add_argument("--v5", action="store_true", help="the v5 registration (fresh seeds 10-14, mean of trainings)")
+    args = parser.parse_args(argv)
+    registration = V5 if args.v5 else V4 if args.v4 else V3
     fashion_text, fashion = task_section("Fashion-MNIST", fashion_runs(registration), registration)
-    digits_runs = _only_seeds(finished_runs(registration.digits), registration.seeds)
+    digits_runs = _only_seeds(task_runs(registration.digits, registration), registration.seeds)
     digits_text, digits = task_section("Digits (64 tabular features)", digits_runs, registration)
     note = (
         "Fashion-MNIST: random, badge and random@light_joint from label_efficiency_recheck/ (the candidates' code); "
         "entropy, margin and coreset from the earlier code (not rerun).\n"
         if registration.recheck
         else "Every arm of each task on one code version; seeds never run before the registration.\n"
+        + (
+            "Each seed's curve is the mean of its trainings: "
+            + ", ".join(f"{arm} {count}" for arm, count in registration.trainings)
+            + ", the other arms 1.\n"
+            if registration.trainings
+            else ""
+        )
     )
     text = "\n".join(
         [f"# Issue 22: the registered decision ({registration.name})", "", note, fashion_text, digits_text]

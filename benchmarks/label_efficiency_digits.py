@@ -59,7 +59,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/: label_efficiency's helpers
 
 import numpy as np  # noqa: E402
-from label_efficiency import finished_runs  # noqa: E402
+from label_efficiency import (  # noqa: E402
+    averaged_runs,
+    finished_runs,
+    required_trainings,
+    retrained,
+    run_trainings,
+    training_directories,
+)
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
@@ -126,9 +133,10 @@ def load_digits_dataset(validation: bool = False) -> data.ArrayDataset:
 
 def drop_finished_weights(out_dir: str) -> None:
     """Deletes the warm-start weights of finished runs (their state.json is the result; keeps the directory small)."""
-    for arm, runs in finished_runs(out_dir).items():
-        for seed in runs:
-            shutil.rmtree(os.path.join(out_dir, arm, f"seed_{seed}", "weights"), ignore_errors=True)
+    for directory in list(training_directories(out_dir).values()) or [out_dir]:
+        for arm, runs in finished_runs(directory).items():
+            for seed in runs:
+                shutil.rmtree(os.path.join(directory, arm, f"seed_{seed}", "weights"), ignore_errors=True)
 
 
 def decision_table(summary: dict, complete: dict, candidates: list[str] | None = None) -> str:
@@ -166,9 +174,12 @@ def decision_table(summary: dict, complete: dict, candidates: list[str] | None =
     return "\n".join(lines)
 
 
-def report(out_dir: str) -> str:
-    """Writes report.{json,csv,md}, paired.md and learning_curves.png under `out_dir`; returns the tables."""
-    complete = finished_runs(out_dir)
+def report(out_dir: str, required: dict[str, int] | None = None) -> str:
+    """Writes report.{json,csv,md}, paired.md and learning_curves.png under `out_dir`; returns the tables.
+
+    A mean-over-trainings experiment (`--trainings`) is averaged first (`label_efficiency.averaged_runs`).
+    """
+    complete = averaged_runs(out_dir, required) if training_directories(out_dir) else finished_runs(out_dir)
     summary = results.summarise(complete)
     results.write_report(summary, out_dir)
     results.plot_summary(
@@ -219,6 +230,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--validation", action="store_true", help="pilots: evaluate on a validation split of the pool, never the test"
     )
+    parser.add_argument(
+        "--trainings", type=int, default=1, help="v5: each seed's curve is the mean of this many trainings"
+    )
+    parser.add_argument("--retrain", default="", help="v5: the arms trained --trainings times (default: every arm)")
     parser.add_argument("--report-only", action="store_true", help="only print the tables of finished runs")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -229,26 +244,24 @@ def main(argv=None) -> int:
         spec = experiment.ModelSpec(backbone=BACKBONE, optimizer=args.optimizer, learning_rate=args.lr)
         start = time.perf_counter()
         for seed in [int(seed) for seed in args.seeds.split(",")]:
-            experiment.run_experiment(
-                dataset,
-                args.strategies.split(","),
-                [seed],
-                args.out,
-                spec,
-                LoopConfig(
-                    initial_size=args.initial_size,
-                    query_size=args.query_size,
-                    subset_size=None,
-                    cycles=args.cycles,
-                    epochs=args.epochs,
-                    batch_size=args.batch_size,
-                    verbose=0 if args.quiet else 1,
-                ),
+            config = LoopConfig(
+                initial_size=args.initial_size,
+                query_size=args.query_size,
+                subset_size=None,
+                cycles=args.cycles,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                verbose=0 if args.quiet else 1,
             )
+            arms = args.strategies.split(",")
+            if args.trainings > 1:
+                run_trainings(dataset, arms, seed, args.out, spec, config, args.trainings, retrained(args))
+            else:
+                experiment.run_experiment(dataset, arms, [seed], args.out, spec, config)
             drop_finished_weights(args.out)
             print(f"seed {seed} done after {time.perf_counter() - start:.0f} s", flush=True)
-            print(report(args.out), flush=True)
-    print(report(args.out))
+            print(report(args.out, required_trainings(args)), flush=True)
+    print(report(args.out, required_trainings(args)))
     return 0
 
 

@@ -18,7 +18,7 @@ import keras
 from keras_lossal import acquisition
 from keras_lossal.acquisition.models import mc_dropout_model
 from keras_lossal.backbones import BACKBONES, small_cnn
-from keras_lossal.contracts import EXPERIMENT_FILE, ModelSpec, check_finite_non_negative
+from keras_lossal.contracts import EXPERIMENT_FILE, STATE_FILE, ModelSpec, check_finite_non_negative
 from keras_lossal.data import ArrayDataset
 from keras_lossal.loop import ActiveLearningLoop, LoopConfig, LoopResult
 from keras_lossal.loop_state import ResumeRefusedError, RunDirectory, write_json_atomic
@@ -119,6 +119,7 @@ def run_experiment(
     lr_schedule: dict[int, float] | None = None,
     head_for_all: bool = False,
     restart: bool = False,
+    replay_from: str | None = None,
 ) -> dict[str, list[LoopResult]]:
     """Runs every strategy with every seed (seed-major, so partial results cover all strategies).
 
@@ -138,6 +139,10 @@ def run_experiment(
         restart: discard the recorded state of these (arm, seed) runs instead of resuming them;
             without it, a run recorded with other settings is refused (`ResumeRefusedError`)
             before anything is written. Other runs in `out_dir` are left alone.
+        replay_from: another experiment directory whose finished run of each (arm, seed)
+            gives the labeled items, in labeling order, that this run trains on again
+            (`ActiveLearningLoop`'s `replay`: nothing is selected); with a `training_seed`
+            in `config` this measures the training noise of exactly those labeled sets.
 
     Returns:
         `{strategy name: [LoopResult per seed]}`.
@@ -146,7 +151,7 @@ def run_experiment(
         raise TypeError(f"Expected `config` to be a keras_lossal.LoopConfig. Received: config={config!r}")
     _check_strategies(strategies, spec, dataset)
     os.makedirs(out_dir, exist_ok=True)
-    arms = _Arms(dataset, spec, out_dir, config, lr_schedule or {}, head_for_all)
+    arms = _Arms(dataset, spec, out_dir, config, lr_schedule or {}, head_for_all, replay_from)
     names = [_arm_name(strategy) for strategy in strategies]
     runs = [(name, strategy, seed) for seed in seeds for name, strategy in zip(names, strategies)]
     # Refuse a changed setting before anything is written, so a refused command leaves the directory as it was.
@@ -188,10 +193,12 @@ class _Arms:
         config: the `LoopConfig` shared by every run (its seed is replaced per run).
         lr_schedule: `{epoch: rate}` within every cycle.
         head_for_all: train the loss-prediction head for every arm.
+        replay_from: the experiment directory whose finished runs every run here replays, or `None`.
     """
 
-    def __init__(self, dataset, spec, out_dir, config, lr_schedule, head_for_all):
+    def __init__(self, dataset, spec, out_dir, config, lr_schedule, head_for_all, replay_from=None):
         self.dataset, self.spec, self.out_dir, self.config = dataset, spec, out_dir, config
+        self.replay_from = replay_from
         self.lr_schedule = {str(epoch): rate for epoch, rate in lr_schedule.items()}
         self.head_for_all = head_for_all
         self.callbacks = [lr_schedule_callback(spec.learning_rate, lr_schedule)] if lr_schedule else []
@@ -214,6 +221,8 @@ class _Arms:
         }
         if config.training_seed is not None:
             settings["training_seed"] = config.training_seed
+        if self.replay_from is not None:
+            settings["replay_from"] = os.path.relpath(self.replay_from, self.out_dir)
         return settings
 
     def loop(self, name: str, strategy, seed: int) -> ActiveLearningLoop:
@@ -233,7 +242,21 @@ class _Arms:
             label=name,
             tags=self._tags(arm_spec, with_head),
             config=dataclasses.replace(self.config, seed=seed),
+            replay=self._replay(name, seed),
         )
+
+    def _replay(self, name: str, seed: int) -> list[int] | None:
+        """The labeled sequence of `replay_from`'s run of (`name`, `seed`); it must have finished every cycle."""
+        if self.replay_from is None:
+            return None
+        path = os.path.join(self.replay_from, name, f"seed_{seed}")
+        recorded = LoopResult.load(path) if os.path.exists(os.path.join(path, STATE_FILE)) else None
+        if recorded is None or len(recorded.cycles) < self.config.cycles:
+            done = 0 if recorded is None else len(recorded.cycles)
+            raise ValueError(
+                f"Expected a finished run of {self.config.cycles} cycles to replay in {path!r}. Received {done} cycles"
+            )
+        return recorded.labeled_indices
 
     def _tags(self, arm_spec: ModelSpec, with_head: bool) -> dict:
         """The facts a run's state records beside the loop's config (a resume with others is refused)."""

@@ -12,6 +12,7 @@ run.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -235,6 +236,11 @@ class ActiveLearningLoop:
             in the config so a resume with different ones is refused.
         label: the run's name in log lines (default: the strategy's name), to tell variants of
             one strategy apart (e.g. `"random+head"`); not part of the config.
+        replay: labeled pool indices in labeling order (a recorded run's `LoopResult.labeled_indices`), at
+            least the final labeled set's size: the initial set and every cycle's picks are taken
+            from it instead of from the seed and the strategy (nothing is scored), so a recorded
+            run's labeled sets are trained again, e.g. with another `training_seed` to measure how
+            much the training alone moves the learning curve. Recorded in the config (its SHA-256).
 
     Example:
 
@@ -263,6 +269,7 @@ class ActiveLearningLoop:
         fit_kwargs: dict | None = None,
         tags: dict | None = None,
         label: str | None = None,
+        replay=None,
     ):
         if not callable(model_factory):
             raise TypeError(
@@ -286,7 +293,34 @@ class ActiveLearningLoop:
         self.fit_kwargs = _check_fit_kwargs(fit_kwargs)
         self.tags = jsonable(dict(tags or {}))
         self.label = str(label) if label is not None else self.strategy_name
+        self.replay = None if replay is None else self._check_replay(replay)
         self.model: keras.Model | None = None
+
+    def _check_replay(self, replay) -> np.ndarray:
+        """`replay` as int64 indices: at least `final_size` distinct, finite pool items (only those are used)."""
+        indices = np.asarray(replay)
+        needed = self.loop_config.final_size
+        if indices.ndim != 1 or not (indices.size == 0 or np.issubdtype(indices.dtype, np.integer)):
+            raise ValueError(
+                f"Expected replay to be a 1-D sequence of integer pool indices. Received shape {indices.shape}"
+            )
+        if len(indices) < needed:
+            raise ValueError(
+                f"Expected replay to hold at least the final labeled set's {needed} indices "
+                f"(initial_size + (cycles - 1) * query_size). Received {len(indices)}"
+            )
+        indices = indices[:needed].astype(np.int64)
+        outside = indices[(indices < 0) | (indices >= len(self.x_train))]
+        if len(outside):
+            raise ValueError(f"Expected replay indices in [0, {len(self.x_train)}). Received {outside[:5].tolist()}")
+        if len(np.unique(indices)) != len(indices):
+            raise ValueError("Expected distinct replay indices: an item is labeled once. Received repeated indices")
+        not_finite = indices[~self.finite_pool[indices]]
+        if len(not_finite):
+            raise ValueError(
+                f"Expected replay indices of finite pool items. Received NaN/inf items {not_finite[:5].tolist()}"
+            )
+        return indices
 
     def _resolve_preprocessing(self, preprocessing) -> tuple[Any, str | None]:
         """The given preprocessing, or the one the inputs imply (images: their dtype) and the note saying so."""
@@ -335,6 +369,8 @@ class ActiveLearningLoop:
         }
         if settings.training_seed is not None:  # recorded only when set, so other runs' states stay as they were
             config["training_seed"] = settings.training_seed
+        if self.replay is not None:  # likewise
+            config["replay_sha256"] = hashlib.sha256(self.replay.tobytes()).hexdigest()
         config.update(
             pool_size=int(len(self.x_train)),
             test_size=int(len(self.x_test)),
@@ -344,15 +380,21 @@ class ActiveLearningLoop:
         return config
 
     def _resume_config(self) -> dict:
-        """The config a recorded run must match: `config()` with `training_seed` even when unset.
+        """The config a recorded run must match: `config()` with `training_seed` and `replay_sha256` even when unset.
 
-        A state without the key (every run before it existed) matches `None`;
-        one that recorded a training seed does not match a run without one.
+        A state without a key (every run before it existed) matches `None`;
+        one that recorded a training seed or a replay does not match a run without one.
         """
-        return {**self.config(), "training_seed": self.loop_config.training_seed}
+        return {
+            **self.config(),
+            "training_seed": self.loop_config.training_seed,
+            "replay_sha256": self.config().get("replay_sha256"),
+        }
 
     def initial_indices(self) -> np.ndarray:
-        """The `initial_size` random pool indices labeled before cycle 0 (seeded)."""
+        """The `initial_size` pool indices labeled before cycle 0: random (seeded), or the replay's first ones."""
+        if self.replay is not None:
+            return self.replay[: self.loop_config.initial_size]
         rng = np.random.default_rng(cycle_seed(self.loop_config.seed, 0, _PURPOSE_INITIAL))
         order = rng.permutation(len(self.x_train))
         return order[self.finite_pool[order]][: self.loop_config.initial_size]
@@ -469,8 +511,11 @@ class ActiveLearningLoop:
     def _acquire(self, model: keras.Model, progress: _Progress, cycle: int) -> dict:
         """Scores a seeded random subset of the unlabeled pool, labels the strategy's picks, records them."""
         start = time.perf_counter()
-        candidates = self._candidates(progress.is_labeled, cycle)
-        chosen = candidates[self._select(model, candidates, progress.is_labeled, cycle)]
+        if self.replay is not None:
+            chosen = self.replay[len(progress.labeled) : len(progress.labeled) + self.loop_config.query_size]
+        else:
+            candidates = self._candidates(progress.is_labeled, cycle)
+            chosen = candidates[self._select(model, candidates, progress.is_labeled, cycle)]
         record = {"acquisition_seconds": time.perf_counter() - start}
         progress.label(chosen)
         record["selected"] = [int(index) for index in chosen]

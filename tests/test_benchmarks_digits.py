@@ -36,3 +36,24 @@ def test_main_writes_reports_with_accuracies_in_range(tmp_path):
     # Finished runs keep their state only; the warm-start weights are deleted.
     assert not os.path.exists(os.path.join(out, "random", "seed_0", "weights"))
     assert "| entropy | random |" in open(os.path.join(out, "paired.md")).read()
+
+
+def test_mean_over_trainings_retrains_the_picks_and_averages_them_cycle_by_cycle(tmp_path):
+    out = str(tmp_path / "v5")
+    arguments = ["--out", out, "--seeds", "3", "--cycles", "3", "--epochs", "2", "--strategies", "random,margin"]
+    arguments += ["--trainings", "3", "--retrain", "random", "--quiet"]
+    assert label_efficiency_digits.main(arguments) == 0
+    assert sorted(os.listdir(os.path.join(out, "train2"))) == ["experiment.json", "random"]  # margin: train0 only
+    states = [json.load(open(os.path.join(out, f"train{t}", "random", "seed_3", "state.json"))) for t in range(3)]
+    assert [state["config"].get("training_seed") for state in states] == [None, 1003, 2003]
+    assert all(state["labeled_indices"] == states[0]["labeled_indices"] for state in states)
+    accuracies = np.array([[cycle["accuracy"] for cycle in state["cycles"]] for state in states])
+    assert np.ptp(accuracies, axis=0).max() > 0  # the trainings differ
+    averaged = label_efficiency_digits.averaged_runs(out, {"random": 3})
+    np.testing.assert_allclose([c["accuracy"] for c in averaged["random"][3].cycles], accuracies.mean(axis=0))
+    summary = json.load(open(os.path.join(out, "report.json")))
+    np.testing.assert_allclose(summary["strategies"]["random"]["mean"], accuracies.mean(axis=0))
+    margin = json.load(open(os.path.join(out, "train0", "margin", "seed_3", "state.json")))
+    np.testing.assert_allclose(summary["strategies"]["margin"]["mean"], [c["accuracy"] for c in margin["cycles"]])
+    # A partial retraining never enters: asking for 4 trainings leaves random out.
+    assert "random" not in label_efficiency_digits.averaged_runs(out, {"random": 4})

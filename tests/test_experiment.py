@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -213,3 +214,26 @@ def test_a_refusal_advises_restart_and_restart_discards_only_the_requested_runs(
     assert results["random"][0].config["epochs"] == 2
     assert json.load(open(os.path.join(out, "random", "seed_0", "state.json")))["config"]["epochs"] == 2
     assert open(os.path.join(other, "state.json")).read() == "{}"  # another run of the directory, left alone
+
+
+def test_replay_from_retrains_each_arms_recorded_labeled_sets_with_another_training_seed(tmp_path):
+    config = LoopConfig(initial_size=10, query_size=5, subset_size=10, cycles=3, epochs=1, verbose=0)
+    spec = experiment.ModelSpec(backbone="small_cnn", width=4)
+    picks = str(tmp_path / "train0")
+    recorded = experiment.run_experiment(tiny_dataset(), ["margin", "random"], [0, 1], picks, spec, config)
+    retrain = str(tmp_path / "train1")
+    with pytest.raises(ValueError, match=r"Expected a finished run of 3 cycles to replay in .*margin.*seed_2"):
+        experiment.run_experiment(
+            tiny_dataset(), ["margin"], [2], retrain, spec, config, replay_from=picks
+        )  # seed 2 never ran
+    replayed = experiment.run_experiment(
+        tiny_dataset(), ["margin", "random"], [0, 1], retrain, spec,
+        dataclasses.replace(config, training_seed=5), replay_from=picks,
+    )  # fmt: skip
+    for arm in ("margin", "random"):
+        for first, again in zip(recorded[arm], replayed[arm]):
+            assert again.labeled_indices == first.labeled_indices
+            assert again.config["training_seed"] == 5 and "replay_sha256" in again.config
+            assert all("acquisition_seconds" in record for record in again.cycles[:-1])
+    with open(os.path.join(retrain, "experiment.json")) as stream:
+        assert json.load(stream)["replay_from"] == os.path.join("..", "train0")

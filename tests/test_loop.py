@@ -67,7 +67,7 @@ class ScoreByModel(Strategy):
         return types.SimpleNamespace(indices=order, scores=scores[order])
 
 
-_LOOP_ARGUMENTS = ("preprocessing", "work_dir", "fit_kwargs", "tags", "label")
+_LOOP_ARGUMENTS = ("preprocessing", "work_dir", "fit_kwargs", "tags", "label", "replay")
 
 
 def _new_loop(model_factory, train_data, test_data, strategy, *sizes, **options):
@@ -553,3 +553,77 @@ def test_a_training_seed_is_recorded_and_checked_on_resume_and_older_states_stil
     with pytest.raises(ValueError, match=r"'training_seed': \(None, 0\)"):
         _loop(str(tmp_path / "older"), ScoreByModel(), cycles=3, training_seed=0).run()
     assert len(_loop(str(tmp_path / "older"), ScoreByModel(), cycles=3).run().cycles) == 3
+
+
+class _NeverCalled(Strategy):
+    """A strategy a replay must never ask: it fails the test when scored."""
+
+    name = "never_called"
+
+    def pick(self, model, pool, request):
+        raise AssertionError("a replay scored the pool")
+
+
+def test_a_replay_trains_the_recorded_labeled_sets_again_and_scores_nothing():
+    reference = _loop(None, ScoreByModel(), cycles=3, epochs=10, model_factory=_fast_classifier).run()
+    labeled = reference.labeled_indices
+    assert len(labeled) == 40  # 20 + 2 x 10
+    # The same training seed (7, the run's own) reproduces the reference exactly: same items, same weights.
+    same = _loop(None, _NeverCalled(), cycles=3, epochs=10, model_factory=_fast_classifier, replay=labeled).run()
+    assert same.labeled_indices == labeled
+    assert [record["selected"] for record in same.cycles[:-1]] == [labeled[20:30], labeled[30:40]]
+    np.testing.assert_array_equal(_weights(same), _weights(reference))
+    np.testing.assert_allclose(same.learning_curve()[1], reference.learning_curve()[1])
+    # Another training seed: the same labeled items in the same order, another training.
+    other = _loop(
+        None, _NeverCalled(), cycles=3, epochs=10, model_factory=_fast_classifier, replay=labeled, training_seed=1
+    ).run()
+    assert other.labeled_indices == labeled
+    assert np.abs(_weights(other) - _weights(reference)).max() > 1e-3
+    # A longer sequence is cut to the final labeled set; a run of fewer cycles uses its start.
+    longer = labeled + [index for index in range(120) if index not in labeled][:5]
+    assert _loop(None, _NeverCalled(), cycles=2, epochs=1, replay=longer).run().labeled_indices == labeled[:30]
+
+
+def test_a_bad_replay_is_refused_naming_what_was_expected():
+    x, y = _data()
+    x = x.astype(np.float32)
+    x[5] = np.nan
+    cases = [
+        (list(range(39)), r"at least the final labeled set's 40 indices .* Received 39"),
+        (list(range(39)) + [0], r"Expected distinct replay indices"),
+        (list(range(39)) + [120], r"Expected replay indices in \[0, 120\). Received \[120\]"),
+        (list(range(6, 46)) + [0], None),
+        ([5] + list(range(6, 45)), r"finite pool items. Received NaN/inf items \[5\]"),
+        ([[0, 1]] * 20, r"1-D sequence of integer pool indices"),
+        ([0.5] * 40, r"1-D sequence of integer pool indices"),
+    ]
+    for replay, message in cases:
+        if message is None:
+            _loop(None, _NeverCalled(), cycles=3, epochs=1, train=(x, y), replay=replay, preprocessing="identity")
+            continue
+        with pytest.raises(ValueError, match=message):
+            _loop(None, _NeverCalled(), cycles=3, epochs=1, train=(x, y), replay=replay, preprocessing="identity")
+
+
+def test_a_replay_is_recorded_and_resumes_only_with_the_same_sequence(tmp_path):
+    labeled = _loop(None, ScoreByModel(), cycles=3).run().labeled_indices
+    reference = _loop(None, _NeverCalled(), cycles=3, replay=labeled, training_seed=1).run()
+
+    class Interrupt:
+        def on_cycle_end(self, cycle, record, loop):
+            if cycle == 0:
+                raise KeyboardInterrupt("simulated crash")
+
+    work_dir = str(tmp_path / "replay")
+    with pytest.raises(KeyboardInterrupt):
+        _loop(work_dir, _NeverCalled(), cycles=3, replay=labeled, training_seed=1).run(callbacks=[Interrupt()])
+    state = json.loads((tmp_path / "replay" / STATE_FILE).read_text())
+    assert len(state["cycles"]) == 1 and len(state["config"]["replay_sha256"]) == 64
+    shuffled = labeled[:20] + labeled[30:40] + labeled[20:30]
+    for other in (shuffled, None):
+        with pytest.raises(ValueError, match="replay_sha256"):
+            _loop(work_dir, _NeverCalled(), cycles=3, replay=other, training_seed=1).run()
+    resumed = _loop(work_dir, _NeverCalled(), cycles=3, replay=labeled, training_seed=1).run()
+    assert resumed.labeled_indices == labeled
+    np.testing.assert_allclose(_weights(resumed), _weights(reference), atol=1e-4)
