@@ -33,7 +33,15 @@ with the default queue selection (k-means of the candidates' embeddings) and
 once with `selection="top_k"`, so the selection's share shows. Targets: the
 scorer and the handler >= 0.9x; a whole triage run >= 0.9x (issue 25).
 
-Run: `python benchmarks/scoring.py` (about 5 minutes on 2 cores), on a quiet machine.
+Then a remote-like scorer, a stand-in for a TF Serving host on another machine: every call waits
+`--remote-latency-ms` (the server's time, no local CPU) and returns the scores the exported model gave
+those PNGs. Its floor is that waiting alone (latency x calls); beside it a whole triage run with it, and
+the same run with no latency (the client's own work: reads, hashes, records, queue). Triage scores one
+batch while it records the previous one, so with a remote server the client's work should hide behind
+the server's time: the ratio should approach 1.0, against floor / (floor + client work) without overlap.
+
+Run: `python benchmarks/scoring.py` (about 5 minutes on 2 cores), on a quiet machine;
+`--models ""` measures the exported model, triage and the remote-like scorer only.
 """
 
 import argparse
@@ -178,7 +186,52 @@ def export_runners(args, workdir: str) -> tuple[dict, int]:
         )
     for method in methods.values():  # warm-up: tracing, first reads
         method()
-    return methods, len(pngs)
+    return methods, len(pngs), scorer, len(batches)
+
+
+class RemoteLikeScorer:
+    """A scorer standing in for a server on another machine: waits `latency` seconds per call, uses no CPU.
+
+    It answers with the outputs `scorer` gave the same payloads (computed once, on first sight), so the
+    triage records and queue are real; only the server's compute is replaced by waiting.
+    """
+
+    def __init__(self, scorer: InProcessScorer, latency: float):
+        self.scorer, self.latency, self.answers = scorer, latency, {}
+        for name in ("description", "version", "labels", "max_image_pixels", "max_image_bytes", "example_feature"):
+            setattr(self, name, getattr(scorer, name))
+
+    def score(self, kind: str, payloads: list[bytes]) -> dict:
+        key = (kind, hash(tuple(payloads)))
+        if key not in self.answers:
+            self.answers[key] = self.scorer.score(kind, payloads)
+        time.sleep(self.latency)
+        return self.answers[key]
+
+
+def remote_runners(args, workdir: str, scorer: InProcessScorer, calls: int) -> dict:
+    """The remote-like scorer's floor (waiting alone) and whole triage runs with it, with and without latency."""
+    folder = os.path.join(workdir, "unlabeled")
+    remote = RemoteLikeScorer(scorer, args.remote_latency_ms / 1000)
+    local = RemoteLikeScorer(scorer, 0.0)
+    local.answers = remote.answers
+
+    def run(with_scorer, name):
+        return triage(
+            read_items(folder), with_scorer, os.path.join(workdir, name), top_k=args.triage_top_k,
+            batch_size=args.export_batch_size, restart=True, selection="top_k", read_threads=args.read_threads,
+        )  # fmt: skip
+
+    methods = {
+        f"floor (server time: {calls} calls x {args.remote_latency_ms:g} ms)": lambda: [
+            time.sleep(remote.latency) for _ in range(calls)
+        ],
+        "triage (whole run, top_k, remote-like scorer)": lambda: run(remote, "remote"),
+        "triage, no latency (the client's own work)": lambda: run(local, "client"),
+    }
+    for method in methods.values():  # warm-up: the answers, first reads
+        method()
+    return methods
 
 
 def report(name: str, result: dict, rounds: int) -> None:
@@ -206,23 +259,32 @@ def main(argv=None):
     parser.add_argument("--triage-top-k", type=int, default=100, help="the triage runs' queue length")
     parser.add_argument("--read-threads", type=int, default=DEFAULT_READ_THREADS, help="the triage runs' readers")
     parser.add_argument("--skip-export", action="store_true")
+    parser.add_argument("--remote-latency-ms", type=float, default=20.0, help="the remote-like scorer's wait per call")
     args = parser.parse_args(argv)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cpus, tensorflow {tf.__version__}, "
         f"keras {keras.__version__}; batch_size={args.batch_size} k={args.k}"
     )
-    for name in args.models.split(","):
+    for name in filter(None, args.models.split(",")):  # --models "": the exported model and triage only
         report(name, measure(name, args), args.rounds)
     print("target: select >= 0.9x floor")
     if not args.skip_export:
         with tempfile.TemporaryDirectory(prefix="lossal_bench_scoring_") as workdir:
-            methods, items = export_runners(args, workdir)
+            methods, items, scorer, calls = export_runners(args, workdir)
             result = {"items": items, "input_shape": "PNG 28x28x1", **interleaved(methods, args.rounds)}
             report(f"exported resnet18_cifar_w8, batch {args.export_batch_size}", result, args.rounds)
-        print(
-            f"triage: top_k={args.triage_top_k}, read_threads={args.read_threads}; "
-            "target: InProcessScorer.score, LossalModelHandler.run_inference and a whole triage run >= 0.9x floor"
-        )
+            print(
+                f"triage: top_k={args.triage_top_k}, read_threads={args.read_threads}; "
+                "target: InProcessScorer.score, LossalModelHandler.run_inference and a whole triage run >= 0.9x floor"
+            )
+            remote = remote_runners(args, workdir, scorer, calls)
+            result = {"items": items, "input_shape": "PNG 28x28x1", **interleaved(remote, args.rounds)}
+            report(f"remote-like scorer, {args.remote_latency_ms:g} ms per call", result, args.rounds)
+            wall = {method: statistics.median(times) for method, times in result["wall"].items()}
+            floor, _, client = wall.values()
+            print(
+                f"without overlap a triage run would take floor + client work: x floor {floor / (floor + client):.3f}"
+            )
 
 
 if __name__ == "__main__":

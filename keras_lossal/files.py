@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import secrets
 import stat
@@ -207,21 +208,31 @@ def read_file(path: str, max_bytes: int | None = None) -> bytes:
     Traceback (most recent call last):
     OSError: not a regular file (a FIFO); only regular files are read
     """
-    if urlparse(path).scheme in REMOTE_SCHEMES:
+    if "://" in path and urlparse(path).scheme in REMOTE_SCHEMES:
         return _read_remote_file(path, max_bytes)
     try:
         # Non-blocking open: a FIFO opens at once (and is refused below) instead of waiting for a writer.
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise FileNotFoundError(f"No such file: {path!r}") from None
-    with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:  # the descriptor read directly: no file object, one read for a file that does not grow
+        info = os.fstat(descriptor)
         refused = _not_regular(info.st_mode)
         if refused is not None:
             raise OSError(refused)
         if max_bytes is not None and info.st_size > max_bytes:
             raise OSError(f"file too large: {info.st_size} bytes > max_image_bytes={max_bytes}")
-        data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+        limit = math.inf if max_bytes is None else max_bytes + 1
+        chunks, size = [], 0
+        while size < limit:
+            chunk = os.read(descriptor, int(min(limit - size, max(info.st_size + 1 - size, 65536))))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(descriptor)
     if max_bytes is not None and len(data) > max_bytes:
         raise OSError(f"file too large: more than max_image_bytes={max_bytes} bytes (it grew while read)")
     return data

@@ -72,23 +72,53 @@ def read_image_directory(
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Expected a directory of images. Received: {root!r}")
     root = os.path.abspath(root)
-    for directory, subdirectories, files in os.walk(root, followlinks=False):
-        subdirectories.sort()
-        named_like_images = set(name for name in subdirectories if name.lower().endswith(IMAGE_EXTENSIONS))
-        for name in sorted(named_like_images | set(files)):
+    real_root = os.path.realpath(root)
+    prefix = root.rstrip(os.sep) + os.sep
+    for subdirectories, files in _walk_sorted(root):
+        named_like_images = {
+            entry.name: entry for entry in subdirectories if entry.name.lower().endswith(IMAGE_EXTENSIONS)
+        }
+        for entry in sorted([*named_like_images.values(), *files], key=lambda entry: entry.name):
+            name = entry.name
             if not name.lower().endswith(IMAGE_EXTENSIONS):
                 if skipped is not None:
                     extension = os.path.splitext(name)[1].lower()
                     skipped[f"unsupported extension {extension}" if extension else "no extension"] += 1
                 continue
-            path = os.path.join(directory, name)
-            item_id = os.path.relpath(path, root).replace(os.sep, "/")
+            path = entry.path
+            item_id = path[len(prefix) :].replace(os.sep, "/")
             if name in named_like_images:
                 yield Item(item_id, path, "image", error=f"not a regular file (a directory): {path!r}")
-            elif not is_inside(root, path):
+            elif entry.is_symlink() and not is_inside(real_root, path):
                 yield Item(item_id, path, "image", error=f"path escapes the input directory {root!r} (symlink)")
             else:
                 yield Item(item_id, path, "image", functools.partial(read_file, path, max_bytes))
+
+
+def _walk_sorted(root: str) -> Iterator[tuple[list[os.DirEntry], list[os.DirEntry]]]:
+    """`(subdirectory entries, other entries)` of every directory top-down, depth first, in name order, like `os.walk`.
+
+    Symlinked directories are listed among the subdirectories but not entered, so a file found below
+    `root` can escape it only by being a symlink itself (checked by the caller from the entry, without
+    resolving every path component). Unreadable directories are passed over, as `os.walk` does.
+    """
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError:
+            continue
+        subdirectories, files = [], []
+        for entry in entries:
+            try:
+                is_directory = entry.is_dir()
+            except OSError:
+                is_directory = False
+            (subdirectories if is_directory else files).append(entry)
+        yield subdirectories, files
+        pending.extend(entry.path for entry in reversed(subdirectories) if not entry.is_symlink())
 
 
 def read_tfrecord(path: str, id_feature: str = "id") -> Iterator[Item]:

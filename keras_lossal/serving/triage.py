@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -465,6 +466,12 @@ class _Run:
 
     The logs buffer their records in memory; `commit` writes and syncs them, the candidates' features
     first, at most `COMMIT_SECONDS` apart and at the end (also when the run stops or raises).
+
+    Scoring is pipelined: a batch is scored in a thread of its own while the calling thread records the
+    batch before it (the scorer releases the interpreter while the model runs), so the records are
+    written in input order, one batch later. After a batch that failed on the server side the next one
+    waits for it, so a stop after N failed calls makes exactly N calls. A batch in flight when the run
+    stops or raises is dropped unrecorded, like an unflushed one: a resume scores it again.
     """
 
     def __init__(
@@ -493,6 +500,8 @@ class _Run:
         self.seen_this_run: set[str] = set()
         self.owner_of_content: dict[str, str] = {}  # with dedupe: sha256 -> the first item with those bytes
         self.pending: list[tuple[Item, bytes, int, str]] = []
+        self.scoring: concurrent.futures.ThreadPoolExecutor | None = None  # the scoring thread, during `score`
+        self.in_flight: tuple[concurrent.futures.Future, dict] | None = None  # the batch being scored
         self.server_error_streak = 0
         self.last_commit = time.monotonic()
         self.stopped: str | None = None
@@ -554,6 +563,7 @@ class _Run:
         """Streams `items` (read ahead by threads) through `handle`, until the end or a stop; commits, closes the logs."""
         depth = max(2 * self.settings.batch_size, 4 * self.settings.read_threads)
         stream = _read_ahead(items, self.prepare, depth, self.settings.read_threads)
+        self.scoring = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lossal-triage-scorer")
         try:
             for position, (item, prepared) in enumerate(stream):
                 self.handle(item, prepared, position)
@@ -561,8 +571,11 @@ class _Run:
                     break
             if not self.stopped:
                 self.flush()
+                self.record_in_flight()
         finally:
             stream.close()
+            self._drop_in_flight()
+            self.scoring.shutdown(wait=True)
             self.commit()
             self.scored_log.close()
             self.failures_log.close()
@@ -620,12 +633,39 @@ class _Run:
         self.counts["failed"] += len(records)
 
     def flush(self) -> None:
+        """Sends the pending batch to the scoring thread, then records the batch scored before it."""
         if not self.pending:
             return
         batch = [(item, payload) for item, payload, _, _ in self.pending]
         facts = {item.item_id: (position, digest) for item, _, position, digest in self.pending}
         self.pending.clear()
-        scored, failed = score_isolating(self.scorer, batch[0][0].kind, batch, self.labels, keep=self.rule.outputs)
+        if self.server_error_streak:  # the server failed the last batch: wait for this one's answer first
+            self.record_in_flight()
+            if self.stopped:
+                return  # not scored: a resume scores it
+        keep = self.rule.outputs
+        future = self.scoring.submit(score_isolating, self.scorer, batch[0][0].kind, batch, self.labels, keep=keep)
+        previous, self.in_flight = self.in_flight, (future, facts)
+        if previous is not None:
+            self._record(*previous)
+
+    def record_in_flight(self) -> None:
+        """Waits for the batch being scored, if any, and records it."""
+        previous, self.in_flight = self.in_flight, None
+        if previous is not None:
+            self._record(*previous)
+
+    def _drop_in_flight(self) -> None:
+        """Waits for the batch being scored and forgets it (the run stopped or raised): a resume scores it."""
+        previous, self.in_flight = self.in_flight, None
+        if previous is not None:
+            concurrent.futures.wait([previous[0]])
+
+    def _record(self, future: concurrent.futures.Future, facts: dict) -> None:
+        """Logs a scored batch: its scores (of the queue's model version) and failures, then counts and checks."""
+        scored, failed = future.result()
+        if self.stopped:
+            return  # an answer after the stop is not written
         scored, other_versions = self.versions.admit(scored)
         for record in scored:
             record["input_index"], record["sha256"] = facts[record["id"]]
@@ -720,18 +760,22 @@ def _compact_failures(path: str, scored_ids: set[str]) -> int:
 
 _END = object()
 _UNWRITTEN = object()
+_READ_CHUNK = 8  # items per reader task
 
 
 def _read_ahead(
-    items: Iterable[Item], prepare: Callable[[Item], Any], depth: int, threads: int = 1
+    items: Iterable[Item], prepare: Callable[[Item], Any], depth: int, threads: int = 1, chunk: int = _READ_CHUNK
 ) -> Iterator[tuple[Item, Any]]:
     """Yields `(item, prepare(item))` in input order; `threads` threads prepare items, at most `depth` ahead.
 
-    A background thread walks `items` and hands each to the pool; the caller takes the results in the
-    order of `items`, whatever order they finish in. Overlaps reading files (local disk, NFS, object
-    stores) with scoring; memory stays O(depth).
+    A background thread walks `items` and hands them to the pool `chunk` at a time (one task per chunk,
+    not per item: the hand-over costs more than reading a small file); the caller takes the results in
+    the order of `items`, whatever order they finish in, and an exception of `prepare` is raised at its
+    item's place. Overlaps reading files (local disk, NFS, object stores) with scoring; memory stays
+    O(depth).
     """
-    results: queue.Queue = queue.Queue(maxsize=depth)
+    chunk = max(1, min(chunk, depth // 4))  # a short read-ahead stays short
+    results: queue.Queue = queue.Queue(maxsize=max(1, depth // chunk))
     stop = threading.Event()
     pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="lossal-triage-reader")
 
@@ -744,10 +788,19 @@ def _read_ahead(
                 continue
         return False
 
+    def prepare_all(batch: list[Item]) -> list[tuple[bool, Any]]:
+        outcomes = []
+        for item in batch:
+            try:
+                outcomes.append((True, prepare(item)))
+            except BaseException as error:  # noqa: BLE001 - raised in the consuming thread, at this item
+                outcomes.append((False, error))
+        return outcomes
+
     def work() -> None:
         try:
-            for item in items:
-                if not put((item, pool.submit(prepare, item))):
+            for batch in _batched(items, chunk):
+                if not put((batch, pool.submit(prepare_all, batch))):
                     return
             put((_END, None))
         except BaseException as error:  # noqa: BLE001 - re-raised in the consuming thread
@@ -757,13 +810,23 @@ def _read_ahead(
     thread.start()
     try:
         while True:
-            item, value = results.get()
-            if item is _END:
+            batch, value = results.get()
+            if batch is _END:
                 if value is not None:
                     raise value
                 return
-            yield item, value.result()
+            for item, (ok, prepared) in zip(batch, value.result()):
+                if not ok:
+                    raise prepared
+                yield item, prepared
     finally:
         stop.set()
         thread.join(timeout=10)
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _batched(items: Iterable, size: int) -> Iterator[tuple]:
+    """Tuples of `size` consecutive items (the last may be shorter), like `itertools.batched` (Python 3.12)."""
+    iterator = iter(items)
+    while batch := tuple(itertools.islice(iterator, size)):
+        yield batch
