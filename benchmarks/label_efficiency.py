@@ -189,7 +189,7 @@ def averaged_runs(out_dir: str, required: dict[str, int] | None = None, metric: 
     directories = training_directories(out_dir)
     if 0 not in directories:
         raise FileNotFoundError(f"No train0/ (the runs that pick) under {out_dir!r}")
-    by_training = {training: finished_runs(path) for training, path in directories.items()}
+    by_training = {training: _finished_or_none(path) for training, path in directories.items()}
     averaged: dict[str, dict] = {}
     for arm, runs in by_training[0].items():
         count = (required or {}).get(arm, 1)
@@ -211,6 +211,14 @@ def averaged_runs(out_dir: str, required: dict[str, int] | None = None, metric: 
             ]
             averaged.setdefault(arm, {})[seed] = LoopResult(cycles, first.labeled_indices, first.config)
     return averaged
+
+
+def _finished_or_none(path: str) -> dict:
+    """`finished_runs(path)`, or `{}` while no run there has recorded a cycle."""
+    try:
+        return finished_runs(path)
+    except FileNotFoundError:
+        return {}
 
 
 def class_shares(complete: dict) -> str:

@@ -100,7 +100,7 @@ FIRST_ACQUISITION_CYCLE = 1
 def task_runs(path: str, registration: Registration) -> dict:
     """A task's finished runs: each (arm, seed) the mean of its registered trainings when it has them."""
     if registration.trainings:
-        return averaged_runs(path, dict(registration.trainings))
+        return averaged_runs(path, dict(registration.trainings)) if os.path.isdir(path) else {}
     return finished_runs(path)
 
 
