@@ -43,6 +43,7 @@ from keras_lossal.acquisition.strategies import (
     ScoringStrategy,
     SelectionRequest,
     Strategy,
+    TypiClust,
     get,
 )
 from keras_lossal.acquisition.streaming import Selection
@@ -66,6 +67,7 @@ __all__ = [
     "ScoringStrategy",
     "SelectionRequest",
     "Strategy",
+    "TypiClust",
     "diversity",
     "get",
     "index_pool",

@@ -23,6 +23,8 @@ __all__ = [
     "loss_rank_weights",
     "nearest_center",
     "squared_distances_to_set",
+    "typical_per_cluster",
+    "typicality",
 ]
 
 # Lloyd iterations of `kmeans` unless told otherwise (LearningLossClusters and the triage queue).
@@ -374,3 +376,95 @@ def kmeans_plus_plus_loss_weighted(
     """
     weights = loss_rank_weights(np.asarray(predicted))
     return kmeans_plus_plus_gradients(np.asarray(residuals, np.float32) * weights[:, None], features, k, seed)
+
+
+# TypiClust (Hacohen et al. 2022): neighbours of the typicality, and clusters smaller than this are passed over.
+TYPICALITY_NEIGHBOURS = 20
+MIN_CLUSTER_SIZE = 5
+
+
+def typicality(embeddings, neighbours: int = TYPICALITY_NEIGHBOURS) -> np.ndarray:
+    """Each row's typicality among `embeddings`: 1 / the mean Euclidean distance to its nearest neighbours.
+
+    The neighbours are the `min(neighbours, N - 1)` nearest other rows (TypiClust's density); a lone
+    row has typicality 0. Memory is O(N^2) for the N rows given, so call it per cluster.
+
+    Example:
+
+    >>> typicality(np.array([[0.0], [1.0], [2.0], [10.0]]), neighbours=1).round(3).tolist()
+    [1.0, 1.0, 1.0, 0.125]
+    """
+    embeddings = np.asarray(embeddings, np.float64)
+    count = len(embeddings)
+    if count < 2:
+        return np.zeros(count)
+    squared = np.sum(embeddings**2, axis=1)
+    distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * embeddings @ embeddings.T, 0.0))
+    np.fill_diagonal(distances, np.inf)
+    nearest = min(int(neighbours), count - 1)
+    mean = np.partition(distances, nearest - 1, axis=1)[:, :nearest].mean(axis=1)
+    return 1.0 / np.maximum(mean, np.finfo(np.float64).tiny)
+
+
+def typical_per_cluster(
+    embeddings,
+    clusters,
+    labeled_clusters,
+    k: int,
+    neighbours: int = TYPICALITY_NEIGHBOURS,
+    min_cluster_size: int = MIN_CLUSTER_SIZE,
+    labeled_embeddings=None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """TypiClust's picks: `(positions, typicality)` of `k` candidates, the most typical of the least covered clusters.
+
+    Each pick goes to the cluster with the fewest labeled items (those labeled before and the earlier
+    picks), the largest first among equals (then the lower cluster id), skipping clusters of fewer than
+    `min_cluster_size` items while larger ones have candidates left; within it, the candidate of
+    highest `typicality` among all the cluster's items (candidates and labeled), the lower position
+    first among equals.
+
+    Args:
+        embeddings: `(N, D)` candidates' embeddings.
+        clusters: `(N,)` each candidate's cluster id (from k-means over candidates and labeled items).
+        labeled_clusters: `(L,)` each labeled item's cluster id.
+        k: picks, at most N.
+        neighbours: neighbours of the typicality.
+        min_cluster_size: clusters (candidates + labeled) smaller than this are used only when no
+            larger cluster has candidates left.
+        labeled_embeddings: `(L, D)` labeled items' embeddings (their neighbourhood counts too), or `None`.
+
+    Example:
+
+    >>> points = np.array([[0.0], [0.1], [0.2], [5.0], [5.1], [9.0]])
+    >>> positions, _ = typical_per_cluster(points, np.array([0, 0, 0, 1, 1, 2]), np.array([0]), 2,
+    ...                                    neighbours=2, min_cluster_size=2)
+    >>> positions.tolist()  # cluster 1 has no labeled item; then cluster 0, its middle point
+    [3, 1]
+    """
+    clusters = np.asarray(clusters, np.int64)
+    labeled_clusters = np.asarray(labeled_clusters, np.int64).reshape(-1)
+    if not 1 <= k <= len(clusters):
+        raise ValueError(f"Expected 1 <= k <= {len(clusters)} (the candidates). Received: k={k}")
+    count = int(max(clusters.max(initial=-1), labeled_clusters.max(initial=-1))) + 1
+    covered = np.bincount(labeled_clusters, minlength=count)
+    sizes = np.bincount(clusters, minlength=count) + covered
+    scores = np.zeros(len(clusters))
+    members: list[list[int]] = []
+    for cluster in range(count):
+        positions = np.flatnonzero(clusters == cluster)
+        if len(positions):
+            own = np.asarray(embeddings, np.float64)[positions]
+            if labeled_embeddings is not None and covered[cluster]:
+                own = np.concatenate([own, np.asarray(labeled_embeddings, np.float64)[labeled_clusters == cluster]])
+            scores[positions] = typicality(own, neighbours)[: len(positions)]
+        order = positions[np.lexsort((positions, -scores[positions]))]  # most typical first, ties: low position
+        members.append(order.tolist()[::-1])  # popped from the end
+    picks = []
+    for _ in range(k):
+        open_clusters = [cluster for cluster in range(count) if members[cluster]]
+        large = [cluster for cluster in open_clusters if sizes[cluster] >= min_cluster_size]
+        cluster = min(large or open_clusters, key=lambda c: (covered[c], -sizes[c], c))
+        picks.append(members[cluster].pop())
+        covered[cluster] += 1
+    picks = np.asarray(picks, np.int64)
+    return picks, scores[picks]

@@ -18,8 +18,9 @@ from keras_lossal.acquisition.base import (
     resolve_from_logits,
 )
 from keras_lossal.acquisition.streaming import Selection, check_scored, finite_items
+from keras_lossal.contracts import check_integer
 
-__all__ = ["Badge", "CoreSet", "EmbeddingStrategy"]
+__all__ = ["Badge", "CoreSet", "EmbeddingStrategy", "TypiClust"]
 
 
 class EmbeddingStrategy(Strategy):
@@ -51,17 +52,22 @@ class EmbeddingStrategy(Strategy):
         function = scorer.step(self._cache_key(self.layer, "embed"), self._embed_function(model))
         return scorer.collect(function, pool, subset)
 
-    def _distances_to_labeled(self, model, labeled, embeddings: np.ndarray, batch_size: int) -> np.ndarray | None:
-        """Squared distance from each of `embeddings` to its nearest labeled item's; `None` without labeled items.
-
-        Labeled items with non-finite features or embeddings are left out.
-        """
+    def _labeled_embeddings(self, model, labeled, batch_size: int) -> np.ndarray | None:
+        """The embeddings of the labeled items with finite features and embeddings; `None` when there are none."""
         if labeled is None:
             return None
         request = SelectionRequest(k=1, batch_size=batch_size)
         _, (labeled_embeddings, finite) = self._embeddings(model, labeled, request, subset=False)
         labeled_embeddings = labeled_embeddings[finite & finite_rows(labeled_embeddings)]
-        if not len(labeled_embeddings):
+        return labeled_embeddings if len(labeled_embeddings) else None
+
+    def _distances_to_labeled(self, model, labeled, embeddings: np.ndarray, batch_size: int) -> np.ndarray | None:
+        """Squared distance from each of `embeddings` to its nearest labeled item's; `None` without labeled items.
+
+        Labeled items with non-finite features or embeddings are left out.
+        """
+        labeled_embeddings = self._labeled_embeddings(model, labeled, batch_size)
+        if labeled_embeddings is None:
             return None
         return diversity.squared_distances_to_set(embeddings, labeled_embeddings)
 
@@ -177,3 +183,67 @@ class Badge(EmbeddingStrategy):
             residuals[kept], features[kept], request.k, request.seed
         )
         return self._selection(indices, kept[chosen], distances, len(kept))
+
+
+class TypiClust(EmbeddingStrategy):
+    """TypiClust (Hacohen, Dekel & Weinshall 2022): typical items of the clusters the labels cover least.
+
+    For small budgets, where uncertainty picks can fall below random. The scored items and the labeled
+    ones are split into `labeled + k` k-means clusters of their embeddings; each pick goes to the
+    cluster with the fewest labeled items (the largest among equals, clusters under
+    `min_cluster_size` items last), and takes its most typical candidate: the highest inverse mean
+    distance to its `neighbours` nearest items of the cluster (`diversity.typical_per_cluster`).
+    Pass the labeled items as `labeled=` so the picks fill what they leave uncovered. The paper
+    embeds with a self-supervised model; here the embedding is the model's own (penultimate features
+    by default, or `layer`). Memory is O(N * D) for the (sub)pool's embeddings, plus the largest
+    cluster's squared size.
+
+    `scores` are each pick's typicality.
+
+    Args:
+        layer: name of the layer whose output is the embedding, or `None`.
+        neighbours: neighbours of the typicality (the paper: 20).
+        min_cluster_size: smaller clusters are picked from last (the paper: 5).
+
+    Example:
+
+    >>> import numpy as np, keras_lossal as kl
+    >>> model = kl.LossLearningModel(kl.backbones.resnet18_cifar(input_shape=(8, 8, 1), width=4))
+    >>> pool, labeled = np.random.rand(30, 8, 8, 1), np.random.rand(5, 8, 8, 1)
+    >>> len(set(TypiClust().select(model, pool, k=4, labeled=labeled, seed=0).indices.tolist()))
+    4
+    """
+
+    name = "typiclust"
+
+    def __init__(
+        self,
+        layer: str | None = None,
+        neighbours: int = diversity.TYPICALITY_NEIGHBOURS,
+        min_cluster_size: int = diversity.MIN_CLUSTER_SIZE,
+    ):
+        super().__init__(layer)
+        self.neighbours = check_integer("neighbours", neighbours)
+        self.min_cluster_size = check_integer("min_cluster_size", min_cluster_size)
+
+    def get_config(self) -> dict:
+        return {"layer": self.layer, "neighbours": self.neighbours, "min_cluster_size": self.min_cluster_size}
+
+    def pick(self, model, pool, request: SelectionRequest) -> Selection:
+        indices, (embeddings, finite_input) = self._embeddings(model, pool, request)
+        kept = self._finite(indices, request.k, embeddings, finite_input=finite_input)
+        candidates = embeddings[kept]
+        labeled = self._labeled_embeddings(model, request.labeled, request.batch_size)
+        labeled = np.zeros((0, candidates.shape[1]), candidates.dtype) if labeled is None else labeled
+        everything = np.concatenate([candidates, labeled])
+        clusters = diversity.kmeans(everything, min(len(labeled) + request.k, len(everything)), request.seed)
+        chosen, scores = diversity.typical_per_cluster(
+            candidates,
+            clusters[: len(candidates)],
+            clusters[len(candidates) :],
+            request.k,
+            self.neighbours,
+            self.min_cluster_size,
+            labeled,
+        )
+        return self._selection(indices, kept[chosen], scores, len(kept))

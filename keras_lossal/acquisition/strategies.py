@@ -2,7 +2,7 @@
 
 Each strategy lives with its kind: `baseline` (random), `uncertainty` (entropy,
 margin, least confidence, BALD, MC-dropout variance), `diversity_strategies`
-(core-set, BADGE) and `learning_loss` (the paper's top-K and its hard-and-diverse
+(core-set, BADGE, TypiClust) and `learning_loss` (the paper's top-K and its hard-and-diverse
 variants); the contract is `base.Strategy`, the scoring machinery
 `pool_scorer.PoolScorer`. The names stay importable from here.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from keras_lossal.acquisition.base import DEFAULT_BATCH_SIZE, ScoringStrategy, SelectionRequest, Strategy
 from keras_lossal.acquisition.baseline import Random
 from keras_lossal.acquisition.diversity import loss_rank_weights  # noqa: F401 - public here since learning_loss_badge
-from keras_lossal.acquisition.diversity_strategies import Badge, CoreSet
+from keras_lossal.acquisition.diversity_strategies import Badge, CoreSet, TypiClust
 from keras_lossal.acquisition.learning_loss import (
     LearningLoss,
     LearningLossBadge,
@@ -35,6 +35,7 @@ __all__ = [
     "BALD",
     "CoreSet",
     "Badge",
+    "TypiClust",
     "LearningLossBadge",
     "LearningLossClusters",
     "LearningLossKCenter",
@@ -58,6 +59,7 @@ STRATEGIES = {
         LearningLossKCenter,
         LearningLossBadge,
         MCDropoutVariance,
+        TypiClust,
     )
 }
 
