@@ -372,6 +372,7 @@ def test_rejects_unknown_strategy_and_bad_options():
         "learning_loss_badge",
         "mc_dropout_variance",
         "typiclust",
+        "budget_switch",
     }
 
 

@@ -5,8 +5,8 @@ items and each strategy's `Selection` as the code returned them while every stra
 lived in one `strategies.py` (the commit that added this test). Regenerate only for an intended change of behaviour:
 `python tests/test_acquisition_reference.py --write`. One intended change since: `learning_loss_clusters/*` were
 re-recorded when k-means moved into one compiled TensorFlow function (issue 25: another seeded sampler, so other
-clusters; every other strategy's picks are still those of the split). `typiclust/*` were added when the strategy was
-(issue 22), without touching the other keys.
+clusters; every other strategy's picks are still those of the split). `typiclust/*` and `budget_switch/*` were added with
+those strategies (issue 22), without touching the other keys.
 """
 
 import os

@@ -4,11 +4,15 @@ Each strategy lives with its kind: `baseline` (random), `uncertainty` (entropy,
 margin, least confidence, BALD, MC-dropout variance), `diversity_strategies`
 (core-set, BADGE, TypiClust) and `learning_loss` (the paper's top-K and its hard-and-diverse
 variants); the contract is `base.Strategy`, the scoring machinery
-`pool_scorer.PoolScorer`. The names stay importable from here.
+`pool_scorer.PoolScorer`. The names stay importable from here. The composite `BudgetSwitch`
+(one strategy while labels are scarce, another after) lives here, beside `get`, which builds its two.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+from keras_lossal.acquisition import budget
 from keras_lossal.acquisition.base import DEFAULT_BATCH_SIZE, ScoringStrategy, SelectionRequest, Strategy
 from keras_lossal.acquisition.baseline import Random
 from keras_lossal.acquisition.diversity import loss_rank_weights  # noqa: F401 - public here since learning_loss_badge
@@ -20,7 +24,9 @@ from keras_lossal.acquisition.learning_loss import (
     LearningLossKCenter,
 )
 from keras_lossal.acquisition.pool_scorer import compiled_steps  # noqa: F401 - the cache's home is pool_scorer
+from keras_lossal.acquisition.streaming import Selection
 from keras_lossal.acquisition.uncertainty import BALD, Entropy, LeastConfidence, Margin, MCDropoutVariance
+from keras_lossal.contracts import check_integer
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -36,6 +42,7 @@ __all__ = [
     "CoreSet",
     "Badge",
     "TypiClust",
+    "BudgetSwitch",
     "LearningLossBadge",
     "LearningLossClusters",
     "LearningLossKCenter",
@@ -43,6 +50,64 @@ __all__ = [
     "STRATEGIES",
     "get",
 ]
+
+
+class BudgetSwitch(Strategy):
+    """Picks with `low` while fewer than `labels_per_class` labels per class are labeled, then with `high`.
+
+    The labeled items come from `select(..., labeled=...)` (the loop passes them); without them the
+    budget is 0 labels and `low` picks. The `Selection`'s `strategy` names the switch and the strategy
+    that picked (`"budget_switch:typiclust"`).
+
+    Args:
+        low: the strategy (a name or a `Strategy`) while labels are scarce; default TypiClust.
+        high: the strategy from `labels_per_class` on; default BADGE.
+        labels_per_class: the switch point, in labeled items per class of the model.
+        num_classes: the classes, when the model's output does not tell (default: read from it).
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="hidden"), keras.layers.Dense(2)])
+    >>> switch = BudgetSwitch("random", "entropy", labels_per_class=3)
+    >>> pool = np.random.rand(20, 4)
+    >>> switch.select(model, pool, k=2, labeled=pool[:5]).strategy, switch.select(model, pool, k=2, labeled=pool[:6]).strategy
+    ('budget_switch:random', 'budget_switch:entropy')
+    """
+
+    name = "budget_switch"
+
+    def __init__(
+        self,
+        low: str | Strategy = "typiclust",
+        high: str | Strategy = "badge",
+        labels_per_class: int = budget.DEFAULT_LABELS_PER_CLASS,
+        num_classes: int | None = None,
+    ):
+        self.low, self.high = get(low), get(high)
+        if isinstance(self.low, BudgetSwitch) or isinstance(self.high, BudgetSwitch):
+            raise ValueError("Expected low and high to be strategies other than a budget switch")
+        self.labels_per_class = check_integer("labels_per_class", labels_per_class, minimum=0)
+        self.num_classes = check_integer("num_classes", num_classes, optional=True)
+
+    def get_config(self) -> dict:
+        return {
+            "low": self.low.name,
+            "high": self.high.name,
+            "labels_per_class": self.labels_per_class,
+            "num_classes": self.num_classes,
+        }
+
+    def chosen(self, model, labeled) -> Strategy:
+        """The strategy that picks with these labeled items: `low` below the switch point, else `high`."""
+        classes = self.num_classes or budget.model_classes(model)
+        return self.low if budget.labeled_count(labeled) < self.labels_per_class * classes else self.high
+
+    def pick(self, model, pool, request: SelectionRequest) -> Selection:
+        strategy = self.chosen(model, request.labeled)
+        selection = strategy.pick(model, pool, request)
+        return dataclasses.replace(selection, strategy=f"{self.name}:{strategy.name}")
+
 
 STRATEGIES = {
     strategy.name: strategy
@@ -60,6 +125,7 @@ STRATEGIES = {
         LearningLossBadge,
         MCDropoutVariance,
         TypiClust,
+        BudgetSwitch,
     )
 }
 
@@ -71,8 +137,8 @@ def get(name, **options) -> Strategy:
         name: one of `learning_loss`, `random`, `entropy`, `margin`,
             `least_confidence`, `coreset`, `bald`, `badge`,
             `learning_loss_clusters`, `learning_loss_kcenter`,
-            `learning_loss_badge`, `mc_dropout_variance`; or a
-            `Strategy` instance, returned as is.
+            `learning_loss_badge`, `mc_dropout_variance`, `typiclust`,
+            `budget_switch`; or a `Strategy` instance, returned as is.
         **options: the strategy's constructor arguments (e.g. `num_samples`
             for `bald`, `from_logits` for uncertainty strategies).
 

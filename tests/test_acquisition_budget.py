@@ -1,0 +1,52 @@
+"""BudgetSwitch: the strategy that picks follows the labeled items per class; it picks exactly what that strategy picks."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_lossal as kl
+from keras_lossal import acquisition
+from keras_lossal.acquisition import budget
+
+
+def _classifier(classes=4):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(classes, name="logits")(hidden))
+
+
+@pytest.mark.parametrize("per_class", [1, 3])
+def test_the_switch_point_is_labels_per_class_times_the_models_classes(per_class):
+    model = _classifier(classes=4)
+    pool = np.random.default_rng(0).normal(size=(60, 6)).astype(np.float32)
+    switch = acquisition.get("budget_switch", low="typiclust", high="margin", labels_per_class=per_class)
+    threshold = 4 * per_class
+    for labeled_count in (0, threshold - 1, threshold, threshold + 7):
+        labeled = None if labeled_count == 0 else pool[:labeled_count]
+        picked = switch.select(model, pool, k=5, seed=3, labeled=labeled)
+        inner = acquisition.get("typiclust" if labeled_count < threshold else "margin")
+        expected = inner.select(model, pool, k=5, seed=3, labeled=labeled)
+        assert picked.strategy == f"budget_switch:{inner.name}", labeled_count
+        np.testing.assert_array_equal(picked.indices, expected.indices)
+        np.testing.assert_allclose(picked.scores, expected.scores)
+
+
+def test_classes_come_from_the_model_or_the_option_and_bad_settings_are_refused():
+    lossal = kl.LossLearningModel(kl.backbones.resnet18_cifar(input_shape=(8, 8, 1), num_classes=7, width=4))
+    assert budget.model_classes(lossal) == 7 and budget.model_classes(_classifier(3)) == 3
+    switch = acquisition.get("budget_switch", labels_per_class=2, num_classes=5)
+    assert switch.chosen(None, np.zeros((9, 2))).name == "typiclust"
+    assert switch.chosen(None, [np.zeros((6, 2)), np.zeros((4, 2))]).name == "badge"
+    assert switch.get_config() == {"low": "typiclust", "high": "badge", "labels_per_class": 2, "num_classes": 5}
+    with pytest.raises(ValueError, match="labels_per_class to be an integer >= 0. Received: labels_per_class=-1"):
+        acquisition.get("budget_switch", labels_per_class=-1)
+    with pytest.raises(ValueError, match="Expected a strategy name in"):
+        acquisition.get("budget_switch", low="typiclustt")
+    with pytest.raises(ValueError, match="other than a budget switch"):
+        acquisition.get("budget_switch", high=acquisition.get("budget_switch"))
+    with pytest.raises(ValueError, match="count without consuming them.*Received: generator"):
+        switch.chosen(None, (batch for batch in [np.zeros((2, 2))]))
+    subclassed = keras.Sequential()  # not built: no output to read the classes from
+    with pytest.raises(ValueError, match="pass num_classes="):
+        budget.model_classes(subclassed)
