@@ -26,6 +26,12 @@ Candidates `learning_loss_clusters` (today's recommendation) and `badge`; if bot
     python benchmarks/label_efficiency_decision.py            # v3: prints the decision, writes its .md
     python benchmarks/label_efficiency_decision.py --v4       # v4 (from the runs finished so far)
     python benchmarks/label_efficiency_decision.py --v5       # v5 (likewise)
+    python benchmarks/label_efficiency_decision.py --v6       # v6 (likewise)
+
+v6 (registered after v5's digits outcome and the digits validation pilots, "Label efficiency v6:
+registration"): the one candidate `budget_switch` (TypiClust below 10 labels per class, then BADGE);
+Fashion-MNIST from v5's runs of seeds 10-14 (there the switch picks what `badge` picks, so `badge`'s
+runs are the candidate's), digits on fresh seeds 15-19; v5's rule (a)-(d).
 """
 
 from __future__ import annotations
@@ -63,6 +69,9 @@ class Registration:
     trainings: tuple[tuple[str, int], ...] = ()
     # v5: (d) on digits, accuracy at the first acquisition ≥ random's (mean over seeds).
     first_acquisition: bool = False
+    # v6: digits' own seeds (default: `seeds`), and Fashion-MNIST arms read under another arm's runs.
+    digits_seeds: tuple[int, ...] | None = None
+    fashion_aliases: tuple[tuple[str, str], ...] = ()
 
     @property
     def out(self) -> str:
@@ -94,6 +103,18 @@ V5 = Registration(
     trainings=(("random", 4), ("badge", 4), ("learning_loss_clusters", 4)),
     first_acquisition=True,
 )
+V6 = Registration(
+    "v6",
+    os.path.join(RESULTS, "label_efficiency_v5"),
+    os.path.join(RESULTS, "label_efficiency_digits_v6"),
+    ("budget_switch",),
+    (10, 11, 12, 13, 14),
+    trainings=(("random", 4), ("badge", 4), ("budget_switch", 4)),
+    first_acquisition=True,
+    digits_seeds=(15, 16, 17, 18, 19),
+    # Fashion-MNIST starts at 50 labels per class, above the switch point (10): budget_switch picks what badge picks.
+    fashion_aliases=(("budget_switch", "badge"),),
+)
 FIRST_ACQUISITION_CYCLE = 1
 
 
@@ -107,6 +128,9 @@ def task_runs(path: str, registration: Registration) -> dict:
 def fashion_runs(registration: Registration) -> dict:
     """Fashion-MNIST's runs; for v3, the comparators rerun on the candidates' code replace the earlier ones."""
     runs = task_runs(registration.fashion, registration)
+    for arm, source in registration.fashion_aliases:
+        if source in runs:
+            runs[arm] = runs[source]
     if registration.recheck:
         recheck = finished_runs(registration.recheck)
         runs = {arm: runs[arm] for arm in list(registration.finalists) + NOT_RECHECKED if arm in runs}
@@ -119,30 +143,37 @@ def _only_seeds(runs: dict, seeds) -> dict:
     return {arm: by_seed for arm, by_seed in kept.items() if by_seed}
 
 
-def complete_seeds(runs: dict, registration: Registration) -> list[int]:
-    """Seeds every finalist and every bare baseline has finished."""
+def complete_seeds(runs: dict, registration: Registration, seeds=None) -> list[int]:
+    """Seeds (default: the registration's) every finalist and every bare baseline has finished."""
     arms = list(registration.finalists) + BARE_BASELINES
-    return [seed for seed in registration.seeds if all(seed in runs.get(arm, {}) for arm in arms)]
+    return [seed for seed in seeds or registration.seeds if all(seed in runs.get(arm, {}) for arm in arms)]
 
 
-def task_section(name: str, runs: dict, registration: Registration) -> tuple[str, dict[str, bool]]:
+def task_section(name: str, runs: dict, registration: Registration, seeds=None) -> tuple[str, dict[str, bool]]:
     """The task's tables and whether each finalist qualifies (only when all its seeds are in)."""
-    seeds = complete_seeds(runs, registration)
+    registered = tuple(seeds or registration.seeds)
+    seeds = complete_seeds(runs, registration, registered)
     runs = _only_seeds(runs, seeds)
     finalists = list(registration.finalists)
     if not seeds:
         return f"## {name}: no seed complete yet\n", dict.fromkeys(finalists, False) | {"_challenger_wins": False}
     summary = results.summarise(runs)
     table = decision_table(summary, runs, finalists)
-    qualifies = {arm: len(seeds) == len(registration.seeds) and _verdict(table, arm) for arm in finalists}
+    qualifies = {arm: len(seeds) == len(registered) and _verdict(table, arm) for arm in finalists}
     controls = [arm for arm in ["random@light_joint"] if arm in runs]
     paired = results.format_paired_table(summary, finalists, BARE_BASELINES + controls)
     first_acquisition = ""
     if registration.first_acquisition and name.startswith("Digits"):
         first_acquisition, passed = first_acquisition_check(runs, finalists)
         qualifies = {arm: qualifies[arm] and passed[arm] for arm in finalists}
-    preferred, challenger = finalists
-    head_to_head = results.paired_difference(summary, challenger, preferred)
+    head_to_head, versus = {"low": float("nan")}, ""
+    if len(finalists) == 2:
+        preferred, challenger = finalists
+        head_to_head = results.paired_difference(summary, challenger, preferred)
+        versus = (
+            f"\n\n{challenger} − {preferred}: {head_to_head['mean']:+.4f} "
+            f"[{head_to_head['low']:+.4f}, {head_to_head['high']:+.4f}]"
+        )
     text = (
         f"## {name} (seeds {', '.join(map(str, seeds))})\n\n"
         + results.format_table(summary)
@@ -150,8 +181,8 @@ def task_section(name: str, runs: dict, registration: Registration) -> tuple[str
         + paired
         + "\n\nRegistered decision rule:\n\n"
         + table
-        + f"\n\n{challenger} − {preferred}: {head_to_head['mean']:+.4f} "
-        + f"[{head_to_head['low']:+.4f}, {head_to_head['high']:+.4f}]\n"
+        + versus
+        + "\n"
         + first_acquisition
     )
     return text, qualifies | {"_challenger_wins": head_to_head["low"] > 0}
@@ -179,8 +210,13 @@ def _verdict(table: str, arm: str) -> bool:
 
 def decide(verdicts: list[dict[str, bool]], registration: Registration) -> str:
     """The registered choice from the per-task verdicts."""
-    preferred, challenger = registration.finalists
     both = [arm for arm in registration.finalists if all(verdict[arm] for verdict in verdicts)]
+    if len(registration.finalists) == 1:
+        (candidate,) = registration.finalists
+        if both:
+            return f"qualifies on both tasks: {candidate}"
+        return f"{candidate} does not qualify on both tasks: the recommendation stays as it is (target missed)"
+    preferred, challenger = registration.finalists
     if not both:
         return "neither candidate qualifies on both tasks: the recommendation stays as it is (target missed)"
     if len(both) == 2:
@@ -194,11 +230,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--v4", action="store_true", help="the v4 registration (fresh seeds 5-9)")
     parser.add_argument("--v5", action="store_true", help="the v5 registration (fresh seeds 10-14, mean of trainings)")
+    parser.add_argument("--v6", action="store_true", help="the v6 registration (budget_switch; digits seeds 15-19)")
     args = parser.parse_args(argv)
-    registration = V5 if args.v5 else V4 if args.v4 else V3
+    registration = V6 if args.v6 else V5 if args.v5 else V4 if args.v4 else V3
     fashion_text, fashion = task_section("Fashion-MNIST", fashion_runs(registration), registration)
-    digits_runs = _only_seeds(task_runs(registration.digits, registration), registration.seeds)
-    digits_text, digits = task_section("Digits (64 tabular features)", digits_runs, registration)
+    digits_seeds = registration.digits_seeds or registration.seeds
+    digits_runs = _only_seeds(task_runs(registration.digits, registration), digits_seeds)
+    digits_text, digits = task_section("Digits (64 tabular features)", digits_runs, registration, digits_seeds)
     note = (
         "Fashion-MNIST: random, badge and random@light_joint from label_efficiency_recheck/ (the candidates' code); "
         "entropy, margin and coreset from the earlier code (not rerun).\n"

@@ -50,3 +50,15 @@ def test_classes_come_from_the_model_or_the_option_and_bad_settings_are_refused(
     subclassed = keras.Sequential()  # not built: no output to read the classes from
     with pytest.raises(ValueError, match="pass num_classes="):
         budget.model_classes(subclassed)
+
+
+def test_the_default_switch_picks_exactly_what_badge_picks_once_each_class_has_ten_labels():
+    model = _classifier(classes=3)
+    pool = np.random.default_rng(4).normal(size=(80, 6)).astype(np.float32)
+    labeled = np.random.default_rng(5).normal(size=(30, 6)).astype(np.float32)  # 10 per class
+    switch = acquisition.get("budget_switch")
+    for seed in (0, 1):
+        picked = switch.select(model, pool, k=7, seed=seed, labeled=labeled, subset_size=50)
+        expected = acquisition.get("badge").select(model, pool, k=7, seed=seed, labeled=labeled, subset_size=50)
+        assert picked.strategy == "budget_switch:badge"
+        np.testing.assert_array_equal(picked.indices, expected.indices)
