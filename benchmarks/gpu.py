@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         read_threads=DEFAULT_READ_THREADS,
     )
     with tempfile.TemporaryDirectory(prefix="lossal_bench_gpu_") as workdir:
-        methods, items = scoring.export_runners(export_args, workdir)
+        methods, items, _, _ = scoring.export_runners(export_args, workdir)
         timings = scoring.interleaved(methods, sizes["rounds"])
         scoring.report(
             "exported resnet18_cifar_w8 (triage)", {"items": items, "input_shape": "PNG", **timings}, sizes["rounds"]

@@ -143,7 +143,8 @@ def interleaved(methods: dict, rounds: int) -> dict:
     return {"wall": wall, "cpu": cpu}
 
 
-def export_runners(args, workdir: str) -> tuple[dict, int]:
+def export_runners(args, workdir: str) -> tuple[dict, int, InProcessScorer, int]:
+    """The exported model's methods (floor, scorer, Beam handler, whole triage runs), the items, the scorer, the calls per pass."""
     keras.utils.set_random_seed(0)
     model = kl.LossLearningModel(MODELS["resnet18_cifar_w8"][0]())
     base = os.path.join(workdir, "models", "lossal")
