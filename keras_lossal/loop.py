@@ -294,6 +294,7 @@ class ActiveLearningLoop:
         self.tags = jsonable(dict(tags or {}))
         self.label = str(label) if label is not None else self.strategy_name
         self.replay = None if replay is None else self._check_replay(replay)
+        self.replay_sha256 = None if replay is None else hashlib.sha256(self.replay.tobytes()).hexdigest()
         self.model: keras.Model | None = None
 
     def _check_replay(self, replay) -> np.ndarray:
@@ -370,7 +371,7 @@ class ActiveLearningLoop:
         if settings.training_seed is not None:  # recorded only when set, so other runs' states stay as they were
             config["training_seed"] = settings.training_seed
         if self.replay is not None:  # likewise
-            config["replay_sha256"] = hashlib.sha256(self.replay.tobytes()).hexdigest()
+            config["replay_sha256"] = self.replay_sha256
         config.update(
             pool_size=int(len(self.x_train)),
             test_size=int(len(self.x_test)),
@@ -388,7 +389,7 @@ class ActiveLearningLoop:
         return {
             **self.config(),
             "training_seed": self.loop_config.training_seed,
-            "replay_sha256": self.config().get("replay_sha256"),
+            "replay_sha256": self.replay_sha256,
         }
 
     def initial_indices(self) -> np.ndarray:
