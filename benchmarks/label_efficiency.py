@@ -387,7 +387,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="benchmarks/results/label_efficiency")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--strategies", default=",".join(ARMS), help="comma-separated arms, strategy[@recipe]")
+    parser.add_argument(
+        "--strategies", default=",".join(ARMS), help="comma-separated arms, strategy[:option=value]...[@recipe]"
+    )
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--cycles", type=int, default=6)
     parser.add_argument("--initial-size", type=int, default=500)

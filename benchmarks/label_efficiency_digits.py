@@ -218,7 +218,9 @@ def report(out_dir: str, required: dict[str, int] | None = None) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="benchmarks/results/label_efficiency_digits")
-    parser.add_argument("--strategies", default=",".join(ARMS), help="comma-separated arms, strategy[@recipe]")
+    parser.add_argument(
+        "--strategies", default=",".join(ARMS), help="comma-separated arms, strategy[:option=value]...[@recipe]"
+    )
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--cycles", type=int, default=10)
     parser.add_argument("--initial-size", type=int, default=20)

@@ -40,7 +40,9 @@ __all__ = [
     "backbone_builder",
     "backbone_fingerprint",
     "make_model_factory",
+    "arm_strategy",
     "parse_arm",
+    "parse_strategy",
     "small_cnn",
     "parse_lr_schedule",
     "lr_schedule_callback",
@@ -51,10 +53,48 @@ __all__ = [
 # Strategies whose scores need the loss-prediction head; the others train the bare backbone, as in the paper.
 HEAD_STRATEGIES = ("learning_loss", "learning_loss_clusters", "learning_loss_kcenter", "learning_loss_badge")
 ARM_SEPARATOR = "@"
+OPTION_SEPARATOR = ":"
+
+
+def parse_strategy(text: str) -> tuple[str, dict]:
+    """Splits a strategy `"name[:option=value]..."` into the name and its options for `acquisition.get`.
+
+    Values that read as integers or floats become numbers; the rest stay
+    strings (strategy names, for example). An arm's options are part of its
+    name, so each variant runs in a directory of its own.
+
+    Example:
+
+    >>> parse_strategy("budget_switch:high=margin:labels_per_class=15"), parse_strategy("entropy")
+    (('budget_switch', {'high': 'margin', 'labels_per_class': 15}), ('entropy', {}))
+    """
+    name, *pairs = text.split(OPTION_SEPARATOR)
+    options = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not key or not equals or not value or key in options:
+            raise ValueError(f"Expected strategy options as ':option=value', each option once. Received: {text!r}")
+        options[key] = _option_value(value)
+    return name, options
+
+
+def _option_value(value: str):
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def arm_strategy(arm: str):
+    """The strategy of an arm `"name[:option=value]...[@recipe]"`: its name when it has no options, else the built `Strategy`."""
+    name, options = parse_strategy(parse_arm(arm)[0])
+    return acquisition.get(name, **options) if options else name
 
 
 def parse_arm(arm: str) -> tuple[str, str | None]:
-    """Splits an arm `"strategy[@recipe]"` into the strategy name and the head recipe (or `None`).
+    """Splits an arm `"strategy[@recipe]"` into the strategy (with its `:option=value`s, see `parse_strategy`) and the head recipe (or `None`).
 
     `learning_loss@paper` trains the head with the paper's recipe; a baseline
     with a recipe (`random@recommended`) trains the head too but picks with the
@@ -228,14 +268,15 @@ class _Arms:
     def loop(self, name: str, strategy, seed: int) -> ActiveLearningLoop:
         """The loop of arm `name` (built from `strategy`, a name or an object) with seed `seed`."""
         strategy_name, recipe = parse_arm(name) if isinstance(strategy, str) else (name, None)
-        with_head = recipe is not None or self.head_for_all or strategy_name in HEAD_STRATEGIES
+        base_name = parse_strategy(strategy_name)[0] if isinstance(strategy, str) else strategy_name
+        with_head = recipe is not None or self.head_for_all or base_name in HEAD_STRATEGIES
         arm_spec = self.spec if recipe is None else dataclasses.replace(self.spec, recipe=recipe)
         dataset = self.dataset
         return ActiveLearningLoop(
             make_model_factory(arm_spec, dataset.preprocessing.input_shape, dataset.num_classes, with_head),
             (dataset.x_train, dataset.y_train),
             (dataset.x_test, dataset.y_test),
-            strategy_name if isinstance(strategy, str) else strategy,
+            arm_strategy(name) if isinstance(strategy, str) else strategy,
             preprocessing=dataset.preprocessing,
             work_dir=os.path.join(self.out_dir, name, f"seed_{seed}"),
             fit_kwargs={"callbacks": self.callbacks} if self.callbacks else None,
@@ -276,7 +317,7 @@ def _check_strategies(strategies: Sequence[Any], spec: ModelSpec, dataset: Array
     if spec.backbone not in BACKBONES:  # your own backbone: build one now, so a wrong input shape fails here
         backbone_builder(spec.backbone)(dataset.preprocessing.input_shape, dataset.num_classes, spec.width)
     for strategy in strategies:
-        resolved = acquisition.get(parse_arm(strategy)[0]) if isinstance(strategy, str) else strategy
+        resolved = acquisition.get(arm_strategy(strategy)) if isinstance(strategy, str) else strategy
         if isinstance(resolved, acquisition.BALD):
             model = make_model_factory(spec, dataset.preprocessing.input_shape, dataset.num_classes, False)()
             mc_dropout_model(model)  # raises when the backbone has no dropout layer

@@ -286,6 +286,7 @@ class ActiveLearningLoop:
         self.loop_config = config
         self.loop_config.check_pool(int(self.finite_pool.sum()))
         self.strategy, self.strategy_name = _resolve_strategy(strategy)
+        self.strategy_options = _non_default_options(self.strategy)
         self.preprocessing, self.preprocessing_note = self._resolve_preprocessing(preprocessing)
         self._check_augment()
         self.work_dir = work_dir
@@ -372,6 +373,8 @@ class ActiveLearningLoop:
             config["training_seed"] = settings.training_seed
         if self.replay is not None:  # likewise
             config["replay_sha256"] = self.replay_sha256
+        if self.strategy_options is not None:  # likewise: only a registered strategy built with other options
+            config["strategy_options"] = self.strategy_options
         config.update(
             pool_size=int(len(self.x_train)),
             test_size=int(len(self.x_test)),
@@ -390,6 +393,7 @@ class ActiveLearningLoop:
             **self.config(),
             "training_seed": self.loop_config.training_seed,
             "replay_sha256": self.replay_sha256,
+            "strategy_options": self.strategy_options,
         }
 
     def initial_indices(self) -> np.ndarray:
@@ -678,6 +682,15 @@ def _resolve_strategy(strategy) -> tuple[acquisition.Strategy, str]:
             f"pick(model, pool, request), or score(model, features) in a ScoringStrategy). Received: {strategy!r}"
         )
     return strategy, strategy.name
+
+
+def _non_default_options(strategy: acquisition.Strategy) -> dict | None:
+    """A registered strategy's options when they differ from its defaults (recorded and checked on resume), else `None`."""
+    default_type = acquisition.STRATEGIES.get(strategy.name)
+    if default_type is None or type(strategy) is not default_type:
+        return None
+    options = jsonable(strategy.get_config())
+    return None if options == jsonable(default_type().get_config()) else options
 
 
 def _check_fit_kwargs(fit_kwargs: dict | None) -> dict:

@@ -237,3 +237,34 @@ def test_replay_from_retrains_each_arms_recorded_labeled_sets_with_another_train
             assert all("acquisition_seconds" in record for record in again.cycles[:-1])
     with open(os.path.join(retrain, "experiment.json")) as stream:
         assert json.load(stream)["replay_from"] == os.path.join("..", "train0")
+
+
+def test_an_arms_strategy_options_build_the_strategy_are_recorded_and_checked_on_resume(tmp_path):
+    out = str(tmp_path / "run")
+    arm = "budget_switch:high=entropy:labels_per_class=2"
+    results = _run(out, [arm, "budget_switch", "entropy"])
+    variant, default = results[arm][0], results["budget_switch"][0]
+    assert variant.config["strategy"] == default.config["strategy"] == "budget_switch"
+    assert variant.config["strategy_options"] == {"low": "typiclust", "high": "entropy", "labels_per_class": 2,
+                                                  "num_classes": None}  # fmt: skip
+    assert "strategy_options" not in default.config  # the defaults record nothing: older states stay equal
+    assert os.path.isdir(os.path.join(out, arm, "seed_0"))
+    # 10 labels over 3 classes: above 2 per class the variant picks exactly what entropy picks.
+    assert variant.labeled_indices == results["entropy"][0].labeled_indices
+    state = os.path.join(out, arm, "seed_0", "state.json")
+    with open(state) as stream:
+        recorded = json.load(stream)
+    recorded["config"]["strategy_options"]["high"] = "margin"  # as if an earlier run had used other options
+    with open(state, "w") as stream:
+        json.dump(recorded, stream)
+    with pytest.raises(ValueError, match="different configuration; refusing to resume"):
+        _run(out, [arm])
+
+
+@pytest.mark.parametrize("text", ["badge:high", "badge:=3", "badge:high=", "badge:a=1:a=2"])
+def test_malformed_strategy_options_are_refused(text):
+    with pytest.raises(ValueError, match="Expected strategy options as ':option=value'"):
+        experiment.parse_strategy(text)
+    assert experiment.parse_strategy("typiclust:neighbours=20:x=0.5") == ("typiclust", {"neighbours": 20, "x": 0.5})
+    with pytest.raises(ValueError, match="Invalid options for strategy 'badge'"):
+        experiment.arm_strategy("badge:high=margin@paper")

@@ -81,7 +81,8 @@ def _add_protocol_arguments(protocol) -> None:
             "comma-separated arms strategy[@recipe] (default: the recommended learning-loss strategy, "
             "learning_loss_clusters, against random), e.g. learning_loss_clusters,learning_loss,random,coreset; "
             "learning_loss@paper trains the head with the paper's recipe, random@recommended is the control "
-            "that trains the head but picks at random"
+            "that trains the head but picks at random; options follow the name, "
+            "e.g. budget_switch:high=margin:labels_per_class=15"
         ),
     )
     protocol.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds, e.g. 0,1,2")
