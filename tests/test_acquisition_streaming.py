@@ -71,10 +71,14 @@ def test_one_trace_across_repeated_selects():
     strategy = acq.LearningLoss()
     model = kl.LossLearningModel(resnet18_cifar(input_shape=(8, 8, 1), num_classes=3, width=4))
     pool = np.random.default_rng(0).random((70, 8, 8, 1), dtype=np.float32)
-    for _ in range(3):
-        strategy.select(model, pool, k=5, batch_size=16)
+    strategy.select(model, pool, k=5, batch_size=16)
     function = strategy._batch_function(model, None, 16)
-    assert function.tracing_count() == 1
+    assert function._forward.experimental_get_tracing_count() == 1  # the model's forward, once
+    traced = function.tracing_count()
+    for _ in range(2):  # 70 items in batches of 16: a group of 5 batches, the last one padded
+        acq.get("learning_loss").select(model, pool, k=5, batch_size=16)
+        acq.get("learning_loss").select(model, pool[:20], k=5, batch_size=16)  # a group of 2 batches
+    assert function.tracing_count() == traced
 
 
 def test_jit_compiled_scoring_when_the_model_is_compiled_with_xla():
@@ -169,3 +173,29 @@ def test_learning_loss_clusters_clusters_only_its_candidates():
     assert whole.indices.tolist() == diversity.best_per_cluster(items[:, 2], clusters, 8).tolist()
     with pytest.raises(ValueError, match="candidates_factor >= 1. Received: candidates_factor=0.5"):
         acq.get("learning_loss_clusters", candidates_factor=0.5)
+
+
+@pytest.mark.parametrize("group", [1, 2, 3, 8])
+def test_groups_of_batches_score_and_merge_exactly_as_one_batch_per_call(monkeypatch, group):
+    # Ties and NaN across group boundaries, a padded last batch, a short last group, a subset, a tf.data pool.
+    rng = np.random.default_rng(4)
+    values = rng.integers(0, 6, 203).astype(np.float32)
+    values[rng.choice(203, 9, replace=False)] = np.nan
+    pool = values[:, None]
+    masked = np.where(np.isfinite(values), values, np.nan)
+    monkeypatch.setattr(acq.pool.IndexedPool, "group_size", lambda self, *args: group)
+    for source in (pool, tf.data.Dataset.from_tensor_slices(pool).batch(11)):
+        with pytest.warns(RuntimeWarning, match="9 of 203 pool items"):
+            selection = acq.LearningLoss().select(ScoreEcho(), source, k=40, batch_size=8)
+        assert selection.indices.tolist() == numpy_top_k(masked, 40)
+        assert (selection.num_scored, selection.num_nan) == (203, 9)
+    subset = acq.LearningLoss().select(ScoreEcho(), np.nan_to_num(pool), k=7, batch_size=8, subset_size=50, seed=2)
+    positions = ranking.sample_subset(203, 50, 2)
+    expected = positions[numpy_top_k(np.nan_to_num(values)[positions], 7)]
+    assert subset.indices.tolist() == expected.tolist()
+    function = streaming.BatchFunction(lambda x: (x[:, 0] * 2, x + 1))
+    indexed = acq.pool.index_pool(pool, batch_size=8)
+    indices, (doubled, plus_one) = streaming.collect(function, indexed)
+    assert indices.tolist() == list(range(203))
+    np.testing.assert_array_equal(doubled, values * 2)
+    np.testing.assert_array_equal(plus_one, pool + 1)

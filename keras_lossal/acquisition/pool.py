@@ -22,9 +22,14 @@ import tensorflow as tf
 
 from keras_lossal.acquisition.ranking import sample_subset
 
-__all__ = ["PAD_INDEX", "IndexedPool", "index_pool", "pool_size", "model_input_spec"]
+__all__ = ["PAD_INDEX", "GROUP_BYTES", "MAX_GROUP", "IndexedPool", "index_pool", "pool_size", "model_input_spec"]
 
 PAD_INDEX = -1
+# Scoring runs several batches per compiled call (a loop inside the call, one batch at a time), so the
+# host's fixed cost per call (dispatch, argument conversion, the top-K merge) is paid once per group.
+# A group's features are at most GROUP_BYTES (one host-to-device copy), and at most MAX_GROUP batches.
+GROUP_BYTES = 32 * 2**20
+MAX_GROUP = 8
 
 
 @dataclass(frozen=True)
@@ -35,19 +40,49 @@ class IndexedPool:
         dataset: yields `(indices int64 [batch_size], features [batch_size, ...])`.
         num_items: how many real items it yields, or `None` when unknown.
         batch_size: rows per batch.
-        array_rows: for a NumPy pool, a function yielding the same batches as
-            NumPy arrays without `tf.data` (full batches of a whole pool are
-            views of it; only the last one is padded), else `None`.
+        array_groups: for a NumPy pool, a function of `group` yielding the same
+            batches as NumPy arrays without `tf.data`, `group` batches at a time
+            (`(indices [g, batch_size], features [g, batch_size, ...])`, g <= group;
+            full groups of a whole pool are views of it, only the last batch is
+            padded), else `None`.
     """
 
     dataset: tf.data.Dataset
     num_items: int | None
     batch_size: int
-    array_rows: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None
+    array_groups: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None
 
     def batches(self) -> Iterator[tuple]:
         """The `(indices, features)` batches: NumPy arrays for a NumPy pool, tensors otherwise."""
-        return self.array_rows() if self.array_rows is not None else iter(self.dataset)
+        if self.array_groups is None:
+            return iter(self.dataset)
+        return ((indices[0], features[0]) for indices, features in self.array_groups(1))
+
+    def groups(self, group: int) -> Iterator[tuple]:
+        """The same batches, `group` at a time: `(indices [g, batch_size], features [g, batch_size, ...])`, g <= group.
+
+        Only the last group can hold fewer batches; the rows, their order and
+        their padding are those of `batches()`.
+        """
+        if self.array_groups is not None:
+            return self.array_groups(group)
+        return iter(self.dataset.batch(group).prefetch(tf.data.AUTOTUNE))
+
+    def group_size(self, max_bytes: int = GROUP_BYTES, max_group: int = MAX_GROUP) -> int:
+        """How many batches one compiled call takes: as many as fit `max_bytes` of features, 1 to `max_group`.
+
+        Example:
+
+        >>> index_pool(np.zeros((10, 16, 16, 1), "float32"), batch_size=512).group_size()
+        8
+        >>> index_pool(np.zeros((10, 224, 224, 3), "float32"), batch_size=512).group_size()
+        1
+        """
+        spec = self.dataset.element_spec[1]
+        if not spec.shape.is_fully_defined():
+            return 1
+        batch_bytes = max(1, spec.shape.num_elements() * spec.dtype.size)
+        return int(max(1, min(max_group, max_bytes // batch_bytes)))
 
 
 def model_input_spec(model) -> tf.TensorSpec | None:
@@ -135,20 +170,31 @@ def _array_dtype(array: np.ndarray, input_spec) -> np.dtype:
     return array.dtype
 
 
-def _array_rows(array: np.ndarray, positions, batch_size: int, dtype: np.dtype) -> Iterator[tuple]:
-    """`(indices, rows)` NumPy batches of `array` (or its `positions`); only a short last batch is copied to pad."""
+def _array_groups(array: np.ndarray, positions, batch_size: int, dtype: np.dtype, group: int) -> Iterator[tuple]:
+    """`(indices [g, batch_size], rows [g, batch_size, ...])` NumPy groups of `array` (or its `positions`).
+
+    Full groups of a whole pool are views of it; only the last batch is padded (a copy of the last group).
+    """
     count = len(array) if positions is None else len(positions)
-    for start in range(0, count, batch_size):
-        stop = min(start + batch_size, count)
+    step = batch_size * group
+    for start in range(0, count, step):
+        stop = min(start + step, count)
         if positions is None:
             indices, rows = np.arange(start, stop, dtype=np.int64), array[start:stop]
         else:
             indices, rows = positions[start:stop], array[positions[start:stop]]
         rows = rows.astype(dtype, copy=False)
-        if stop - start < batch_size:
-            indices = np.concatenate([indices, np.full(batch_size - (stop - start), PAD_INDEX, np.int64)])
-            rows = np.concatenate([rows, np.zeros((batch_size - (stop - start), *array.shape[1:]), dtype)])
-        yield indices, rows
+        padding = -(stop - start) % batch_size
+        if padding:
+            indices = np.concatenate([indices, np.full(padding, PAD_INDEX, np.int64)])
+            rows = np.concatenate([rows, np.zeros((padding, *array.shape[1:]), dtype)])
+        yield indices.reshape(-1, batch_size), rows.reshape(-1, batch_size, *array.shape[1:])
+
+
+def _array_rows(array: np.ndarray, positions, batch_size: int, dtype: np.dtype) -> Iterator[tuple]:
+    """`(indices, rows)` NumPy batches of `array` (or its `positions`); only a short last batch is copied to pad."""
+    for indices, rows in _array_groups(array, positions, batch_size, dtype, 1):
+        yield indices[0], rows[0]
 
 
 def _array_batches(array: np.ndarray, rows: Callable, batch_size: int, dtype: np.dtype) -> tf.data.Dataset:
@@ -278,8 +324,9 @@ def index_pool(
     if isinstance(pool, np.ndarray):
         dtype = _array_dtype(pool, input_spec)
         rows = functools.partial(_array_rows, pool, positions, batch_size, dtype)
+        groups = functools.partial(_array_groups, pool, positions, batch_size, dtype)
         dataset = _array_batches(pool, rows, batch_size, dtype)
-        return IndexedPool(dataset.prefetch(tf.data.AUTOTUNE), num_items, batch_size, rows)
+        return IndexedPool(dataset.prefetch(tf.data.AUTOTUNE), num_items, batch_size, groups)
     source = pool if isinstance(pool, tf.data.Dataset) else _iterable_as_dataset(pool)
     dataset = _dataset_batches(source, positions, batch_size, input_spec, True if source is not pool else batched)
     return IndexedPool(dataset.prefetch(tf.data.AUTOTUNE), num_items, batch_size)

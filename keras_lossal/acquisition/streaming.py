@@ -3,12 +3,13 @@
 A pass ends in a `Selection` (the picked positions, best first, and their
 scores) or in the collected outputs.
 
-One `tf.function` per (strategy, model, batch size): every batch has the same
-padded shape, so it traces once. A top-K selection merges each batch into a
-running top-K inside that compiled step, on the device, and reads the result
-back once at the end: per batch the host only slices the pool and calls the
-step (NumPy pools skip `tf.data`), which is what keeps scoring at the speed of
-a bare compiled forward pass. Under an active `tf.distribute` strategy the
+One compiled step per (strategy, model, batch size): every batch has the same
+padded shape, so it traces once. Each call takes a group of batches and runs
+them one at a time in a loop inside the call. A top-K selection merges each
+group into a running top-K inside that compiled step, on the device, and reads
+the result back once at the end: per group the host only slices the pool and
+calls the step (NumPy pools skip `tf.data`), which is what keeps scoring at the
+speed of a bare compiled forward pass. Under an active `tf.distribute` strategy the
 batches are split across replicas and gathered back with their indices, and
 the running top-K is merged on the host. Results stream, so scoring memory
 does not grow with the pool (a collector for embeddings is the exception).
@@ -100,20 +101,28 @@ def scoring_strategy() -> tf.distribute.Strategy | None:
 class BatchFunction:
     """`fn(features) -> outputs` compiled once, run per batch, optionally across replicas.
 
+    On one device a compiled call takes a group of batches (`IndexedPool.group_size`: up to 8, at most
+    32 MiB of features) and runs `fn` on them one batch at a time in a loop inside the call, so the
+    host's fixed cost per call is paid once per group. `fn` still sees `(batch_size, ...)` features, and
+    every output equals a call per batch. Under a `tf.distribute` strategy each call takes one batch,
+    split across the replicas.
+
     Args:
         fn: maps a `(batch, ...)` features tensor to a tensor or tuple of
             tensors with the batch as dim 0.
-        jit_compile: compile the per-batch steps with XLA (the strategies pass
-            the model's own `jit_compile`, which Keras resolves to XLA on GPUs).
+        jit_compile: compile the steps with XLA (the strategies pass the
+            model's own `jit_compile`, which Keras resolves to XLA on GPUs).
     """
 
     def __init__(self, fn: Callable, jit_compile: bool = False):
         self.fn = fn
         self.jit_compile = bool(jit_compile)
         self.distribution = scoring_strategy()
-        self._top_k_step = None
+        self._steps: dict = {}  # (kind, k, features spec) -> concrete function of a grouped step
         if self.distribution is None:
-            self._compiled = tf.function(fn, jit_compile=self.jit_compile)
+            self._forward = tf.function(fn)  # traced once per features spec, called inside the grouped steps
+            self._grouped_outputs = tf.function(self._outputs_step, jit_compile=self.jit_compile)
+            self._grouped_top_k = tf.function(self._top_k_step, jit_compile=self.jit_compile)
         else:
             distribution = self.distribution
 
@@ -127,48 +136,97 @@ class BatchFunction:
         return 1 if self.distribution is None else self.distribution.num_replicas_in_sync
 
     def tracing_count(self) -> int:
-        """How many times the compiled functions (the batch function and the top-K step) have been traced."""
-        steps = [self._compiled] + ([self._top_k_step] if self._top_k_step is not None else [])
+        """How many times the compiled functions have been traced: `fn`, and the loop around it, once per features spec."""
+        if self.distribution is not None:
+            return self._compiled.experimental_get_tracing_count()
+        steps = (self._forward, self._grouped_outputs, self._grouped_top_k)
         return sum(step.experimental_get_tracing_count() for step in steps)
 
-    def top_k_step(self) -> Callable:
-        """The compiled `step(best_keys, best_scores, best_indices, counts, indices, features)` of a device top-K.
+    def _map(self, features, score: bool):
+        """`fn` over `features [g, batch, ...]`, one batch per loop iteration; outputs `[g * batch, ...]`."""
+        forward = self._forward.get_concrete_function(tf.TensorSpec(features.shape[1:], features.dtype))
+        if score:
+            batch = features.shape[1]
+            outputs = tf.map_fn(
+                lambda x: tf.reshape(tf.cast(forward(x), tf.float32), [batch]),
+                features,
+                fn_output_signature=tf.TensorSpec([batch], tf.float32),
+                parallel_iterations=1,
+            )
+        else:
+            signature = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), forward.structured_outputs)
+            outputs = tf.map_fn(forward, features, fn_output_signature=signature, parallel_iterations=1)
+        return tf.nest.map_structure(lambda output: tf.reshape(output, [-1, *output.shape[2:]]), outputs)
 
-        It scores the batch with `fn` (one float32 score per item, NaN for an
-        item never to pick), merges it into the running top-K (length k, best
-        first) and adds `[real items, NaN items]` to `counts`. The ranking key
-        is `_order_key` of the score, so subnormal scores order exactly even
-        where the device flushes them to zero; padding rows (index
-        `PAD_INDEX`) and NaN scores get the lowest key. `tf.math.top_k` puts
-        the lower position first among equal keys, and the running set
-        precedes the batch, whose indices only grow along the pool: so ties go
-        to the lower pool index, the order of `ranking.rank_order`.
+    def _outputs_step(self, features):
+        return self._map(features, score=False)
+
+    def _top_k_step(self, best_keys, best_scores, best_indices, counts, indices, features):
+        """Scores a group of batches with `fn` (one float32 score per item, NaN for an item never to pick),
+        merges it into the running top-K (length k, best first) and adds `[real items, NaN items]` to `counts`.
+
+        The ranking key is `_order_key` of the score, so subnormal scores
+        order exactly even where the device flushes them to zero; padding rows
+        (index `PAD_INDEX`) and NaN scores get the lowest key.
+        `tf.math.top_k` puts the lower position first among equal keys, and
+        the running set precedes the group, whose indices only grow along the
+        pool: so ties go to the lower pool index, the order of
+        `ranking.rank_order`, exactly as a merge after every batch would.
         """
-        if self._top_k_step is None:
-            fn = self.fn
+        scores = self._map(features, score=True)
+        indices = tf.reshape(indices, [-1])
+        real = indices >= 0
+        is_nan = tf.logical_and(real, tf.math.is_nan(scores))
+        usable = tf.logical_and(real, tf.logical_not(is_nan))
+        keys = tf.where(usable, _order_key(scores), tf.fill(tf.shape(scores), tf.int32.min))
+        merged_keys = tf.concat([best_keys, keys], axis=0)
+        top = tf.math.top_k(merged_keys, k=best_keys.shape[0], sorted=True)
+        new_scores = tf.gather(tf.concat([best_scores, scores], axis=0), top.indices)
+        new_indices = tf.gather(tf.concat([best_indices, indices], axis=0), top.indices)
+        added = tf.stack([tf.reduce_sum(tf.cast(real, tf.int64)), tf.reduce_sum(tf.cast(is_nan, tf.int64))])
+        return top.values, new_scores, new_indices, counts + added
 
-            def step(best_keys, best_scores, best_indices, counts, indices, features):
-                scores = tf.reshape(tf.cast(fn(features), tf.float32), (-1,))
-                real = indices >= 0
-                is_nan = tf.logical_and(real, tf.math.is_nan(scores))
-                usable = tf.logical_and(real, tf.logical_not(is_nan))
-                keys = tf.where(usable, _order_key(scores), tf.fill(tf.shape(scores), tf.int32.min))
-                merged_keys = tf.concat([best_keys, keys], axis=0)
-                top = tf.math.top_k(merged_keys, k=best_keys.shape[0], sorted=True)
-                new_scores = tf.gather(tf.concat([best_scores, scores], axis=0), top.indices)
-                new_indices = tf.gather(tf.concat([best_indices, indices], axis=0), top.indices)
-                added = tf.stack([tf.reduce_sum(tf.cast(real, tf.int64)), tf.reduce_sum(tf.cast(is_nan, tf.int64))])
-                return top.values, new_scores, new_indices, counts + added
+    def _step(self, kind: str, k: int, features):
+        """The concrete grouped step for this features spec, any number of batches per group (traced once)."""
+        shape, dtype = tuple(features.shape[1:]), tf.as_dtype(features.dtype)
+        key = (kind, k, shape, dtype)
+        step = self._steps.get(key)
+        if step is None:
+            group = tf.TensorSpec([None, *shape], dtype)
+            if kind == "outputs":
+                step = self._grouped_outputs.get_concrete_function(group)
+            else:
+                state = [tf.TensorSpec([k], tf.int32), tf.TensorSpec([k], tf.float32), tf.TensorSpec([k], tf.int64)]
+                indices = tf.TensorSpec([None, shape[0]], tf.int64)
+                step = self._grouped_top_k.get_concrete_function(*state, tf.TensorSpec([2], tf.int64), indices, group)
+            self._steps[key] = step
+        return step
 
-            self._top_k_step = tf.function(step, jit_compile=self.jit_compile)
-        return self._top_k_step
+    def top_k(self, indexed: IndexedPool, k: int, progress=None) -> tuple:
+        """The running top-K over the pool on the device: `(scores, indices, num_scored, num_nan)`, one read back at the end."""
+        best_keys = tf.fill([k], tf.int32.min)
+        best_scores = tf.fill([k], float("nan"))
+        best_indices = tf.fill([k], tf.constant(PAD_INDEX, tf.int64))
+        counts = tf.zeros([2], tf.int64)  # [items scored, NaN items]
+        steps_done = 0
+        for indices, features in indexed.groups(indexed.group_size()):
+            step = self._step("top_k", k, features)
+            state = (best_keys, best_scores, best_indices, counts)
+            best_keys, best_scores, best_indices, counts = step(*state, *map(tf.convert_to_tensor, (indices, features)))
+            steps_done += int(indices.shape[0])
+            if progress is not None:
+                progress.update(steps_done, [("items", int(counts[0]))], finalize=False)
+        num_scored, num_nan = (int(count) for count in counts.numpy())
+        if progress is not None:
+            progress.update(steps_done, [("items", num_scored)], finalize=True)
+        return best_scores.numpy(), best_indices.numpy(), num_scored, num_nan
 
     def batches(self, indexed: IndexedPool):
-        """Yields `(indices, outputs)` NumPy pairs for the real (unpadded) rows of each batch."""
+        """Yields `(indices, outputs)` NumPy pairs for the real (unpadded) rows of each group of batches."""
         if self.distribution is None:
-            for indices, features in indexed.batches():
-                outputs = self._compiled(features)
-                yield _unpad(np.asarray(indices), outputs)
+            for indices, features in indexed.groups(indexed.group_size()):
+                outputs = self._step("outputs", 0, features)(tf.convert_to_tensor(features))
+                yield _unpad(np.asarray(indices).reshape(-1), outputs)
         else:
             for indices, features in self.distribution.experimental_distribute_dataset(indexed.dataset):
                 replica_indices, replica_outputs = self._compiled(indices, features)
@@ -213,7 +271,7 @@ def run(batch_function: BatchFunction, indexed: IndexedPool, consume: Callable, 
     for indices, outputs in batch_function.batches(indexed):
         consume(indices, outputs)
         seen += len(indices)
-        steps_done += 1
+        steps_done = -(-seen // indexed.batch_size)  # batches: only the last one is short
         if progress is not None:
             progress.update(steps_done, [("items", seen)], finalize=False)
     if progress is not None:
@@ -261,24 +319,7 @@ def top_k_selection(
 
 def _device_top_k(batch_function: BatchFunction, indexed: IndexedPool, k: int, verbose: int):
     """The running top-K kept on the device by the compiled step; one transfer at the end."""
-    step = batch_function.top_k_step()
-    best_keys = tf.fill([k], tf.int32.min)
-    best_scores = tf.fill([k], float("nan"))
-    best_indices = tf.fill([k], tf.constant(PAD_INDEX, tf.int64))
-    counts = tf.zeros([2], tf.int64)  # [items scored, NaN items]
-    progress = _progress_bar(indexed, verbose)
-    steps_done = 0
-    for indices, features in indexed.batches():
-        best_keys, best_scores, best_indices, counts = step(
-            best_keys, best_scores, best_indices, counts, indices, features
-        )
-        steps_done += 1
-        if progress is not None:
-            progress.update(steps_done, [("items", int(counts[0]))], finalize=False)
-    num_scored, num_nan = (int(count) for count in counts.numpy())
-    if progress is not None:
-        progress.update(steps_done, [("items", num_scored)], finalize=True)
-    return best_scores.numpy(), best_indices.numpy(), num_scored, num_nan
+    return batch_function.top_k(indexed, k, _progress_bar(indexed, verbose))
 
 
 def _host_top_k(batch_function: BatchFunction, indexed: IndexedPool, k: int, verbose: int):
