@@ -68,3 +68,36 @@ def test_production_round_example_runs_two_rounds(tmp_path, capsys):
     assert [record["added"] for record in again] == [36, 36]
     assert sorted(os.listdir(space.models)) == ["1", "2"]
     assert open(space.manifest, "rb").read() == before
+
+
+def test_labeling_folders_writes_the_docs_layout_with_true_classes(tmp_path):
+    import csv
+
+    import labeling_folders
+    import numpy as np
+    from test_data import write_fake_fashion_mnist
+
+    from keras_lossal.labeling import manifest
+
+    arrays = write_fake_fashion_mnist(str(tmp_path / "idx"), train=300)
+    out = str(tmp_path / "work" / "data")
+    args = ["--out", out, "--classes", "coat,shirt", "--labeled-per-class", "3", "--pool", "20"]
+    assert labeling_folders.main([*args, "--data-dir", str(tmp_path / "idx")]) == 0
+    truth = list(csv.DictReader(open(tmp_path / "work" / "pool_truth.csv")))
+    assert len(truth) == 20 and len(os.listdir(os.path.join(out, "pool"))) == 20
+    pool_indices = {int(row["path"][5:10]) for row in truth}
+    for row in truth:  # each file holds that training image, of the class the truth names
+        index = int(row["path"][5:10])
+        assert row["label"] == labeling_folders.FOLDER_NAMES[arrays["y_train"][index]] in ("coat", "shirt")
+    for name, class_index in (("coat", 4), ("shirt", 6)):
+        files = sorted(os.listdir(os.path.join(out, "labeled", name)))
+        assert len(files) == 3 and not {int(f[:5]) for f in files} & pool_indices
+        assert all(arrays["y_train"][int(f[:5])] == class_index for f in files)
+    import tensorflow as tf
+
+    first = truth[0]["path"]
+    decoded = tf.io.decode_png(open(os.path.join(out, first), "rb").read()).numpy()[..., 0]
+    np.testing.assert_array_equal(decoded, arrays["x_train"][int(first[5:10])])
+    records = manifest.from_folders(os.path.join(out, "labeled"), str(tmp_path / "labeled.jsonl"))
+    assert sorted({record["label"] for record in records}) == ["coat", "shirt"] and len(records) == 6
+    assert labeling_folders.main([*args, "--classes", "coat,jacket", "--data-dir", str(tmp_path / "idx")]) == 2

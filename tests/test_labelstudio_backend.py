@@ -27,7 +27,8 @@ from keras_lossal.labelstudio_backend.config import BackendConfig  # noqa: E402
 from keras_lossal.labelstudio_backend.labels import ANNOTATION_LOG, REJECTS_LOG  # noqa: E402
 from keras_lossal.labelstudio_backend.retraining import BASELINE_FILE, Round, RoundCommands  # noqa: E402
 from keras_lossal.labelstudio_backend.service import LABEL_CONFIG_FILE, LabelStudioBackend  # noqa: E402
-from keras_lossal.serving import InProcessScorer  # noqa: E402
+from keras_lossal.serving import InProcessScorer, read_items, triage  # noqa: E402
+from keras_lossal.serving.labeling import LabelStudioOptions  # noqa: E402
 
 RECORDINGS = os.path.join(os.path.dirname(__file__), "data", "labelstudio", "ml_backend", "requests.json")
 SECRET = "test-secret"
@@ -218,7 +219,7 @@ def test_recorded_requests_replay(model_dir, tmp_path):
 def _assert_same_shape(record, answer):
     recorded = record["response"]
     if record["path"] == "/setup":
-        assert set(answer) == {"model_version"} and answer["model_version"].endswith(":version=1")
+        assert set(answer) == {"model_version"} and answer["model_version"].endswith("/1")
     elif record["path"] == "/predict":
         assert len(answer["results"]) == len(recorded["results"]) == len(record["body"]["tasks"])
         for mine, theirs in zip(answer["results"], recorded["results"]):
@@ -274,7 +275,13 @@ def test_bad_tasks_get_their_own_error_and_the_rest_are_predicted(model_dir, roo
         prediction = by_task[task_id]
         assert prediction["score"] == pytest.approx(float(expected["predicted_loss"][row]), abs=1e-6)
         assert prediction["result"][0]["value"]["choices"] == [scorer.labels[int(expected["class_id"][row])]]
-        assert prediction["model_version"] == f"saved_model:{model_dir}:version=1"
+        assert prediction["model_version"] == f"{os.path.basename(model_dir)}/1"
+    # The same model version name as the predictions triage writes into its tasks for `lossal labelstudio push`.
+    out = str(tmp_path / "triage")
+    triage(read_items(os.path.join(root, "pool")), scorer, out, top_k=3, label_studio=LabelStudioOptions(root))
+    with open(os.path.join(out, "label_studio_tasks.json")) as stream:
+        (pushed,) = {prediction["model_version"] for task in json.load(stream) for prediction in task["predictions"]}
+    assert pushed == by_task[1]["model_version"]
 
 
 def test_https_images_only_when_allowed(model_dir, root, tmp_path, monkeypatch):
@@ -331,11 +338,11 @@ def test_setup_answers_the_served_version_and_refuses_a_model_outside_the_choice
     client = client_for(backend)
     try:
         answer = client.post("/setup", json={"project": "1.5", "schema": LABEL_CONFIG})
-        assert answer.json() == {"model_version": f"saved_model:{model_dir}:version=1"}
+        assert answer.json() == {"model_version": f"{os.path.basename(model_dir)}/1"}
         narrow = LABEL_CONFIG.replace('<Choice value="bird"/>', "")
         refused = client.post("/setup", json={"project": "1.5", "schema": narrow})
         assert refused.status_code == 422 and "['bird'] are not choices" in refused.json()["error"]
-        assert client.get("/versions").json() == {"versions": [f"saved_model:{model_dir}:version=1"]}
+        assert client.get("/versions").json() == {"versions": [f"{os.path.basename(model_dir)}/1"]}
         assert client.get("/").json()["status"] == "UP"
     finally:
         backend.close()
@@ -538,16 +545,16 @@ def test_new_labels_start_a_round_and_predictions_switch_once_published(model_di
         assert backend.retrainer.rounds() == []  # one label: not yet
         client.post("/webhook", json=annotation_event(2, task(2, local("d0.png")), 1, ["dog"]))
         assert wait_until(lambda: [r.status for r in backend.retrainer.rounds()] == ["published"])
-        assert client.post("/setup", json={"schema": LABEL_CONFIG}).json()["model_version"].endswith(":version=2")
+        assert client.post("/setup", json={"schema": LABEL_CONFIG}).json()["model_version"].endswith("/2")
         (result,) = client.post("/predict", json=body).json()["results"]
-        assert result["model_version"] == f"saved_model:{model_dir}:version=2"
+        assert result["model_version"] == f"{os.path.basename(model_dir)}/2"
         (round_,) = backend.retrainer.rounds()
         assert (round_.number, round_.version, round_.labels) == (1, 2, 2)
         snapshot = [json.loads(line) for line in open(round_.path("labeled.jsonl"))]
         assert all(os.path.isabs(record["path"]) and os.path.isfile(record["path"]) for record in snapshot)
         status = client.get("/status").json()["retraining"]
         assert (status["labels"], status["labels_trained"], status["last_round"]["status"]) == (2, 2, "published")
-        assert client.get("/versions").json()["versions"][-1].endswith(":version=2")
+        assert client.get("/versions").json()["versions"][-1].endswith("/2")
     finally:
         backend.close()
 
@@ -609,21 +616,17 @@ def test_through_tf_serving_a_published_version_is_served_once_the_server_loads_
     client = TestClient(create_app(backend))
     body = {"tasks": [task(1, local("d2.png")), task(2, local("missing.png"))], "label_config": LABEL_CONFIG}
     try:
-        assert client.post("/setup", json={"schema": LABEL_CONFIG}).json() == {
-            "model_version": "server:lossal:version=1"
-        }
+        assert client.post("/setup", json={"schema": LABEL_CONFIG}).json() == {"model_version": "lossal/1"}
         first, missing = client.post("/predict", json=body).json()["results"]
         expected = InProcessScorer(model_dir).score("image", [open(os.path.join(root, "pool", "d2.png"), "rb").read()])
         assert first["score"] == pytest.approx(float(expected["predicted_loss"][0]), abs=1e-5)
-        assert first["model_version"] == "server:lossal:version=1" and missing["error"].startswith("not found")
+        assert first["model_version"] == "lossal/1" and missing["error"].startswith("not found")
         client.post("/webhook", json=annotation_event(1, task(1, local("b0.png")), 1, ["cat"]))
         assert wait_until(lambda: [r.status for r in backend.retrainer.rounds()] == ["published"])
-        assert client.post("/predict", json=body).json()["results"][0]["model_version"].endswith(":version=1")
+        assert client.post("/predict", json=body).json()["results"][0]["model_version"].endswith("/1")
         service.repository.poll(latest_only=True)  # TF Serving loads the version that appeared under its base path
-        assert client.post("/setup", json={"schema": LABEL_CONFIG}).json() == {
-            "model_version": "server:lossal:version=2"
-        }
-        assert client.post("/predict", json=body).json()["results"][0]["model_version"] == "server:lossal:version=2"
+        assert client.post("/setup", json={"schema": LABEL_CONFIG}).json() == {"model_version": "lossal/2"}
+        assert client.post("/predict", json=body).json()["results"][0]["model_version"] == "lossal/2"
     finally:
         backend.close()
         server.stop(None)
@@ -673,11 +676,11 @@ def test_a_backend_killed_mid_export_resumes_and_never_serves_a_half_written_ver
         time.sleep(2)  # the resumed round runs (or waits for the orphaned step): version 1 is still what is served
         assert sorted(n for n in os.listdir(model_dir) if not n.startswith(".")) == ["1"]
         assert backend.retrainer.rounds()[0].status == "exporting"
-        assert client.post("/predict", json=body).json()["results"][0]["model_version"].endswith(":version=1")
+        assert client.post("/predict", json=body).json()["results"][0]["model_version"].endswith("/1")
         go.write_text("")
         assert wait_until(lambda: backend.retrainer.rounds()[0].status == "published", 120)
-        assert client.post("/setup", json={"schema": LABEL_CONFIG}).json()["model_version"].endswith(":version=2")
-        assert client.post("/predict", json=body).json()["results"][0]["model_version"].endswith(":version=2")
+        assert client.post("/setup", json={"schema": LABEL_CONFIG}).json()["model_version"].endswith("/2")
+        assert client.post("/predict", json=body).json()["results"][0]["model_version"].endswith("/2")
     finally:
         backend.close()
         if kill != "whole process group":

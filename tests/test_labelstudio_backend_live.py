@@ -73,14 +73,15 @@ def _initial_model(root: str, work: str) -> tuple[str, str]:
     return manifest, base
 
 
-def _start_backend(work: str, manifest: str, base: str, root: str, project: int) -> tuple[subprocess.Popen, int]:
+def _start_backend(
+    work: str, manifest: str, base: str, root: str, project: int, secret: bool = True
+) -> tuple[subprocess.Popen, int]:
     port = free_port()
     command = [
         sys.executable, "-m", "keras_lossal.cli", "labelstudio", "backend", "--model", base,
         "--document-root", root, "--manifest", manifest, "--state-dir", os.path.join(work, "state"),
-        "--project", str(project), "--retrain-every", "4", "--train-args", TRAIN_ARGS,
-        "--port", str(port), "--secret-env", "LOSSAL_BACKEND_SECRET",
-    ]  # fmt: skip
+        "--project", str(project), "--retrain-every", "4", "--train-args", TRAIN_ARGS, "--port", str(port),
+    ] + (["--secret-env", "LOSSAL_BACKEND_SECRET"] if secret else [])  # fmt: skip
     environment = dict(os.environ, LOSSAL_BACKEND_SECRET=SECRET)
     log = open(os.path.join(work, "backend.log"), "wb")
     process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -177,7 +178,7 @@ def _round_one(server, project, proxy, base, root, transcript) -> int:
         expected=201,
     )  # fmt: skip
     assert backend["state"] == "CO", backend
-    assert backend["model_version"].endswith(":version=1")
+    assert backend["model_version"].endswith("/1")
     (hook,) = server.call("GET", f"/api/webhooks?project={project}")  # Label Studio made it for the backend
     assert hook["url"] == proxy.url + "/webhook" and hook["send_for_all_actions"]
     server.call("PATCH", f"/api/webhooks/{hook['id']}", {"headers": {"X-Lossal-Secret": SECRET}})
@@ -234,7 +235,7 @@ def _label_and_retrain(server, project, proxy, task_ids, manifest, port, transcr
             break
         time.sleep(2)
     assert status["retraining"]["last_round"]["status"] == "published", status
-    assert status["model_version"].endswith(":version=2")
+    assert status["model_version"].endswith("/2")
     transcript.append(f"annotations posted through the API: {', '.join(f'{n} {label}' for n, label in plan)}")
     transcript += [f"  /webhook -> {json.dumps(answer)}" for answer in _webhook_answers(proxy)[-len(plan) :]]
     transcript.append(f"GET /status {time.monotonic() - started:.0f} s later -> {json.dumps(status)}")
@@ -249,7 +250,7 @@ def _webhook_answers(proxy) -> list[dict]:
 def _round_two(server, project, proxy, base, root, transcript) -> None:
     _retrieve_predictions(server, project)
     (backend,) = server.call("GET", f"/api/ml?project={project}")
-    assert backend["model_version"].endswith(":version=2")  # /setup answered the new version
+    assert backend["model_version"].endswith("/2")  # /setup answered the new version
     predictions = _predictions(server, project)
     expected = _expected_scores(base, root, 2)
     for name, prediction in predictions.items():
@@ -293,3 +294,24 @@ def _check_and_keep_recordings(recorded: list[dict], transcript: list[str]) -> N
         os.makedirs(os.path.dirname(RECORDINGS), exist_ok=True)
         with open(RECORDINGS, "w") as handle:
             json.dump(recorded, handle, indent=1)
+
+
+@pytest.mark.slow  # shares the Label Studio above; trains a one-epoch model
+@pytest.mark.labelstudio
+def test_a_backend_without_a_secret_connects_with_no_auth_fields(live_label_studio, tmp_path):
+    # docs/labeling.md's no-secret body: no auth_method (NONE) and no basic_auth_* fields.
+    server, work = live_label_studio, str(tmp_path)
+    root = os.path.join(work, "root")
+    manifest, base = _initial_model(root, work)
+    server.wait_until_up()
+    project = server.create_project("no secret", LABEL_CONFIG)
+    backend, port = _start_backend(work, manifest, base, root, project, secret=False)
+    try:
+        connected = server.call(
+            "POST", "/api/ml", {"project": project, "url": f"http://127.0.0.1:{port}", "title": "lossal"}, expected=201
+        )
+    finally:
+        os.killpg(backend.pid, signal.SIGTERM)
+        backend.wait(60)
+    assert connected["state"] == "CO" and connected["auth_method"] == "NONE", connected
+    assert connected["model_version"] == "lossal/1"

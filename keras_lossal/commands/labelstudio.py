@@ -209,7 +209,8 @@ def _secret(variable: str | None) -> str | None:
 
 def _banner(config: backend_config.BackendConfig, backend) -> str:
     where = f"http://{config.host}:{config.port}"
-    lines = [f"lossal labelstudio backend: serving {backend.served.version_name()} at {where}"]
+    served = backend.served
+    lines = [f"lossal labelstudio backend: serving {served.version_name()} ({served.current().description}) at {where}"]
     if config.manifest:
         lines.append(f"  labels -> {config.manifest} (log and rounds in {config.state_dir})")
     if config.retrain_every:

@@ -22,7 +22,8 @@ from typing import Any
 from keras_lossal.contracts import Item
 from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from keras_lossal.labeling.labelstudio import ImageSources, RefusedImage
-from keras_lossal.labelstudio_backend.protocol import ChoicesTarget, model_version_name, prediction, task_error
+from keras_lossal.labelstudio_backend.protocol import ChoicesTarget, prediction, task_error
+from keras_lossal.serving.labeling import prediction_model_version
 from keras_lossal.serving.readers import precheck, read_file
 from keras_lossal.serving.scorers import ServerScorer, score_isolating
 
@@ -61,7 +62,7 @@ class ServedModel:
 
     def version_name(self) -> str:
         """The version as Label Studio shows it (`/setup`'s `model_version`)."""
-        return model_version_name(self.current().description, self.version())
+        return prediction_model_version(self.current().description, self.version())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +155,7 @@ def _answer(record: dict, task: dict, target: ChoicesTarget, description: str) -
             f"predicted class {label!r} is not a choice of the project (choices: {list(target.choices)})",
         )
     return prediction(
-        target, label, record["predicted_loss"], model_version_name(description, record.get("model_version"))
+        target, label, record["predicted_loss"], prediction_model_version(description, record.get("model_version"))
     )
 
 

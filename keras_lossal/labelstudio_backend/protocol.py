@@ -29,7 +29,7 @@ Example:
 ...                         '<Choices name="kind" toName="img"><Choice value="cat"/><Choice value="dog"/></Choices></View>')
 >>> target
 ChoicesTarget(from_name='kind', to_name='img', image_field='photo', choices=('cat', 'dog'))
->>> prediction(target, "dog", 0.75, "saved_model:models/lossal:version=2")["result"][0]["value"]
+>>> prediction(target, "dog", 0.75, "lossal/2")["result"][0]["value"]
 {'choices': ['dog']}
 """
 
@@ -49,7 +49,6 @@ __all__ = [
     "ProtocolError",
     "Webhook",
     "choices_target",
-    "model_version_name",
     "parse_webhook",
     "prediction",
     "project_id",
@@ -126,17 +125,6 @@ def prediction(target: ChoicesTarget, label: str, score: float, model_version: s
 def task_error(task_id: Any, reason: str) -> dict[str, Any]:
     """The `results` entry of a task that could not be predicted: no `result`, so Label Studio skips (and logs) it."""
     return {"task": task_id, "error": reason}
-
-
-def model_version_name(description: str, version: int | None) -> str:
-    """The model version Label Studio shows: `<model without version>:version=<n>`, as `lossal triage` writes it.
-
-    Example:
-
-    >>> model_version_name("saved_model:models/lossal", 3)
-    'saved_model:models/lossal:version=3'
-    """
-    return f"{description}:version={version}"
 
 
 def project_id(value: Any) -> int | None:

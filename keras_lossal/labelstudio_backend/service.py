@@ -23,12 +23,12 @@ from keras_lossal.labelstudio_backend.protocol import (
     ChoicesTarget,
     ProtocolError,
     choices_target,
-    model_version_name,
     parse_webhook,
     project_id,
 )
 from keras_lossal.labelstudio_backend.retraining import Retrainer, RoundCommands
 from keras_lossal.records import LABEL_CONFIG_FILE
+from keras_lossal.serving.labeling import prediction_model_version
 from keras_lossal.serving.scorers import ServerScorer
 
 __all__ = ["LabelStudioBackend", "RequestRefused", "make_scorer"]
@@ -68,7 +68,7 @@ class LabelStudioBackend:
 
     >>> backend = LabelStudioBackend(BackendConfig(model_dir="models/lossal", document_root="/srv"))  # doctest: +SKIP
     >>> backend.setup({"project": "1.1733300000", "schema": label_config})  # doctest: +SKIP
-    {'model_version': 'saved_model:models/lossal:version=1'}
+    {'model_version': 'lossal/1'}
     """
 
     def __init__(self, config: BackendConfig, scorer=None, commands: RoundCommands | None = None):
@@ -159,7 +159,7 @@ class LabelStudioBackend:
         if base is None:
             return {"versions": [self.served.version_name()]}
         description = self.served.current().description
-        return {"versions": [model_version_name(description, version) for version in existing_versions(base)]}
+        return {"versions": [prediction_model_version(description, version) for version in existing_versions(base)]}
 
     def status(self) -> dict[str, Any]:
         """What `/status` shows: the served version, the labels heard and merged, the retraining rounds."""
