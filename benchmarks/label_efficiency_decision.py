@@ -27,6 +27,7 @@ Candidates `learning_loss_clusters` (today's recommendation) and `badge`; if bot
     python benchmarks/label_efficiency_decision.py --v4       # v4 (from the runs finished so far)
     python benchmarks/label_efficiency_decision.py --v5       # v5 (likewise)
     python benchmarks/label_efficiency_decision.py --v6       # v6 (likewise)
+    python benchmarks/label_efficiency_decision.py --recommendation   # the recommendation check (likewise)
 
 v6 (registered after v5's digits outcome and the digits validation pilots, "Label efficiency v6:
 registration"): the one candidate `budget_switch` (TypiClust below 10 labels per class, then BADGE);
@@ -45,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from label_efficiency import averaged_runs, finished_runs  # noqa: E402
-from label_efficiency_digits import BARE_BASELINES, decision_table  # noqa: E402
+from label_efficiency_digits import BARE_BASELINES, CYCLE0_TOLERANCE, decision_table  # noqa: E402
 
 from keras_lossal import results  # noqa: E402
 
@@ -113,6 +114,18 @@ V6 = Registration(
     first_acquisition=True,
     digits_seeds=(15, 16, 17, 18, 19),
     # Fashion-MNIST starts at 50 labels per class, above the switch point (10): budget_switch picks what badge picks.
+    fashion_aliases=(("budget_switch", "badge"),),
+)
+# The recommendation check (registered after the v7 pilots): budget_switch against today's recommendation,
+# head to head, paired; Fashion-MNIST from v5's seeds 10-14 (budget_switch there is badge), digits from v6's.
+RECOMMENDATION = Registration(
+    "recommendation",
+    os.path.join(RESULTS, "label_efficiency_v5"),
+    os.path.join(RESULTS, "label_efficiency_digits_v6"),
+    ("budget_switch", "learning_loss_clusters"),
+    (10, 11, 12, 13, 14),
+    trainings=(("random", 4), ("badge", 4), ("budget_switch", 4), ("learning_loss_clusters", 4)),
+    digits_seeds=(15, 16, 17, 18, 19),
     fashion_aliases=(("budget_switch", "badge"),),
 )
 FIRST_ACQUISITION_CYCLE = 1
@@ -226,12 +239,71 @@ def decide(verdicts: list[dict[str, bool]], registration: Registration) -> str:
     return f"qualifies on both tasks: {both[0]}"
 
 
+def recommendation_section(name: str, runs: dict, registration: Registration, seeds) -> tuple[str, bool | None]:
+    """One task of the recommendation check: the challenger's paired difference against the recommendation, (a), (c).
+
+    Returns the task's text and whether the challenger passes there (`None` while a seed is missing).
+    """
+    challenger, current = registration.finalists
+    arms = [challenger, current, "random"]
+    complete = [seed for seed in seeds if all(seed in runs.get(arm, {}) for arm in arms)]
+    if len(complete) < len(seeds):
+        return f"## {name}: {len(complete)} of {len(seeds)} seeds complete\n", None
+    runs = _only_seeds({arm: runs[arm] for arm in arms}, complete)
+    summary = results.summarise(runs)
+    difference = results.paired_difference(summary, challenger, current)
+    table = decision_table(summary, runs, [challenger])
+    row = next(line for line in table.splitlines() if line.startswith(f"| {challenger} |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    at_least, cycle0 = cells[2], float(cells[4])
+    passes_a = at_least.split(" / ")[0] == at_least.split(" / ")[1]
+    passed = difference["mean"] >= 0 and passes_a and cycle0 >= -CYCLE0_TOLERANCE
+    text = (
+        f"## {name} (seeds {', '.join(map(str, complete))})\n\n"
+        + results.format_table(summary)
+        + f"\n\n{challenger} − {current}: {difference['mean']:+.4f} [{difference['low']:+.4f}, {difference['high']:+.4f}]; "
+        + f"(a) {at_least} seeds ≥ random; (c) cycle 0 − bare {cycle0:+.4f}: {'passes' if passed else 'fails'}\n"
+    )
+    return text, passed
+
+
+def recommendation_check(registration: Registration = RECOMMENDATION) -> str:
+    """The registered recommendation check on both tasks, and its decision."""
+    challenger, current = registration.finalists
+    fashion_text, fashion = recommendation_section(
+        "Fashion-MNIST", fashion_runs(registration), registration, registration.seeds
+    )
+    digits_seeds = registration.digits_seeds or registration.seeds
+    digits_runs = task_runs(registration.digits, registration)
+    digits_text, digits = recommendation_section(
+        "Digits (64 tabular features)", digits_runs, registration, digits_seeds
+    )
+    if fashion is None or digits is None:
+        decision = "not decided: a task is not complete"
+    elif fashion and digits:
+        decision = f"{challenger} replaces {current} as the recommendation"
+    else:
+        decision = f"{current} stays the recommendation"
+    text = f"# Issue 22: the recommendation check\n\n{fashion_text}\n{digits_text}\n**Decision:** {decision}\n"
+    with open(registration.out, "w") as stream:
+        stream.write(text)
+    return text
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--v4", action="store_true", help="the v4 registration (fresh seeds 5-9)")
     parser.add_argument("--v5", action="store_true", help="the v5 registration (fresh seeds 10-14, mean of trainings)")
     parser.add_argument("--v6", action="store_true", help="the v6 registration (budget_switch; digits seeds 15-19)")
+    parser.add_argument(
+        "--recommendation",
+        action="store_true",
+        help="the recommendation check: budget_switch vs learning_loss_clusters",
+    )
     args = parser.parse_args(argv)
+    if args.recommendation:
+        print(recommendation_check())
+        return 0
     registration = V6 if args.v6 else V5 if args.v5 else V4 if args.v4 else V3
     fashion_text, fashion = task_section("Fashion-MNIST", fashion_runs(registration), registration)
     digits_seeds = registration.digits_seeds or registration.seeds

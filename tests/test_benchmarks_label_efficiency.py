@@ -62,3 +62,44 @@ def test_pilots_on_a_validation_split_with_two_training_seeds(tmp_path, monkeypa
     assert f"| AUC (10–15) | {aucs[0]:.4f} ± 0.0000 (n=1) |" in report
     assert f"| {aucs[1] - aucs[0]:+.4f} | {abs(aucs[1] - aucs[0]):.4f} |" in report
     assert open(root / "training_noise.md").read() == report + "\n"
+
+
+def _curves(levels: dict[str, list[float]]) -> dict:
+    """{arm: {seed: LoopResult}} with accuracy = level + 0.1 * cycle, the same cycle 0 for every arm."""
+    from keras_lossal.loop import LoopResult
+
+    return {
+        arm: {
+            seed: LoopResult(
+                [
+                    {"cycle": c, "num_labeled": 10 * (c + 1), "accuracy": 0.5 + (level if c else 0) + 0.1 * c}
+                    for c in range(3)
+                ],
+                [],
+                {},
+            )  # fmt: skip
+            for seed, level in enumerate(per_seed)
+        }
+        for arm, per_seed in levels.items()
+    }
+
+
+def test_the_recommendation_check_compares_the_challenger_head_to_head_with_rules_a_and_c():
+    import label_efficiency_decision as decision
+
+    registration = decision.RECOMMENDATION
+    seeds = (0, 1, 2)
+    better = _curves({"budget_switch": [0.05, 0.04, 0.01], "learning_loss_clusters": [0.0, 0.02, 0.02],
+                      "random": [0.0, 0.0, 0.0]})  # fmt: skip
+    text, passed = decision.recommendation_section("Task", better, registration, seeds)
+    assert passed and "(a) 3 / 3 seeds ≥ random" in text
+    assert "budget_switch − learning_loss_clusters: +0.0" in text
+    worse = _curves({"budget_switch": [0.0, 0.0, 0.01], "learning_loss_clusters": [0.03, 0.02, 0.02],
+                     "random": [0.0, 0.0, 0.0]})  # fmt: skip
+    assert decision.recommendation_section("Task", worse, registration, seeds)[1] is False
+    below_random = _curves({"budget_switch": [0.05, 0.05, -0.01], "learning_loss_clusters": [0.0, 0.0, -0.02],
+                            "random": [0.0, 0.0, 0.0]})  # fmt: skip  # (a) fails on seed 2
+    assert decision.recommendation_section("Task", below_random, registration, seeds)[1] is False
+    missing = {arm: dict(list(runs.items())[:2]) for arm, runs in better.items()}
+    text, passed = decision.recommendation_section("Task", missing, registration, seeds)
+    assert passed is None and "2 of 3 seeds complete" in text
