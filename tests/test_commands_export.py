@@ -169,3 +169,25 @@ def test_the_command_line_refusal_is_one_line_without_a_traceback(saved_model, t
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.splitlines()) < 5 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_an_export_of_a_training_directory_records_what_it_was_trained_on(saved_model, tmp_path, capsys):
+    import shutil
+
+    from keras_lossal.export.config import read_export_config
+
+    trained = tmp_path / "train_out"
+    trained.mkdir()
+    shutil.copy(saved_model, trained / "model.keras")
+    (trained / "preprocessing.json").write_text(PREP.to_json())
+    (trained / "classes.json").write_text(json.dumps(LABELS))
+    settings = {"num_items": 48, "data_sha256": "ab" * 32, "epochs": 2}
+    (trained / "training.json").write_text(json.dumps({"settings": settings, "finished": True}))
+    code, printed, _ = run_export(
+        capsys, str(trained / "model.keras"), "--base-path", str(tmp_path / "a"), "--no-warmup"
+    )
+    assert code == 0 and read_export_config(printed)["training"] == {"num_items": 48, "data_sha256": "ab" * 32}
+    # A model saved by hand (no training.json beside it) records nothing.
+    code, printed, _ = run_export(capsys, saved_model, "--base-path", str(tmp_path / "b"), "--no-warmup",
+                                  "--preprocessing", str(trained / "preprocessing.json"))  # fmt: skip
+    assert code == 0 and "training" not in read_export_config(printed)

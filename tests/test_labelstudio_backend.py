@@ -535,6 +535,29 @@ def test_round_commands_are_lossal_train_then_lossal_export(tmp_path):
                                                           "models/pets", "--version", "7", "--model-name", "pets"]  # fmt: skip
 
 
+@pytest.mark.parametrize("recorded, expected", [(1, (1, "export")), (None, (3, "manifest")), (9, (3, "export"))])
+def test_labels_the_served_export_was_not_trained_on_count_as_new(model_dir, root, tmp_path, recorded, expected):
+    from keras_lossal.export.config import read_export_config, write_export_config
+
+    version_dir = os.path.join(model_dir, "1")
+    config = read_export_config(version_dir)
+    if recorded is not None:  # what `lossal export` records from `lossal train`'s training.json
+        config["training"] = {"num_items": recorded}
+    write_export_config(version_dir, config)
+    with open(tmp_path / "labeled.jsonl", "w") as stream:
+        for name, label in (("b0.png", "cat"), ("b1.png", "cat"), ("d0.png", "dog")):
+            path = os.path.join(root, "pool", name)
+            stream.write(json.dumps({"id": f"pool/{name}", "path": path, "label": label}) + "\n")
+    backend = make_backend(model_dir, root, tmp_path, retrain_every=5, commands=fake_commands(version_dir))
+    try:
+        status = client_for(backend).get("/status").json()["retraining"]
+    finally:
+        backend.close()
+    assert (status["labels"], status["labels_trained"]) == (3, expected[0])
+    recorded_baseline = json.loads((tmp_path / "state" / BASELINE_FILE).read_text())
+    assert (recorded_baseline["baseline_labels"], recorded_baseline["from"]) == expected
+
+
 def test_new_labels_start_a_round_and_predictions_switch_once_published(model_dir, root, tmp_path):
     version_one = os.path.join(model_dir, "1")
     backend = make_backend(model_dir, root, tmp_path, retrain_every=2, commands=fake_commands(version_one))

@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             task=args.task,
             warmup=not args.no_warmup,
             model_name=args.model_name,
+            training=_training_facts(model_path),
         )
     except FileExistsError as error:
         raise CommandError(f"{error} Pass another --version, or none for the next free one.") from None
@@ -120,6 +121,19 @@ def _check_training_finished(model_path: str, args: argparse.Namespace) -> None:
             f"{', '.join(missing)} missing from the lossal train directory {directory!r}; restore it, or pass "
             "--preprocessing / --labels."
         )
+
+
+def _training_facts(model_path: str) -> dict | None:
+    """`num_items` and `data_sha256` of the `lossal train` run beside the model (its `training.json`), else `None`."""
+    import json
+
+    record_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), TRAINING_FILE)
+    if not os.path.isfile(record_path):
+        return None
+    with open(record_path, encoding="utf-8") as handle:
+        settings = json.load(handle).get("settings", {})
+    facts = {key: settings[key] for key in ("num_items", "data_sha256") if key in settings}
+    return facts or None
 
 
 def _class_names(value: str | None, model_path: str) -> list[str] | None:

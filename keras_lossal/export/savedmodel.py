@@ -9,7 +9,7 @@ directory, publish it as the next version.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
@@ -43,6 +43,7 @@ def export_for_serving(
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     warmup: bool = True,
     model_name: str | None = None,
+    training: Mapping[str, Any] | None = None,
 ) -> str:
     """Exports a `LossLearningModel` in TF Serving's layout and returns the version directory.
 
@@ -74,6 +75,10 @@ def export_for_serving(
         warmup: write `assets.extra/tf_serving_warmup_requests`.
         model_name: name recorded in `lossal.json` and in the warmup requests
             (default: `model.name`).
+        training: what the model was trained on, recorded in `lossal.json` as
+            `training` (`lossal export` passes `num_items` and `data_sha256` from
+            `lossal train`'s `training.json`; the ML backend counts labels the
+            served version has not seen from it). JSON values only.
 
     Example:
 
@@ -111,7 +116,10 @@ def export_for_serving(
     with staging_dir(base_path) as staging:
         archive, method_names = _build_archive(model, contract)
         signatures = _write_savedmodel(archive, method_names, staging)
-        _write_assets(staging, contract.to_config(signatures), warmup)
+        config = contract.to_config(signatures)
+        if training is not None:
+            config["training"] = dict(training)
+        _write_assets(staging, config, warmup)
         return publish(staging, base_path, version)
 
 

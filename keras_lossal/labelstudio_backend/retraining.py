@@ -344,14 +344,32 @@ class Retrainer:
         return len(manifest_lib.read_manifest(self.manifest, missing_ok=True))
 
     def _baseline(self) -> int:
-        """The manifest's size when retraining first ran here (recorded once: a restart does not reset it)."""
+        """Labels the served model was trained on when retraining first ran here (recorded once: a restart keeps it).
+
+        The newest export's `training.num_items` (what `lossal export` records from `lossal train`), at most
+        the manifest's size; for an export that does not record it, the manifest's size: every label in it
+        then counts as seen.
+        """
         path = os.path.join(self.state_dir, BASELINE_FILE)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as handle:
                 return int(json.load(handle)["baseline_labels"])
         size = self._manifest_size()
-        atomic_write(path, json.dumps({"baseline_labels": size}) + "\n")
-        return size
+        trained = self._served_training_items()
+        baseline = size if trained is None else min(size, trained)
+        source = "manifest" if trained is None else "export"
+        atomic_write(path, json.dumps({"baseline_labels": baseline, "from": source}) + "\n")
+        return baseline
+
+    def _served_training_items(self) -> int | None:
+        """`training.num_items` of the newest version under the base path, or `None` (no export, not recorded)."""
+        from keras_lossal.export.config import read_export_config
+
+        try:
+            items = read_export_config(self.base_path).get("training", {}).get("num_items")
+        except (OSError, ValueError):  # no version yet, or not an export of ours
+            return None
+        return int(items) if isinstance(items, int) and items >= 0 else None
 
 
 class _RoundLock:
