@@ -43,6 +43,7 @@ __all__ = [
     "arm_strategy",
     "parse_arm",
     "parse_strategy",
+    "strategy_parts",
     "small_cnn",
     "parse_lr_schedule",
     "lr_schedule_callback",
@@ -59,7 +60,8 @@ OPTION_SEPARATOR = ":"
 def parse_strategy(text: str) -> tuple[str, dict]:
     """Splits a strategy `"name[:option=value]..."` into the name and its options for `acquisition.get`.
 
-    Values that read as integers or floats become numbers; the rest stay
+    Values that read as integers or floats become numbers, `true`, `false`
+    and `none` (any case) become `True`, `False` and `None`; the rest stay
     strings (strategy names, for example). An arm's options are part of its
     name, so each variant runs in a directory of its own.
 
@@ -79,6 +81,9 @@ def parse_strategy(text: str) -> tuple[str, dict]:
 
 
 def _option_value(value: str):
+    words = {"true": True, "false": False, "none": None}
+    if value.lower() in words:
+        return words[value.lower()]
     for kind in (int, float):
         try:
             return kind(value)
@@ -91,6 +96,19 @@ def arm_strategy(arm: str):
     """The strategy of an arm `"name[:option=value]...[@recipe]"`: its name when it has no options, else the built `Strategy`."""
     name, options = parse_strategy(parse_arm(arm)[0])
     return acquisition.get(name, **options) if options else name
+
+
+def strategy_parts(strategy) -> list:
+    """A strategy (a name or a `Strategy`) and the strategies it picks with (a budget switch's `low` and `high`).
+
+    Example:
+
+    >>> [part.name for part in strategy_parts(arm_strategy("budget_switch:high=learning_loss_clusters"))]
+    ['budget_switch', 'typiclust', 'learning_loss_clusters']
+    """
+    resolved = acquisition.get(strategy)
+    inner = [getattr(resolved, name, None) for name in ("low", "high")]
+    return [resolved] + [part for part in inner if isinstance(part, acquisition.Strategy)]
 
 
 def parse_arm(arm: str) -> tuple[str, str | None]:
@@ -267,16 +285,17 @@ class _Arms:
 
     def loop(self, name: str, strategy, seed: int) -> ActiveLearningLoop:
         """The loop of arm `name` (built from `strategy`, a name or an object) with seed `seed`."""
-        strategy_name, recipe = parse_arm(name) if isinstance(strategy, str) else (name, None)
-        base_name = parse_strategy(strategy_name)[0] if isinstance(strategy, str) else strategy_name
-        with_head = recipe is not None or self.head_for_all or base_name in HEAD_STRATEGIES
+        recipe = parse_arm(name)[1] if isinstance(strategy, str) else None
+        built = arm_strategy(name) if isinstance(strategy, str) else strategy
+        needs_head = any(part.name in HEAD_STRATEGIES for part in strategy_parts(built))
+        with_head = recipe is not None or self.head_for_all or needs_head
         arm_spec = self.spec if recipe is None else dataclasses.replace(self.spec, recipe=recipe)
         dataset = self.dataset
         return ActiveLearningLoop(
             make_model_factory(arm_spec, dataset.preprocessing.input_shape, dataset.num_classes, with_head),
             (dataset.x_train, dataset.y_train),
             (dataset.x_test, dataset.y_test),
-            arm_strategy(name) if isinstance(strategy, str) else strategy,
+            built,
             preprocessing=dataset.preprocessing,
             work_dir=os.path.join(self.out_dir, name, f"seed_{seed}"),
             fit_kwargs={"callbacks": self.callbacks} if self.callbacks else None,
@@ -317,8 +336,8 @@ def _check_strategies(strategies: Sequence[Any], spec: ModelSpec, dataset: Array
     if spec.backbone not in BACKBONES:  # your own backbone: build one now, so a wrong input shape fails here
         backbone_builder(spec.backbone)(dataset.preprocessing.input_shape, dataset.num_classes, spec.width)
     for strategy in strategies:
-        resolved = acquisition.get(arm_strategy(strategy)) if isinstance(strategy, str) else strategy
-        if isinstance(resolved, acquisition.BALD):
+        resolved = arm_strategy(strategy) if isinstance(strategy, str) else strategy
+        if any(isinstance(part, acquisition.BALD) for part in strategy_parts(resolved)):
             model = make_model_factory(spec, dataset.preprocessing.input_shape, dataset.num_classes, False)()
             mc_dropout_model(model)  # raises when the backbone has no dropout layer
 

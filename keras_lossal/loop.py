@@ -373,8 +373,8 @@ class ActiveLearningLoop:
             config["training_seed"] = settings.training_seed
         if self.replay is not None:  # likewise
             config["replay_sha256"] = self.replay_sha256
-        if self.strategy_options is not None:  # likewise: only a registered strategy built with other options
-            config["strategy_options"] = self.strategy_options
+        # Always recorded (null: the defaults), so a state that says nothing about them is one written before.
+        config["strategy_options"] = self.strategy_options
         config.update(
             pool_size=int(len(self.x_train)),
             test_size=int(len(self.x_test)),
@@ -393,7 +393,6 @@ class ActiveLearningLoop:
             **self.config(),
             "training_seed": self.loop_config.training_seed,
             "replay_sha256": self.replay_sha256,
-            "strategy_options": self.strategy_options,
         }
 
     def initial_indices(self) -> np.ndarray:
@@ -407,7 +406,7 @@ class ActiveLearningLoop:
     def check_resumable(self) -> None:
         """Raises `ValueError` if `work_dir` holds a run with a different configuration."""
         if self.run_directory is not None:
-            self.run_directory.load(self._resume_config())
+            self.run_directory.load(self._resume_config(), unrecorded_ok=_UNRECORDED_OK)
 
     # --------------------------------------------------------------------- run
     def run(self, callbacks: list | None = None) -> LoopResult:
@@ -441,7 +440,7 @@ class ActiveLearningLoop:
         if self.run_directory is None:
             return _Progress([], self.initial_indices(), len(self.x_train), None)
         os.makedirs(self.run_directory.path, exist_ok=True)
-        state = self.run_directory.load(self._resume_config())
+        state = self.run_directory.load(self._resume_config(), unrecorded_ok=_UNRECORDED_OK)
         if state is None:
             return _Progress([], self.initial_indices(), len(self.x_train), None)
         if self.loop_config.verbose and state["cycles"] and not state.get("finished"):
@@ -682,6 +681,10 @@ def _resolve_strategy(strategy) -> tuple[acquisition.Strategy, str]:
             f"pick(model, pool, request), or score(model, features) in a ScoringStrategy). Received: {strategy!r}"
         )
     return strategy, strategy.name
+
+
+# States written before strategy options were recorded did not say them: such a state resumes with any options.
+_UNRECORDED_OK = ("strategy_options",)
 
 
 def _non_default_options(strategy: acquisition.Strategy) -> dict | None:

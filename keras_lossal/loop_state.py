@@ -123,11 +123,12 @@ class RunDirectory:
     def state_path(self) -> str:
         return os.path.join(self.path, STATE_FILE)
 
-    def load(self, config: dict) -> dict | None:
+    def load(self, config: dict, unrecorded_ok: tuple[str, ...] = ()) -> dict | None:
         """The recorded state, `None` when there is none; raises `ValueError` if it has another config.
 
         Args:
             config: the requesting run's configuration; every key must equal the recorded one.
+            unrecorded_ok: keys not compared when the recorded state lacks them (states older than the key).
         """
         if not os.path.exists(self.state_path):
             return None
@@ -135,7 +136,9 @@ class RunDirectory:
             state = json.load(stream)
         recorded = state.get("config", {})
         mismatched = {
-            key: (recorded.get(key), value) for key, value in config.items() if recorded.get(key) != jsonable(value)
+            key: (recorded.get(key), value)
+            for key, value in config.items()
+            if recorded.get(key) != jsonable(value) and (key in recorded or key not in unrecorded_ok)
         }
         if mismatched:
             raise ResumeRefusedError(

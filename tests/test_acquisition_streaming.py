@@ -199,3 +199,16 @@ def test_groups_of_batches_score_and_merge_exactly_as_one_batch_per_call(monkeyp
     assert indices.tolist() == list(range(203))
     np.testing.assert_array_equal(doubled, values * 2)
     np.testing.assert_array_equal(plus_one, pool + 1)
+
+
+@pytest.mark.parametrize("items", [1, 7, 8, 9, 23, 64, 65])
+def test_a_pool_comes_in_two_group_sizes_at_most(items):
+    # XLA compiles a step once per input shape: full groups, then the batches left over one at a time.
+    pool = np.arange(items, dtype=np.float32)[:, None]
+    for source in (pool, tf.data.Dataset.from_tensor_slices(pool)):
+        indexed = acq.pool.index_pool(source, batch_size=4)
+        groups = [(np.asarray(i), np.asarray(f)) for i, f in indexed.groups(3)]
+        assert {len(i) for i, _ in groups} <= {3, 1}
+        indices = np.concatenate([i.reshape(-1) for i, _ in groups])
+        assert indices[indices >= 0].tolist() == list(range(items))
+        assert [len(i) for i, _ in groups] == [3] * (-(-items // 4) // 3) + [1] * (-(-items // 4) % 3)

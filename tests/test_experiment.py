@@ -247,7 +247,7 @@ def test_an_arms_strategy_options_build_the_strategy_are_recorded_and_checked_on
     assert variant.config["strategy"] == default.config["strategy"] == "budget_switch"
     assert variant.config["strategy_options"] == {"low": "typiclust", "high": "entropy", "labels_per_class": 2,
                                                   "num_classes": None}  # fmt: skip
-    assert "strategy_options" not in default.config  # the defaults record nothing: older states stay equal
+    assert default.config["strategy_options"] is None  # the defaults
     assert os.path.isdir(os.path.join(out, arm, "seed_0"))
     # 10 labels over 3 classes: above 2 per class the variant picks exactly what entropy picks.
     assert variant.labeled_indices == results["entropy"][0].labeled_indices
@@ -268,3 +268,35 @@ def test_malformed_strategy_options_are_refused(text):
     assert experiment.parse_strategy("typiclust:neighbours=20:x=0.5") == ("typiclust", {"neighbours": 20, "x": 0.5})
     with pytest.raises(ValueError, match="Invalid options for strategy 'badge'"):
         experiment.arm_strategy("badge:high=margin@paper")
+
+
+def test_a_state_from_before_strategy_options_were_recorded_resumes_with_any_options(tmp_path):
+    from keras_lossal import acquisition
+
+    out = str(tmp_path / "run")
+    _run(out, ["budget_switch"])
+    variant = acquisition.get("budget_switch", high="entropy", labels_per_class=2)  # arm name "budget_switch"
+    with pytest.raises(ValueError, match="different configuration; refusing to resume"):
+        _run(out, [variant])  # the state says: the defaults
+    state = os.path.join(out, "budget_switch", "seed_0", "state.json")
+    with open(state) as stream:
+        recorded = json.load(stream)
+    del recorded["config"]["strategy_options"]  # as a state written before the key existed
+    with open(state, "w") as stream:
+        json.dump(recorded, stream)
+    (result,) = _run(out, [variant])["budget_switch"]  # finished: resumed, nothing trained again
+    assert len(result.cycles) == 2
+
+
+def test_options_naming_a_head_strategy_train_the_head_and_bald_inside_a_switch_is_checked_first(tmp_path):
+    out = str(tmp_path / "run")
+    with pytest.raises(ValueError, match="dropout"):
+        _run(out, ["budget_switch:low=bald"])
+    assert not os.path.exists(out)  # refused before any training
+    arm = "budget_switch:high=learning_loss:labels_per_class=2"
+    (result,) = _run(out, [arm])[arm]
+    assert result.config["tags"]["with_head"] and "ranking_accuracy" in result.cycles[-1]
+    assert experiment.parse_strategy("entropy:from_logits=False:x=none") == (
+        "entropy",
+        {"from_logits": False, "x": None},
+    )

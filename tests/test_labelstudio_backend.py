@@ -551,9 +551,14 @@ def test_labels_the_served_export_was_not_trained_on_count_as_new(model_dir, roo
     backend = make_backend(model_dir, root, tmp_path, retrain_every=5, commands=fake_commands(version_dir))
     try:
         status = client_for(backend).get("/status").json()["retraining"]
+        # A version trained and exported by hand later, on the whole manifest: its labels count as trained.
+        shutil.copytree(version_dir, os.path.join(model_dir, "2"))
+        write_export_config(os.path.join(model_dir, "2"), {**config, "training": {"num_items": 3}})
+        later = client_for(backend).get("/status").json()["retraining"]
     finally:
         backend.close()
     assert (status["labels"], status["labels_trained"]) == (3, expected[0])
+    assert later["labels_trained"] == 3
     recorded_baseline = json.loads((tmp_path / "state" / BASELINE_FILE).read_text())
     assert (recorded_baseline["baseline_labels"], recorded_baseline["from"]) == expected
 

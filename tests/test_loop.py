@@ -547,9 +547,22 @@ def test_a_training_seed_is_recorded_and_checked_on_resume_and_older_states_stil
     state = json.loads((tmp_path / "older" / STATE_FILE).read_text())
     assert "training_seed" not in state["config"] and "training_seed" not in state["rng"]
     assert list(state["config"]) == [
-        "strategy", "initial_size", "query_size", "subset_size", "cycles", "epochs", "batch_size", "augment",
-        "warm_start", "seed", "pool_size", "test_size", "preprocessing", "tags",
-    ]  # fmt: skip
+        "strategy",
+        "initial_size",
+        "query_size",
+        "subset_size",
+        "cycles",
+        "epochs",
+        "batch_size",
+        "augment",
+        "warm_start",
+        "seed",
+        "strategy_options",
+        "pool_size",
+        "test_size",
+        "preprocessing",
+        "tags",
+    ]  # fmt: skip  (strategy_options: null for the defaults; a state without it resumes with any options)
     with pytest.raises(ValueError, match=r"'training_seed': \(None, 0\)"):
         _loop(str(tmp_path / "older"), ScoreByModel(), cycles=3, training_seed=0).run()
     assert len(_loop(str(tmp_path / "older"), ScoreByModel(), cycles=3).run().cycles) == 3

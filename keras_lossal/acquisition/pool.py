@@ -59,14 +59,20 @@ class IndexedPool:
         return ((indices[0], features[0]) for indices, features in self.array_groups(1))
 
     def groups(self, group: int) -> Iterator[tuple]:
-        """The same batches, `group` at a time: `(indices [g, batch_size], features [g, batch_size, ...])`, g <= group.
+        """The same batches, `group` at a time: `(indices [g, batch_size], features [g, batch_size, ...])`.
 
-        Only the last group can hold fewer batches; the rows, their order and
-        their padding are those of `batches()`.
+        Every group holds `group` batches except at the end, where the batches
+        left over come one per group: so a compiled step sees two group sizes
+        at most, whatever the pool's size (XLA compiles once per shape). The
+        rows, their order and their padding are those of `batches()`.
         """
-        if self.array_groups is not None:
-            return self.array_groups(group)
-        return iter(self.dataset.batch(group).prefetch(tf.data.AUTOTUNE))
+        source = self.array_groups(group) if self.array_groups is not None else iter(self.dataset.batch(group))
+        for indices, features in source:
+            if len(indices) == group:
+                yield indices, features
+            else:
+                for position in range(len(indices)):
+                    yield indices[position : position + 1], features[position : position + 1]
 
     def group_size(self, max_bytes: int = GROUP_BYTES, max_group: int = MAX_GROUP) -> int:
         """How many batches one compiled call takes: as many as fit `max_bytes` of features, 1 to `max_group`.

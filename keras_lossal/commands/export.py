@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.version is not None and args.version < 0:
         raise CommandError(f"expected --version >= 0. Received: {args.version}")
     model = _load_model(model_path)
+    training = _training_facts(model_path)
     from keras_lossal.export import export_for_serving
 
     try:
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             task=args.task,
             warmup=not args.no_warmup,
             model_name=args.model_name,
-            training=_training_facts(model_path),
+            training=training,
         )
     except FileExistsError as error:
         raise CommandError(f"{error} Pass another --version, or none for the next free one.") from None
@@ -131,7 +132,9 @@ def _training_facts(model_path: str) -> dict | None:
     if not os.path.isfile(record_path):
         return None
     with open(record_path, encoding="utf-8") as handle:
-        settings = json.load(handle).get("settings", {})
+        settings = json.load(handle).get("settings")
+    if not isinstance(settings, dict):
+        return None
     facts = {key: settings[key] for key in ("num_items", "data_sha256") if key in settings}
     return facts or None
 

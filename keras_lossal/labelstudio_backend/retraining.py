@@ -337,8 +337,11 @@ class Retrainer:
 
     # ------------------------------------------------------------------ labels
     def _labels_trained(self, rounds: list[Round]) -> int:
-        """Labels the served model was trained on: the last published round's, or the baseline."""
-        return max([self.baseline] + [round_.labels for round_ in rounds if round_.status == "published"])
+        """Labels the served model was trained on: the most of the baseline, the published rounds', and what the
+        newest export records (a version trained and exported by hand after the backend started counts too)."""
+        published = [round_.labels for round_ in rounds if round_.status == "published"]
+        served = self._served_training_items()
+        return max([self.baseline, *published] + ([] if served is None else [min(served, self._manifest_size())]))
 
     def _manifest_size(self) -> int:
         return len(manifest_lib.read_manifest(self.manifest, missing_ok=True))
@@ -363,11 +366,13 @@ class Retrainer:
 
     def _served_training_items(self) -> int | None:
         """`training.num_items` of the newest version under the base path, or `None` (no export, not recorded)."""
+        import tensorflow as tf
+
         from keras_lossal.export.config import read_export_config
 
         try:
             items = read_export_config(self.base_path).get("training", {}).get("num_items")
-        except (OSError, ValueError):  # no version yet, or not an export of ours
+        except (OSError, ValueError, AttributeError, tf.errors.OpError):  # no version yet, not ours, unreadable
             return None
         return int(items) if isinstance(items, int) and items >= 0 else None
 
