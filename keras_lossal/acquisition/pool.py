@@ -52,19 +52,13 @@ class IndexedPool:
     batch_size: int
     array_groups: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None
 
-    def batches(self) -> Iterator[tuple]:
-        """The `(indices, features)` batches: NumPy arrays for a NumPy pool, tensors otherwise."""
-        if self.array_groups is None:
-            return iter(self.dataset)
-        return ((indices[0], features[0]) for indices, features in self.array_groups(1))
-
     def groups(self, group: int) -> Iterator[tuple]:
         """The same batches, `group` at a time: `(indices [g, batch_size], features [g, batch_size, ...])`.
 
         Every group holds `group` batches except at the end, where the batches
         left over come one per group: so a compiled step sees two group sizes
         at most, whatever the pool's size (XLA compiles once per shape). The
-        rows, their order and their padding are those of `batches()`.
+        rows, their order and their padding are those of `dataset`.
         """
         source = self.array_groups(group) if self.array_groups is not None else iter(self.dataset.batch(group))
         for indices, features in source:
