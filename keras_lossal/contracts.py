@@ -31,10 +31,12 @@ from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "BACKBONE_NAMES",
+    "BUDGET_SELECTION",
     "CLASSES_FILE",
     "COMMIT_SECONDS",
     "CONTENT_FIELD",
     "DEFAULT_CANDIDATES_FACTOR",
+    "DEFAULT_LABELS_PER_CLASS",
     "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "DEFAULT_READ_THREADS",
@@ -60,6 +62,7 @@ __all__ = [
     "check_integer",
     "check_scorer",
     "is_content_hash",
+    "labels_are_scarce",
 ]
 
 # The `LossLearningModel` recipes (`keras_lossal.model.RECIPES` holds what each sets), the default first.
@@ -92,9 +95,15 @@ DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
 
 # How triage and Beam pick the labeling queue from the scored items (`keras_lossal.serving.queue.QueueRule`):
 # the recommended learning-loss selection (see `keras_lossal.acquisition`), BADGE weighted by predicted loss,
-# plain top-K, or plain BADGE on a uniform sample of the pool (the benchmarked `badge` strategy's protocol).
-SELECTIONS = ("learning_loss_clusters", "learning_loss_badge", "top_k", "badge")
+# plain top-K, plain BADGE on a uniform sample of the pool (the benchmarked `badge` strategy's protocol), or
+# TypiClust on a uniform sample (the `typiclust` strategy, for small budgets).
+SELECTIONS = ("learning_loss_clusters", "learning_loss_badge", "top_k", "badge", "typiclust")
 DEFAULT_SELECTION = SELECTIONS[0]
+# The commands' budget-aware choice between two of them, like the `budget_switch` strategy: `typiclust` while
+# fewer than `--labels-per-class` labels per class are labeled, `badge` from there (resolved before scoring).
+BUDGET_SELECTION = "budget_switch"
+# The budget switch's default point, in labeled items per class (the v6 pilots: TypiClust leads to about here).
+DEFAULT_LABELS_PER_CLASS = 10
 # Candidates kept while scoring, as a multiple of the queue length: memory is O(factor * K), never O(pool).
 DEFAULT_CANDIDATES_FACTOR = 10
 DEFAULT_SELECTION_SEED = 0
@@ -292,7 +301,7 @@ class TriageSettings:
             `SELECTIONS` (see `keras_lossal.serving.queue`).
         candidates_factor: the diverse selections choose among
             `candidates_factor * top_k` candidates (the highest predicted
-            losses; for `"badge"` a uniform sample), the most items held in
+            losses; for `"badge"` and `"typiclust"` a uniform sample), the most items held in
             memory with their features.
         seed: the seed of the diverse selections (the same seed, items and
             model: the same queue).
@@ -307,8 +316,8 @@ class TriageSettings:
     >>> TriageSettings(selection="kmeans")
     Traceback (most recent call last):
     ...
-    ValueError: Expected selection in ['learning_loss_clusters', 'learning_loss_badge', 'top_k', 'badge']. \
-Received: selection='kmeans'
+    ValueError: Expected selection in ['learning_loss_clusters', 'learning_loss_badge', 'top_k', 'badge', \
+'typiclust']. Received: selection='kmeans'
     """
 
     top_k: int | None = 1000
@@ -432,3 +441,16 @@ def check_scorer(scorer: Any) -> Scorer:
             f"Expected a Scorer (keras_lossal.contracts.Scorer). Received: {type(scorer).__name__}, without {missing}"
         )
     return scorer
+
+
+def labels_are_scarce(labeled: int, classes: int, labels_per_class: int = DEFAULT_LABELS_PER_CLASS) -> bool:
+    """Whether `labeled` items are fewer than `labels_per_class` per class of `classes`: the switch's low side.
+
+    The one rule of `strategies.BudgetSwitch` and of triage's `--selection budget_switch`.
+
+    Example:
+
+    >>> labels_are_scarce(99, 10), labels_are_scarce(100, 10), labels_are_scarce(0, 3, labels_per_class=0)
+    (True, False, False)
+    """
+    return labeled < labels_per_class * classes

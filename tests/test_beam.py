@@ -246,8 +246,8 @@ def test_bad_arguments_name_the_value(model_dir, pool):
         LossalModelHandler(model_dir, min_batch_size=9, max_batch_size=4)
     with pytest.raises(FileNotFoundError, match="Version 7 not found"):
         LossalModelHandler(model_dir, version=7)
-    all_four = r"\['learning_loss_clusters', 'learning_loss_badge', 'top_k', 'badge'\]"
-    with pytest.raises(ValueError, match=rf"Expected selection in {all_four}. Received: selection='coreset'"):
+    every = r"\['learning_loss_clusters', 'learning_loss_badge', 'top_k', 'badge', 'typiclust'\]"
+    with pytest.raises(ValueError, match=rf"Expected selection in {every}. Received: selection='coreset'"):
         ScorePool(pool, model_dir, selection="coreset")
     with pytest.raises(ValueError, match="candidates_factor=0"):
         ScorePool(pool, model_dir, candidates_factor=0)

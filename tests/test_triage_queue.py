@@ -296,7 +296,7 @@ def test_a_long_badge_stream_samples_by_hash_whatever_the_order_and_resumes(tmp_
     other = Candidates(QueueRule(top_k=5, selection="badge", candidates_factor=4, seed=4), path)
     for record in records:
         other.push(without_outputs(record), record["input_index"])
-    with pytest.raises(ResumeWithoutFeaturesError, match="for badge, another --seed"):
+    with pytest.raises(ResumeWithoutFeaturesError, match="for badge or typiclust, another --seed"):
         other.restore_features(str(tmp_path))
 
 
@@ -394,7 +394,7 @@ def test_an_export_without_embedding_is_refused_naming_the_fix(pool, tmp_path):
     [
         (
             {"selection": "coreset"},
-            r"Expected selection in \['learning_loss_clusters', 'learning_loss_badge', 'top_k', 'badge'\]",
+            r"Expected selection in \['learning_loss_clusters', 'learning_loss_badge', 'top_k', 'badge', 'typiclust'\]",
         ),
         ({"candidates_factor": 0}, "Expected candidates_factor to be an integer >= 1. Received: candidates_factor=0"),
         ({"seed": -1}, "Expected seed to be an integer >= 0"),
@@ -408,20 +408,21 @@ def test_queue_rule_refuses_bad_settings_naming_them(settings, message):
 
 
 @pytest.mark.parametrize("command", ["triage", "beam-score"])
-def test_the_command_line_refuses_a_bad_selection_listing_all_four(command, capsys):
+def test_the_command_line_refuses_a_bad_selection_listing_them_all(command, capsys):
 
     argv = [command, "pool", "--model", "m", "--output", "o", "--selection", "coreset"]
     with pytest.raises(SystemExit) as stopped:
         cli.main(argv if command == "triage" else [*argv[:1], "--input", *argv[1:]])
     error = capsys.readouterr().err.splitlines()[-1]
     assert stopped.value.code == 2 and "invalid choice: 'coreset'" in error
-    assert error.endswith(f"(choose from {', '.join(repr(name) for name in contracts.SELECTIONS)})")
-    assert len(contracts.SELECTIONS) == 4 and contracts.SELECTIONS[-1] == "badge"
+    listed = contracts.SELECTIONS + ((contracts.BUDGET_SELECTION,) if command == "triage" else ())
+    assert error.endswith(f"(choose from {', '.join(repr(name) for name in listed)})")
+    assert len(contracts.SELECTIONS) == 5 and contracts.SELECTIONS[-1] == "typiclust"
 
 
 def test_the_names_the_command_line_lists_are_the_rules():
 
-    assert set(contracts.SELECTIONS) == {"learning_loss_clusters", "learning_loss_badge", "top_k", "badge"}
+    assert set(contracts.SELECTIONS) == {"learning_loss_clusters", "learning_loss_badge", "top_k", "badge", "typiclust"}
     assert QueueRule().selection == contracts.DEFAULT_SELECTION == "learning_loss_clusters"
     assert QueueRule(top_k=3).max_candidates == 3 * contracts.DEFAULT_CANDIDATES_FACTOR
     assert QueueRule(top_k=3, selection="top_k").max_candidates == 3 and queue_lib.QueueRule is QueueRule

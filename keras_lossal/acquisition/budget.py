@@ -11,11 +11,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from keras_lossal.contracts import DEFAULT_LABELS_PER_CLASS, labels_are_scarce
 from keras_lossal.outputs import graph_model, has_graph
 
-__all__ = ["DEFAULT_LABELS_PER_CLASS", "labeled_count", "model_classes"]
-
-DEFAULT_LABELS_PER_CLASS = 10
+__all__ = ["DEFAULT_LABELS_PER_CLASS", "labeled_count", "labels_are_scarce", "model_classes"]
 
 
 def model_classes(model) -> int:

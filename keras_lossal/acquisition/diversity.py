@@ -25,6 +25,7 @@ __all__ = [
     "squared_distances_to_set",
     "typical_per_cluster",
     "typicality",
+    "typiclust_picks",
 ]
 
 # Lloyd iterations of `kmeans` unless told otherwise (LearningLossClusters and the triage queue).
@@ -468,3 +469,49 @@ def typical_per_cluster(
         covered[cluster] += 1
     picks = np.asarray(picks, np.int64)
     return picks, scores[picks]
+
+
+def typiclust_picks(
+    candidates,
+    labeled,
+    k: int,
+    seed: int | None = None,
+    neighbours: int = TYPICALITY_NEIGHBOURS,
+    min_cluster_size: int = MIN_CLUSTER_SIZE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """TypiClust on embeddings: `(positions, typicality)` of `k` of the `candidates`.
+
+    The candidates and the labeled items are split into `min(L + k, N + L)` k-means clusters (`kmeans`,
+    `seed`), then `typical_per_cluster` picks. The rule of `TypiClust` and of triage's `typiclust` queue.
+
+    Args:
+        candidates: `(N, D)` embeddings to pick from.
+        labeled: `(L, D)` labeled items' embeddings, or `None` (then every cluster is uncovered).
+        k: picks, `1 <= k <= N`.
+        seed: the k-means seed.
+        neighbours: neighbours of the typicality.
+        min_cluster_size: clusters smaller than this are picked from last.
+
+    Example:
+
+    >>> points = np.array([[0.0], [0.1], [0.2], [5.0], [5.1], [5.2]], np.float32)
+    >>> positions, _ = typiclust_picks(points, np.array([[0.1]], np.float32), 1, seed=0, neighbours=2,
+    ...                                min_cluster_size=1)
+    >>> positions.tolist()  # the cluster the labeled item does not cover, its middle point
+    [4]
+    """
+    candidates = np.asarray(candidates, np.float32)
+    if labeled is None:
+        labeled = np.zeros((0, candidates.shape[1]), np.float32)
+    labeled = np.asarray(labeled, np.float32).reshape(-1, candidates.shape[1])
+    everything = np.concatenate([candidates, labeled])
+    clusters = kmeans(everything, min(len(labeled) + k, len(everything)), seed)
+    return typical_per_cluster(
+        candidates,
+        clusters[: len(candidates)],
+        clusters[len(candidates) :],
+        k,
+        neighbours,
+        min_cluster_size,
+        labeled,
+    )

@@ -232,18 +232,8 @@ class TypiClust(EmbeddingStrategy):
     def pick(self, model, pool, request: SelectionRequest) -> Selection:
         indices, (embeddings, finite_input) = self._embeddings(model, pool, request)
         kept = self._finite(indices, request.k, embeddings, finite_input=finite_input)
-        candidates = embeddings[kept]
         labeled = self._labeled_embeddings(model, request.labeled, request.batch_size)
-        labeled = np.zeros((0, candidates.shape[1]), candidates.dtype) if labeled is None else labeled
-        everything = np.concatenate([candidates, labeled])
-        clusters = diversity.kmeans(everything, min(len(labeled) + request.k, len(everything)), request.seed)
-        chosen, scores = diversity.typical_per_cluster(
-            candidates,
-            clusters[: len(candidates)],
-            clusters[len(candidates) :],
-            request.k,
-            self.neighbours,
-            self.min_cluster_size,
-            labeled,
+        chosen, scores = diversity.typiclust_picks(
+            embeddings[kept], labeled, request.k, request.seed, self.neighbours, self.min_cluster_size
         )
         return self._selection(indices, kept[chosen], scores, len(kept))

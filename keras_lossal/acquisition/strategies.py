@@ -101,7 +101,8 @@ class BudgetSwitch(Strategy):
     def chosen(self, model, labeled) -> Strategy:
         """The strategy that picks with these labeled items: `low` below the switch point, else `high`."""
         classes = self.num_classes or budget.model_classes(model)
-        return self.low if budget.labeled_count(labeled) < self.labels_per_class * classes else self.high
+        scarce = budget.labels_are_scarce(budget.labeled_count(labeled), classes, self.labels_per_class)
+        return self.low if scarce else self.high
 
     def pick(self, model, pool, request: SelectionRequest) -> Selection:
         strategy = self.chosen(model, request.labeled)

@@ -10,11 +10,14 @@ from keras_lossal.commands import _settings
 from keras_lossal.commands._errors import CommandError, reports_errors
 from keras_lossal.commands._settings import add_image_limit_arguments, add_selection_arguments
 from keras_lossal.contracts import (
+    BUDGET_SELECTION,
     COMMIT_SECONDS,
     DEFAULT_READ_THREADS,
 )
 
 __all__ = ["add_parser", "class_names", "run"]
+
+_CHECKED_AS = "badge"  # `budget_switch` resolves to typiclust or badge once the model is known
 
 EPILOG = """examples:
   lossal triage unlabeled/ --model models/lossal --output triage_out --top-k 500
@@ -23,10 +26,14 @@ EPILOG = """examples:
   lossal triage /srv/pool --model models/lossal --output /srv/triage --label-studio-document-root /srv
   lossal triage /srv/pool --model models/lossal --output round2 --exclude-labeled labeled.jsonl
   lossal triage unlabeled/ --model models/lossal --output triage_out --selection top_k
+  lossal triage /srv/pool --model models/lossal --output round2 --exclude-labeled labeled.jsonl \\
+      --selection budget_switch
 
 The queue: by default (--selection learning_loss_clusters) the highest predicted loss in each of K k-means
 clusters of the embeddings of the K * --candidates-factor items with the highest predicted loss, listed by
-predicted loss; --selection top_k queues the K highest predicted losses.
+predicted loss; --selection top_k queues the K highest predicted losses. --selection budget_switch follows the
+budget_switch strategy: typiclust (typical items of the clusters the labeled ones cover least) while fewer than
+--labels-per-class labels per class are labeled, counted from --exclude-labeled, then badge.
 
 Re-running with the same --output resumes: only items not yet scored are sent to the model. A queue holds
 the scores of one model version: a resume or a server that answers with another version stops, saying how
@@ -63,7 +70,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--top-k", type=int, default=1000, help="queue length (default 1000; 0 = no limit: every scored item)"
     )
     parser.add_argument("--threshold", type=float, help="only queue items with predicted loss >= this")
-    add_selection_arguments(parser)
+    add_selection_arguments(parser, budget=True)
     parser.add_argument("--batch-size", type=int, default=32, help="items per request (default 32)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight in server mode")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds (server mode)")
@@ -187,10 +194,14 @@ def run(args: argparse.Namespace) -> int:
     from keras_lossal.serving import triage
     from keras_lossal.serving.triage import ServerUnavailableError, TriageStopped
 
-    settings = _settings.settings(args, *_queue_limits(args))
+    limits = _queue_limits(args)
+    # Every flag's value is checked before a model loads (budget_switch resolves once the model is known).
+    _settings.settings(args, *limits, selection=_CHECKED_AS if args.selection == BUDGET_SELECTION else None)
     label_studio = _label_studio_options(args)
     labeled = _labeled_content(args)
     scorer, batch_size = _scorer(args)
+    settings = _settings.settings(args, *limits, selection=_selection(args, scorer, labeled))
+    labeled_embeddings = _labeled_embeddings(args, scorer, settings, batch_size)
     skipped = collections.Counter()
     try:
         result = triage(
@@ -207,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
             exclude_content=labeled.sha256,
             read_threads=args.read_threads,
             commit_seconds=args.commit_seconds,
+            labeled_embeddings=labeled_embeddings,
         )
     except TriageStopped as error:  # the server failed repeatedly, or answered with another model version
         scored = error.result.total_scored
@@ -224,6 +236,8 @@ def _queue_limits(args: argparse.Namespace) -> tuple[int | None, float | None]:
     """Checks the scoring mode and limits; returns triage's `(top_k, threshold)`."""
     if (args.model is None) == (args.server is None):
         raise CommandError("pass exactly one of --model DIR (in-process) or --server URL")
+    if args.labels_per_class < 0:
+        raise CommandError(f"expected --labels-per-class >= 0. Received: {args.labels_per_class}")
     if args.read_threads < 1:
         raise CommandError(f"expected --read-threads >= 1. Received: {args.read_threads}")
     if not 0 <= args.commit_seconds < math.inf:
@@ -239,6 +253,51 @@ def _queue_limits(args: argparse.Namespace) -> tuple[int | None, float | None]:
     # No limit and no threshold: every scored item is queued (-inf admits every finite predicted loss).
     threshold = float("-inf") if top_k is None and args.threshold is None else args.threshold
     return top_k, threshold
+
+
+def _selection(args: argparse.Namespace, scorer, labeled) -> str:
+    """`--selection`, with `budget_switch` resolved to `typiclust` or `badge` (the decision is printed)."""
+    from keras_lossal.contracts import labels_are_scarce
+
+    if args.selection != BUDGET_SELECTION:
+        return args.selection
+    if not scorer.labels:
+        raise CommandError(
+            f"--selection {BUDGET_SELECTION} needs the number of classes: pass --labels (the server does not send "
+            "class names)"
+        )
+    classes = len(scorer.labels)
+    if args.exclude_labeled:
+        count, source = labeled.records, "in the --exclude-labeled manifests"
+    else:
+        training = (getattr(scorer, "config", None) or {}).get("training") or {}
+        count = int(training.get("num_items") or 0)
+        source = "the model was trained on (its export's training.num_items)" if count else "(no --exclude-labeled)"
+    chosen = "typiclust" if labels_are_scarce(count, classes, args.labels_per_class) else "badge"
+    print(
+        f"selection {BUDGET_SELECTION}: {count} labeled item(s) {source}, {classes} classes, switch at "
+        f"{args.labels_per_class} per class -> {chosen}"
+    )
+    return chosen
+
+
+def _labeled_embeddings(args: argparse.Namespace, scorer, settings, batch_size: int):
+    """For `typiclust` with `--exclude-labeled`: the labeled items' embeddings (the count is printed)."""
+    if settings.selection != "typiclust" or not args.exclude_labeled:
+        return None
+    from keras_lossal.labeling.manifest import labeled_items
+    from keras_lossal.serving.triage import embed_items
+
+    _, max_bytes = settings.image_limits(scorer)
+    embeddings, failures = embed_items(
+        labeled_items(args.exclude_labeled, max_bytes), scorer, settings, batch_size=batch_size
+    )
+    print(f"typiclust: embedded {len(embeddings)} labeled item(s) to fill around", end="")
+    if failures:
+        print(f"; {len(failures)} could not be embedded (first: {failures[0]['id']}: {failures[0]['reason']})")
+    else:
+        print()
+    return embeddings
 
 
 def _labeled_content(args: argparse.Namespace):

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import glob
 import io
 import json
@@ -51,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from keras_lossal.contracts import CONTENT_FIELD, IMAGE_EXTENSIONS, is_content_hash
-from keras_lossal.files import DEFAULT_LOCK_TIMEOUT
+from keras_lossal.contracts import CONTENT_FIELD, IMAGE_EXTENSIONS, Item, is_content_hash
+from keras_lossal.files import DEFAULT_LOCK_TIMEOUT, read_file
 from keras_lossal.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "from_directory",
     "from_folders",
     "labeled_content",
+    "labeled_items",
     "load_labeled_set",
     "manifest_text",
     "merge",
@@ -486,6 +488,30 @@ def labeled_content(manifest_paths: Sequence[str]) -> LabeledContent:
             except OSError:
                 unhashed.append(f"{path}: {record['id']}")
     return LabeledContent(frozenset(hashes), count, tuple(unhashed))
+
+
+def labeled_items(manifest_paths: Sequence[str], max_bytes: int | None = None) -> list[Item]:
+    """The images of labeled-set manifests as triage `Item`s (to embed them: `serving.triage.embed_items`).
+
+    One item per record, in manifest order; relative paths resolve against the manifest's folder, and
+    reading is deferred to the item's loader (`files.read_file`, local or object-store, at most
+    `max_bytes`).
+
+    Example:
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> with open(os.path.join(folder, "labeled.jsonl"), "w") as handle:
+    ...     _ = handle.write('{"id": "a", "path": "images/a.png", "label": "cat"}\\n')
+    >>> [(item.item_id, os.path.relpath(item.path, folder)) for item in labeled_items([f"{folder}/labeled.jsonl"])]
+    [('a', 'images/a.png')]
+    """
+    items = []
+    for path in manifest_paths:
+        for record in read_manifest(path):
+            file = _record_file(record["path"], path)
+            items.append(Item(record["id"], file, "image", functools.partial(read_file, file, max_bytes)))
+    return items
 
 
 def _record_file(path: str, manifest_path: str) -> str:

@@ -4,8 +4,8 @@ While a pool is scored, `Candidates` keeps `candidates_factor * top_k` items,
 each with what the selection needs: its `embedding` (the penultimate features
 the export serves) and, for the BADGE selections, its residual
 `p - onehot(argmax p)`. The candidates are the items with the highest
-predicted loss (the tie rule of `keras_lossal.records`), except for `badge`,
-whose candidates are a uniform sample of the pool (below). It is a bounded
+predicted loss (the tie rule of `keras_lossal.records`), except for `badge`
+and `typiclust`, whose candidates are a uniform sample of the pool (below). It is a bounded
 heap, so memory is O(candidates_factor * top_k * (D + C)) whatever the pool
 size. At the end `QueueRule.select` picks `top_k` of the candidates:
 
@@ -27,6 +27,17 @@ size. At the end `QueueRule.select` picks `top_k` of the candidates:
   their residuals and embeddings, unweighted (the rule of `Badge`). With the
   default `candidates_factor` (10) the subset is 10 * `top_k`, as the
   benchmark's M = 5,000 for K = 500.
+- `typiclust`: TypiClust (the `typiclust` strategy, for small budgets) on the
+  same kind of uniform sample: k-means of the sample's and the labeled items'
+  embeddings into L + `top_k` clusters, then the most typical candidate of the
+  clusters the labels cover least (`diversity.typiclust_picks`). The labeled
+  items' embeddings are `select(..., labeled=...)`; `lossal triage` scores
+  the `--exclude-labeled` manifests' images for them.
+
+The commands' `--selection budget_switch` chooses between the last two before
+anything is scored, as the `budget_switch` strategy does:
+`typiclust` while fewer than `--labels-per-class` labels per class are labeled
+(`acquisition.budget.labels_are_scarce`), `badge` from there.
 
 The diverse selections see the candidates by predicted loss, best first, and
 use `seed`, so the queue is reproducible and equals the strategy's
@@ -34,17 +45,17 @@ use `seed`, so the queue is reproducible and equals the strategy's
 the selection, the queue lists its picks by predicted loss, highest first
 (ties: the earlier item), and the records keep their fields (`predicted_loss`
 stays the score). `threshold` applies to the predicted loss before anything
-else: only items at or above it are candidates, for `badge` too.
+else: only items at or above it are candidates, for the samples too.
 
 Resume (triage): the features of every item that enters the heap are appended
 to `candidates.jsonl`, synced (`Candidates.sync`) before the item's score reaches `scored.jsonl`,
 and the file is rewritten with the heap's content when it grows past
 `4 * max_candidates` lines. A resumed run rebuilds the candidates from
 `scored.jsonl` and reads their features back: a candidate's rank is fixed by
-the item (its predicted loss, or `badge`'s hash of its id), so an item among the
+the item (its predicted loss, or the sample's hash of its id), so an item among the
 final candidates was among the candidates when it was scored, and its features
 were written. A resume whose candidates lack features (an earlier run with
-fewer candidates, another selection or, for `badge`, another seed, or an older
+fewer candidates, another selection or, for a sample, another seed, or an older
 keras-lossal) is refused.
 """
 
@@ -78,8 +89,9 @@ from keras_lossal.serving.scorers import KEPT_OUTPUTS
 
 __all__ = ["Candidates", "QueueRule", "ResumeWithoutFeaturesError", "sample_key"]
 
-_CLUSTERS, _LEARNING_LOSS_BADGE, _TOP_K, _BADGE = SELECTIONS
+_CLUSTERS, _LEARNING_LOSS_BADGE, _TOP_K, _BADGE, _TYPICLUST = SELECTIONS
 _GRADIENT_SELECTIONS = (_LEARNING_LOSS_BADGE, _BADGE)  # those that need the residual
+_SAMPLING_SELECTIONS = (_BADGE, _TYPICLUST)  # those whose candidates are a uniform sample of the pool
 _RESIDUAL = "residual"
 _FEATURES = "_selection_features"  # the key of a held record's features (never written out)
 _ORDER = "_queue_order"  # a sampled candidate's tie order, for ranking by predicted loss (never written out)
@@ -102,8 +114,8 @@ class QueueRule:
         selection: one of `contracts.SELECTIONS` (see the module docstring).
         candidates_factor: the diverse selections choose among
             `candidates_factor * top_k` candidates: the highest predicted
-            losses, or for `badge` a uniform sample of the pool.
-        seed: the seed of the diverse selections (and of `badge`'s sample).
+            losses, or for `badge` and `typiclust` a uniform sample of the pool.
+        seed: the seed of the diverse selections (and of the samples).
 
     Example:
 
@@ -141,8 +153,8 @@ class QueueRule:
 
     @property
     def samples(self) -> bool:
-        """Whether the candidates are a uniform sample of the pool (`badge`), not the highest predicted losses."""
-        return self.selection == _BADGE and self.diverse
+        """Whether the candidates are a uniform sample of the pool (`badge`, `typiclust`), not the highest losses."""
+        return self.selection in _SAMPLING_SELECTIONS and self.diverse
 
     @property
     def max_candidates(self) -> int | None:
@@ -171,21 +183,27 @@ class QueueRule:
     def candidate_rank(self, record: Mapping, order) -> tuple[float, object]:
         """`(score, tie order)` of a scored record: the candidates are the largest `records.queue_key` of it.
 
-        The predicted loss and the item's `order`; for `badge`, `sample_key(seed, id)` and the id, so the
+        The predicted loss and the item's `order`; for a sample, `sample_key(seed, id)` and the id, so the
         sample depends on the items alone (triage's `Candidates` and Beam's combiner both rank by this).
         """
         if self.samples:
             return sample_key(self.seed, record["id"]), record["id"]
         return record["predicted_loss"], order
 
-    def select(self, ranked: Sequence[tuple[dict, Mapping[str, np.ndarray] | None]]) -> list[dict]:
-        """The queue from the candidates `(record, features)`, best first: the picks by predicted loss."""
+    def select(
+        self, ranked: Sequence[tuple[dict, Mapping[str, np.ndarray] | None]], labeled: np.ndarray | None = None
+    ) -> list[dict]:
+        """The queue from the candidates `(record, features)`, best first: the picks by predicted loss.
+
+        `labeled`: `(L, D)` embeddings of the items already labeled, which `typiclust` fills around (the
+        clusters they cover are picked from last); `None` or empty: none. The other selections ignore it.
+        """
         records = [record for record, _ in ranked]
         if not self.diverse or len(records) <= self.top_k:
             return records[: self.top_k]
-        return [records[position] for position in np.sort(self._picks(ranked))]
+        return [records[position] for position in np.sort(self._picks(ranked, labeled))]
 
-    def _picks(self, ranked) -> np.ndarray:
+    def _picks(self, ranked, labeled) -> np.ndarray:
         from keras_lossal.acquisition import diversity  # TensorFlow: only when a diverse queue is built
 
         missing = [record["id"] for record, features in ranked if not self.has_features(features)]
@@ -200,6 +218,11 @@ class QueueRule:
             return kept
         if self.selection == _CLUSTERS:
             return kept[diversity.hardest_per_cluster(predicted[kept], embeddings[kept], self.top_k, self.seed)]
+        if self.selection == _TYPICLUST:
+            chosen, _ = diversity.typiclust_picks(
+                embeddings[kept], _labeled_embeddings(labeled, embeddings.shape[1]), self.top_k, self.seed
+            )
+            return kept[chosen]
         if self.selection == _BADGE:
             chosen, _ = diversity.kmeans_plus_plus_gradients(residuals[kept], embeddings[kept], self.top_k, self.seed)
             return kept[chosen]
@@ -214,7 +237,7 @@ class QueueRule:
 
 
 def sample_key(seed: int, item_id: str) -> float:
-    """A uniform number in [0, 1) from `(seed, item_id)`: the `badge` queue samples the items with the largest.
+    """A uniform number in [0, 1) from `(seed, item_id)`: the sampled queues take the items with the largest.
 
     The 53 high bits of BLAKE2b of `f"{seed}:{item_id}"`, so the same on every machine, Python and run.
 
@@ -225,6 +248,20 @@ def sample_key(seed: int, item_id: str) -> float:
     """
     digest = hashlib.blake2b(f"{seed}:{item_id}".encode(), digest_size=8).digest()
     return (int.from_bytes(digest, "big") >> 11) / 2**53
+
+
+def _labeled_embeddings(labeled, width: int) -> np.ndarray | None:
+    """The labeled items' finite embeddings as `(L, width)` float32, or `None`; a wrong width is a `ValueError`."""
+    if labeled is None or np.size(labeled) == 0:
+        return None
+    labeled = np.asarray(labeled, np.float32)
+    if labeled.ndim != 2 or labeled.shape[1] != width:
+        raise ValueError(
+            f"Expected the labeled items' embeddings as an (L, {width}) array, the width of the candidates'. "
+            f"Received shape {labeled.shape}"
+        )
+    labeled = labeled[np.isfinite(labeled).all(axis=1)]
+    return labeled if len(labeled) else None
 
 
 def _finite_rows(embeddings: np.ndarray, residuals: np.ndarray | None) -> np.ndarray:
@@ -244,7 +281,7 @@ def _finite_rows(embeddings: np.ndarray, residuals: np.ndarray | None) -> np.nda
 class Candidates:
     """The queue's candidates among the scored records, with their selection features, for one triage run.
 
-    The records with the highest predicted loss, or `badge`'s sample (`QueueRule.candidate_rank`). Holds at
+    The records with the highest predicted loss, or the uniform sample (`QueueRule.candidate_rank`). Holds at
     most `rule.max_candidates` records (`peak` is the most it held) and, with `log_path`, keeps
     `candidates.jsonl` as the module docstring says.
 
@@ -327,7 +364,7 @@ class Candidates:
                 f"Output directory {output_dir!r} holds {len(missing)} scored items among the queue's candidates "
                 f"without the features --selection {self.rule.selection} needs (e.g. {missing[0]!r}): an earlier "
                 "run kept fewer candidates (a smaller --top-k or --candidates-factor), used another selection (or, "
-                "for badge, another --seed), or an older keras-lossal. Re-run with that run's settings, with "
+                "for badge or typiclust, another --seed), or an older keras-lossal. Re-run with that run's settings, with "
                 "--selection top_k, or restart (--restart) to score everything again."
             )
         self._log = JsonlLog(self.log_path)
@@ -356,9 +393,9 @@ class Candidates:
             for record in held
         ]
 
-    def queue(self) -> list[dict]:
-        """The queue (`QueueRule.select` of the candidates), without ranks."""
-        return self.rule.select(self.ranked())
+    def queue(self, labeled: np.ndarray | None = None) -> list[dict]:
+        """The queue (`QueueRule.select` of the candidates, with the `labeled` items' embeddings), without ranks."""
+        return self.rule.select(self.ranked(), labeled)
 
 
 def _feature_line(item_id: str, features: Mapping[str, np.ndarray]) -> dict:

@@ -58,6 +58,8 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
+
 from keras_lossal.contracts import (
     COMMIT_SECONDS,
     DEFAULT_READ_THREADS,
@@ -71,6 +73,7 @@ from keras_lossal.files import atomic_open, atomic_write
 from keras_lossal.records import (
     CANDIDATES_FILE,
     DUPLICATE_REASON,
+    EMBEDDING,
     FAILURES_FILE,
     LABEL_CONFIG_FILE,
     LABEL_STUDIO_FILE,
@@ -92,10 +95,18 @@ from keras_lossal.records import (
 from keras_lossal.serving.labeling import LabelStudioOptions, write_labeling_files
 from keras_lossal.serving.queue import Candidates, QueueRule
 from keras_lossal.serving.readers import precheck
-from keras_lossal.serving.scorers import score_isolating
+from keras_lossal.serving.scorers import KEPT_OUTPUTS, score_isolating
 
 # `TopK` lives in `keras_lossal.records` (Beam ranks with the same rule); re-exported as part of triage's API.
-__all__ = ["ModelVersionChangedError", "ServerUnavailableError", "TopK", "TriageResult", "TriageStopped", "triage"]
+__all__ = [
+    "ModelVersionChangedError",
+    "ServerUnavailableError",
+    "TopK",
+    "TriageResult",
+    "TriageStopped",
+    "embed_items",
+    "triage",
+]
 
 
 @dataclasses.dataclass
@@ -175,6 +186,7 @@ def triage(
     exclude_content: Collection[str] = (),
     read_threads: int = DEFAULT_READ_THREADS,
     commit_seconds: float | None = None,
+    labeled_embeddings: np.ndarray | None = None,
     **setting_fields: Any,
 ) -> TriageResult:
     """Scores `items` by predicted loss and writes the labeling queue to `output_dir`.
@@ -216,6 +228,9 @@ def triage(
         commit_seconds: the logs are written and synced at most this often (and at the end); a kill
             loses at most this much scoring, which a resume does again. 0 commits after every batch;
             `None`: `COMMIT_SECONDS` (1 s).
+        labeled_embeddings: `(L, D)` embeddings of the items already labeled (`embed_items` of them), which
+            the `"typiclust"` selection fills around; the other selections ignore them. Not part of the
+            resume state: pass them again on a resume.
         **setting_fields: fields of `TriageSettings` (see `settings`).
 
     Example:
@@ -237,7 +252,7 @@ def triage(
     run.resume(recorded_version)
     run.score(items)
     total_failed = run.compact_failures()
-    queue = run.ranked_queue()
+    queue = run.ranked_queue(labeled_embeddings)
     _write_queue(output_dir, queue)
     result = run.result(queue, total_failed, seconds=time.perf_counter() - start, skipped=skipped or {})
     _write_summary(output_dir, result, run.stopped)
@@ -245,6 +260,53 @@ def triage(
     if run.stopped:
         raise run.stop_error(f"Triage {run.stopped}", result)
     return result
+
+
+def embed_items(
+    items: Iterable[Item], scorer: Scorer, settings: TriageSettings | None = None, *, batch_size: int = 32
+) -> tuple[np.ndarray, list[dict]]:
+    """The `embedding` output of `items` (e.g. the labeled items, for `triage(..., labeled_embeddings=...)`).
+
+    Items are checked and scored as triage does (the image limits of `settings`, else the export's; a
+    refused item fails alone); nothing is written. Returns `(embeddings (N, D) float32, failure records)`,
+    the embeddings in item order, without the items that failed or were scored NaN/inf.
+
+    Example:
+
+    >>> embeddings, failures = embed_items(read_items("labeled/"), InProcessScorer("models/lossal"))  # doctest: +SKIP
+    """
+    scorer = check_scorer(scorer)
+    batch_size = check_integer("batch_size", batch_size)
+    max_pixels, max_bytes = TriageSettings.of(settings).image_limits(scorer)
+    rows: list[np.ndarray] = []
+    failures: list[dict] = []
+
+    def flush(batch: list) -> None:
+        if batch:
+            scored, failed = score_isolating(scorer, batch[0][0].kind, batch, None, keep=(EMBEDDING,))
+            by_id = {item.item_id: item for item, _ in batch}
+            for record in scored:
+                row = np.asarray(record[KEPT_OUTPUTS][EMBEDDING], np.float32).reshape(-1)
+                if np.isfinite(row).all():
+                    rows.append(row)
+                else:
+                    failed.append(failure_record(by_id[record["id"]], "non-finite embedding"))
+            failures.extend(failed)
+            batch.clear()
+
+    batch: list = []
+    for item in items:
+        payload, failure = precheck(item, max_pixels, max_bytes)
+        if failure is not None:
+            failures.append(failure)
+            continue
+        if batch and batch[0][0].kind != item.kind:
+            flush(batch)
+        batch.append((item, payload))
+        if len(batch) >= batch_size:
+            flush(batch)
+    flush(batch)
+    return (np.stack(rows) if rows else np.zeros((0, 0), np.float32)), failures
 
 
 # --------------------------------------------------------------------------- the steps
@@ -706,12 +768,11 @@ class _Run:
         """Drops failure records made stale by a later record of the same id; returns how many remain."""
         return _compact_failures(self.failures_path, self.scored_ids)
 
-    def ranked_queue(self) -> list[dict]:
+    def ranked_queue(self, labeled_embeddings: np.ndarray | None) -> list[dict]:
         # Scores resumed from older runs carry no version: they are the queue's version (checked by `settle`).
         version = self.versions.version
-        return assign_ranks(
-            [r if MODEL_VERSION in r else {**r, MODEL_VERSION: version} for r in self.candidates.queue()]
-        )
+        queue = self.candidates.queue(labeled_embeddings)
+        return assign_ranks([r if MODEL_VERSION in r else {**r, MODEL_VERSION: version} for r in queue])
 
     def result(self, queue: list[dict], total_failed: int, seconds: float, skipped: Mapping[str, int]) -> TriageResult:
         return TriageResult(

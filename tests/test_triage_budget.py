@@ -1,0 +1,226 @@
+"""Triage's budget-aware queue (keras_lossal/serving/queue.py, serving/triage.py, commands/triage.py): the
+`typiclust` selection on a uniform sample with the labeled items' embeddings, `embed_items`, and
+`--selection budget_switch`, which picks typiclust or badge by the labels per class, as the strategy does."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_lossal as kl
+from keras_lossal import cli
+from keras_lossal.acquisition import diversity
+from keras_lossal.contracts import Item, labels_are_scarce
+from keras_lossal.labeling.manifest import labeled_items
+from keras_lossal.serving import InProcessScorer, read_items, triage
+from keras_lossal.serving.queue import QueueRule, ResumeWithoutFeaturesError, sample_key
+from keras_lossal.serving.triage import embed_items
+
+sys.path.insert(0, os.path.dirname(__file__))
+from serving_fixtures import LABELS, PREP, lossal_export  # noqa: E402, F401
+
+N_ITEMS = 24
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory, lossal_export):  # noqa: F811 - pytest fixture
+    """24 PNGs in `pool/`, 4 more in `labeled/` with `labeled.jsonl`, and the model inputs they decode to."""
+    folder = tmp_path_factory.mktemp("budget_pool")
+    pixels = np.random.default_rng(9).integers(0, 256, size=(N_ITEMS + 4, 8, 8, 3), dtype=np.uint8)
+    (folder / "pool").mkdir()
+    (folder / "labeled").mkdir()
+    ids = [f"img_{index:02d}.png" for index in range(N_ITEMS)]
+    for item_id, image in zip(ids, pixels):
+        (folder / "pool" / item_id).write_bytes(tf.io.encode_png(image).numpy())
+    lines = []
+    for index, image in enumerate(pixels[N_ITEMS:]):
+        (folder / "labeled" / f"l{index}.png").write_bytes(tf.io.encode_png(image).numpy())
+        lines.append(json.dumps({"id": f"l{index}", "path": f"labeled/l{index}.png", "label": LABELS[index % 3]}))
+    (folder / "labeled.jsonl").write_text("\n".join(lines) + "\n")
+    return {
+        "folder": folder,
+        "inputs": dict(zip(ids, PREP(pixels[:N_ITEMS]).numpy())),
+        "labeled_inputs": PREP(pixels[N_ITEMS:]).numpy(),
+        "model": lossal_export["model"],
+        "base": lossal_export["base"],
+    }
+
+
+def read_jsonl(path):
+    with open(path) as handle:
+        return [json.loads(line) for line in handle]
+
+
+def ids(records):
+    return [record["id"] for record in records]
+
+
+def sample_by_loss(out, count, seed):
+    """Triage's sampled candidates: the `count` largest `sample_key`, then by predicted loss (the tie rule)."""
+    scored = read_jsonl(os.path.join(out, "scored.jsonl"))
+    sample = sorted(scored, key=lambda record: sample_key(seed, record["id"]), reverse=True)[:count]
+    return ids(sorted(sample, key=lambda record: (-record["predicted_loss"], record["input_index"])))
+
+
+# ------------------------------------------------------------------------------------------- the rule
+def blobs(rng, centers, per_blob):
+    return np.concatenate([rng.normal(center, 0.05, size=(per_blob, 2)) for center in centers]).astype(np.float32)
+
+
+def ranked(embeddings):
+    return [({"id": f"i{index}", "predicted_loss": 1.0 - index / 1000}, {"embedding": row})
+            for index, row in enumerate(embeddings)]  # fmt: skip
+
+
+def test_typiclust_fills_the_clusters_the_labeled_items_leave_uncovered():
+    rng = np.random.default_rng(0)
+    centers = [(0.0, 0.0), (5.0, 0.0), (0.0, 5.0)]
+    embeddings = blobs(rng, centers, per_blob=20)  # rows 0-19, 20-39, 40-59
+    rule = QueueRule(top_k=2, selection="typiclust", candidates_factor=30, seed=0)
+    blob_of = {f"i{index}": index // 20 for index in range(60)}
+    # L labeled items and k picks make L + k clusters: here the three blobs.
+    # One labeled item in blob 0: the two picks go to blobs 1 and 2.
+    labeled = blobs(rng, centers[:1], per_blob=1)
+    assert sorted(blob_of[record["id"]] for record in rule.select(ranked(embeddings), labeled)) == [1, 2]
+    labeled = blobs(rng, centers[1:], per_blob=1)  # now blobs 1 and 2 are covered
+    rule = QueueRule(top_k=1, selection="typiclust", candidates_factor=60, seed=0)
+    assert [blob_of[record["id"]] for record in rule.select(ranked(embeddings), labeled)] == [0]
+    # Each pick is its blob's most typical item: the one nearest the blob's dense middle.
+    (pick,) = rule.select(ranked(embeddings), labeled)
+    members = embeddings[:20]
+    assert np.linalg.norm(embeddings[int(pick["id"][1:])] - np.median(members, axis=0)) < 0.05
+    # A NaN labeled row is left out; a labeled array of another width is refused, naming both.
+    with_nan = np.concatenate([labeled, [[np.nan, 0.0]]]).astype(np.float32)
+    assert ids(rule.select(ranked(embeddings), with_nan)) == ids(rule.select(ranked(embeddings), labeled))
+    with pytest.raises(ValueError, match=r"an \(L, 2\) array.*Received shape \(3, 5\)"):
+        rule.select(ranked(embeddings), np.zeros((3, 5), np.float32))
+
+
+def test_typiclust_queue_equals_the_rule_on_the_same_arrays():
+    embeddings = np.random.default_rng(1).normal(size=(40, 4)).astype(np.float32)
+    labeled = np.random.default_rng(2).normal(size=(5, 4)).astype(np.float32)
+    queue = QueueRule(top_k=6, selection="typiclust", candidates_factor=10, seed=4).select(ranked(embeddings), labeled)
+    positions, _ = diversity.typiclust_picks(embeddings, labeled, 6, seed=4)
+    assert ids(queue) == [f"i{position}" for position in sorted(positions)]
+    assert QueueRule(top_k=6, selection="typiclust").outputs == ("embedding",)
+
+
+def test_the_switch_rule_counts_labels_per_class():
+    assert [labels_are_scarce(count, 3) for count in (0, 29, 30, 31)] == [True, True, False, False]
+    assert labels_are_scarce(5, 3, labels_per_class=2) and not labels_are_scarce(6, 3, labels_per_class=2)
+
+
+# ------------------------------------------------------------------------------------------ triage
+def test_typiclust_triage_is_the_strategy_on_the_sample_with_the_labeled_items(pool, tmp_path):
+    scorer = InProcessScorer(pool["base"])
+    items = labeled_items([str(pool["folder"] / "labeled.jsonl")])
+    labeled, failures = embed_items(items, scorer, batch_size=3)
+    assert failures == [] and labeled.shape == (4, int(scorer.score("image", [items[0].load()])["embedding"].shape[1]))
+    out = str(tmp_path / "out")
+    result = triage(read_items(str(pool["folder"] / "pool")), scorer, out, top_k=3, batch_size=5,
+                    selection="typiclust", candidates_factor=4, seed=7, labeled_embeddings=labeled)  # fmt: skip
+    candidates = sample_by_loss(out, 12, seed=7)
+    # The library's TypiClust, in memory on the Keras model, over the same candidates and labeled items.
+    chosen = kl.acquisition.get("typiclust").select(
+        pool["model"], np.stack([pool["inputs"][item_id] for item_id in candidates]), k=3, seed=7,
+        labeled=pool["labeled_inputs"],
+    )  # fmt: skip
+    assert ids(result.queue) == [candidates[position] for position in sorted(chosen.indices)]
+    losses = [record["predicted_loss"] for record in result.queue]
+    assert losses == sorted(losses, reverse=True) and [record["rank"] for record in result.queue] == [1, 2, 3]
+    # Without the labeled items the clusters are others (the labeled ones are what TypiClust fills around).
+    alone = kl.acquisition.get("typiclust").select(
+        pool["model"], np.stack([pool["inputs"][item_id] for item_id in candidates]), k=3, seed=7
+    )
+    unlabeled = triage(read_items(str(pool["folder"] / "pool")), scorer, str(tmp_path / "alone"), top_k=3,
+                       selection="typiclust", candidates_factor=4, seed=7)  # fmt: skip
+    assert ids(unlabeled.queue) == [candidates[position] for position in sorted(alone.indices)]
+
+
+def test_a_resume_that_switches_from_typiclust_to_badge_is_refused(pool, tmp_path):
+    scorer = InProcessScorer(pool["base"])
+    out = str(tmp_path / "out")
+    options = {"top_k": 2, "candidates_factor": 3, "seed": 1}
+    triage(read_items(str(pool["folder"] / "pool")), scorer, out, selection="typiclust", **options)
+    with pytest.raises(ResumeWithoutFeaturesError, match="used another selection"):
+        triage(read_items(str(pool["folder"] / "pool")), scorer, out, selection="badge", **options)
+    # The same sample, so typiclust resumes from it (nothing scored again).
+    again = triage(read_items(str(pool["folder"] / "pool")), scorer, out, selection="typiclust", **options)
+    assert again.scored == 0 and again.queued == 2
+
+
+def test_embed_items_fails_a_corrupt_image_alone_and_keeps_the_rest_in_order(pool, tmp_path):
+    scorer = InProcessScorer(pool["base"])
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    good = labeled_items([str(pool["folder"] / "labeled.jsonl")])
+    bad = Item("bad", str(tmp_path / "bad.png"), "image", lambda: (tmp_path / "bad.png").read_bytes())
+    missing = Item("missing", str(tmp_path / "nope.png"), "image", lambda: (tmp_path / "nope.png").read_bytes())
+    embeddings, failures = embed_items([good[0], bad, good[1], missing, *good[2:]], scorer, batch_size=8)
+    reference, _ = embed_items(good, scorer, batch_size=1)
+    np.testing.assert_allclose(embeddings, reference, rtol=1e-5, atol=1e-6)
+    assert [failure["id"] for failure in failures] == ["bad", "missing"]
+    assert all(failure["reason"] for failure in failures)
+
+
+# ------------------------------------------------------------------------------------- the command line
+def run_triage(capsys, *argv):
+    capsys.readouterr()
+    code = cli.main(["triage", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_budget_switch_picks_typiclust_below_the_point_and_badge_from_it(pool, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(pool["folder"])
+    argv = ["pool", "--model", pool["base"], "--top-k", "3", "--candidates-factor", "4", "--seed", "7",
+            "--show", "0", "--selection", "budget_switch", "--exclude-labeled", "labeled.jsonl"]  # fmt: skip
+    # 4 labeled items, 3 classes: 4 < 2 * 3, so typiclust, filling around the 4 labeled items.
+    code, out, err = run_triage(capsys, *argv, "--labels-per-class", "2", "--output", str(tmp_path / "low"))
+    assert (code, err) == (0, "")
+    assert out.splitlines()[:2] == [
+        "selection budget_switch: 4 labeled item(s) in the --exclude-labeled manifests, 3 classes, switch at 2 per "
+        "class -> typiclust",
+        "typiclust: embedded 4 labeled item(s) to fill around",
+    ]
+    scorer = InProcessScorer(pool["base"])
+    labeled, _ = embed_items(labeled_items(["labeled.jsonl"]), scorer)
+    direct = triage(read_items("pool"), scorer, str(tmp_path / "direct_low"), top_k=3, candidates_factor=4,
+                    seed=7, selection="typiclust", labeled_embeddings=labeled)  # fmt: skip
+    assert ids(read_jsonl(tmp_path / "low" / "queue.jsonl")) == ids(direct.queue)
+    # 4 >= 1 * 3: badge.
+    code, out, _ = run_triage(capsys, *argv, "--labels-per-class", "1", "--output", str(tmp_path / "high"))
+    assert code == 0 and out.splitlines()[0].endswith("switch at 1 per class -> badge")
+    direct = triage(read_items("pool"), scorer, str(tmp_path / "direct_high"), top_k=3, candidates_factor=4,
+                    seed=7, selection="badge")  # fmt: skip
+    assert ids(read_jsonl(tmp_path / "high" / "queue.jsonl")) == ids(direct.queue)
+
+
+def test_budget_switch_without_a_manifest_counts_the_exports_training_items(pool, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(pool["folder"])
+    models = tmp_path / "models"
+    shutil.copytree(pool["base"], models)
+    config_path = models / "1" / "assets.extra" / "lossal.json"
+    argv = ["pool", "--model", str(models), "--top-k", "2", "--show", "0", "--selection", "budget_switch"]
+    code, out, _ = run_triage(capsys, *argv, "--output", str(tmp_path / "a"))
+    assert code == 0 and out.splitlines()[0] == (
+        "selection budget_switch: 0 labeled item(s) (no --exclude-labeled), 3 classes, switch at 10 per class -> "
+        "typiclust"
+    )
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "training": {"num_items": 30, "data_sha256": "0" * 64}}))
+    code, out, _ = run_triage(capsys, *argv, "--output", str(tmp_path / "b"))
+    assert code == 0 and out.splitlines()[0] == (
+        "selection budget_switch: 30 labeled item(s) the model was trained on (its export's training.num_items), "
+        "3 classes, switch at 10 per class -> badge"
+    )
+
+
+def test_budget_switch_refuses_a_negative_point_before_loading_a_model(capsys):
+    code, _, err = run_triage(capsys, "pool", "--model", "nowhere", "--output", "o", "--selection", "budget_switch",
+                              "--labels-per-class", "-1")  # fmt: skip
+    assert code == 2 and "expected --labels-per-class >= 0. Received: -1" in err
