@@ -222,16 +222,21 @@ def _finished_or_none(path: str) -> dict:
 
 
 def class_shares(complete: dict) -> str:
-    """How each arm's picks spread over the classes (all acquisitions, all finished seeds)."""
+    """How each arm's picks spread over the classes (all acquisitions, all finished seeds; arms without counts left out)."""
     names = data.FASHION_MNIST_CLASSES
     lines = ["| arm | " + " | ".join(names) + " | largest share |", "|" + "---|" * (len(names) + 2)]
     for arm, runs in complete.items():
         counts = sum(
-            np.asarray(cycle["selected_class_counts"], np.float64)
-            for run in runs.values()
-            for cycle in run.cycles
-            if "selected_class_counts" in cycle
+            (
+                np.asarray(cycle["selected_class_counts"], np.float64)
+                for run in runs.values()
+                for cycle in run.cycles
+                if "selected_class_counts" in cycle
+            ),
+            np.zeros(len(names)),
         )
+        if not counts.sum():
+            continue
         shares = counts / counts.sum()
         lines.append(f"| {arm} | " + " | ".join(f"{share:.0%}" for share in shares) + f" | {shares.max():.0%} |")
     return "\n".join(lines)
@@ -244,7 +249,9 @@ def report(out_dir: str, required: dict[str, int] | None = None) -> str:
     results.write_report(summary, out_dir)
     results.plot_summary(summary, os.path.join(out_dir, "learning_curves.png"), title="Fashion-MNIST label efficiency")
     paired = results.format_paired_table(summary, LEARNING_LOSS_ARMS, BASELINE_ARMS + CONTROL_ARMS)
-    shares = class_shares(complete)
+    # The picks are train0's (the retrainings replay them; their averaged cycles carry no class counts).
+    trainings = training_directories(out_dir)
+    shares = class_shares(finished_runs(trainings[0]) if trainings else complete)
     with open(os.path.join(out_dir, "paired.md"), "w") as stream:
         stream.write(paired + "\n\n" + shares + "\n")
     return (

@@ -103,3 +103,29 @@ def test_the_recommendation_check_compares_the_challenger_head_to_head_with_rule
     missing = {arm: dict(list(runs.items())[:2]) for arm, runs in better.items()}
     text, passed = decision.recommendation_section("Task", missing, registration, seeds)
     assert passed is None and "2 of 3 seeds complete" in text
+
+
+def test_the_second_recommendation_check_passes_a_tie_within_its_margin_only():
+    import label_efficiency_decision as decision
+
+    registration = decision.RECOMMENDATION_2
+    assert (registration.margin, registration.seeds) == (0.005, (20, 21, 22, 23, 24))
+    seeds = (0, 1, 2)
+
+    def check(challenger, current):
+        runs = _curves({"budget_switch": challenger, "learning_loss_clusters": current, "random": [0.0, 0.0, 0.0]})
+        return decision.recommendation_section("Task", runs, registration, seeds)
+
+    # AUC over 10-30 labels: a level shift L from cycle 1 on moves the AUC by 0.75 L.
+    text, passed = check([0.010, 0.010, 0.010], [0.014, 0.014, 0.014])  # -0.003: inside the margin
+    assert passed and "budget_switch − learning_loss_clusters: -0.0030" in text and "(passes at ≥ -0.0050)" in text
+    assert check([0.010, 0.010, 0.010], [0.018, 0.018, 0.018])[1] is False  # -0.006: outside
+    assert (
+        decision.recommendation_section(
+            "Task",
+            _curves({"budget_switch": [0.010] * 3, "learning_loss_clusters": [0.014] * 3, "random": [0.0] * 3}),
+            decision.RECOMMENDATION,
+            seeds,
+        )[1]
+        is False
+    )  # the first check had no margin
