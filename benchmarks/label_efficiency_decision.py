@@ -295,12 +295,12 @@ def recommendation_check(registration: Registration = RECOMMENDATION) -> str:
     digits_text, digits = recommendation_section(
         "Digits (64 tabular features)", digits_runs, registration, digits_seeds
     )
-    if fashion is None or digits is None:
-        decision = "not decided: a task is not complete"
-    elif fashion and digits:
-        decision = f"{challenger} replaces {current} as the recommendation"
-    else:
+    if fashion is False or digits is False:  # one failed task decides: the challenger must pass both
         decision = f"{current} stays the recommendation"
+    elif fashion is None or digits is None:
+        decision = "not decided: a task is not complete"
+    else:
+        decision = f"{challenger} replaces {current} as the recommendation"
     title = "the recommendation check" + (" (second, non-inferiority)" if registration.margin else "")
     text = f"# Issue 22: {title}\n\n{fashion_text}\n{digits_text}\n**Decision:** {decision}\n"
     with open(registration.out, "w") as stream:

@@ -129,3 +129,21 @@ def test_the_second_recommendation_check_passes_a_tie_within_its_margin_only():
         )[1]
         is False
     )  # the first check had no margin
+
+
+def test_a_recommendation_check_is_decided_once_one_task_fails(tmp_path, monkeypatch):
+    import label_efficiency_decision as decision
+
+    answers = {"Fashion-MNIST": None, "Digits (64 tabular features)": False}
+    monkeypatch.setattr(decision, "fashion_runs", lambda registration: {})
+    monkeypatch.setattr(decision, "task_runs", lambda path, registration: {})
+    monkeypatch.setattr(decision, "recommendation_section", lambda name, *args: (f"## {name}\n", answers[name]))
+    registration = decision.dataclasses.replace(decision.RECOMMENDATION_2, name=str(tmp_path / "check"))
+    monkeypatch.setattr(type(registration), "out", property(lambda self: str(tmp_path / "check.md")))
+    assert "**Decision:** learning_loss_clusters stays the recommendation" in decision.recommendation_check(
+        registration
+    )
+    answers["Digits (64 tabular features)"] = True
+    assert "**Decision:** not decided: a task is not complete" in decision.recommendation_check(registration)
+    answers["Fashion-MNIST"] = True
+    assert "budget_switch replaces learning_loss_clusters" in decision.recommendation_check(registration)
