@@ -117,8 +117,12 @@ def test_the_switch_rule_counts_labels_per_class():
 def test_typiclust_triage_is_the_strategy_on_the_sample_with_the_labeled_items(pool, tmp_path):
     scorer = InProcessScorer(pool["base"])
     items = labeled_items([str(pool["folder"] / "labeled.jsonl")])
-    labeled, failures = embed_items(items, scorer, batch_size=3)
-    assert failures == [] and labeled.shape == (4, int(scorer.score("image", [items[0].load()])["embedding"].shape[1]))
+    labeled, failures, versions = embed_items(items, scorer, batch_size=3)
+    assert (
+        failures == []
+        and versions == {1}
+        and labeled.shape == (4, int(scorer.score("image", [items[0].load()])["embedding"].shape[1]))
+    )
     out = str(tmp_path / "out")
     result = triage(read_items(str(pool["folder"] / "pool")), scorer, out, top_k=3, batch_size=5,
                     selection="typiclust", candidates_factor=4, seed=7, labeled_embeddings=labeled)  # fmt: skip
@@ -138,6 +142,15 @@ def test_typiclust_triage_is_the_strategy_on_the_sample_with_the_labeled_items(p
     unlabeled = triage(read_items(str(pool["folder"] / "pool")), scorer, str(tmp_path / "alone"), top_k=3,
                        selection="typiclust", candidates_factor=4, seed=7)  # fmt: skip
     assert ids(unlabeled.queue) == [candidates[position] for position in sorted(alone.indices)]
+    assert ids(unlabeled.queue) != ids(result.queue)  # the labeled items moved the picks
+    # A threshold applies first: only items at or above it are sampled.
+    cut = float(np.median([record["predicted_loss"] for record in read_jsonl(os.path.join(out, "scored.jsonl"))]))
+    above = triage(read_items(str(pool["folder"] / "pool")), scorer, str(tmp_path / "cut"), top_k=3, threshold=cut,
+                   selection="typiclust", candidates_factor=4, seed=7, labeled_embeddings=labeled)  # fmt: skip
+    assert above.queued == 3 and all(record["predicted_loss"] >= cut for record in above.queue)
+    with pytest.raises(ValueError, match=r"an \(L, D\) array.*Received shape \(4, 2, 8\)"):
+        triage(read_items(str(pool["folder"] / "pool")), scorer, str(tmp_path / "bad"), top_k=3,
+               selection="typiclust", labeled_embeddings=np.zeros((4, 2, 8)))  # fmt: skip
 
 
 def test_a_resume_that_switches_from_typiclust_to_badge_is_refused(pool, tmp_path):
@@ -150,6 +163,11 @@ def test_a_resume_that_switches_from_typiclust_to_badge_is_refused(pool, tmp_pat
     # The same sample, so typiclust resumes from it (nothing scored again).
     again = triage(read_items(str(pool["folder"] / "pool")), scorer, out, selection="typiclust", **options)
     assert again.scored == 0 and again.queued == 2
+    # badge stores what typiclust needs too (the same sample's embeddings): that resume gives the fresh queue.
+    other = str(tmp_path / "badge_first")
+    triage(read_items(str(pool["folder"] / "pool")), scorer, other, selection="badge", **options)
+    resumed = triage(read_items(str(pool["folder"] / "pool")), scorer, other, selection="typiclust", **options)
+    assert resumed.scored == 0 and ids(resumed.queue) == ids(again.queue)
 
 
 def test_embed_items_fails_a_corrupt_image_alone_and_keeps_the_rest_in_order(pool, tmp_path):
@@ -158,8 +176,8 @@ def test_embed_items_fails_a_corrupt_image_alone_and_keeps_the_rest_in_order(poo
     good = labeled_items([str(pool["folder"] / "labeled.jsonl")])
     bad = Item("bad", str(tmp_path / "bad.png"), "image", lambda: (tmp_path / "bad.png").read_bytes())
     missing = Item("missing", str(tmp_path / "nope.png"), "image", lambda: (tmp_path / "nope.png").read_bytes())
-    embeddings, failures = embed_items([good[0], bad, good[1], missing, *good[2:]], scorer, batch_size=8)
-    reference, _ = embed_items(good, scorer, batch_size=1)
+    embeddings, failures, _ = embed_items([good[0], bad, good[1], missing, *good[2:]], scorer, batch_size=8)
+    reference = embed_items(good, scorer, batch_size=1).embeddings
     np.testing.assert_allclose(embeddings, reference, rtol=1e-5, atol=1e-6)
     assert [failure["id"] for failure in failures] == ["bad", "missing"]
     assert all(failure["reason"] for failure in failures)
@@ -186,7 +204,7 @@ def test_budget_switch_picks_typiclust_below_the_point_and_badge_from_it(pool, t
         "typiclust: embedded 4 labeled item(s) to fill around",
     ]
     scorer = InProcessScorer(pool["base"])
-    labeled, _ = embed_items(labeled_items(["labeled.jsonl"]), scorer)
+    labeled = embed_items(labeled_items(["labeled.jsonl"]), scorer).embeddings
     direct = triage(read_items("pool"), scorer, str(tmp_path / "direct_low"), top_k=3, candidates_factor=4,
                     seed=7, selection="typiclust", labeled_embeddings=labeled)  # fmt: skip
     assert ids(read_jsonl(tmp_path / "low" / "queue.jsonl")) == ids(direct.queue)
@@ -206,21 +224,79 @@ def test_budget_switch_without_a_manifest_counts_the_exports_training_items(pool
     shutil.copytree(pool["base"], models)
     config_path = models / "1" / "assets.extra" / "lossal.json"
     argv = ["pool", "--model", str(models), "--top-k", "2", "--show", "0", "--selection", "budget_switch"]
-    code, out, _ = run_triage(capsys, *argv, "--output", str(tmp_path / "a"))
-    assert code == 0 and out.splitlines()[0] == (
-        "selection budget_switch: 0 labeled item(s) (no --exclude-labeled), 3 classes, switch at 10 per class -> "
-        "typiclust"
-    )
+    # An export without a training record, and no manifest: the labeled count is unknown, so it is refused.
+    code, _, err = run_triage(capsys, *argv, "--output", str(tmp_path / "a"))
+    assert code == 2 and "needs to know how many items are labeled: pass the labeled-set manifests" in err
+    assert not (tmp_path / "a").exists()
     config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps({**config, "training": {"num_items": 30, "data_sha256": "0" * 64}}))
-    code, out, _ = run_triage(capsys, *argv, "--output", str(tmp_path / "b"))
-    assert code == 0 and out.splitlines()[0] == (
-        "selection budget_switch: 30 labeled item(s) the model was trained on (its export's training.num_items), "
-        "3 classes, switch at 10 per class -> badge"
+    for count, chosen in ((30, "badge"), (12, "typiclust")):
+        config_path.write_text(json.dumps({**config, "training": {"num_items": count, "data_sha256": "0" * 64}}))
+        code, out, _ = run_triage(capsys, *argv, "--output", str(tmp_path / chosen))
+        assert code == 0 and out.splitlines()[0] == (
+            f"selection budget_switch: {count} labeled item(s) the model was trained on (its export's "
+            f"training.num_items), 3 classes, switch at 10 per class -> {chosen}"
+        )
+    assert out.splitlines()[1].startswith("typiclust without --exclude-labeled: the labeled items are unknown")
+
+
+def test_budget_switch_counts_distinct_labeled_items_and_survives_unreadable_ones(pool, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(pool["folder"])
+    # The same labeled items in two manifests, plus two records whose files are gone.
+    (tmp_path / "gone.jsonl").write_text(
+        '{"id": "g1", "path": "nowhere/g1.png", "label": "cat"}\n{"id": "g2", "path": "nowhere/g2.png", "label": "dog"}\n'
     )
+    argv = ["pool", "--model", pool["base"], "--top-k", "3", "--show", "0", "--selection", "budget_switch",
+            "--exclude-labeled", "labeled.jsonl", "--exclude-labeled", "labeled.jsonl",
+            "--exclude-labeled", str(tmp_path / "gone.jsonl"), "--output", str(tmp_path / "out")]  # fmt: skip
+    code, out, err = run_triage(capsys, *argv)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].startswith("selection budget_switch: 6 labeled item(s) in the --exclude-labeled manifests")
+    assert lines[1].startswith(
+        "typiclust: embedded 4 labeled item(s) to fill around; 2 could not be embedded (first: g1:"
+    )
+    assert len(read_jsonl(tmp_path / "out" / "queue.jsonl")) == 3
+    # An empty manifest: nothing labeled, typiclust with no labeled items.
+    (tmp_path / "empty.jsonl").write_text("")
+    code, out, _ = run_triage(capsys, "pool", "--model", pool["base"], "--top-k", "3", "--show", "0",
+                              "--selection", "budget_switch", "--exclude-labeled", str(tmp_path / "empty.jsonl"),
+                              "--output", str(tmp_path / "empty"))  # fmt: skip
+    assert code == 0 and out.splitlines()[:2] == [
+        "selection budget_switch: 0 labeled item(s) in the --exclude-labeled manifests, 3 classes, switch at 10 per "
+        "class -> typiclust",
+        "typiclust: embedded 0 labeled item(s) to fill around",
+    ]
+
+
+def test_labeled_items_leaves_out_repeated_records(pool):
+    manifest = str(pool["folder"] / "labeled.jsonl")
+    assert [item.item_id for item in labeled_items([manifest, manifest])] == ["l0", "l1", "l2", "l3"]
 
 
 def test_budget_switch_refuses_a_negative_point_before_loading_a_model(capsys):
     code, _, err = run_triage(capsys, "pool", "--model", "nowhere", "--output", "o", "--selection", "budget_switch",
                               "--labels-per-class", "-1")  # fmt: skip
     assert code == 2 and "expected --labels-per-class >= 0. Received: -1" in err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["--server", "grpc://localhost:1", "--selection", "budget_switch"],
+            "needs the number of classes: pass --labels",
+        ),
+        (
+            ["--model", "nowhere", "--labels-per-class", "3"],
+            "--labels-per-class applies to --selection budget_switch only",
+        ),
+    ],
+)
+def test_budget_switch_flags_are_checked_before_anything_loads(capsys, extra, message):
+    code, _, err = run_triage(capsys, "pool", "--output", "o", *extra)
+    assert code == 2 and message in err
+
+
+def test_typiclust_picks_refuses_labeled_embeddings_of_another_width():
+    with pytest.raises(ValueError, match=r"an \(L, 2\) array.*Received shape \(3, 4\)"):
+        diversity.typiclust_picks(np.zeros((6, 2), np.float32), np.zeros((3, 4), np.float32), 2, seed=0)

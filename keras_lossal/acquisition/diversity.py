@@ -15,6 +15,7 @@ from keras import ops
 
 __all__ = [
     "best_per_cluster",
+    "finite_labeled",
     "hardest_per_cluster",
     "k_center_greedy",
     "kmeans",
@@ -486,7 +487,8 @@ def typiclust_picks(
 
     Args:
         candidates: `(N, D)` embeddings to pick from.
-        labeled: `(L, D)` labeled items' embeddings, or `None` (then every cluster is uncovered).
+        labeled: `(L, D)` labeled items' embeddings, or `None` (then every cluster is uncovered); rows
+            with NaN/inf are left out (`finite_labeled`).
         k: picks, `1 <= k <= N`.
         seed: the k-means seed.
         neighbours: neighbours of the typicality.
@@ -501,9 +503,7 @@ def typiclust_picks(
     [4]
     """
     candidates = np.asarray(candidates, np.float32)
-    if labeled is None:
-        labeled = np.zeros((0, candidates.shape[1]), np.float32)
-    labeled = np.asarray(labeled, np.float32).reshape(-1, candidates.shape[1])
+    labeled = finite_labeled(labeled, candidates.shape[1])
     everything = np.concatenate([candidates, labeled])
     clusters = kmeans(everything, min(len(labeled) + k, len(everything)), seed)
     return typical_per_cluster(
@@ -515,3 +515,28 @@ def typiclust_picks(
         min_cluster_size,
         labeled,
     )
+
+
+def finite_labeled(labeled, width: int) -> np.ndarray:
+    """Labeled items' embeddings as `(L, width)` float32 without non-finite rows; `None` or empty: `(0, width)`.
+
+    Another shape is a `ValueError` naming it.
+
+    Example:
+
+    >>> finite_labeled([[0.0, 1.0], [np.nan, 0.0]], 2).tolist(), finite_labeled(None, 3).shape
+    ([[0.0, 1.0]], (0, 3))
+    >>> finite_labeled(np.zeros((3, 4)), 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected the labeled items' embeddings as an (L, 2) array, the width of the candidates'. Received shape (3, 4)
+    """
+    if labeled is None or np.size(labeled) == 0:
+        return np.zeros((0, width), np.float32)
+    labeled = np.asarray(labeled, np.float32)
+    if labeled.ndim != 2 or labeled.shape[1] != width:
+        raise ValueError(
+            f"Expected the labeled items' embeddings as an (L, {width}) array, the width of the candidates'. "
+            f"Received shape {labeled.shape}"
+        )
+    return labeled[np.isfinite(labeled).all(axis=1)]

@@ -9,7 +9,7 @@ The pipeline, per item:
 
 Records, the tie rule and the file names come from `keras_lossal.records`,
 and the queue rule (`QueueRule`: which items are candidates, the highest
-predicted losses or `badge`'s uniform sample, and which of them are queued)
+predicted losses or the uniform sample of `badge` and `typiclust`, and which of them are queued)
 from `keras_lossal.serving.queue`, as for
 in-process triage (`scored.jsonl`, `failures.jsonl`, `queue.jsonl`), so
 downstream tools read either and both queue the same items. Every item ends in
@@ -427,7 +427,7 @@ def _candidate_key(rule: QueueRule, ordered_record) -> tuple:
 def _ranked_queue(candidates: list, rule: QueueRule) -> list[dict]:
     """The queue, with ranks, from the `(order, record, features)` candidates (`QueueRule.select`).
 
-    The combiner gives them by its key (`badge`: a hash); the selection sees them by predicted loss, best first.
+    The combiner gives them by its key (`badge`, `typiclust`: a hash); the selection sees them by predicted loss, best first.
     """
     best_first = sorted(candidates, key=_ordered_queue_key, reverse=True)
     return assign_ranks(rule.select([(record, features) for _, record, features in best_first]))
@@ -448,7 +448,7 @@ class ScorePool(beam.PTransform):
       `probabilities`; manifest fields under `extra`);
     - `"top_k"`: a single element, the queue: the list of the `top_k` records
       `selection` picks among `candidates_factor * top_k` candidates (the
-      highest predicted losses, or for `badge` a uniform sample of the pool;
+      highest predicted losses, or for `badge` and `typiclust` a uniform sample of the pool (Beam has no labeled items: typiclust counts every cluster as uncovered);
       `keras_lossal.serving.queue`), by predicted loss,
       highest first, each with its `rank` (ties keep the earlier item; the
       same queue as in-process triage's);

@@ -36,6 +36,11 @@ def add_selection_arguments(parser: argparse.ArgumentParser, budget: bool = Fals
     the labeled items from `--exclude-labeled`).
     """
     group = parser.add_argument_group("queue selection", "how the --top-k queued items are chosen from the scored ones")
+    typiclust_help = (
+        ", filling the clusters the --exclude-labeled items cover least"
+        if budget
+        else " (no labeled items here: every cluster counts as uncovered)"
+    )
     budget_help = (
         f"; {BUDGET_SELECTION}: typiclust while fewer than --labels-per-class labels per class are labeled (the "
         "--exclude-labeled manifests' records, else the export's training items), badge from there"
@@ -50,14 +55,12 @@ def add_selection_arguments(parser: argparse.ArgumentParser, budget: bool = Fals
         "candidates' embeddings; learning_loss_badge: BADGE's k-means++ weighted by predicted loss; top_k: the K "
         "highest predicted losses; badge: plain BADGE k-means++ on a uniform random sample of F * K scored items "
         "instead of the highest predicted losses (the benchmarked badge protocol); typiclust: TypiClust's typical "
-        "items of the clusters the labeled items cover least, on the same kind of sample (for small budgets)"
-        + budget_help,
+        "items of K k-means clusters of the same kind of sample (for small budgets)" + typiclust_help + budget_help,
     )
     if budget:
         group.add_argument(
             "--labels-per-class",
             type=int,
-            default=DEFAULT_LABELS_PER_CLASS,
             metavar="N",
             help=f"{BUDGET_SELECTION}'s switch point (default {DEFAULT_LABELS_PER_CLASS}, as the budget_switch strategy)",
         )

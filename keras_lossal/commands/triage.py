@@ -200,10 +200,10 @@ def run(args: argparse.Namespace) -> int:
     label_studio = _label_studio_options(args)
     labeled = _labeled_content(args)
     scorer, batch_size = _scorer(args)
-    settings = _settings.settings(args, *limits, selection=_selection(args, scorer, labeled))
-    labeled_embeddings = _labeled_embeddings(args, scorer, settings, batch_size)
     skipped = collections.Counter()
     try:
+        settings = _settings.settings(args, *limits, selection=_selection(args, scorer, labeled))
+        labeled_embeddings, embedded_versions = _labeled_embeddings(args, scorer, settings, batch_size)
         result = triage(
             _items(args, scorer, settings, skipped),
             scorer,
@@ -229,6 +229,12 @@ def run(args: argparse.Namespace) -> int:
         if args.server:
             scorer.client.close()
     _print_result(result, args, labeled)
+    if embedded_versions and result.model_version not in embedded_versions:
+        print(
+            f"note: the labeled items were embedded with model version(s) {sorted(embedded_versions)} and the pool "
+            f"scored with {result.model_version}; re-run with --model-version {result.model_version} (and --restart) "
+            "for a queue from one version"
+        )
     return 0 if result.scored or result.resumed or not result.failed else 1
 
 
@@ -236,8 +242,16 @@ def _queue_limits(args: argparse.Namespace) -> tuple[int | None, float | None]:
     """Checks the scoring mode and limits; returns triage's `(top_k, threshold)`."""
     if (args.model is None) == (args.server is None):
         raise CommandError("pass exactly one of --model DIR (in-process) or --server URL")
-    if args.labels_per_class < 0:
-        raise CommandError(f"expected --labels-per-class >= 0. Received: {args.labels_per_class}")
+    if args.labels_per_class is not None:
+        if args.selection != BUDGET_SELECTION:
+            raise CommandError(f"--labels-per-class applies to --selection {BUDGET_SELECTION} only")
+        if args.labels_per_class < 0:
+            raise CommandError(f"expected --labels-per-class >= 0. Received: {args.labels_per_class}")
+    if args.selection == BUDGET_SELECTION and args.server and not args.labels:
+        raise CommandError(
+            f"--selection {BUDGET_SELECTION} needs the number of classes: pass --labels (the server does not send "
+            "class names)"
+        )
     if args.read_threads < 1:
         raise CommandError(f"expected --read-threads >= 1. Received: {args.read_threads}")
     if not 0 <= args.commit_seconds < math.inf:
@@ -257,47 +271,62 @@ def _queue_limits(args: argparse.Namespace) -> tuple[int | None, float | None]:
 
 def _selection(args: argparse.Namespace, scorer, labeled) -> str:
     """`--selection`, with `budget_switch` resolved to `typiclust` or `badge` (the decision is printed)."""
-    from keras_lossal.contracts import labels_are_scarce
+    from keras_lossal.contracts import DEFAULT_LABELS_PER_CLASS, labels_are_scarce
 
     if args.selection != BUDGET_SELECTION:
         return args.selection
     if not scorer.labels:
-        raise CommandError(
-            f"--selection {BUDGET_SELECTION} needs the number of classes: pass --labels (the server does not send "
-            "class names)"
-        )
+        raise CommandError(f"--selection {BUDGET_SELECTION} needs the model's classes; {scorer.description} names none")
     classes = len(scorer.labels)
+    per_class = DEFAULT_LABELS_PER_CLASS if args.labels_per_class is None else args.labels_per_class
     if args.exclude_labeled:
-        count, source = labeled.records, "in the --exclude-labeled manifests"
+        # Distinct items: a record repeated in two manifests is one label.
+        count, source = len(labeled.sha256) + len(labeled.unhashed), "in the --exclude-labeled manifests"
     else:
         training = (getattr(scorer, "config", None) or {}).get("training") or {}
-        count = int(training.get("num_items") or 0)
-        source = "the model was trained on (its export's training.num_items)" if count else "(no --exclude-labeled)"
-    chosen = "typiclust" if labels_are_scarce(count, classes, args.labels_per_class) else "badge"
+        if not training.get("num_items"):
+            raise CommandError(
+                f"--selection {BUDGET_SELECTION} needs to know how many items are labeled: pass the labeled-set "
+                "manifests with --exclude-labeled (which also keeps them out of the queue), or score with an export "
+                "`lossal export` wrote from a `lossal train` output (its lossal.json records training.num_items)"
+            )
+        count, source = int(training["num_items"]), "the model was trained on (its export's training.num_items)"
+    chosen = "typiclust" if labels_are_scarce(count, classes, per_class) else "badge"
     print(
         f"selection {BUDGET_SELECTION}: {count} labeled item(s) {source}, {classes} classes, switch at "
-        f"{args.labels_per_class} per class -> {chosen}"
+        f"{per_class} per class -> {chosen}"
     )
+    if chosen == "typiclust" and not args.exclude_labeled:
+        print("typiclust without --exclude-labeled: the labeled items are unknown, so no cluster counts as covered")
     return chosen
 
 
 def _labeled_embeddings(args: argparse.Namespace, scorer, settings, batch_size: int):
-    """For `typiclust` with `--exclude-labeled`: the labeled items' embeddings (the count is printed)."""
-    if settings.selection != "typiclust" or not args.exclude_labeled:
-        return None
+    """For a `typiclust` queue with `--exclude-labeled`: `(the labeled items' embeddings, their model versions)`.
+
+    A labeled item that cannot be read or scored is left out (counted in the printed line); a server failure
+    stops the run (exit status 3), since the queue would quietly lose what the labels cover.
+    """
+    if settings.selection != "typiclust" or not args.exclude_labeled or settings.top_k is None:
+        return None, set()
     from keras_lossal.labeling.manifest import labeled_items
     from keras_lossal.serving.triage import embed_items
 
     _, max_bytes = settings.image_limits(scorer)
-    embeddings, failures = embed_items(
-        labeled_items(args.exclude_labeled, max_bytes), scorer, settings, batch_size=batch_size
-    )
-    print(f"typiclust: embedded {len(embeddings)} labeled item(s) to fill around", end="")
-    if failures:
-        print(f"; {len(failures)} could not be embedded (first: {failures[0]['id']}: {failures[0]['reason']})")
-    else:
-        print()
-    return embeddings
+    embedded = embed_items(labeled_items(args.exclude_labeled, max_bytes), scorer, settings, batch_size=batch_size)
+    retryable = [failure for failure in embedded.failures if failure.get("retryable")]
+    if retryable:
+        raise CommandError(
+            f"could not embed {len(retryable)} labeled item(s) for the typiclust queue (first: {retryable[0]['id']}: "
+            f"{retryable[0]['reason']}); nothing was scored: re-run when the server answers",
+            code=3,
+        )
+    line = f"typiclust: embedded {len(embedded.embeddings)} labeled item(s) to fill around"
+    if embedded.failures:
+        first = embedded.failures[0]
+        line += f"; {len(embedded.failures)} could not be embedded (first: {first['id']}: {first['reason']})"
+    print(line)
+    return embedded.embeddings, embedded.model_versions
 
 
 def _labeled_content(args: argparse.Namespace):

@@ -493,7 +493,8 @@ def labeled_content(manifest_paths: Sequence[str]) -> LabeledContent:
 def labeled_items(manifest_paths: Sequence[str], max_bytes: int | None = None) -> list[Item]:
     """The images of labeled-set manifests as triage `Item`s (to embed them: `serving.triage.embed_items`).
 
-    One item per record, in manifest order; relative paths resolve against the manifest's folder, and
+    One item per labeled item, in manifest order (a record with the file or `sha256` of an earlier one is left
+    out); relative paths resolve against the manifest's folder, and
     reading is deferred to the item's loader (`files.read_file`, local or object-store, at most
     `max_bytes`).
 
@@ -506,10 +507,14 @@ def labeled_items(manifest_paths: Sequence[str], max_bytes: int | None = None) -
     >>> [(item.item_id, os.path.relpath(item.path, folder)) for item in labeled_items([f"{folder}/labeled.jsonl"])]
     [('a', 'images/a.png')]
     """
-    items = []
+    items, seen = [], set()
     for path in manifest_paths:
         for record in read_manifest(path):
             file = _record_file(record["path"], path)
+            keys = {file if "://" in file else os.path.realpath(file), record.get(CONTENT_FIELD)} - {None}
+            if keys & seen:  # the same item in two manifests (or twice in one) is one labeled item
+                continue
+            seen |= keys
             items.append(Item(record["id"], file, "image", functools.partial(read_file, file, max_bytes)))
     return items
 

@@ -37,7 +37,7 @@ size. At the end `QueueRule.select` picks `top_k` of the candidates:
 The commands' `--selection budget_switch` chooses between the last two before
 anything is scored, as the `budget_switch` strategy does:
 `typiclust` while fewer than `--labels-per-class` labels per class are labeled
-(`acquisition.budget.labels_are_scarce`), `badge` from there.
+(`contracts.labels_are_scarce`), `badge` from there.
 
 The diverse selections see the candidates by predicted loss, best first, and
 use `seed`, so the queue is reproducible and equals the strategy's
@@ -219,9 +219,7 @@ class QueueRule:
         if self.selection == _CLUSTERS:
             return kept[diversity.hardest_per_cluster(predicted[kept], embeddings[kept], self.top_k, self.seed)]
         if self.selection == _TYPICLUST:
-            chosen, _ = diversity.typiclust_picks(
-                embeddings[kept], _labeled_embeddings(labeled, embeddings.shape[1]), self.top_k, self.seed
-            )
+            chosen, _ = diversity.typiclust_picks(embeddings[kept], labeled, self.top_k, self.seed)
             return kept[chosen]
         if self.selection == _BADGE:
             chosen, _ = diversity.kmeans_plus_plus_gradients(residuals[kept], embeddings[kept], self.top_k, self.seed)
@@ -248,20 +246,6 @@ def sample_key(seed: int, item_id: str) -> float:
     """
     digest = hashlib.blake2b(f"{seed}:{item_id}".encode(), digest_size=8).digest()
     return (int.from_bytes(digest, "big") >> 11) / 2**53
-
-
-def _labeled_embeddings(labeled, width: int) -> np.ndarray | None:
-    """The labeled items' finite embeddings as `(L, width)` float32, or `None`; a wrong width is a `ValueError`."""
-    if labeled is None or np.size(labeled) == 0:
-        return None
-    labeled = np.asarray(labeled, np.float32)
-    if labeled.ndim != 2 or labeled.shape[1] != width:
-        raise ValueError(
-            f"Expected the labeled items' embeddings as an (L, {width}) array, the width of the candidates'. "
-            f"Received shape {labeled.shape}"
-        )
-    labeled = labeled[np.isfinite(labeled).all(axis=1)]
-    return labeled if len(labeled) else None
 
 
 def _finite_rows(embeddings: np.ndarray, residuals: np.ndarray | None) -> np.ndarray:

@@ -56,7 +56,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -103,6 +103,7 @@ __all__ = [
     "ServerUnavailableError",
     "TopK",
     "TriageResult",
+    "EmbeddedItems",
     "TriageStopped",
     "embed_items",
     "triage",
@@ -241,6 +242,11 @@ def triage(
     """
     options = TriageSettings.of(settings, **setting_fields)
     rule = QueueRule.of(options)
+    if labeled_embeddings is not None and np.size(labeled_embeddings) and np.ndim(labeled_embeddings) != 2:
+        raise ValueError(
+            "Expected labeled_embeddings as an (L, D) array of the labeled items' embeddings. Received shape "
+            f"{np.shape(labeled_embeddings)}"
+        )
     knobs = (batch_size, dedupe, stop_after_server_errors, read_threads, commit_seconds)
     settings = _Settings.checked(options, scorer, *knobs)
     scorer = check_scorer(scorer)  # after the values: a wrong value is named first, whatever the scorer
@@ -262,24 +268,34 @@ def triage(
     return result
 
 
+class EmbeddedItems(NamedTuple):
+    """What `embed_items` returns."""
+
+    embeddings: np.ndarray  # (N, D) float32, in item order, without the items that failed
+    failures: list[dict]  # failure records (`records.failure_record`; server failures are `retryable`)
+    model_versions: set  # the model versions that computed the embeddings
+
+
 def embed_items(
     items: Iterable[Item], scorer: Scorer, settings: TriageSettings | None = None, *, batch_size: int = 32
-) -> tuple[np.ndarray, list[dict]]:
+) -> EmbeddedItems:
     """The `embedding` output of `items` (e.g. the labeled items, for `triage(..., labeled_embeddings=...)`).
 
     Items are checked and scored as triage does (the image limits of `settings`, else the export's; a
-    refused item fails alone); nothing is written. Returns `(embeddings (N, D) float32, failure records)`,
-    the embeddings in item order, without the items that failed or were scored NaN/inf.
+    refused item fails alone; NaN/inf fails); nothing is written.
 
     Example:
 
-    >>> embeddings, failures = embed_items(read_items("labeled/"), InProcessScorer("models/lossal"))  # doctest: +SKIP
+    >>> embedded = embed_items(read_items("labeled/"), InProcessScorer("models/lossal"))  # doctest: +SKIP
+    >>> embedded.embeddings.shape  # doctest: +SKIP
+    (24, 64)
     """
     scorer = check_scorer(scorer)
     batch_size = check_integer("batch_size", batch_size)
     max_pixels, max_bytes = TriageSettings.of(settings).image_limits(scorer)
     rows: list[np.ndarray] = []
     failures: list[dict] = []
+    versions: set = set()
 
     def flush(batch: list) -> None:
         if batch:
@@ -289,6 +305,7 @@ def embed_items(
                 row = np.asarray(record[KEPT_OUTPUTS][EMBEDDING], np.float32).reshape(-1)
                 if np.isfinite(row).all():
                     rows.append(row)
+                    versions.add(record.get(MODEL_VERSION))
                 else:
                     failed.append(failure_record(by_id[record["id"]], "non-finite embedding"))
             failures.extend(failed)
@@ -306,7 +323,8 @@ def embed_items(
         if len(batch) >= batch_size:
             flush(batch)
     flush(batch)
-    return (np.stack(rows) if rows else np.zeros((0, 0), np.float32)), failures
+    embeddings = np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+    return EmbeddedItems(embeddings, failures, versions - {None})
 
 
 # --------------------------------------------------------------------------- the steps
