@@ -35,6 +35,10 @@ forward, compiled) called on ready-made batches of the PNG bytes; beside it
 with the default queue selection (k-means of the candidates' embeddings) and
 once with `selection="top_k"`, so the selection's share shows. Targets: the
 scorer and the handler >= 0.9x; a whole triage run >= 0.9x (issue 25).
+In-process, triage keeps two scoring calls in flight (`InProcessScorer.concurrent_calls`),
+so two more rows show what that is worth: the floor with two calls at once
+(a second floor, printed as a ratio for each whole run) and the default
+triage run with one call at a time.
 
 Then a remote-like scorer, a stand-in for a TF Serving host on another machine: every call waits
 `--remote-latency-ms` (the server's time, no local CPU) and returns the scores the exported model gave
@@ -48,6 +52,7 @@ Run: `python benchmarks/scoring.py` (about 5 minutes on 2 cores), on a quiet mac
 """
 
 import argparse
+import concurrent.futures
 import os
 import platform
 import statistics
@@ -67,6 +72,8 @@ from keras_lossal.contracts import DEFAULT_READ_THREADS, DEFAULT_SELECTION  # no
 from keras_lossal.export import export_for_serving  # noqa: E402
 from keras_lossal.preprocessing import ImagePreprocessing  # noqa: E402
 from keras_lossal.serving import InProcessScorer, read_items, triage  # noqa: E402
+
+TWO_CALLS_FLOOR = "floor, 2 calls at once"
 
 
 def small_cnn(input_shape=(16, 16, 1)):
@@ -197,21 +204,29 @@ def export_runners(args, workdir: str) -> tuple[dict, int, InProcessScorer, int]
          for i, png in enumerate(batch)]
         for start, batch in zip(range(0, len(pngs), size), batches)
     ]  # fmt: skip
+    pair = concurrent.futures.ThreadPoolExecutor(2)  # the floor with two calls in flight, as triage scores
+
+    def floor_call(tensor):
+        return signature(**{input_name: tensor})["predicted_loss"].numpy()
+
     methods = {
-        "floor (score_image_bytes)": lambda: [signature(**{input_name: t})["predicted_loss"].numpy() for t in tensors],
+        "floor (score_image_bytes)": lambda: [floor_call(t) for t in tensors],
+        TWO_CALLS_FLOOR: lambda: list(pair.map(floor_call, tensors)),
         "InProcessScorer.score": lambda: [scorer.score("image", batch) for batch in batches],
         "LossalModelHandler.run_inference": lambda: [list(handler.run_inference(b, handler_model)) for b in items],
     }
-    for selection in (DEFAULT_SELECTION, "top_k"):
-        methods[f"triage (whole run, {selection})"] = lambda selection=selection: triage(
+    for selection, calls in ((DEFAULT_SELECTION, None), ("top_k", None), (DEFAULT_SELECTION, 1)):
+        label = f"triage (whole run, {selection})" if calls is None else f"triage ({selection}, 1 call at a time)"
+        methods[label] = lambda selection=selection, calls=calls: triage(
             read_items(folder),
             scorer,
-            os.path.join(workdir, f"triage_{selection}"),
+            os.path.join(workdir, f"triage_{selection}_{calls}"),
             top_k=args.triage_top_k,
             batch_size=size,
             restart=True,
             selection=selection,
             read_threads=args.read_threads,
+            scoring_calls=calls,
         )
     for method in methods.values():  # warm-up: tracing, first reads
         method()
@@ -263,6 +278,12 @@ def remote_runners(args, workdir: str, scorer: InProcessScorer, calls: int) -> d
     return methods
 
 
+def paired_ratio(result: dict, reference: str, method: str) -> float:
+    """The median over rounds of `reference`'s time / `method`'s time (the rounds pair them)."""
+    wall = result["wall"]
+    return statistics.median(r / m for r, m in zip(wall[reference], wall[method]))
+
+
 def report(name: str, result: dict, rounds: int) -> None:
     wall, cpu, items = result["wall"], result["cpu"], result["items"]
     print(f"{name}: {items} items of {result['input_shape']}, median of {rounds} interleaved rounds")
@@ -302,6 +323,11 @@ def main(argv=None):
             methods, items, scorer, calls = export_runners(args, workdir)
             result = {"items": items, "input_shape": "PNG 28x28x1", **interleaved(methods, args.rounds)}
             report(f"exported resnet18_cifar_w8, batch {args.export_batch_size}", result, args.rounds)
+            whole = [method for method in result["wall"] if method.startswith("triage (whole run")]
+            print(
+                "    whole triage runs x the floor with 2 calls at once (as triage scores in-process): "
+                + ", ".join(f"{method[18:-1]} {paired_ratio(result, TWO_CALLS_FLOOR, method):.3f}" for method in whole)
+            )
             print(
                 f"triage: top_k={args.triage_top_k}, read_threads={args.read_threads}; "
                 "target: InProcessScorer.score, LossalModelHandler.run_inference and a whole triage run >= 0.9x floor"

@@ -112,11 +112,17 @@ class InProcessScorer:
             with symlinks resolved, so the same model typed two ways (`../models/lossal`, `/srv/models/lossal`)
             is one model to triage's resume check.
 
+        concurrent_calls: how many batches triage scores with it at once (2). The model's ops share one
+            thread pool, and two calls in flight keep it busier than one: on 2 CPU cores, 1.2x the
+            throughput of calls one after another (`benchmarks/RESULTS.md`, issue 25).
+
     Example:
 
     >>> scorer = InProcessScorer("models/lossal")  # doctest: +SKIP
     >>> scorer.score("image", [open("cat.png", "rb").read()])["predicted_loss"]  # doctest: +SKIP
     """
+
+    concurrent_calls = 2
 
     def __init__(self, model_dir: str, version: int | None = None):
         import tensorflow as tf

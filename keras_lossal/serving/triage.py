@@ -46,6 +46,7 @@ their bytes under any name, and neither scored nor queued (nor logged).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import itertools
@@ -188,6 +189,7 @@ def triage(
     read_threads: int = DEFAULT_READ_THREADS,
     commit_seconds: float | None = None,
     labeled_embeddings: np.ndarray | None = None,
+    scoring_calls: int | None = None,
     **setting_fields: Any,
 ) -> TriageResult:
     """Scores `items` by predicted loss and writes the labeling queue to `output_dir`.
@@ -232,6 +234,11 @@ def triage(
         labeled_embeddings: `(L, D)` embeddings of the items already labeled (`embed_items` of them), which
             the `"typiclust"` selection fills around; the other selections ignore them. Not part of the
             resume state: pass them again on a resume.
+        scoring_calls: batches scored at once, each in a thread of its own, while the calling thread
+            records the ones before them (in input order). `None`: the scorer's `concurrent_calls` (an
+            `InProcessScorer`: 2; two calls keep the CPU busier than one) or 1. A server scorer sends its
+            own concurrent requests (`--concurrency`), so it keeps 1: after a server-side failure the next
+            batch waits for it, and a stop after N failed calls makes exactly N calls.
         **setting_fields: fields of `TriageSettings` (see `settings`).
 
     Example:
@@ -247,7 +254,7 @@ def triage(
             "Expected labeled_embeddings as an (L, D) array of the labeled items' embeddings. Received shape "
             f"{np.shape(labeled_embeddings)}"
         )
-    knobs = (batch_size, dedupe, stop_after_server_errors, read_threads, commit_seconds)
+    knobs = (batch_size, dedupe, stop_after_server_errors, read_threads, commit_seconds, scoring_calls)
     settings = _Settings.checked(options, scorer, *knobs)
     scorer = check_scorer(scorer)  # after the values: a wrong value is named first, whatever the scorer
     labeling = _labeling_options(label_studio, scorer)
@@ -339,6 +346,7 @@ class _Settings:
     stop_after_server_errors: int | None
     read_threads: int
     commit_seconds: float = COMMIT_SECONDS
+    scoring_calls: int = 1
 
     @classmethod
     def checked(
@@ -350,8 +358,11 @@ class _Settings:
         stop_after_server_errors,
         read_threads,
         commit_seconds=None,
+        scoring_calls=None,
     ):
         max_image_pixels, max_image_bytes = options.image_limits(scorer)
+        if scoring_calls is None:  # the scorer's own preference (an in-process model: 2), else one at a time
+            scoring_calls = getattr(scorer, "concurrent_calls", 1)
         return cls(
             batch_size=check_integer("batch_size", batch_size),
             max_image_pixels=max_image_pixels,
@@ -360,6 +371,7 @@ class _Settings:
             stop_after_server_errors=check_integer("stop_after_server_errors", stop_after_server_errors, optional=True),
             read_threads=check_integer("read_threads", read_threads),
             commit_seconds=_checked_commit_seconds(COMMIT_SECONDS if commit_seconds is None else commit_seconds),
+            scoring_calls=check_integer("scoring_calls", scoring_calls),
         )
 
 
@@ -547,11 +559,13 @@ class _Run:
     The logs buffer their records in memory; `commit` writes and syncs them, the candidates' features
     first, at most `COMMIT_SECONDS` apart and at the end (also when the run stops or raises).
 
-    Scoring is pipelined: a batch is scored in a thread of its own while the calling thread records the
-    batch before it (the scorer releases the interpreter while the model runs), so the records are
-    written in input order, one batch later. After a batch that failed on the server side the next one
-    waits for it, so a stop after N failed calls makes exactly N calls. A batch in flight when the run
-    stops or raises is dropped unrecorded, like an unflushed one: a resume scores it again.
+    Scoring is pipelined: up to `settings.scoring_calls` batches are scored at once, each in a thread of
+    its own, while the calling thread records the batches before them (the scorer releases the
+    interpreter while the model runs), so the records are written in input order, a few batches later.
+    After a batch that failed on the server side the next one waits for those in flight, so with one
+    call at a time (a server scorer) a stop after N failed calls makes exactly N calls. Batches in
+    flight when the run stops or raises are dropped unrecorded, like an unflushed one: a resume scores
+    them again.
     """
 
     def __init__(
@@ -581,7 +595,8 @@ class _Run:
         self.owner_of_content: dict[str, str] = {}  # with dedupe: sha256 -> the first item with those bytes
         self.pending: list[tuple[Item, bytes, int, str]] = []
         self.scoring: concurrent.futures.ThreadPoolExecutor | None = None  # the scoring thread, during `score`
-        self.in_flight: tuple[concurrent.futures.Future, dict] | None = None  # the batch being scored
+        # The batches being scored, oldest first: at most `settings.scoring_calls` after each `flush`.
+        self.in_flight: collections.deque[tuple[concurrent.futures.Future, dict]] = collections.deque()
         self.server_error_streak = 0
         self.last_commit = time.monotonic()
         self.stopped: str | None = None
@@ -643,7 +658,9 @@ class _Run:
         """Streams `items` (read ahead by threads) through `handle`, until the end or a stop; commits, closes the logs."""
         depth = max(2 * self.settings.batch_size, 4 * self.settings.read_threads)
         stream = _read_ahead(items, self.prepare, depth, self.settings.read_threads)
-        self.scoring = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lossal-triage-scorer")
+        self.scoring = concurrent.futures.ThreadPoolExecutor(
+            self.settings.scoring_calls, thread_name_prefix="lossal-triage-scorer"
+        )
         try:
             for position, (item, prepared) in enumerate(stream):
                 self.handle(item, prepared, position)
@@ -725,21 +742,19 @@ class _Run:
                 return  # not scored: a resume scores it
         keep = self.rule.outputs
         future = self.scoring.submit(score_isolating, self.scorer, batch[0][0].kind, batch, self.labels, keep=keep)
-        previous, self.in_flight = self.in_flight, (future, facts)
-        if previous is not None:
-            self._record(*previous)
+        self.in_flight.append((future, facts))
+        while len(self.in_flight) > self.settings.scoring_calls and not self.stopped:
+            self._record(*self.in_flight.popleft())
 
     def record_in_flight(self) -> None:
-        """Waits for the batch being scored, if any, and records it."""
-        previous, self.in_flight = self.in_flight, None
-        if previous is not None:
-            self._record(*previous)
+        """Waits for the batches being scored, if any, and records them in input order (until a stop)."""
+        while self.in_flight and not self.stopped:
+            self._record(*self.in_flight.popleft())
 
     def _drop_in_flight(self) -> None:
-        """Waits for the batch being scored and forgets it (the run stopped or raised): a resume scores it."""
-        previous, self.in_flight = self.in_flight, None
-        if previous is not None:
-            concurrent.futures.wait([previous[0]])
+        """Waits for the batches being scored and forgets them (the run stopped or raised): a resume scores them."""
+        dropped, self.in_flight = list(self.in_flight), collections.deque()
+        concurrent.futures.wait([future for future, _ in dropped])
 
     def _record(self, future: concurrent.futures.Future, facts: dict) -> None:
         """Logs a scored batch: its scores (of the queue's model version) and failures, then counts and checks."""
