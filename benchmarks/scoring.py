@@ -326,7 +326,7 @@ def main(argv=None):
             whole = [method for method in result["wall"] if method.startswith("triage (whole run")]
             print(
                 "    whole triage runs x the floor with 2 calls at once (as triage scores in-process): "
-                + ", ".join(f"{method[18:-1]} {paired_ratio(result, TWO_CALLS_FLOOR, method):.3f}" for method in whole)
+                + ", ".join(f"{method[19:-1]} {paired_ratio(result, TWO_CALLS_FLOOR, method):.3f}" for method in whole)
             )
             print(
                 f"triage: top_k={args.triage_top_k}, read_threads={args.read_threads}; "

@@ -405,6 +405,9 @@ class Scorer(Protocol):
         max_image_pixels: the export's header-declared size limit, or `None`.
         max_image_bytes: the export's encoded size limit, or `None`.
         example_feature: the `tf.Example` feature holding the image, or `None`.
+
+    Optional: `concurrent_calls`, how many batches triage may score with it at once (from as many
+    threads, so `score` must then be thread-safe); without it, one at a time. `InProcessScorer` has 2.
     """
 
     description: str

@@ -109,6 +109,13 @@ def _add_reading_arguments(parser: argparse.ArgumentParser) -> None:
         "number of CPUs between 2 and 8; the outputs are the same for any N)",
     )
     group.add_argument(
+        "--scoring-calls",
+        type=int,
+        metavar="N",
+        help="batches scored at once (default: 2 in-process, where two calls keep the CPU busier than one; 1 "
+        "with --server, which sends --concurrency requests itself); 1 halves the model's working memory",
+    )
+    group.add_argument(
         "--commit-seconds",
         type=float,
         default=COMMIT_SECONDS,
@@ -219,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
             read_threads=args.read_threads,
             commit_seconds=args.commit_seconds,
             labeled_embeddings=labeled_embeddings,
+            scoring_calls=args.scoring_calls,
         )
     except TriageStopped as error:  # the server failed repeatedly, or answered with another model version
         scored = error.result.total_scored
@@ -252,6 +260,8 @@ def _queue_limits(args: argparse.Namespace) -> tuple[int | None, float | None]:
             f"--selection {BUDGET_SELECTION} needs the number of classes: pass --labels (the server does not send "
             "class names)"
         )
+    if args.scoring_calls is not None and args.scoring_calls < 1:
+        raise CommandError(f"expected --scoring-calls >= 1. Received: {args.scoring_calls}")
     if args.read_threads < 1:
         raise CommandError(f"expected --read-threads >= 1. Received: {args.read_threads}")
     if not 0 <= args.commit_seconds < math.inf:

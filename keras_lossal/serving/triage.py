@@ -98,6 +98,8 @@ from keras_lossal.serving.queue import Candidates, QueueRule
 from keras_lossal.serving.readers import precheck
 from keras_lossal.serving.scorers import KEPT_OUTPUTS, score_isolating
 
+_DUPLICATE_OF = "duplicate_of"  # a content-duplicate failure's owner: the first item with the same bytes
+
 # `TopK` lives in `keras_lossal.records` (Beam ranks with the same rule); re-exported as part of triage's API.
 __all__ = [
     "ModelVersionChangedError",
@@ -229,8 +231,8 @@ def triage(
         read_threads: threads reading and checking items ahead of the scorer (the outputs are the same
             for any number: items are handled in input order).
         commit_seconds: the logs are written and synced at most this often (and at the end); a kill
-            loses at most this much scoring, which a resume does again. 0 commits after every batch;
-            `None`: `COMMIT_SECONDS` (1 s).
+            loses at most this much scoring and the batches in flight, which a resume does again. 0
+            commits after every batch; `None`: `COMMIT_SECONDS` (1 s).
         labeled_embeddings: `(L, D)` embeddings of the items already labeled (`embed_items` of them), which
             the `"typiclust"` selection fills around; the other selections ignore them. Not part of the
             resume state: pass them again on a resume.
@@ -594,7 +596,7 @@ class _Run:
         self.seen_this_run: set[str] = set()
         self.owner_of_content: dict[str, str] = {}  # with dedupe: sha256 -> the first item with those bytes
         self.pending: list[tuple[Item, bytes, int, str]] = []
-        self.scoring: concurrent.futures.ThreadPoolExecutor | None = None  # the scoring thread, during `score`
+        self.scoring: concurrent.futures.ThreadPoolExecutor | None = None  # the scoring threads, during `score`
         # The batches being scored, oldest first: at most `settings.scoring_calls` after each `flush`.
         self.in_flight: collections.deque[tuple[concurrent.futures.Future, dict]] = collections.deque()
         self.server_error_streak = 0
@@ -625,10 +627,18 @@ class _Run:
             else:
                 last_failure[record["id"]] = record
         done = set(self.scored_ids)
+        copies = {}  # items failed as a copy of another one's bytes: done only if that one was handled
         for item_id, record in last_failure.items():
-            if item_id not in self.scored_ids and not record.get("retryable"):
-                done.add(item_id)
-                self._own_content(record.get("sha256"), item_id)
+            if item_id in self.scored_ids or record.get("retryable"):
+                continue
+            if record.get(_DUPLICATE_OF) is not None:
+                copies[item_id] = record[_DUPLICATE_OF]
+                continue
+            done.add(item_id)
+            self._own_content(record.get("sha256"), item_id)
+        # A copy whose owner's batch was dropped (a kill, a stop) or failed on the server side is handled
+        # again, so the bytes are scored once; a copy never claims the bytes for itself on resume.
+        done.update(item_id for item_id, owner in copies.items() if owner in done)
         self.done = frozenset(done)
         self.versions.settle(self.output_dir)
         self.candidates.restore_features(self.output_dir)
@@ -717,7 +727,7 @@ class _Run:
         owner = self._own_content(digest, item.item_id)
         if owner != item.item_id:
             reason = f"duplicate content: the same bytes as item {owner!r} (sha256 {digest[:12]}...; not scored)"
-            self._fail([{**failure_record(item, reason), "sha256": digest}])
+            self._fail([{**failure_record(item, reason), "sha256": digest, _DUPLICATE_OF: owner}])
             return
         if self.pending and self.pending[0][0].kind != item.kind:
             self.flush()
@@ -730,8 +740,9 @@ class _Run:
         self.counts["failed"] += len(records)
 
     def flush(self) -> None:
-        """Sends the pending batch to the scoring thread, then records the batch scored before it."""
-        if not self.pending:
+        """Sends the pending batch to a scoring thread, then records the oldest batches in flight beyond
+        `settings.scoring_calls` (in input order)."""
+        if not self.pending or self.stopped:
             return
         batch = [(item, payload) for item, payload, _, _ in self.pending]
         facts = {item.item_id: (position, digest) for item, _, position, digest in self.pending}
