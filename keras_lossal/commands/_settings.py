@@ -43,7 +43,7 @@ def add_selection_arguments(parser: argparse.ArgumentParser, budget: bool = Fals
     )
     budget_help = (
         f"; {BUDGET_SELECTION}: typiclust while fewer than --labels-per-class labels per class are labeled (the "
-        "--exclude-labeled manifests' records, else the export's training items), badge from there"
+        "--exclude-labeled manifests' distinct items, else the export's training items), badge from there"
         if budget
         else ""
     )

@@ -12,7 +12,9 @@ from keras_lossal.commands._settings import add_image_limit_arguments, add_selec
 from keras_lossal.contracts import (
     BUDGET_SELECTION,
     COMMIT_SECONDS,
+    DEFAULT_LABELS_PER_CLASS,
     DEFAULT_READ_THREADS,
+    labels_are_scarce,
 )
 
 __all__ = ["add_parser", "class_names", "run"]
@@ -281,8 +283,6 @@ def _queue_limits(args: argparse.Namespace) -> tuple[int | None, float | None]:
 
 def _selection(args: argparse.Namespace, scorer, labeled) -> str:
     """`--selection`, with `budget_switch` resolved to `typiclust` or `badge` (the decision is printed)."""
-    from keras_lossal.contracts import DEFAULT_LABELS_PER_CLASS, labels_are_scarce
-
     if args.selection != BUDGET_SELECTION:
         return args.selection
     if not scorer.labels:

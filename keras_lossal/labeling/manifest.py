@@ -474,19 +474,17 @@ def labeled_content(manifest_paths: Sequence[str]) -> LabeledContent:
     from keras_lossal.files import file_sha256
 
     hashes, unhashed, count = set(), [], 0
-    for path in manifest_paths:
-        for record in read_manifest(path):
-            count += 1
-            if record.get(CONTENT_FIELD):
-                hashes.add(record[CONTENT_FIELD])
-                continue
-            file = _record_file(record["path"], path)
-            try:
-                if "://" in file:
-                    raise OSError("an object-store URL")
-                hashes.add(file_sha256(file))
-            except OSError:
-                unhashed.append(f"{path}: {record['id']}")
+    for path, record, file in _records_with_files(manifest_paths):
+        count += 1
+        if record.get(CONTENT_FIELD):
+            hashes.add(record[CONTENT_FIELD])
+            continue
+        try:
+            if "://" in file:
+                raise OSError("an object-store URL")
+            hashes.add(file_sha256(file))
+        except OSError:
+            unhashed.append(f"{path}: {record['id']}")
     return LabeledContent(frozenset(hashes), count, tuple(unhashed))
 
 
@@ -508,15 +506,20 @@ def labeled_items(manifest_paths: Sequence[str], max_bytes: int | None = None) -
     [('a', 'images/a.png')]
     """
     items, seen = [], set()
+    for _, record, file in _records_with_files(manifest_paths):
+        keys = {file if "://" in file else os.path.realpath(file), record.get(CONTENT_FIELD)} - {None}
+        if keys & seen:  # the same item in two manifests (or twice in one) is one labeled item
+            continue
+        seen |= keys
+        items.append(Item(record["id"], file, "image", functools.partial(read_file, file, max_bytes)))
+    return items
+
+
+def _records_with_files(manifest_paths: Sequence[str]) -> Iterable[tuple[str, dict[str, Any], str]]:
+    """`(manifest path, record, the file its path names)` of every record of the manifests, in order."""
     for path in manifest_paths:
         for record in read_manifest(path):
-            file = _record_file(record["path"], path)
-            keys = {file if "://" in file else os.path.realpath(file), record.get(CONTENT_FIELD)} - {None}
-            if keys & seen:  # the same item in two manifests (or twice in one) is one labeled item
-                continue
-            seen |= keys
-            items.append(Item(record["id"], file, "image", functools.partial(read_file, file, max_bytes)))
-    return items
+            yield path, record, _record_file(record["path"], path)
 
 
 def _record_file(path: str, manifest_path: str) -> str:

@@ -102,11 +102,11 @@ _DUPLICATE_OF = "duplicate_of"  # a content-duplicate failure's owner: the first
 
 # `TopK` lives in `keras_lossal.records` (Beam ranks with the same rule); re-exported as part of triage's API.
 __all__ = [
+    "EmbeddedItems",
     "ModelVersionChangedError",
     "ServerUnavailableError",
     "TopK",
     "TriageResult",
-    "EmbeddedItems",
     "TriageStopped",
     "embed_items",
     "triage",
