@@ -29,6 +29,7 @@ Candidates `learning_loss_clusters` (today's recommendation) and `badge`; if bot
     python benchmarks/label_efficiency_decision.py --v6       # v6 (likewise)
     python benchmarks/label_efficiency_decision.py --recommendation   # the recommendation check (likewise)
     python benchmarks/label_efficiency_decision.py --recommendation2  # the second one (non-inferiority)
+    python benchmarks/label_efficiency_decision.py --recommendation3  # the third ((a) compared, fresh seeds)
 
 v6 (registered after v5's digits outcome and the digits validation pilots, "Label efficiency v6:
 registration"): the one candidate `budget_switch` (TypiClust below 10 labels per class, then BADGE);
@@ -76,6 +77,9 @@ class Registration:
     fashion_aliases: tuple[tuple[str, str], ...] = ()
     # The recommendation checks: the challenger passes a task when its mean paired difference is ≥ -margin.
     margin: float = 0.0
+    # The third check: rule (a) asks the challenger for at least as many seeds ≥ random as the recommendation has
+    # (not every seed), and the challenger must beat the recommendation with an interval above 0 on one task.
+    symmetric: bool = False
 
     @property
     def out(self) -> str:
@@ -143,6 +147,21 @@ RECOMMENDATION_2 = Registration(
     trainings=(("random", 2), ("budget_switch", 2), ("learning_loss_clusters", 2)),
     margin=0.005,
 )
+# The third and last recommendation check (registered after the second failed rule (a), which it asked of the
+# challenger only): fresh seeds 25-29, 2 trainings per arm, the same margin, rule (a) as a comparison of the two.
+RECOMMENDATION_3 = dataclasses.replace(
+    RECOMMENDATION_2,
+    name="recommendation3",
+    fashion=os.path.join(RESULTS, "label_efficiency_recommendation3"),
+    digits=os.path.join(RESULTS, "label_efficiency_digits_recommendation3"),
+    seeds=(25, 26, 27, 28, 29),
+    symmetric=True,
+)
+RECOMMENDATIONS = {
+    "recommendation": RECOMMENDATION,
+    "recommendation2": RECOMMENDATION_2,
+    "recommendation3": RECOMMENDATION_3,
+}
 FIRST_ACQUISITION_CYCLE = 1
 
 
@@ -254,54 +273,78 @@ def decide(verdicts: list[dict[str, bool]], registration: Registration) -> str:
     return f"qualifies on both tasks: {both[0]}"
 
 
-def recommendation_section(name: str, runs: dict, registration: Registration, seeds) -> tuple[str, bool | None]:
-    """One task of the recommendation check: the challenger's paired difference against the recommendation, (a), (c).
+def _seeds_at_least_random(table: str, arm: str) -> tuple[int, int]:
+    """(seeds ≥ random, seeds) from `decision_table`'s row of `arm`."""
+    row = next(line for line in table.splitlines() if line.startswith(f"| {arm} |"))
+    at_least = [cell.strip() for cell in row.strip("|").split("|")][2]
+    count, seeds = at_least.split(" / ")
+    return int(count), int(seeds)
 
-    Returns the task's text and whether the challenger passes there (`None` while a seed is missing).
+
+def recommendation_section(
+    name: str, runs: dict, registration: Registration, seeds
+) -> tuple[str, bool | None, bool | None]:
+    """One task of a recommendation check: the challenger's paired difference against the recommendation, (a), (c).
+
+    Returns the task's text, whether the challenger passes there and whether its paired interval against the
+    recommendation lies above 0 (both `None` while a seed is missing).
     """
     challenger, current = registration.finalists
     arms = [challenger, current, "random"]
     complete = [seed for seed in seeds if all(seed in runs.get(arm, {}) for arm in arms)]
     if len(complete) < len(seeds):
-        return f"## {name}: {len(complete)} of {len(seeds)} seeds complete\n", None
+        return f"## {name}: {len(complete)} of {len(seeds)} seeds complete\n", None, None
     runs = _only_seeds({arm: runs[arm] for arm in arms}, complete)
     summary = results.summarise(runs)
     difference = results.paired_difference(summary, challenger, current)
-    table = decision_table(summary, runs, [challenger])
+    table = decision_table(summary, runs, [challenger, current])
     row = next(line for line in table.splitlines() if line.startswith(f"| {challenger} |"))
-    cells = [cell.strip() for cell in row.strip("|").split("|")]
-    at_least, cycle0 = cells[2], float(cells[4])
-    passes_a = at_least.split(" / ")[0] == at_least.split(" / ")[1]
-    passed = difference["mean"] >= -registration.margin and passes_a and cycle0 >= -CYCLE0_TOLERANCE
+    cycle0 = float([cell.strip() for cell in row.strip("|").split("|")][4])
+    at_least, total = _seeds_at_least_random(table, challenger)
+    if registration.symmetric:  # (a) compared: no fewer seeds ≥ random than the recommendation has
+        required = _seeds_at_least_random(table, current)[0]
+        rule_a = f"(a) {at_least} / {total} seeds ≥ random, {current} {required} / {total}"
+    else:
+        required = total
+        rule_a = f"(a) {at_least} / {total} seeds ≥ random"
+    passed = difference["mean"] >= -registration.margin and at_least >= required and cycle0 >= -CYCLE0_TOLERANCE
     rule = f" (passes at ≥ {-registration.margin:+.4f})" if registration.margin else ""
     text = (
         f"## {name} (seeds {', '.join(map(str, complete))})\n\n"
         + results.format_table(summary)
         + f"\n\n{challenger} − {current}: {difference['mean']:+.4f} [{difference['low']:+.4f}, {difference['high']:+.4f}]"
         + f"{rule}; "
-        + f"(a) {at_least} seeds ≥ random; (c) cycle 0 − bare {cycle0:+.4f}: {'passes' if passed else 'fails'}\n"
+        + f"{rule_a}; (c) cycle 0 − bare {cycle0:+.4f}: {'passes' if passed else 'fails'}\n"
     )
-    return text, passed
+    return text, passed, difference["low"] > 0
 
 
 def recommendation_check(registration: Registration = RECOMMENDATION) -> str:
     """The registered recommendation check on both tasks, and its decision."""
     challenger, current = registration.finalists
-    fashion_text, fashion = recommendation_section(
+    fashion_text, fashion, fashion_above = recommendation_section(
         "Fashion-MNIST", fashion_runs(registration), registration, registration.seeds
     )
     digits_seeds = registration.digits_seeds or registration.seeds
     digits_runs = task_runs(registration.digits, registration)
-    digits_text, digits = recommendation_section(
+    digits_text, digits, digits_above = recommendation_section(
         "Digits (64 tabular features)", digits_runs, registration, digits_seeds
     )
     if fashion is False or digits is False:  # one failed task decides: the challenger must pass both
         decision = f"{current} stays the recommendation"
     elif fashion is None or digits is None:
         decision = "not decided: a task is not complete"
+    elif registration.symmetric and not (fashion_above or digits_above):
+        decision = f"{current} stays the recommendation: {challenger} is ahead with an interval above 0 on no task"
     else:
         decision = f"{challenger} replaces {current} as the recommendation"
-    title = "the recommendation check" + (" (second, non-inferiority)" if registration.margin else "")
+    title = "the recommendation check" + (
+        " (third, rule (a) compared)"
+        if registration.symmetric
+        else " (second, non-inferiority)"
+        if registration.margin
+        else ""
+    )
     text = f"# Issue 22: {title}\n\n{fashion_text}\n{digits_text}\n**Decision:** {decision}\n"
     with open(registration.out, "w") as stream:
         stream.write(text)
@@ -323,9 +366,15 @@ def main(argv=None) -> int:
         action="store_true",
         help="the second recommendation check: fresh seeds 20-24, non-inferiority margin 0.005",
     )
+    parser.add_argument(
+        "--recommendation3",
+        action="store_true",
+        help="the third recommendation check: fresh seeds 25-29, rule (a) compared with the recommendation's",
+    )
     args = parser.parse_args(argv)
-    if args.recommendation or args.recommendation2:
-        print(recommendation_check(RECOMMENDATION_2 if args.recommendation2 else RECOMMENDATION))
+    checks = [name for name in RECOMMENDATIONS if getattr(args, name)]
+    if checks:
+        print(recommendation_check(RECOMMENDATIONS[checks[-1]]))
         return 0
     registration = V6 if args.v6 else V5 if args.v5 else V4 if args.v4 else V3
     fashion_text, fashion = task_section("Fashion-MNIST", fashion_runs(registration), registration)

@@ -91,7 +91,7 @@ def test_the_recommendation_check_compares_the_challenger_head_to_head_with_rule
     seeds = (0, 1, 2)
     better = _curves({"budget_switch": [0.05, 0.04, 0.01], "learning_loss_clusters": [0.0, 0.02, 0.02],
                       "random": [0.0, 0.0, 0.0]})  # fmt: skip
-    text, passed = decision.recommendation_section("Task", better, registration, seeds)
+    text, passed, _ = decision.recommendation_section("Task", better, registration, seeds)
     assert passed and "(a) 3 / 3 seeds ≥ random" in text
     assert "budget_switch − learning_loss_clusters: +0.0" in text
     worse = _curves({"budget_switch": [0.0, 0.0, 0.01], "learning_loss_clusters": [0.03, 0.02, 0.02],
@@ -101,7 +101,7 @@ def test_the_recommendation_check_compares_the_challenger_head_to_head_with_rule
                             "random": [0.0, 0.0, 0.0]})  # fmt: skip  # (a) fails on seed 2
     assert decision.recommendation_section("Task", below_random, registration, seeds)[1] is False
     missing = {arm: dict(list(runs.items())[:2]) for arm, runs in better.items()}
-    text, passed = decision.recommendation_section("Task", missing, registration, seeds)
+    text, passed, _ = decision.recommendation_section("Task", missing, registration, seeds)
     assert passed is None and "2 of 3 seeds complete" in text
 
 
@@ -117,7 +117,7 @@ def test_the_second_recommendation_check_passes_a_tie_within_its_margin_only():
         return decision.recommendation_section("Task", runs, registration, seeds)
 
     # AUC over 10-30 labels: a level shift L from cycle 1 on moves the AUC by 0.75 L.
-    text, passed = check([0.010, 0.010, 0.010], [0.014, 0.014, 0.014])  # -0.003: inside the margin
+    text, passed, _ = check([0.010, 0.010, 0.010], [0.014, 0.014, 0.014])  # -0.003: inside the margin
     assert passed and "budget_switch − learning_loss_clusters: -0.0030" in text and "(passes at ≥ -0.0050)" in text
     assert check([0.010, 0.010, 0.010], [0.018, 0.018, 0.018])[1] is False  # -0.006: outside
     assert (
@@ -137,7 +137,7 @@ def test_a_recommendation_check_is_decided_once_one_task_fails(tmp_path, monkeyp
     answers = {"Fashion-MNIST": None, "Digits (64 tabular features)": False}
     monkeypatch.setattr(decision, "fashion_runs", lambda registration: {})
     monkeypatch.setattr(decision, "task_runs", lambda path, registration: {})
-    monkeypatch.setattr(decision, "recommendation_section", lambda name, *args: (f"## {name}\n", answers[name]))
+    monkeypatch.setattr(decision, "recommendation_section", lambda name, *args: (f"## {name}\n", answers[name], True))
     registration = decision.dataclasses.replace(decision.RECOMMENDATION_2, name=str(tmp_path / "check"))
     monkeypatch.setattr(type(registration), "out", property(lambda self: str(tmp_path / "check.md")))
     assert "**Decision:** learning_loss_clusters stays the recommendation" in decision.recommendation_check(
@@ -147,3 +147,43 @@ def test_a_recommendation_check_is_decided_once_one_task_fails(tmp_path, monkeyp
     assert "**Decision:** not decided: a task is not complete" in decision.recommendation_check(registration)
     answers["Fashion-MNIST"] = True
     assert "budget_switch replaces learning_loss_clusters" in decision.recommendation_check(registration)
+
+
+def test_the_third_recommendation_check_compares_rule_a_with_the_recommendations_and_needs_a_win_somewhere(
+    tmp_path, monkeypatch
+):
+    import label_efficiency_decision as decision
+
+    registration = decision.RECOMMENDATION_3
+    assert (registration.margin, registration.seeds, registration.symmetric) == (0.005, (25, 26, 27, 28, 29), True)
+    seeds = (0, 1, 2)
+
+    def check(challenger, current, registration=registration):
+        runs = _curves({"budget_switch": challenger, "learning_loss_clusters": current, "random": [0.0, 0.0, 0.0]})
+        return decision.recommendation_section("Task", runs, registration, seeds)
+
+    # Both below random on seed 2: the challenger has 2 / 3, the recommendation 1 / 3, so (a) passes here...
+    text, passed, above = check([0.05, 0.04, -0.01], [0.01, -0.005, -0.05])
+    assert passed and above and "(a) 2 / 3 seeds ≥ random, learning_loss_clusters 1 / 3" in text
+    # ...but not under the second check's rule, which asked the challenger for every seed.
+    assert check([0.05, 0.04, -0.01], [0.01, -0.005, -0.05], decision.RECOMMENDATION_2)[1] is False
+    # Fewer seeds ≥ random than the recommendation: fails, however large the mean.
+    assert check([0.09, 0.09, -0.01], [0.0, 0.0, 0.0])[1] is False
+    # A tie inside the margin passes the task, without an interval above 0.
+    assert check([0.010, 0.011, 0.012], [0.011, 0.011, 0.011])[1:] == (True, False)
+
+    answers = {"Fashion-MNIST": (True, False), "Digits (64 tabular features)": (True, False)}
+    monkeypatch.setattr(decision, "fashion_runs", lambda registration: {})
+    monkeypatch.setattr(decision, "task_runs", lambda path, registration: {})
+    monkeypatch.setattr(decision, "recommendation_section", lambda name, *args: (f"## {name}\n", *answers[name]))
+    monkeypatch.setattr(type(registration), "out", property(lambda self: str(tmp_path / "check.md")))
+    assert (
+        "learning_loss_clusters stays the recommendation: budget_switch is ahead with an interval above 0 on no task"
+        in (decision.recommendation_check(registration))
+    )
+    answers["Digits (64 tabular features)"] = (True, True)
+    assert "budget_switch replaces learning_loss_clusters" in decision.recommendation_check(registration)
+    answers["Fashion-MNIST"] = (False, False)
+    assert "**Decision:** learning_loss_clusters stays the recommendation\n" in decision.recommendation_check(
+        registration
+    )
