@@ -339,13 +339,19 @@ def test_resume_after_a_kill_gives_the_uninterrupted_queue(pool, tmp_path, selec
     resumed = triage(read_items(pool["folder"]), InProcessScorer(pool["base"]), out, **options)
     assert resumed.resumed == 8 and resumed.scored == 8
     assert ids(resumed.queue) == ids(reference.queue)
-    # What was persisted is exactly what the export served (float32, bit for bit).
-    lines = {line["id"]: line for line in read_jsonl(os.path.join(out, "candidates.jsonl"))}
+
+    # What was persisted is what the export served: bit for bit what the uninterrupted run stored from the same
+    # batches, and the item's own embedding. A batch of one may differ from triage's batches of 4 in the last
+    # bit on some CPUs (oneDNN chooses kernels by batch size), so that comparison allows 1e-6.
+    def stored(folder):
+        lines = {line["id"]: line for line in read_jsonl(os.path.join(folder, "candidates.jsonl"))}
+        return np.frombuffer(base64.b64decode(lines[item_id]["embedding"]), "<f4")
+
     item_id = resumed.queue[0]["id"]
     with open(os.path.join(pool["folder"], item_id), "rb") as handle:
         served = InProcessScorer(pool["base"]).score("image", [handle.read()])["embedding"][0]
-    stored = np.frombuffer(base64.b64decode(lines[item_id]["embedding"]), "<f4")
-    np.testing.assert_array_equal(stored, served)
+    np.testing.assert_array_equal(stored(out), stored(str(tmp_path / "ref")))
+    np.testing.assert_allclose(stored(out), served, rtol=1e-6, atol=1e-6)
     rerun = triage(read_items(pool["folder"]), InProcessScorer(pool["base"]), out, **options)
     assert rerun.scored == 0 and ids(rerun.queue) == ids(reference.queue)
 
