@@ -31,9 +31,11 @@ forward, compiled) called on ready-made batches of the PNG bytes; beside it
 `InProcessScorer.score` (what triage and Beam score with), the Beam
 `LossalModelHandler.run_inference` on pool-item batches, and whole
 `triage` runs over a folder of the same PNG files (file reads on
-`--read-threads` threads, the records, the queue: not only scoring), once
-with the default queue selection (k-means of the candidates' embeddings) and
-once with `selection="top_k"`, so the selection's share shows. Targets: the
+`--read-threads` threads, the records, the queue: not only scoring), with
+the default queue selection (`budget_switch`: `badge` here, as this export
+records no training), with the previous default `learning_loss_clusters`
+(k-means of the candidates' embeddings), and with `selection="top_k"`, so
+the selection's share shows. Targets: the
 scorer and the handler >= 0.9x; a whole triage run >= 0.9x (issue 25).
 In-process, triage keeps two scoring calls in flight (`InProcessScorer.concurrent_calls`),
 so two more rows show what that is worth: the floor with two calls at once
@@ -215,7 +217,9 @@ def export_runners(args, workdir: str) -> tuple[dict, int, InProcessScorer, int]
         "InProcessScorer.score": lambda: [scorer.score("image", batch) for batch in batches],
         "LossalModelHandler.run_inference": lambda: [list(handler.run_inference(b, handler_model)) for b in items],
     }
-    for selection, calls in ((DEFAULT_SELECTION, None), ("top_k", None), (DEFAULT_SELECTION, 1)):
+    # The default (budget_switch: badge here, the export records no training) and the previous default.
+    runs = ((DEFAULT_SELECTION, None), ("learning_loss_clusters", None), ("top_k", None), (DEFAULT_SELECTION, 1))
+    for selection, calls in runs:
         label = f"triage (whole run, {selection})" if calls is None else f"triage ({selection}, 1 call at a time)"
         methods[label] = lambda selection=selection, calls=calls: triage(
             read_items(folder),

@@ -33,6 +33,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 STRATEGIES = (
     "learning_loss",
+    "budget_switch",
+    "budget_switch (100 labeled)",
     "learning_loss_clusters",
     "learning_loss_kcenter",
     "learning_loss_badge",
@@ -43,6 +45,16 @@ STRATEGIES = (
     "random",
 )
 INPUT_SHAPE = (8, 8, 1)
+# A row "name (N labeled)" passes `labeled=` N items: the recommended budget_switch picks with typiclust below
+# 10 labels per class (here none: the documented call) and with badge from there (100 for the 10 classes).
+LABELED_SUFFIX = " labeled)"
+
+
+def _strategy_and_labeled(row: str) -> tuple[str, int]:
+    if row.endswith(LABELED_SUFFIX):
+        name, _, count = row[: -len(LABELED_SUFFIX)].partition(" (")
+        return name, int(count)
+    return row, 0
 
 
 def _vm_kb(field: str) -> int:
@@ -104,20 +116,25 @@ def measure_one(name: str, size: int, k: int, rounds: int, batch_size: int) -> d
     keras.utils.set_random_seed(0)
     model = kl.LossLearningModel(backbones.small_cnn(INPUT_SHAPE, num_classes=10, width=16))
     pool = np.random.default_rng(0).random((size, *INPUT_SHAPE), dtype=np.float32)
-    acquisition.get(name).select(model, pool[: max(2 * k, 4096)], k=k, seed=0, batch_size=batch_size)  # trace
+    row, (name, count) = name, _strategy_and_labeled(name)
+    labeled = np.random.default_rng(1).random((count, *INPUT_SHAPE), dtype=np.float32) if count else None
+    acquisition.get(name).select(model, pool[: max(2 * k, 4096)], k=k, seed=0, batch_size=batch_size,
+                                 labeled=labeled)  # fmt: skip  # trace
     rss_before = _vm_kb("VmRSS")
     _reset_peak_rss()
     totals, scoring = [], []
     for round_index in range(rounds):
         with _ScoringTimer(PoolScorer) as timer:
             start = time.perf_counter()
-            selection = acquisition.get(name).select(model, pool, k=k, seed=round_index, batch_size=batch_size)
+            selection = acquisition.get(name).select(
+                model, pool, k=k, seed=round_index, batch_size=batch_size, labeled=labeled
+            )
             total = time.perf_counter() - start
         totals.append(total)
         scoring.append(timer.seconds if timer.calls else total)
         assert len(set(selection.indices.tolist())) == k
     return {
-        "strategy": name,
+        "strategy": row,
         "items": size,
         "total_s": statistics.median(totals),
         "scoring_s": statistics.median(scoring),

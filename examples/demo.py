@@ -1,23 +1,25 @@
-"""Learning loss vs random labeling on Fashion-MNIST, on a CPU, in a few minutes.
+"""The recommended selection vs random labeling on Fashion-MNIST, on a CPU, in a few minutes.
 
-`make demo` runs this file. It is the paper's protocol in miniature:
+`make demo` runs this file. It is the paper's protocol in miniature, with the library's recommended
+strategy (`budget_switch`, benchmarks/RESULTS.md "Recommendation check 3"):
 
 1. Label 500 random training images.
 2. Train a narrow CIFAR ResNet-18 with a loss-prediction head on them (the recommended recipe:
    the head learns from the backbone's detached features, so the backbone trains exactly as it
-   would alone and the head can only help choose images, never cost accuracy).
-3. Score a random subset of 5,000 unlabeled images by predicted loss and label 500 that are hard
-   and diverse: the highest predicted loss in each of 500 k-means clusters of the backbone's
-   features (`learning_loss_clusters`; plain top-500 piles onto a few confusable classes and was no
-   better than random in `benchmarks/label_efficiency.py`).
+   would alone and the head can only help choose images, never cost accuracy; its predicted loss
+   is what the exported model serves to triage and the Label Studio ML backend).
+3. From a random subset of 5,000 unlabeled images, label 500 chosen by `budget_switch`: TypiClust's
+   typical items while fewer than 10 labels per class are labeled, BADGE's k-means++ on gradient
+   embeddings from there. With 500 initial labels (50 per class) that is BADGE from the first round.
 4. Repeat, warm-starting from the previous cycle's weights, and measure test accuracy each cycle.
 
 The same is done with random labeling from the same initial 500 images, so the two learning curves
 differ only in which images were labeled. One seed and few epochs keep it short: read the result as
 a smoke test of the whole pipeline, not as a benchmark (that is `benchmarks/label_efficiency.py`).
 
-Then, when `examples/production_demo.py` is present, the trained learning-loss model is exported
-for TF Serving and used to triage held-out images into a labeling queue.
+Then, when `examples/production_demo.py` is present, the trained model is exported for TF Serving and
+used to triage held-out images into a labeling queue (triage's default selection is the same
+`budget_switch`, counting the labels from the export's training record).
 
 Run: `python examples/demo.py [--out demo_out] [--seeds 0] [--fresh]`. Re-running resumes
 (finished runs are read back, not retrained); `--fresh` starts over.
@@ -37,9 +39,9 @@ import keras_lossal as kl  # noqa: E402
 from keras_lossal import data, experiment, results  # noqa: E402
 from keras_lossal.loop import ActiveLearningLoop  # noqa: E402
 
-# The recommended learning-loss strategy (benchmarks/RESULTS.md, "Label efficiency, paired"), and random.
-LEARNING_LOSS = "learning_loss_clusters"
-STRATEGIES = (LEARNING_LOSS, "random")
+# The recommended strategy (benchmarks/RESULTS.md, "Recommendation check 3"), and random.
+RECOMMENDED = kl.contracts.RECOMMENDED_STRATEGY
+STRATEGIES = (RECOMMENDED, "random")
 
 
 def run_protocol(args) -> dict:
@@ -61,7 +63,9 @@ def run_protocol(args) -> dict:
                 spec,
                 dataset.preprocessing.input_shape,
                 dataset.num_classes,
-                with_head=strategy in experiment.HEAD_STRATEGIES,
+                # The recommended strategy's model keeps the head (detached: the backbone trains as bare) for
+                # the predicted loss it serves; random labeling trains the bare backbone.
+                with_head=strategy == RECOMMENDED or strategy in experiment.HEAD_STRATEGIES,
             )
             loop = ActiveLearningLoop(
                 factory,
@@ -87,7 +91,7 @@ def run_protocol(args) -> dict:
 def first_cycle_comparison(runs: dict) -> str:
     """The head's cost: at cycle 0 both strategies train on the same 500 images from the same start."""
     lines = []
-    for with_head, bare in zip(runs[LEARNING_LOSS], runs["random"]):
+    for with_head, bare in zip(runs[RECOMMENDED], runs["random"]):
         head_cycle, bare_cycle = with_head.cycles[0], bare.cycles[0]
         lines.append(
             f"first cycle, seed {with_head.config['seed']} ({head_cycle['num_labeled']} identical labels): "
@@ -120,7 +124,7 @@ def save_for_production(model: kl.LossLearningModel, preprocessing, out_dir: str
     return {"model": model_path, "preprocessing": preprocessing_path}
 
 
-def production_step(model, preprocessing, holdout_images_uint8, out_dir: str):
+def production_step(model, preprocessing, holdout_images_uint8, out_dir: str, num_labeled: int):
     """Exports the model for TF Serving and triages held-out images (examples/production_demo.py)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from production_demo import run_production_demo
@@ -131,11 +135,12 @@ def production_step(model, preprocessing, holdout_images_uint8, out_dir: str):
         holdout_images_uint8,
         os.path.join(out_dir, "production"),
         labels=list(data.FASHION_MNIST_CLASSES),
+        num_labeled=num_labeled,
     )
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description="Learning loss vs random on Fashion-MNIST (CPU).")
+    parser = argparse.ArgumentParser(description="The recommended selection vs random on Fashion-MNIST (CPU).")
     parser.add_argument("--out", default="demo_out")
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory")
     parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0])
@@ -152,15 +157,16 @@ def main(argv=None) -> dict:
     outcome = run_protocol(args)
     summary = report(args.out, outcome["runs"])
     dataset = outcome["dataset"]
-    model = outcome["runs"][LEARNING_LOSS][0].model
+    model = outcome["runs"][RECOMMENDED][0].model
     saved = save_for_production(model, dataset.preprocessing, args.out)
-    print(f"trained learning-loss model: {saved['model']}; preprocessing: {saved['preprocessing']}")
+    print(f"trained model (with the loss-prediction head): {saved['model']}; preprocessing: {saved['preprocessing']}")
     print(f"protocol time: {time.perf_counter() - start:.0f} s")
 
     triage = None
     if not args.no_production:
         # Held-out test images stand in for newly arrived, unlabeled data.
-        triage = production_step(model, dataset.preprocessing, dataset.x_test[:500], args.out)
+        num_labeled = outcome["runs"][RECOMMENDED][0].cycles[-1]["num_labeled"]
+        triage = production_step(model, dataset.preprocessing, dataset.x_test[:500], args.out, num_labeled)
     print(f"total time: {time.perf_counter() - start:.0f} s")
     return {"summary": summary, "model": model, "preprocessing": dataset.preprocessing, "triage": triage}
 

@@ -42,6 +42,7 @@ def run_production_demo(
     labels: list[str] | None = None,
     top_k: int = 20,
     show: int = 10,
+    num_labeled: int | None = None,
 ) -> TriageResult:
     """Exports `model`, writes `holdout_images_uint8` as PNGs, triages them, prints the queue head.
 
@@ -53,6 +54,8 @@ def run_production_demo(
         labels: class names for the queue (default: class ids).
         top_k: labeling queue length.
         show: queue entries to print.
+        num_labeled: the items `model` was trained on, recorded in the export (`training.num_items`), from which
+            triage's default selection (`budget_switch`) counts the labels; `None`: not recorded (then badge).
 
     Example:
 
@@ -66,7 +69,11 @@ def run_production_demo(
 
     # A new integer version each run: TF Serving picks up the highest one.
     version_dir = export_for_serving(
-        model, os.path.join(out_dir, "models", "lossal"), preprocessing=preprocessing, labels=labels
+        model,
+        os.path.join(out_dir, "models", "lossal"),
+        preprocessing=preprocessing,
+        labels=labels,
+        training=None if num_labeled is None else {"num_items": int(num_labeled)},
     )
     print(f"exported SavedModel: {version_dir}")
 
@@ -82,6 +89,7 @@ def run_production_demo(
     result = triage(
         read_items(folder), InProcessScorer(version_dir), os.path.join(out_dir, "triage"), top_k=top_k, restart=True
     )
+    print(result.selection_reason or f"selection {result.selection}")
     print(
         f"triage: scored {result.scored} items ({result.items_per_second:.0f} items/s), {result.failed} failed; "
         f"labeling queue of {result.queued} in {result.output_dir}/queue.jsonl (also queue.csv, "
@@ -106,7 +114,9 @@ def _standalone(out_dir: str) -> None:
     model = kl.LossLearningModel(backbone)
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(preprocessing(pixels[:500]).numpy(), labels[:500], batch_size=50, epochs=3, verbose=0)
-    run_production_demo(model, preprocessing, pixels[500:], out_dir, labels=["dark", "medium", "bright"])
+    run_production_demo(
+        model, preprocessing, pixels[500:], out_dir, labels=["dark", "medium", "bright"], num_labeled=500
+    )
 
 
 if __name__ == "__main__":

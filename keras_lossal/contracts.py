@@ -37,6 +37,7 @@ __all__ = [
     "CONTENT_FIELD",
     "DEFAULT_CANDIDATES_FACTOR",
     "DEFAULT_LABELS_PER_CLASS",
+    "DEFAULT_MIN_CANDIDATES",
     "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "DEFAULT_READ_THREADS",
@@ -51,10 +52,12 @@ __all__ = [
     "OPTIMIZER_NAMES",
     "PREPROCESSING_FILE",
     "RECIPE_NAMES",
+    "RECOMMENDED_STRATEGY",
     "REJECTS_FILE",
     "SCORER_ATTRIBUTES",
     "SELECTIONS",
     "STATE_FILE",
+    "TRIAGE_SELECTIONS",
     "Scorer",
     "TRAINING_FILE",
     "TriageSettings",
@@ -63,6 +66,7 @@ __all__ = [
     "check_scorer",
     "is_content_hash",
     "labels_are_scarce",
+    "trained_items",
 ]
 
 # The `LossLearningModel` recipes (`keras_lossal.model.RECIPES` holds what each sets), the default first.
@@ -94,18 +98,25 @@ DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
 
 # How triage and Beam pick the labeling queue from the scored items (`keras_lossal.serving.queue.QueueRule`):
-# the recommended learning-loss selection (see `keras_lossal.acquisition`), BADGE weighted by predicted loss,
-# plain top-K, plain BADGE on a uniform sample of the pool (the benchmarked `badge` strategy's protocol), or
-# TypiClust on a uniform sample (the `typiclust` strategy, for small budgets).
+# the learning-loss selection (see `keras_lossal.acquisition`), BADGE weighted by predicted loss, plain top-K,
+# plain BADGE on a uniform sample of the pool (the benchmarked `badge` strategy's protocol), or TypiClust on a
+# uniform sample (the `typiclust` strategy, for small budgets).
 SELECTIONS = ("learning_loss_clusters", "learning_loss_badge", "top_k", "badge", "typiclust")
-DEFAULT_SELECTION = SELECTIONS[0]
-# The commands' budget-aware choice between two of them, like the `budget_switch` strategy: `typiclust` while
-# fewer than `--labels-per-class` labels per class are labeled, `badge` from there (resolved before scoring).
+# The budget-aware choice between two of them, like the `budget_switch` strategy: `typiclust` while fewer than
+# `labels_per_class` labels per class are labeled, `badge` from there (`TriageSettings.resolved`, before scoring).
 BUDGET_SELECTION = "budget_switch"
+TRIAGE_SELECTIONS = SELECTIONS + (BUDGET_SELECTION,)
+# The recommended strategy (benchmarks/RESULTS.md, "Recommendation check 3"): the first arm of `lossal run` and
+# `make demo`, and, as a queue selection, the default of triage and Beam.
+RECOMMENDED_STRATEGY = BUDGET_SELECTION
+DEFAULT_SELECTION = RECOMMENDED_STRATEGY
 # The budget switch's default point, in labeled items per class (the v6 pilots: TypiClust leads to about here).
 DEFAULT_LABELS_PER_CLASS = 10
 # Candidates kept while scoring, as a multiple of the queue length: memory is O(factor * K), never O(pool).
 DEFAULT_CANDIDATES_FACTOR = 10
+# The strategies' bounded step: at least this many candidates (`learning_loss_clusters`) or sampled items
+# (`budget_switch`); pools up to this size are used whole.
+DEFAULT_MIN_CANDIDATES = 10_000
 DEFAULT_SELECTION_SEED = 0
 # Triage's threads reading and checking items ahead of the scorer (file reads wait on disk, NFS or object stores).
 DEFAULT_READ_THREADS = max(2, min(8, os.cpu_count() or 1))
@@ -298,7 +309,10 @@ class TriageSettings:
         threshold: only items with at least this predicted loss, or `None`
             (triage only; a number some loss can reach, `-inf` for none).
         selection: how the queue's `top_k` items are chosen, one of
-            `SELECTIONS` (see `keras_lossal.serving.queue`).
+            `SELECTIONS` (see `keras_lossal.serving.queue`), or `"budget_switch"`
+            (the default): `"typiclust"` while fewer than `labels_per_class`
+            items per class are labeled, `"badge"` from there, resolved by
+            `resolved` before scoring (triage and Beam do it).
         candidates_factor: the diverse selections choose among
             `candidates_factor * top_k` candidates (the highest predicted
             losses; for `"badge"` and `"typiclust"` a uniform sample), the most items held in
@@ -308,6 +322,7 @@ class TriageSettings:
         max_image_pixels: header-declared size limit, or `None` for the
             export's limit, else `DEFAULT_MAX_IMAGE_PIXELS`.
         max_image_bytes: encoded size limit, or `None` likewise.
+        labels_per_class: the `"budget_switch"` selection's switch point.
 
     Example:
 
@@ -317,7 +332,7 @@ class TriageSettings:
     Traceback (most recent call last):
     ...
     ValueError: Expected selection in ['learning_loss_clusters', 'learning_loss_badge', 'top_k', 'badge', \
-'typiclust']. Received: selection='kmeans'
+'typiclust', 'budget_switch']. Received: selection='kmeans'
     """
 
     top_k: int | None = 1000
@@ -327,6 +342,7 @@ class TriageSettings:
     seed: int = DEFAULT_SELECTION_SEED
     max_image_pixels: int | None = None
     max_image_bytes: int | None = None
+    labels_per_class: int = DEFAULT_LABELS_PER_CLASS
 
     def __post_init__(self):
         store = functools.partial(object.__setattr__, self)  # frozen: keep the checked values
@@ -341,8 +357,9 @@ class TriageSettings:
             store("threshold", threshold)
         if self.top_k is None and self.threshold is None:
             raise ValueError("Expected top_k and/or threshold; with neither the queue would hold every item.")
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"Expected selection in {list(SELECTIONS)}. Received: selection={self.selection!r}")
+        if self.selection not in TRIAGE_SELECTIONS:
+            raise ValueError(f"Expected selection in {list(TRIAGE_SELECTIONS)}. Received: selection={self.selection!r}")
+        store("labels_per_class", check_integer("labels_per_class", self.labels_per_class, minimum=0))
         store("candidates_factor", check_integer("candidates_factor", self.candidates_factor))
         store("seed", check_integer("seed", self.seed, minimum=0))
         for name in ("max_image_pixels", "max_image_bytes"):
@@ -360,7 +377,7 @@ class TriageSettings:
         Traceback (most recent call last):
         ...
         TypeError: Unknown triage settings ['topk']; expected any of ['top_k', 'threshold', 'selection', \
-'candidates_factor', 'seed', 'max_image_pixels', 'max_image_bytes']
+'candidates_factor', 'seed', 'max_image_pixels', 'max_image_bytes', 'labels_per_class']
         """
         names = [field.name for field in dataclasses.fields(cls)]
         unknown = sorted(set(fields) - set(names))
@@ -369,6 +386,37 @@ class TriageSettings:
         if settings is not None and not isinstance(settings, cls):
             raise TypeError(f"Expected settings to be a TriageSettings. Received: {type(settings).__name__}")
         return dataclasses.replace(settings, **fields) if settings is not None else cls(**fields)
+
+    def resolved(self, labeled: int | None, classes: int | None) -> tuple[TriageSettings, str]:
+        """These settings with `"budget_switch"` resolved to `"typiclust"` or `"badge"`, and a line saying why.
+
+        `labeled`: items labeled so far, `classes`: the model's classes (`None`: not known, and then the
+        switch takes `"badge"`, its side from `labels_per_class` per class on). Other selections are returned
+        unchanged, with `""`.
+
+        Example:
+
+        >>> TriageSettings(top_k=20).resolved(40, 10)
+        (TriageSettings(top_k=20, threshold=None, selection='typiclust', candidates_factor=10, seed=0, \
+max_image_pixels=None, max_image_bytes=None, labels_per_class=10), 'selection budget_switch: 40 labeled \
+item(s), 10 classes, switch at 10 per class -> typiclust')
+        >>> TriageSettings(top_k=20).resolved(None, 10)[1]
+        'selection budget_switch: the number of labeled items is not known -> badge (the switch past 10 per class)'
+        >>> TriageSettings(top_k=20, selection="top_k").resolved(None, None)[1]
+        ''
+        """
+        if self.selection != BUDGET_SELECTION:
+            return self, ""
+        if labeled is None or not classes:
+            unknown = "the number of labeled items" if labeled is None else "the number of classes"
+            chosen = "badge"
+            why = f"{unknown} is not known -> badge (the switch past {self.labels_per_class} per class)"
+        else:
+            chosen = "typiclust" if labels_are_scarce(labeled, classes, self.labels_per_class) else "badge"
+            why = (
+                f"{labeled} labeled item(s), {classes} classes, switch at {self.labels_per_class} per class -> {chosen}"
+            )
+        return dataclasses.replace(self, selection=chosen), f"selection {BUDGET_SELECTION}: {why}"
 
     def image_limits(self, export: Mapping[str, Any] | Any | None = None) -> tuple[int, int]:
         """`(max_image_pixels, max_image_bytes)`: these settings, else `export`'s, else the defaults.
@@ -446,10 +494,26 @@ def check_scorer(scorer: Any) -> Scorer:
     return scorer
 
 
+def trained_items(export: Mapping[str, Any] | Any | None) -> int | None:
+    """How many items the exported model was trained on (`training.num_items`), or `None` when it does not say.
+
+    `export` is an export config (a mapping) or a `Scorer` with one (`config`). `lossal export` of a
+    `lossal train` output records the count; a model exported otherwise does not.
+
+    Example:
+
+    >>> trained_items({"training": {"num_items": 300}}), trained_items({"labels": ["a", "b"]}), trained_items(None)
+    (300, None, None)
+    """
+    config = export if isinstance(export, Mapping) else getattr(export, "config", None)
+    count = ((config or {}).get("training") or {}).get("num_items")
+    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else None
+
+
 def labels_are_scarce(labeled: int, classes: int, labels_per_class: int = DEFAULT_LABELS_PER_CLASS) -> bool:
     """Whether `labeled` items are fewer than `labels_per_class` per class of `classes`: the switch's low side.
 
-    The one rule of `strategies.BudgetSwitch` and of triage's `--selection budget_switch`.
+    The one rule of `strategies.BudgetSwitch` and of `TriageSettings.resolved` (triage and Beam).
 
     Example:
 

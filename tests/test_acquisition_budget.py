@@ -38,7 +38,8 @@ def test_classes_come_from_the_model_or_the_option_and_bad_settings_are_refused(
     switch = acquisition.get("budget_switch", labels_per_class=2, num_classes=5)
     assert switch.chosen(None, np.zeros((9, 2))).name == "typiclust"
     assert switch.chosen(None, [np.zeros((6, 2)), np.zeros((4, 2))]).name == "badge"
-    assert switch.get_config() == {"low": "typiclust", "high": "badge", "labels_per_class": 2, "num_classes": 5}
+    assert switch.get_config() == {"low": "typiclust", "high": "badge", "labels_per_class": 2, "num_classes": 5,
+                                   "sample_factor": 10.0, "min_sample": 10_000}  # fmt: skip
     with pytest.raises(ValueError, match="labels_per_class to be an integer >= 0. Received: labels_per_class=-1"):
         acquisition.get("budget_switch", labels_per_class=-1)
     with pytest.raises(ValueError, match="Expected a strategy name in"):
@@ -62,3 +63,40 @@ def test_the_default_switch_picks_exactly_what_badge_picks_once_each_class_has_t
         expected = acquisition.get("badge").select(model, pool, k=7, seed=seed, labeled=labeled, subset_size=50)
         assert picked.strategy == "budget_switch:badge"
         np.testing.assert_array_equal(picked.indices, expected.indices)
+
+
+@pytest.mark.parametrize("labeled_count", [0, 40])
+def test_a_large_pool_is_sampled_down_to_a_bounded_seeded_subset_before_either_side_picks(labeled_count):
+    """Without subset_size, max(10 k, min_sample) seeded random items: what the inner strategy picks on that subset."""
+    from keras_lossal.acquisition.ranking import sample_subset
+
+    model = _classifier(classes=4)
+    pool = np.random.default_rng(1).normal(size=(3_000, 6)).astype(np.float32)
+    labeled = pool[:labeled_count] if labeled_count else None
+    switch = acquisition.get("budget_switch", min_sample=500)
+    assert (switch.sample_size(20), switch.sample_size(100)) == (500, 1_000)
+    picked = switch.select(model, pool, k=20, seed=4, labeled=labeled)
+    inner = "typiclust" if labeled_count < 40 else "badge"
+    expected = acquisition.get(inner).select(model, pool, k=20, seed=4, labeled=labeled, subset_size=500)
+    assert picked.strategy == f"budget_switch:{inner}"
+    np.testing.assert_array_equal(picked.indices, expected.indices)
+    assert set(picked.indices.tolist()) <= set(sample_subset(3_000, 500, 4).tolist())
+    # A subset_size given is kept; sample_factor=None scores the whole pool; a Dataset is sampled like the array.
+    given = switch.select(model, pool, k=20, seed=4, labeled=labeled, subset_size=800)
+    np.testing.assert_array_equal(
+        given.indices,
+        acquisition.get(inner).select(model, pool, k=20, seed=4, labeled=labeled, subset_size=800).indices,
+    )
+    whole = acquisition.get("budget_switch", sample_factor=None, min_sample=500).select(model, pool, k=20, seed=4,
+                                                                                         labeled=labeled)  # fmt: skip
+    np.testing.assert_array_equal(whole.indices, acquisition.get(inner).select(model, pool, k=20, seed=4,
+                                                                               labeled=labeled).indices)  # fmt: skip
+    assert not set(whole.indices.tolist()) <= set(sample_subset(3_000, 500, 4).tolist())
+    import tensorflow as tf
+
+    from_dataset = switch.select(model, tf.data.Dataset.from_tensor_slices(pool).batch(64), k=20, seed=4,
+                                 labeled=labeled)  # fmt: skip
+    np.testing.assert_array_equal(from_dataset.indices, picked.indices)
+    # A generator's size is unknown: it is used whole, as before.
+    generated = switch.select(model, (pool[i : i + 64] for i in range(0, 3_000, 64)), k=20, seed=4, labeled=labeled)
+    np.testing.assert_array_equal(generated.indices, whole.indices)

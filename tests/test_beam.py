@@ -152,17 +152,41 @@ def test_image_folder_top_k_scores_and_failures_match_triage(model_dir, pool, tm
     assert rows[1].split(",")[1] == queue[0]["id"]
 
 
-@pytest.mark.parametrize("selection", ["learning_loss_clusters", "learning_loss_badge", "top_k", "badge"])
+@pytest.mark.parametrize(
+    "selection", ["learning_loss_clusters", "learning_loss_badge", "top_k", "badge", "budget_switch"]
+)
 def test_each_selection_queues_what_triage_queues(model_dir, pool, tmp_path, selection):
     # 24 scored, 14 candidates: the diverse selections really choose (the other tests keep all 24 as candidates);
     # badge's 14 are a hash sample that Beam's combiner must draw as triage's heap does, whatever the bundles.
+    # budget_switch: the export records no training, so both resolve it to badge.
     options = {"selection": selection, "candidates_factor": 2, "seed": 5}
-    score_pool(pool, model_dir, str(tmp_path / "beam"), top_k=TOP_K, pipeline_options=DIRECT, max_batch_size=5,
-               **options)  # fmt: skip
+    summary = score_pool(pool, model_dir, str(tmp_path / "beam"), top_k=TOP_K, pipeline_options=DIRECT,
+                         max_batch_size=5, **options)  # fmt: skip
     beam_output = read_beam_output(str(tmp_path / "beam"))
     triage_output = run_triage(pool, model_dir, str(tmp_path / "triage"), **options)
     assert_same_as_triage(beam_output, triage_output)
     assert len(beam_output[1]) == TOP_K
+    assert summary["selection"] == ("badge" if selection == "budget_switch" else selection)
+
+
+def test_budget_switch_is_beams_default_and_counts_the_exports_training_items(model_dir, pool, tmp_path):
+    import shutil
+
+    base = tmp_path / "lossal"
+    shutil.copytree(model_dir, base)
+    (config_path,) = base.glob("*/assets.extra/lossal.json")
+    config = json.loads(config_path.read_text())
+    assert ScorePool(str(pool), str(base), top_k=TOP_K).rule.selection == "badge"  # no training record
+    classes = len(LABELS)
+    for count, chosen in ((10 * classes - 1, "typiclust"), (10 * classes, "badge")):
+        config_path.write_text(json.dumps({**config, "training": {"num_items": count}}))
+        transform = ScorePool(str(pool), str(base), top_k=TOP_K)
+        assert transform.rule.selection == chosen
+        assert transform.selection_reason == (
+            f"selection budget_switch: {count} labeled item(s), {classes} classes, switch at 10 per class -> {chosen}"
+        )
+    assert ScorePool(str(pool), str(base), top_k=TOP_K, labels_per_class=5).rule.selection == "badge"
+    assert ScorePool(str(pool), str(base), top_k=TOP_K, selection="top_k").selection_reason == ""
 
 
 def write_tfrecord(path, records):
@@ -246,7 +270,7 @@ def test_bad_arguments_name_the_value(model_dir, pool):
         LossalModelHandler(model_dir, min_batch_size=9, max_batch_size=4)
     with pytest.raises(FileNotFoundError, match="Version 7 not found"):
         LossalModelHandler(model_dir, version=7)
-    every = r"\['learning_loss_clusters', 'learning_loss_badge', 'top_k', 'badge', 'typiclust'\]"
+    every = r"\['learning_loss_clusters', 'learning_loss_badge', 'top_k', 'badge', 'typiclust', 'budget_switch'\]"
     with pytest.raises(ValueError, match=rf"Expected selection in {every}. Received: selection='coreset'"):
         ScorePool(pool, model_dir, selection="coreset")
     with pytest.raises(ValueError, match="candidates_factor=0"):

@@ -246,7 +246,8 @@ def test_an_arms_strategy_options_build_the_strategy_are_recorded_and_checked_on
     variant, default = results[arm][0], results["budget_switch"][0]
     assert variant.config["strategy"] == default.config["strategy"] == "budget_switch"
     assert variant.config["strategy_options"] == {"low": "typiclust", "high": "entropy", "labels_per_class": 2,
-                                                  "num_classes": None}  # fmt: skip
+                                                  "num_classes": None, "sample_factor": 10.0,
+                                                  "min_sample": 10_000}  # fmt: skip
     assert default.config["strategy_options"] is None  # the defaults
     assert os.path.isdir(os.path.join(out, arm, "seed_0"))
     # 10 labels over 3 classes: above 2 per class the variant picks exactly what entropy picks.

@@ -224,10 +224,22 @@ def test_budget_switch_without_a_manifest_counts_the_exports_training_items(pool
     shutil.copytree(pool["base"], models)
     config_path = models / "1" / "assets.extra" / "lossal.json"
     argv = ["pool", "--model", str(models), "--top-k", "2", "--show", "0", "--selection", "budget_switch"]
-    # An export without a training record, and no manifest: the labeled count is unknown, so it is refused.
-    code, _, err = run_triage(capsys, *argv, "--output", str(tmp_path / "a"))
-    assert code == 2 and "needs to know how many items are labeled: pass the labeled-set manifests" in err
-    assert not (tmp_path / "a").exists()
+    # An export without a training record, and no manifest: the labeled count is unknown, so the switch takes
+    # badge (its side past the switch point) and says so, with what would tell it the count.
+    code, out, err = run_triage(capsys, *argv, "--output", str(tmp_path / "a"))
+    assert (code, err) == (0, "")
+    assert out.splitlines()[:2] == [
+        "selection budget_switch: the number of labeled items is not known -> badge (the switch past 10 per class)",
+        "  (pass the labeled-set manifests with --exclude-labeled, which also keeps them out of the queue, or score "
+        "an export of a `lossal train` output, whose lossal.json records training.num_items)",
+    ]
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["selection"] == "badge" and summary["selection_reason"].endswith(
+        "-> badge (the switch past 10 per class)"
+    )
+    badge = triage(read_items(str(pool["folder"] / "pool")), InProcessScorer(str(models)), str(tmp_path / "direct"),
+                   top_k=2, selection="badge")  # fmt: skip
+    assert ids(read_jsonl(tmp_path / "a" / "queue.jsonl")) == ids(badge.queue)
     config = json.loads(config_path.read_text())
     for count, chosen in ((30, "badge"), (12, "typiclust")):
         config_path.write_text(json.dumps({**config, "training": {"num_items": count, "data_sha256": "0" * 64}}))
@@ -283,11 +295,7 @@ def test_budget_switch_refuses_a_negative_point_before_loading_a_model(capsys):
     "extra, message",
     [
         (
-            ["--server", "grpc://localhost:1", "--selection", "budget_switch"],
-            "needs the number of classes: pass --labels",
-        ),
-        (
-            ["--model", "nowhere", "--labels-per-class", "3"],
+            ["--model", "nowhere", "--selection", "top_k", "--labels-per-class", "3"],
             "--labels-per-class applies to --selection budget_switch only",
         ),
     ],
@@ -300,3 +308,44 @@ def test_budget_switch_flags_are_checked_before_anything_loads(capsys, extra, me
 def test_typiclust_picks_refuses_labeled_embeddings_of_another_width():
     with pytest.raises(ValueError, match=r"an \(L, 2\) array.*Received shape \(3, 4\)"):
         diversity.typiclust_picks(np.zeros((6, 2), np.float32), np.zeros((3, 4), np.float32), 2, seed=0)
+
+
+def test_budget_switch_is_the_default_of_the_command_and_of_the_api(pool, tmp_path, capsys, monkeypatch):
+    """No --selection: the recommended budget_switch, resolved from the manifests; the API from labeled_count."""
+    monkeypatch.chdir(pool["folder"])
+    code, out, _ = run_triage(capsys, "pool", "--model", pool["base"], "--top-k", "3", "--show", "0",
+                              "--exclude-labeled", "labeled.jsonl", "--output", str(tmp_path / "cli"))  # fmt: skip
+    assert code == 0 and out.splitlines()[0] == (
+        "selection budget_switch: 4 labeled item(s) in the --exclude-labeled manifests, 3 classes, switch at 10 per "
+        "class -> typiclust"
+    )
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["selection"] == "typiclust"
+
+    items = lambda: read_items(str(pool["folder"] / "pool"))  # noqa: E731
+    scorer = InProcessScorer(pool["base"])
+    scarce = triage(items(), scorer, str(tmp_path / "api_scarce"), top_k=3, labeled_count=29)
+    plenty = triage(items(), scorer, str(tmp_path / "api_plenty"), top_k=3, labeled_count=30)
+    assert (scarce.selection, plenty.selection) == ("typiclust", "badge")
+    assert scarce.selection_reason == (
+        "selection budget_switch: 29 labeled item(s), 3 classes, switch at 10 per class -> typiclust"
+    )
+    typiclust = triage(items(), scorer, str(tmp_path / "typiclust"), top_k=3, selection="typiclust")
+    badge = triage(items(), scorer, str(tmp_path / "badge"), top_k=3, selection="badge")
+    assert (ids(scarce.queue), ids(plenty.queue)) == (ids(typiclust.queue), ids(badge.queue))
+    assert ids(typiclust.queue) != ids(badge.queue)
+    # The switch point is a setting; labeled_embeddings count as the labeled items when no count is given.
+    assert (
+        triage(items(), scorer, str(tmp_path / "point"), top_k=3, labeled_count=29, labels_per_class=9).selection
+        == "badge"
+    )
+    embeddings = embed_items(labeled_items([str(pool["folder"] / "labeled.jsonl")]), scorer).embeddings
+    assert (
+        triage(items(), scorer, str(tmp_path / "emb"), top_k=3, labeled_embeddings=embeddings).selection == "typiclust"
+    )
+    # Another selection is used as given, with no reason.
+    top = triage(items(), scorer, str(tmp_path / "top"), top_k=3, selection="top_k", labeled_count=0)
+    assert (top.selection, top.selection_reason) == ("top_k", "")
+    with pytest.raises(ValueError, match="labeled_count"):
+        triage(items(), scorer, str(tmp_path / "bad"), top_k=3, labeled_count=-1)
+    with pytest.raises(ValueError, match="Expected a resolved selection: budget_switch becomes typiclust or badge"):
+        QueueRule(top_k=3, selection="budget_switch")

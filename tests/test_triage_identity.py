@@ -46,6 +46,11 @@ def read_json(path):
         return json.load(handle)
 
 
+def result_line(out: str) -> str:
+    """Triage's `scored ..., failed ...` line (the default selection prints its choice before it)."""
+    return next(line for line in out.splitlines() if line.startswith("scored "))
+
+
 def sha256(path) -> str:
     import hashlib
 
@@ -113,7 +118,9 @@ def test_the_same_model_typed_relative_or_absolute_resumes(lossal_export, pool, 
     monkeypatch.chdir(pool)
     argv = ["pool", "--output", "out", "--show", "0"]
     code, out, err = triage(capsys, *argv, "--model", "../models/lossal", "--model-version", "1")
-    assert (code, err) == (0, "") and out.startswith(f"scored {N_POOL}, ")
+    assert (code, err) == (0, "") and result_line(out).startswith(f"scored {N_POOL}, ")
+    # No manifest and no training record in this export: the default budget_switch says so and takes badge.
+    assert out.startswith("selection budget_switch: the number of labeled items is not known -> badge")
     state = read_json(pool / "out" / "state.json")
     assert state == {"scorer": f"saved_model:{os.path.realpath(base)}", "model_version": 1}
     tasks = read_json(pool / "out" / "label_studio_tasks.json")
@@ -121,7 +128,7 @@ def test_the_same_model_typed_relative_or_absolute_resumes(lossal_export, pool, 
     for typed in (str(base), str(base / "1"), "../models/../models/lossal/1"):
         code, out, err = triage(capsys, *argv, "--model", typed, "--model-version", "1")
         assert (code, err) == (0, ""), typed
-        assert out.startswith(f"scored 0, failed 0, resumed {N_POOL} "), typed
+        assert result_line(out).startswith(f"scored 0, failed 0, resumed {N_POOL} "), typed
 
 
 def test_the_advice_of_a_refused_resume_works(lossal_export, pool, tmp_path, capsys, monkeypatch):  # noqa: F811
@@ -135,9 +142,9 @@ def test_the_advice_of_a_refused_resume_works(lossal_export, pool, tmp_path, cap
     assert f"holds {N_POOL} scores of model version 1, but this run scores with version 2" in err
     assert "(--model-version 1)" in err and "(--restart)" in err
     code, out, err = triage(capsys, *argv, "--model", "../models/lossal/2", "--model-version", "1")
-    assert (code, err) == (0, "") and out.startswith(f"scored 0, failed 0, resumed {N_POOL} ")
+    assert (code, err) == (0, "") and result_line(out).startswith(f"scored 0, failed 0, resumed {N_POOL} ")
     code, out, err = triage(capsys, *argv, "--model", "../models/lossal/2", "--restart")
-    assert (code, err) == (0, "") and out.startswith(f"scored {N_POOL}, ") and "(model version 2)" in out
+    assert (code, err) == (0, "") and result_line(out).startswith(f"scored {N_POOL}, ") and "(model version 2)" in out
     tasks = read_json(pool / "out" / "label_studio_tasks.json")
     assert {task["predictions"][0]["model_version"] for task in tasks} == {"lossal/2"}
     # Another model (another base path) is refused, naming --restart, and --restart rescores with it.
@@ -146,7 +153,7 @@ def test_the_advice_of_a_refused_resume_works(lossal_export, pool, tmp_path, cap
     assert code == 2 and "do not rank together" in err and "--restart" in err
     assert f"not 'saved_model:{os.path.realpath(other)}'" in err
     code, out, _ = triage(capsys, *argv, "--model", str(other), "--restart")
-    assert code == 0 and out.startswith(f"scored {N_POOL}, ")
+    assert code == 0 and result_line(out).startswith(f"scored {N_POOL}, ")
     assert read_json(pool / "out" / "state.json")["scorer"] == f"saved_model:{os.path.realpath(other)}"
     assert base.exists()
 

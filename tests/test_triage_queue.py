@@ -400,7 +400,8 @@ def test_an_export_without_embedding_is_refused_naming_the_fix(pool, tmp_path):
     [
         (
             {"selection": "coreset"},
-            r"Expected selection in \['learning_loss_clusters', 'learning_loss_badge', 'top_k', 'badge', 'typiclust'\]",
+            r"Expected selection in \['learning_loss_clusters', 'learning_loss_badge', 'top_k', 'badge', 'typiclust', "
+            r"'budget_switch'\]",
         ),
         ({"candidates_factor": 0}, "Expected candidates_factor to be an integer >= 1. Received: candidates_factor=0"),
         ({"seed": -1}, "Expected seed to be an integer >= 0"),
@@ -421,7 +422,8 @@ def test_the_command_line_refuses_a_bad_selection_listing_them_all(command, caps
         cli.main(argv if command == "triage" else [*argv[:1], "--input", *argv[1:]])
     error = capsys.readouterr().err.splitlines()[-1]
     assert stopped.value.code == 2 and "invalid choice: 'coreset'" in error
-    listed = contracts.SELECTIONS + ((contracts.BUDGET_SELECTION,) if command == "triage" else ())
+    listed = contracts.TRIAGE_SELECTIONS  # both commands: the resolved selections and budget_switch
+    assert listed == contracts.SELECTIONS + (contracts.BUDGET_SELECTION,)
     assert error.endswith(f"(choose from {', '.join(repr(name) for name in listed)})")
     assert len(contracts.SELECTIONS) == 5 and contracts.SELECTIONS[-1] == "typiclust"
 
@@ -429,6 +431,9 @@ def test_the_command_line_refuses_a_bad_selection_listing_them_all(command, caps
 def test_the_names_the_command_line_lists_are_the_rules():
 
     assert set(contracts.SELECTIONS) == {"learning_loss_clusters", "learning_loss_badge", "top_k", "badge", "typiclust"}
-    assert QueueRule().selection == contracts.DEFAULT_SELECTION == "learning_loss_clusters"
+    # The commands' default is the recommended budget_switch, resolved before a rule is built; a rule's default is
+    # the learning-loss selection.
+    assert contracts.DEFAULT_SELECTION == contracts.RECOMMENDED_STRATEGY == contracts.BUDGET_SELECTION
+    assert QueueRule().selection == "learning_loss_clusters"
     assert QueueRule(top_k=3).max_candidates == 3 * contracts.DEFAULT_CANDIDATES_FACTOR
     assert QueueRule(top_k=3, selection="top_k").max_candidates == 3 and queue_lib.QueueRule is QueueRule

@@ -14,7 +14,7 @@ from keras_lossal.acquisition import diversity, models
 from keras_lossal.acquisition.base import ScoringStrategy, SelectionRequest, check_factor, report_non_finite
 from keras_lossal.acquisition.diversity_strategies import Badge, EmbeddingStrategy
 from keras_lossal.acquisition.streaming import Selection, check_scored, mask_non_finite
-from keras_lossal.contracts import check_integer
+from keras_lossal.contracts import DEFAULT_CANDIDATES_FACTOR, DEFAULT_MIN_CANDIDATES, check_integer
 
 __all__ = ["LearningLoss", "LearningLossBadge", "LearningLossClusters", "LearningLossKCenter"]
 
@@ -116,8 +116,8 @@ class LearningLossClusters(_HardAndDiverse):
         self,
         layer: str | None = None,
         iterations: int = diversity.KMEANS_ITERATIONS,
-        candidates_factor: float = 10.0,
-        min_candidates: int = 10_000,
+        candidates_factor: float = DEFAULT_CANDIDATES_FACTOR,
+        min_candidates: int = DEFAULT_MIN_CANDIDATES,
     ):
         super().__init__(layer)
         self.iterations = check_integer("iterations", iterations)

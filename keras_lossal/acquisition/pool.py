@@ -22,7 +22,16 @@ import tensorflow as tf
 
 from keras_lossal.acquisition.ranking import sample_subset
 
-__all__ = ["PAD_INDEX", "GROUP_BYTES", "MAX_GROUP", "IndexedPool", "index_pool", "pool_size", "model_input_spec"]
+__all__ = [
+    "PAD_INDEX",
+    "GROUP_BYTES",
+    "MAX_GROUP",
+    "IndexedPool",
+    "index_pool",
+    "can_subsample",
+    "pool_size",
+    "model_input_spec",
+]
 
 PAD_INDEX = -1
 # Scoring runs several batches per compiled call (a loop inside the call, one batch at a time), so the
@@ -104,6 +113,11 @@ def _features_only(element):
 
 def _is_one_shot(pool) -> bool:
     return iter(pool) is pool
+
+
+def can_subsample(pool) -> bool:
+    """Whether `index_pool(pool, ..., subset_size=...)` can draw a subset: an array, a Dataset, or batches of known size."""
+    return isinstance(pool, (np.ndarray, tf.data.Dataset)) or pool_size(pool) is not None
 
 
 def pool_size(pool) -> int | None:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from keras_lossal.acquisition import budget
-from keras_lossal.acquisition.base import DEFAULT_BATCH_SIZE, ScoringStrategy, SelectionRequest, Strategy
+from keras_lossal.acquisition.base import DEFAULT_BATCH_SIZE, ScoringStrategy, SelectionRequest, Strategy, check_factor
 from keras_lossal.acquisition.baseline import Random
 from keras_lossal.acquisition.diversity import loss_rank_weights  # noqa: F401 - public here since learning_loss_badge
 from keras_lossal.acquisition.diversity_strategies import Badge, CoreSet, TypiClust
@@ -23,10 +25,11 @@ from keras_lossal.acquisition.learning_loss import (
     LearningLossClusters,
     LearningLossKCenter,
 )
+from keras_lossal.acquisition.pool import can_subsample
 from keras_lossal.acquisition.pool_scorer import compiled_steps  # noqa: F401 - the cache's home is pool_scorer
 from keras_lossal.acquisition.streaming import Selection
 from keras_lossal.acquisition.uncertainty import BALD, Entropy, LeastConfidence, Margin, MCDropoutVariance
-from keras_lossal.contracts import check_integer
+from keras_lossal.contracts import DEFAULT_CANDIDATES_FACTOR, DEFAULT_MIN_CANDIDATES, check_integer
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -59,11 +62,19 @@ class BudgetSwitch(Strategy):
     budget is 0 labels and `low` picks. The `Selection`'s `strategy` names the switch and the strategy
     that picked (`"budget_switch:typiclust"`).
 
+    Bounded on large pools: called without `subset_size`, a pool of known size (an array, a Dataset, a
+    list of batches) larger than `max(sample_factor * k, min_sample)` items is first sampled down to
+    that many seeded random items, as the label-efficiency benchmark samples M items per cycle. Both
+    default strategies then work on the sample: BADGE as the benchmark's protocol, TypiClust as at
+    any budget. Memory and time stop growing with the pool. A generator (its size unknown) is used whole.
+
     Args:
         low: the strategy (a name or a `Strategy`) while labels are scarce; default TypiClust.
         high: the strategy from `labels_per_class` on; default BADGE.
         labels_per_class: the switch point, in labeled items per class of the model.
         num_classes: the classes, when the model's output does not tell (default: read from it).
+        sample_factor: the sample as a multiple of `k` (>= 1), or `None`: never sample.
+        min_sample: at least this many items (pools up to this size are used whole).
 
     Example:
 
@@ -83,12 +94,16 @@ class BudgetSwitch(Strategy):
         high: str | Strategy = "badge",
         labels_per_class: int = budget.DEFAULT_LABELS_PER_CLASS,
         num_classes: int | None = None,
+        sample_factor: float | None = DEFAULT_CANDIDATES_FACTOR,
+        min_sample: int = DEFAULT_MIN_CANDIDATES,
     ):
         self.low, self.high = get(low), get(high)
         if isinstance(self.low, BudgetSwitch) or isinstance(self.high, BudgetSwitch):
             raise ValueError("Expected low and high to be strategies other than a budget switch")
         self.labels_per_class = check_integer("labels_per_class", labels_per_class, minimum=0)
         self.num_classes = check_integer("num_classes", num_classes, optional=True)
+        self.sample_factor = None if sample_factor is None else check_factor("sample_factor", sample_factor)
+        self.min_sample = check_integer("min_sample", min_sample)
 
     def get_config(self) -> dict:
         return {
@@ -96,7 +111,15 @@ class BudgetSwitch(Strategy):
             "high": self.high.name,
             "labels_per_class": self.labels_per_class,
             "num_classes": self.num_classes,
+            "sample_factor": self.sample_factor,
+            "min_sample": self.min_sample,
         }
+
+    def sample_size(self, k: int) -> int | None:
+        """How many items of a large pool are sampled for `k` picks (`None`: every item)."""
+        if self.sample_factor is None:
+            return None
+        return max(int(np.ceil(self.sample_factor * k)), self.min_sample)
 
     def chosen(self, model, labeled) -> Strategy:
         """The strategy that picks with these labeled items: `low` below the switch point, else `high`."""
@@ -106,6 +129,9 @@ class BudgetSwitch(Strategy):
 
     def pick(self, model, pool, request: SelectionRequest) -> Selection:
         strategy = self.chosen(model, request.labeled)
+        sample = self.sample_size(request.k)
+        if request.subset_size is None and sample is not None and can_subsample(pool):
+            request = dataclasses.replace(request, subset_size=sample)  # the whole pool when it is not larger
         selection = strategy.pick(model, pool, request)
         return dataclasses.replace(selection, strategy=f"{self.name}:{strategy.name}")
 

@@ -30,7 +30,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from keras_lossal.contracts import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, TriageSettings, check_integer
+from keras_lossal.contracts import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    TriageSettings,
+    check_integer,
+    trained_items,
+)
 from keras_lossal.export import read_export_config, resolve_version_dir
 from keras_lossal.records import (
     DUPLICATE_REASON,
@@ -502,6 +508,11 @@ class ScorePool(beam.PTransform):
                 "Expected a queue length top_k and no threshold: Beam's queue is the top_k selection. "
                 f"Received: top_k={settings.top_k!r}, threshold={settings.threshold!r}"
             )
+        # budget_switch: Beam has no labeled items, so the export's training record counts them (else badge).
+        config = read_export_config(resolve_version_dir(model_dir, version))
+        settings, self.selection_reason = settings.resolved(
+            trained_items(config), len(config.get("labels") or ()) or None
+        )
         self.settings, self.top_k = settings, settings.top_k
         self.rule = QueueRule.of(settings)
         self.handler = LossalModelHandler(
@@ -512,7 +523,6 @@ class ScorePool(beam.PTransform):
             large_model=large_model,
             keep=self.rule.outputs,
         )
-        config = read_export_config(self.handler.version_dir)
         _check_outputs(config, self.rule)
         max_image_pixels, max_image_bytes = settings.image_limits(config)
         self.reader = ReadPool(
@@ -644,7 +654,7 @@ def score_pool(
 
     Returns:
         `{"scored", "failed", "queued", "model_loads", "seconds", "items_per_second", "output_dir",
-        "state"}`; counts come from Beam metrics (`model_loads`: how many times a worker loaded the
+        "state", "selection", "selection_reason"}` (`selection`: `budget_switch` resolved, and why); counts come from Beam metrics (`model_loads`: how many times a worker loaded the
         SavedModel, once per worker process, or per machine with `large_model`).
 
     Example:
@@ -670,6 +680,8 @@ def score_pool(
         "items_per_second": (scored + failed) / seconds if seconds > 0 else float("nan"),
         "output_dir": output_dir,
         "state": str(state),
+        "selection": transform.rule.selection,
+        "selection_reason": transform.selection_reason,
     }
 
 

@@ -9,7 +9,7 @@ Example:
 >>> add_image_limit_arguments(parser)
 >>> settings(parser.parse_args(["--selection", "badge", "--max-image-bytes", "1024"]), top_k=50)
 TriageSettings(top_k=50, threshold=None, selection='badge', candidates_factor=10, seed=0, \
-max_image_pixels=None, max_image_bytes=1024)
+max_image_pixels=None, max_image_bytes=1024, labels_per_class=10)
 """
 
 from __future__ import annotations
@@ -22,48 +22,49 @@ from keras_lossal.contracts import (
     DEFAULT_LABELS_PER_CLASS,
     DEFAULT_SELECTION,
     DEFAULT_SELECTION_SEED,
-    SELECTIONS,
+    TRIAGE_SELECTIONS,
     TriageSettings,
 )
 
 __all__ = ["add_image_limit_arguments", "add_selection_arguments", "settings"]
 
 
-def add_selection_arguments(parser: argparse.ArgumentParser, budget: bool = False) -> None:
-    """`--selection`, `--candidates-factor` and `--seed`, in a group of their own.
+def add_selection_arguments(parser: argparse.ArgumentParser, labeled_manifests: bool = False) -> None:
+    """`--selection`, `--labels-per-class`, `--candidates-factor` and `--seed`, in a group of their own.
 
-    `budget`: also offer `--selection budget_switch` and `--labels-per-class` (`lossal triage`, which knows
-    the labeled items from `--exclude-labeled`).
+    `labeled_manifests`: the command knows the labeled items from `--exclude-labeled` (`lossal triage`), which
+    `budget_switch` counts and `typiclust` fills around; without them (Beam) the export's training record counts
+    them and no cluster counts as covered.
     """
     group = parser.add_argument_group("queue selection", "how the --top-k queued items are chosen from the scored ones")
+    counted = (
+        "the --exclude-labeled manifests' distinct items, else the export's training items"
+        if labeled_manifests
+        else "the export's training items"
+    )
     typiclust_help = (
         ", filling the clusters the --exclude-labeled items cover least"
-        if budget
+        if labeled_manifests
         else " (no labeled items here: every cluster counts as uncovered)"
-    )
-    budget_help = (
-        f"; {BUDGET_SELECTION}: typiclust while fewer than --labels-per-class labels per class are labeled (the "
-        "--exclude-labeled manifests' distinct items, else the export's training items), badge from there"
-        if budget
-        else ""
     )
     group.add_argument(
         "--selection",
-        choices=SELECTIONS + ((BUDGET_SELECTION,) if budget else ()),
+        choices=TRIAGE_SELECTIONS,
         default=DEFAULT_SELECTION,
-        help=f"default {DEFAULT_SELECTION}: the highest predicted loss in each of K k-means clusters of the "
-        "candidates' embeddings; learning_loss_badge: BADGE's k-means++ weighted by predicted loss; top_k: the K "
-        "highest predicted losses; badge: plain BADGE k-means++ on a uniform random sample of F * K scored items "
-        "instead of the highest predicted losses (the benchmarked badge protocol); typiclust: TypiClust's typical "
-        "items of K k-means clusters of the same kind of sample (for small budgets)" + typiclust_help + budget_help,
+        help=f"default {DEFAULT_SELECTION} (the recommended selection): typiclust while fewer than "
+        f"--labels-per-class labels per class are labeled ({counted}; not known: badge), badge from there; "
+        "learning_loss_clusters: the highest predicted loss in each of K k-means clusters of the candidates' "
+        "embeddings; learning_loss_badge: BADGE's k-means++ weighted by predicted loss; top_k: the K highest "
+        "predicted losses; badge: plain BADGE k-means++ on a uniform random sample of F * K scored items instead of "
+        "the highest predicted losses (the benchmarked badge protocol); typiclust: TypiClust's typical items of K "
+        "k-means clusters of the same kind of sample (for small budgets)" + typiclust_help,
     )
-    if budget:
-        group.add_argument(
-            "--labels-per-class",
-            type=int,
-            metavar="N",
-            help=f"{BUDGET_SELECTION}'s switch point (default {DEFAULT_LABELS_PER_CLASS}, as the budget_switch strategy)",
-        )
+    group.add_argument(
+        "--labels-per-class",
+        type=int,
+        metavar="N",
+        help=f"{BUDGET_SELECTION}'s switch point (default {DEFAULT_LABELS_PER_CLASS}, as the budget_switch strategy)",
+    )
     group.add_argument(
         "--candidates-factor",
         type=int,
@@ -86,19 +87,18 @@ def add_image_limit_arguments(parser) -> None:
     parser.add_argument("--max-image-bytes", type=int, help="largest encoded file accepted (default: the export's)")
 
 
-def settings(
-    args: argparse.Namespace, top_k: int | None, threshold: float | None = None, selection: str | None = None
-) -> TriageSettings:
-    """The `TriageSettings` of the parsed flags (a bad value raises `ValueError` naming it).
-
-    `selection`: the selection to use instead of `--selection` (`budget_switch` resolved to one).
-    """
+def settings(args: argparse.Namespace, top_k: int | None, threshold: float | None = None) -> TriageSettings:
+    """The `TriageSettings` of the parsed flags (a bad value raises `ValueError` naming it)."""
+    if args.labels_per_class is not None and args.selection != BUDGET_SELECTION:
+        raise ValueError(f"--labels-per-class applies to --selection {BUDGET_SELECTION} only")
+    per_class = {} if args.labels_per_class is None else {"labels_per_class": args.labels_per_class}
     return TriageSettings(
         top_k=top_k,
         threshold=threshold,
-        selection=selection or args.selection,
+        selection=args.selection,
         candidates_factor=args.candidates_factor,
         seed=args.seed,
         max_image_pixels=args.max_image_pixels,
         max_image_bytes=args.max_image_bytes,
+        **per_class,
     )

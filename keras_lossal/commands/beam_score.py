@@ -1,7 +1,9 @@
 """`lossal beam-score`: score an unlabeled pool on Apache Beam (any runner) and write the labeling queue.
 
-The queue is chosen as `lossal triage` chooses it (`--selection`, default learning_loss_clusters: the
-highest predicted loss in each of K k-means clusters of the --candidates-factor * K highest-scored items).
+The queue is chosen as `lossal triage` chooses it (`--selection`, default budget_switch: typiclust while fewer
+than --labels-per-class labels per class are labeled, badge from there). Beam has no labeled-set manifests, so
+the export's training record counts the labels (a model exported without one: badge), and typiclust counts
+every cluster as uncovered. The summary names the selection used and why.
 
 Flags this command does not know are Beam pipeline options and go to the
 runner unchanged, so the same command runs on a laptop and on a cluster:

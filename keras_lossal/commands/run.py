@@ -6,7 +6,7 @@ import argparse
 import time
 
 from keras_lossal.commands._errors import CommandError, check_finite_positive, report_rejects, reports_errors
-from keras_lossal.contracts import OPTIMIZER_NAMES, RECIPE_NAMES
+from keras_lossal.contracts import OPTIMIZER_NAMES, RECIPE_NAMES, RECOMMENDED_STRATEGY
 
 
 def _int_list(text: str) -> list[int]:
@@ -76,10 +76,11 @@ def _add_protocol_arguments(protocol) -> None:
     protocol.add_argument(
         "--strategies",
         type=_name_list,
-        default=["learning_loss_clusters", "random"],
+        default=[RECOMMENDED_STRATEGY, "random"],
         help=(
-            "comma-separated arms strategy[@recipe] (default: the recommended learning-loss strategy, "
-            "learning_loss_clusters, against random), e.g. learning_loss_clusters,learning_loss,random,coreset; "
+            f"comma-separated arms strategy[@recipe] (default: the recommended strategy, {RECOMMENDED_STRATEGY}: "
+            "typiclust below 10 labels per class, then badge; against random), e.g. "
+            "budget_switch,learning_loss_clusters,learning_loss,random,coreset; "
             "learning_loss@paper trains the head with the paper's recipe, random@recommended is the control "
             "that trains the head but picks at random; options follow the name, "
             "e.g. budget_switch:high=margin:labels_per_class=15"

@@ -9,17 +9,9 @@ import math
 from keras_lossal.commands import _settings
 from keras_lossal.commands._errors import CommandError, reports_errors
 from keras_lossal.commands._settings import add_image_limit_arguments, add_selection_arguments
-from keras_lossal.contracts import (
-    BUDGET_SELECTION,
-    COMMIT_SECONDS,
-    DEFAULT_LABELS_PER_CLASS,
-    DEFAULT_READ_THREADS,
-    labels_are_scarce,
-)
+from keras_lossal.contracts import BUDGET_SELECTION, COMMIT_SECONDS, DEFAULT_READ_THREADS, trained_items
 
 __all__ = ["add_parser", "class_names", "run"]
-
-_CHECKED_AS = "badge"  # `budget_switch` resolves to typiclust or badge once the model is known
 
 EPILOG = """examples:
   lossal triage unlabeled/ --model models/lossal --output triage_out --top-k 500
@@ -29,13 +21,15 @@ EPILOG = """examples:
   lossal triage /srv/pool --model models/lossal --output round2 --exclude-labeled labeled.jsonl
   lossal triage unlabeled/ --model models/lossal --output triage_out --selection top_k
   lossal triage /srv/pool --model models/lossal --output round2 --exclude-labeled labeled.jsonl \\
-      --selection budget_switch
+      --selection learning_loss_clusters
 
-The queue: by default (--selection learning_loss_clusters) the highest predicted loss in each of K k-means
-clusters of the embeddings of the K * --candidates-factor items with the highest predicted loss, listed by
-predicted loss; --selection top_k queues the K highest predicted losses. --selection budget_switch follows the
-budget_switch strategy: typiclust (typical items of the clusters the labeled ones cover least) while fewer than
---labels-per-class labels per class are labeled, counted from --exclude-labeled, then badge.
+The queue: by default (--selection budget_switch, the recommended selection) it follows the budget_switch
+strategy: typiclust (typical items of the clusters the labeled ones cover least) while fewer than
+--labels-per-class labels per class are labeled, then badge (BADGE's k-means++ on a uniform sample). The labeled
+items are counted in the --exclude-labeled manifests, else the export's training record; when neither says, it
+takes badge and prints so. --selection learning_loss_clusters takes the highest predicted loss in each of K
+k-means clusters of the K * --candidates-factor highest predicted losses; --selection top_k queues the K highest
+predicted losses. Every queue is listed by predicted loss.
 
 Re-running with the same --output resumes: only items not yet scored are sent to the model. A queue holds
 the scores of one model version: a resume or a server that answers with another version stops, saying how
@@ -72,7 +66,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--top-k", type=int, default=1000, help="queue length (default 1000; 0 = no limit: every scored item)"
     )
     parser.add_argument("--threshold", type=float, help="only queue items with predicted loss >= this")
-    add_selection_arguments(parser, budget=True)
+    add_selection_arguments(parser, labeled_manifests=True)
     parser.add_argument("--batch-size", type=int, default=32, help="items per request (default 32)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight in server mode")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds (server mode)")
@@ -205,19 +199,19 @@ def run(args: argparse.Namespace) -> int:
 
     limits = _queue_limits(args)
     # Every flag's value is checked before a model loads (budget_switch resolves once the model is known).
-    _settings.settings(args, *limits, selection=_CHECKED_AS if args.selection == BUDGET_SELECTION else None)
+    checked = _settings.settings(args, *limits)
     label_studio = _label_studio_options(args)
     labeled = _labeled_content(args)
     scorer, batch_size = _scorer(args)
     skipped = collections.Counter()
     try:
-        settings = _settings.settings(args, *limits, selection=_selection(args, scorer, labeled))
+        settings, labeled_count = _selection(args, checked, scorer, labeled, trained_items(scorer))
         labeled_embeddings, embedded_versions = _labeled_embeddings(args, scorer, settings, batch_size)
         result = triage(
             _items(args, scorer, settings, skipped),
             scorer,
             args.output,
-            settings,
+            checked,  # triage resolves budget_switch to the same selection, and records why
             batch_size=batch_size,
             label_studio=label_studio,
             restart=args.restart,
@@ -228,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
             read_threads=args.read_threads,
             commit_seconds=args.commit_seconds,
             labeled_embeddings=labeled_embeddings,
+            labeled_count=labeled_count,
             scoring_calls=args.scoring_calls,
         )
     except TriageStopped as error:  # the server failed repeatedly, or answered with another model version
@@ -257,11 +252,6 @@ def _queue_limits(args: argparse.Namespace) -> tuple[int | None, float | None]:
             raise CommandError(f"--labels-per-class applies to --selection {BUDGET_SELECTION} only")
         if args.labels_per_class < 0:
             raise CommandError(f"expected --labels-per-class >= 0. Received: {args.labels_per_class}")
-    if args.selection == BUDGET_SELECTION and args.server and not args.labels:
-        raise CommandError(
-            f"--selection {BUDGET_SELECTION} needs the number of classes: pass --labels (the server does not send "
-            "class names)"
-        )
     if args.scoring_calls is not None and args.scoring_calls < 1:
         raise CommandError(f"expected --scoring-calls >= 1. Received: {args.scoring_calls}")
     if args.read_threads < 1:
@@ -281,34 +271,37 @@ def _queue_limits(args: argparse.Namespace) -> tuple[int | None, float | None]:
     return top_k, threshold
 
 
-def _selection(args: argparse.Namespace, scorer, labeled) -> str:
-    """`--selection`, with `budget_switch` resolved to `typiclust` or `badge` (the decision is printed)."""
-    if args.selection != BUDGET_SELECTION:
-        return args.selection
-    if not scorer.labels:
-        raise CommandError(f"--selection {BUDGET_SELECTION} needs the model's classes; {scorer.description} names none")
-    classes = len(scorer.labels)
-    per_class = DEFAULT_LABELS_PER_CLASS if args.labels_per_class is None else args.labels_per_class
+def _selection(args: argparse.Namespace, settings, scorer, labeled, trained: int | None):
+    """`(settings with budget_switch resolved to typiclust or badge, the labeled count)`; the choice is printed.
+
+    Triage resolves the same settings and count to the same selection, and records why in `summary.json`.
+
+    The labeled items are counted in the `--exclude-labeled` manifests (distinct items), else taken from the
+    export's `training.num_items`; when neither says, or the classes are not known, the switch takes `badge`.
+    """
     if args.exclude_labeled:
         # Distinct items: a record repeated in two manifests is one label.
-        count, source = len(labeled.sha256) + len(labeled.unhashed), "in the --exclude-labeled manifests"
+        count, source = len(labeled.sha256) + len(labeled.unhashed), " in the --exclude-labeled manifests"
     else:
-        training = (getattr(scorer, "config", None) or {}).get("training") or {}
-        if not training.get("num_items"):
-            raise CommandError(
-                f"--selection {BUDGET_SELECTION} needs to know how many items are labeled: pass the labeled-set "
-                "manifests with --exclude-labeled (which also keeps them out of the queue), or score with an export "
-                "`lossal export` wrote from a `lossal train` output (its lossal.json records training.num_items)"
-            )
-        count, source = int(training["num_items"]), "the model was trained on (its export's training.num_items)"
-    chosen = "typiclust" if labels_are_scarce(count, classes, per_class) else "badge"
-    print(
-        f"selection {BUDGET_SELECTION}: {count} labeled item(s) {source}, {classes} classes, switch at "
-        f"{per_class} per class -> {chosen}"
-    )
-    if chosen == "typiclust" and not args.exclude_labeled:
+        count = trained
+        source = "" if count is None else " the model was trained on (its export's training.num_items)"
+    classes = len(scorer.labels) if scorer.labels else None
+    resolved, why = settings.resolved(count, classes)
+    if not why or settings.top_k is None:  # no queue length: every item is queued, whichever selection
+        return resolved, count
+    if count is not None and classes:
+        why = why.replace(" labeled item(s),", f" labeled item(s){source},", 1)
+    print(why)
+    if count is None:
+        print(
+            "  (pass the labeled-set manifests with --exclude-labeled, which also keeps them out of the queue, or "
+            "score an export of a `lossal train` output, whose lossal.json records training.num_items)"
+        )
+    elif not classes:
+        print(f"  ({scorer.description} names no classes: pass --labels)")
+    elif resolved.selection == "typiclust" and not args.exclude_labeled:
         print("typiclust without --exclude-labeled: the labeled items are unknown, so no cluster counts as covered")
-    return chosen
+    return resolved, count
 
 
 def _labeled_embeddings(args: argparse.Namespace, scorer, settings, batch_size: int):

@@ -9,7 +9,8 @@ and `typiclust`, whose candidates are a uniform sample of the pool (below). It i
 heap, so memory is O(candidates_factor * top_k * (D + C)) whatever the pool
 size. At the end `QueueRule.select` picks `top_k` of the candidates:
 
-- `learning_loss_clusters` (the default: the library's recommended strategy):
+- `learning_loss_clusters` (`QueueRule`'s default; triage's and Beam's is `budget_switch`, which
+  `TriageSettings.resolved` turns into `typiclust` or `badge` before a rule is built):
   k-means of the candidates' embeddings into `top_k` clusters, and the highest
   predicted loss of each (`acquisition.diversity.hardest_per_cluster`, the rule
   of `LearningLossClusters`), so the queue cannot pile onto a few hard classes;
@@ -70,8 +71,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from keras_lossal.contracts import (
+    BUDGET_SELECTION,
     DEFAULT_CANDIDATES_FACTOR,
-    DEFAULT_SELECTION,
     DEFAULT_SELECTION_SEED,
     SELECTIONS,
     TriageSettings,
@@ -111,7 +112,8 @@ class QueueRule:
         top_k: queue length, or `None` for every item at or above `threshold`
             (then the selection has nothing to choose and the queue is ranked).
         threshold: only items with at least this predicted loss, or `None`.
-        selection: one of `contracts.SELECTIONS` (see the module docstring).
+        selection: one of `contracts.SELECTIONS` (see the module docstring); `budget_switch` is resolved
+            first (`TriageSettings.resolved`).
         candidates_factor: the diverse selections choose among
             `candidates_factor * top_k` candidates: the highest predicted
             losses, or for `badge` and `typiclust` a uniform sample of the pool.
@@ -131,11 +133,16 @@ class QueueRule:
 
     top_k: int | None = 1000
     threshold: float | None = None
-    selection: str = DEFAULT_SELECTION
+    selection: str = _CLUSTERS
     candidates_factor: int = DEFAULT_CANDIDATES_FACTOR
     seed: int = DEFAULT_SELECTION_SEED
 
     def __post_init__(self):
+        if self.selection == BUDGET_SELECTION:
+            raise ValueError(
+                f"Expected a resolved selection: {BUDGET_SELECTION} becomes typiclust or badge by the labeled count "
+                "(TriageSettings.resolved) before a queue rule is built"
+            )
         # One validation for the queue's settings, wherever they come from (`TriageSettings` checks them).
         checked = TriageSettings(self.top_k, self.threshold, self.selection, self.candidates_factor, self.seed)
         for name in ("top_k", "threshold", "candidates_factor", "seed"):

@@ -69,6 +69,7 @@ from keras_lossal.contracts import (
     TriageSettings,
     check_integer,
     check_scorer,
+    trained_items,
 )
 from keras_lossal.files import atomic_open, atomic_write
 from keras_lossal.records import (
@@ -131,6 +132,8 @@ class TriageResult:
         skipped: files the reader passed over in this run, by reason (`{"unsupported extension .gif": 2}`).
         excluded_labeled: items kept out of the queue in this run because their bytes are already labeled
             (`exclude_content`): not scored, or, scored by an earlier run, not queued.
+        selection: the selection that chose the queue (`budget_switch` resolved to `typiclust` or `badge`).
+        selection_reason: for `budget_switch`, why it chose that (labeled items, classes, switch point); else "".
     """
 
     scored: int
@@ -145,6 +148,8 @@ class TriageResult:
     model_version: int | None = None
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
     excluded_labeled: int = 0
+    selection: str = ""
+    selection_reason: str = ""
 
     @property
     def items_per_second(self) -> float:
@@ -192,6 +197,7 @@ def triage(
     commit_seconds: float | None = None,
     labeled_embeddings: np.ndarray | None = None,
     scoring_calls: int | None = None,
+    labeled_count: int | None = None,
     **setting_fields: Any,
 ) -> TriageResult:
     """Scores `items` by predicted loss and writes the labeling queue to `output_dir`.
@@ -209,9 +215,9 @@ def triage(
             `threshold`, `selection`, `candidates_factor`, `seed`, `max_image_pixels`, `max_image_bytes`),
             the same settings Beam's `ScorePool` takes. Its fields may also be given as keyword arguments
             (`triage(items, scorer, out, top_k=100)`), which replace those of `settings`. The default
-            selection, `"learning_loss_clusters"`, takes the highest predicted loss in each of `top_k`
-            k-means clusters of the candidates' embeddings; the queue lists the picks by predicted loss,
-            highest first.
+            selection, `"budget_switch"`, is `"typiclust"` while fewer than `labels_per_class` (10) items per
+            class are labeled (`labeled_count`) and `"badge"` from there; the queue lists the picks by
+            predicted loss, highest first.
         batch_size: items per scoring call.
         restart: discard earlier results in `output_dir` instead of resuming.
         progress: called as `progress(scored, failed)` after every batch.
@@ -241,6 +247,10 @@ def triage(
             `InProcessScorer`: 2; two calls keep the CPU busier than one) or 1. A server scorer sends its
             own concurrent requests (`--concurrency`), so it keeps 1: after a server-side failure the next
             batch waits for it, and a stop after N failed calls makes exactly N calls.
+        labeled_count: how many items are labeled, for the `"budget_switch"` selection. `None`: the rows of
+            `labeled_embeddings` when given, else the export's `training.num_items` (`lossal export` of a
+            `lossal train` output records it), else not known, and the switch takes `"badge"`. The choice
+            and why are in the result (`selection`, `selection_reason`) and `summary.json`.
         **setting_fields: fields of `TriageSettings` (see `settings`).
 
     Example:
@@ -250,7 +260,8 @@ def triage(
     >>> result.queue[0]["predicted_loss"]  # doctest: +SKIP
     """
     options = TriageSettings.of(settings, **setting_fields)
-    rule = QueueRule.of(options)
+    if labeled_count is not None:
+        labeled_count = check_integer("labeled_count", labeled_count, minimum=0)
     if labeled_embeddings is not None and np.size(labeled_embeddings) and np.ndim(labeled_embeddings) != 2:
         raise ValueError(
             "Expected labeled_embeddings as an (L, D) array of the labeled items' embeddings. Received shape "
@@ -259,6 +270,12 @@ def triage(
     knobs = (batch_size, dedupe, stop_after_server_errors, read_threads, commit_seconds, scoring_calls)
     settings = _Settings.checked(options, scorer, *knobs)
     scorer = check_scorer(scorer)  # after the values: a wrong value is named first, whatever the scorer
+    if labeled_count is None and labeled_embeddings is not None and np.size(labeled_embeddings):
+        labeled_count = len(labeled_embeddings)
+    options, why = options.resolved(
+        trained_items(scorer) if labeled_count is None else labeled_count, len(scorer.labels or ()) or None
+    )
+    rule = QueueRule.of(options)
     labeling = _labeling_options(label_studio, scorer)
     run = _Run(output_dir, scorer, rule, settings, progress)
     run.labeled = frozenset(exclude_content)
@@ -270,6 +287,7 @@ def triage(
     queue = run.ranked_queue(labeled_embeddings)
     _write_queue(output_dir, queue)
     result = run.result(queue, total_failed, seconds=time.perf_counter() - start, skipped=skipped or {})
+    result.selection_reason = why
     _write_summary(output_dir, result, run.stopped)
     write_labeling_files(output_dir, queue, run.labels, labeling, run.description)
     if run.stopped:
@@ -832,6 +850,7 @@ class _Run:
             model_version=self.versions.version,
             skipped={reason: int(count) for reason, count in sorted(skipped.items())},
             excluded_labeled=self.counts["labeled"],
+            selection=self.rule.selection,
         )
 
 
