@@ -89,8 +89,11 @@ def add_image_limit_arguments(parser) -> None:
 
 def settings(args: argparse.Namespace, top_k: int | None, threshold: float | None = None) -> TriageSettings:
     """The `TriageSettings` of the parsed flags (a bad value raises `ValueError` naming it)."""
-    if args.labels_per_class is not None and args.selection != BUDGET_SELECTION:
-        raise ValueError(f"--labels-per-class applies to --selection {BUDGET_SELECTION} only")
+    if args.labels_per_class is not None:
+        if args.selection != BUDGET_SELECTION:
+            raise ValueError(f"--labels-per-class applies to --selection {BUDGET_SELECTION} only")
+        if args.labels_per_class < 0:
+            raise ValueError(f"expected --labels-per-class >= 0. Received: {args.labels_per_class}")
     per_class = {} if args.labels_per_class is None else {"labels_per_class": args.labels_per_class}
     return TriageSettings(
         top_k=top_k,

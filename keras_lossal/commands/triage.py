@@ -9,7 +9,7 @@ import math
 from keras_lossal.commands import _settings
 from keras_lossal.commands._errors import CommandError, reports_errors
 from keras_lossal.commands._settings import add_image_limit_arguments, add_selection_arguments
-from keras_lossal.contracts import BUDGET_SELECTION, COMMIT_SECONDS, DEFAULT_READ_THREADS, trained_items
+from keras_lossal.contracts import COMMIT_SECONDS, DEFAULT_READ_THREADS, trained_items
 
 __all__ = ["add_parser", "class_names", "run"]
 
@@ -247,11 +247,6 @@ def _queue_limits(args: argparse.Namespace) -> tuple[int | None, float | None]:
     """Checks the scoring mode and limits; returns triage's `(top_k, threshold)`."""
     if (args.model is None) == (args.server is None):
         raise CommandError("pass exactly one of --model DIR (in-process) or --server URL")
-    if args.labels_per_class is not None:
-        if args.selection != BUDGET_SELECTION:
-            raise CommandError(f"--labels-per-class applies to --selection {BUDGET_SELECTION} only")
-        if args.labels_per_class < 0:
-            raise CommandError(f"expected --labels-per-class >= 0. Received: {args.labels_per_class}")
     if args.scoring_calls is not None and args.scoring_calls < 1:
         raise CommandError(f"expected --scoring-calls >= 1. Received: {args.scoring_calls}")
     if args.read_threads < 1:
