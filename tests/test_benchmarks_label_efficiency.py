@@ -187,3 +187,24 @@ def test_the_third_recommendation_check_compares_rule_a_with_the_recommendations
     assert "**Decision:** learning_loss_clusters stays the recommendation\n" in decision.recommendation_check(
         registration
     )
+
+
+def test_the_must_show_check_holds_the_recommendation_to_every_bare_baseline_and_changes_nothing():
+    import label_efficiency_decision as decision
+
+    registration = decision.MUST_SHOW_3
+    assert registration.finalists == ("budget_switch",) and registration.report_only
+    assert dict(registration.trainings)["badge"] == 2 and registration.seeds == (25, 26, 27, 28, 29)
+    seeds = (0, 1, 2)
+    levels = {"budget_switch": [0.02, 0.02, 0.02], "learning_loss_clusters": [0.0] * 3, "random": [0.0] * 3,
+              "entropy": [0.0] * 3, "margin": [0.01] * 3, "coreset": [0.015] * 3, "badge": [0.02] * 3}  # fmt: skip
+    text, verdict = decision.task_section("Task", _curves(levels), registration, seeds)
+    assert verdict["budget_switch"] and "| budget_switch | 3 | 3 / 3 | +0.0000 (badge) |" in text
+    assert decision.decide([verdict, verdict], registration).startswith("budget_switch meets the issue's target")
+    levels["badge"] = [0.021, 0.021, 0.021]  # BADGE ahead on the mean by 0.00075: (b) fails
+    _, behind = decision.task_section("Task", _curves(levels), registration, seeds)
+    assert not behind["budget_switch"]
+    assert decision.decide([verdict, behind], registration).startswith("budget_switch does not meet")
+    del levels["coreset"]  # a baseline missing: no seed is complete, nothing is read
+    text, missing = decision.task_section("Task", _curves(levels), registration, seeds)
+    assert "no seed complete yet" in text and not missing["budget_switch"]
