@@ -16,7 +16,8 @@ def _typicality_reference(points, neighbours):
     for i, point in enumerate(points):
         others = sorted(float(np.linalg.norm(point - other)) for j, other in enumerate(points) if j != i)
         nearest = others[: min(neighbours, len(points) - 1)]
-        result.append(1.0 / np.mean(nearest) if nearest else 0.0)
+        # Points at distance 0 from all their neighbours get the largest finite typicality, not inf.
+        result.append(1.0 / max(np.mean(nearest), np.finfo(np.float64).tiny) if nearest else 0.0)
     return np.array(result)
 
 
@@ -54,11 +55,19 @@ def _picks_reference(embeddings, clusters, labeled_clusters, k, neighbours, min_
 
 def test_typical_per_cluster_against_the_plain_loop():
     rng = np.random.default_rng(1)
-    for trial, (n, labeled_count, k, min_size) in enumerate(itertools.product([12, 30], [0, 6], [1, 5, 12], [1, 5])):
-        embeddings = rng.normal(size=(n, 3))
-        labeled = rng.normal(size=(labeled_count, 3))
-        clusters = rng.integers(0, 4, n)
-        labeled_clusters = rng.integers(0, 4, labeled_count)
+    cases = itertools.product([12, 30], [0, 6], [1, 5, 12], [1, 5], [4, 15], [False, True])
+    for trial, (n, labeled_count, k, min_size, cluster_count, ties) in enumerate(cases):
+        # Many clusters (some empty, some only labeled) make the picks revisit clusters as their counts grow;
+        # points on an integer grid make typicalities tie, so the order among equals is checked too.
+        draw = (
+            (lambda shape: rng.integers(0, 3, size=shape).astype(float))
+            if ties
+            else (lambda shape: rng.normal(size=shape))
+        )
+        embeddings = draw((n, 3))
+        labeled = draw((labeled_count, 3))
+        clusters = rng.integers(0, cluster_count, n)
+        labeled_clusters = rng.integers(0, cluster_count, labeled_count)
         got, scores = diversity.typical_per_cluster(embeddings, clusters, labeled_clusters, k, 4, min_size, labeled)
         expected, expected_scores = _picks_reference(embeddings, clusters, labeled_clusters, k, 4, min_size, labeled)
         assert got.tolist() == expected, trial

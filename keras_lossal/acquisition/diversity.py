@@ -9,6 +9,8 @@ an N x N matrix. Each runs as one compiled TensorFlow loop.
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 import tensorflow as tf
 from keras import ops
@@ -450,24 +452,41 @@ def typical_per_cluster(
     count = int(max(clusters.max(initial=-1), labeled_clusters.max(initial=-1))) + 1
     covered = np.bincount(labeled_clusters, minlength=count)
     sizes = np.bincount(clusters, minlength=count) + covered
+    embeddings = np.asarray(embeddings, np.float64)
+    labeled_embeddings = None if labeled_embeddings is None else np.asarray(labeled_embeddings, np.float64)
+    # Each cluster's candidates and labeled items as contiguous runs of one stable sort (not a scan per cluster).
+    by_cluster = np.argsort(clusters, kind="stable")
+    starts = np.searchsorted(clusters[by_cluster], np.arange(count + 1))
+    labeled_by_cluster = np.argsort(labeled_clusters, kind="stable")
+    labeled_starts = np.searchsorted(labeled_clusters[labeled_by_cluster], np.arange(count + 1))
     scores = np.zeros(len(clusters))
     members: list[list[int]] = []
     for cluster in range(count):
-        positions = np.flatnonzero(clusters == cluster)
+        positions = by_cluster[starts[cluster] : starts[cluster + 1]]
         if len(positions):
-            own = np.asarray(embeddings, np.float64)[positions]
+            own = embeddings[positions]
             if labeled_embeddings is not None and covered[cluster]:
-                own = np.concatenate([own, np.asarray(labeled_embeddings, np.float64)[labeled_clusters == cluster]])
+                labeled_rows = labeled_by_cluster[labeled_starts[cluster] : labeled_starts[cluster + 1]]
+                own = np.concatenate([own, labeled_embeddings[labeled_rows]])
             scores[positions] = typicality(own, neighbours)[: len(positions)]
         order = positions[np.lexsort((positions, -scores[positions]))]  # most typical first, ties: low position
         members.append(order.tolist()[::-1])  # popped from the end
+    # The least covered cluster first, the largest among equals, then the lower id; clusters under
+    # min_cluster_size only once no larger one has candidates. Only the picked cluster's key changes, so a
+    # heap per kind keeps every entry current: O(k log C) instead of a scan of all clusters per pick.
+    heaps: tuple[list, list] = ([], [])
+    for cluster in range(count):
+        if members[cluster]:
+            heaps[int(sizes[cluster] < min_cluster_size)].append((int(covered[cluster]), -int(sizes[cluster]), cluster))
+    for heap in heaps:
+        heapq.heapify(heap)
     picks = []
     for _ in range(k):
-        open_clusters = [cluster for cluster in range(count) if members[cluster]]
-        large = [cluster for cluster in open_clusters if sizes[cluster] >= min_cluster_size]
-        cluster = min(large or open_clusters, key=lambda c: (covered[c], -sizes[c], c))
+        heap = heaps[0] or heaps[1]
+        taken, negative_size, cluster = heapq.heappop(heap)
         picks.append(members[cluster].pop())
-        covered[cluster] += 1
+        if members[cluster]:
+            heapq.heappush(heap, (taken + 1, negative_size, cluster))
     picks = np.asarray(picks, np.int64)
     return picks, scores[picks]
 
