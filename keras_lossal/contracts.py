@@ -387,11 +387,12 @@ class TriageSettings:
             raise TypeError(f"Expected settings to be a TriageSettings. Received: {type(settings).__name__}")
         return dataclasses.replace(settings, **fields) if settings is not None else cls(**fields)
 
-    def resolved(self, labeled: int | None, classes: int | None) -> tuple[TriageSettings, str]:
+    def resolved(self, labeled: int | None, classes: int | None, counted: str = "") -> tuple[TriageSettings, str]:
         """These settings with `"budget_switch"` resolved to `"typiclust"` or `"badge"`, and a line saying why.
 
         `labeled`: items labeled so far, `classes`: the model's classes (`None`: not known, and then the
-        switch takes `"badge"`, its side from `labels_per_class` per class on). Other selections are returned
+        switch takes `"badge"`, its side from `labels_per_class` per class on); `counted`: where the count
+        came from, said after it (`" in the --exclude-labeled manifests"`). Other selections are returned
         unchanged, with `""`.
 
         Example:
@@ -414,7 +415,8 @@ item(s), 10 classes, switch at 10 per class -> typiclust')
         else:
             chosen = "typiclust" if labels_are_scarce(labeled, classes, self.labels_per_class) else "badge"
             why = (
-                f"{labeled} labeled item(s), {classes} classes, switch at {self.labels_per_class} per class -> {chosen}"
+                f"{labeled} labeled item(s){counted}, {classes} classes, switch at {self.labels_per_class} per class "
+                f"-> {chosen}"
             )
         return dataclasses.replace(self, selection=chosen), f"selection {BUDGET_SELECTION}: {why}"
 

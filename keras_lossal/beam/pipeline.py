@@ -508,16 +508,17 @@ class ScorePool(beam.PTransform):
                 "Expected a queue length top_k and no threshold: Beam's queue is the top_k selection. "
                 f"Received: top_k={settings.top_k!r}, threshold={settings.threshold!r}"
             )
+        # One version pinned for everything: the handler loads the directory whose config chose the settings.
+        version_dir = resolve_version_dir(model_dir, version)
+        config = read_export_config(version_dir)
         # budget_switch: Beam has no labeled items, so the export's training record counts them (else badge).
-        config = read_export_config(resolve_version_dir(model_dir, version))
         settings, self.selection_reason = settings.resolved(
             trained_items(config), len(config.get("labels") or ()) or None
         )
         self.settings, self.top_k = settings, settings.top_k
         self.rule = QueueRule.of(settings)
         self.handler = LossalModelHandler(
-            model_dir,
-            version,
+            version_dir,
             min_batch_size=min_batch_size,
             max_batch_size=max_batch_size,
             large_model=large_model,

@@ -281,11 +281,9 @@ def _selection(args: argparse.Namespace, settings, scorer, labeled, trained: int
         count = trained
         source = "" if count is None else " the model was trained on (its export's training.num_items)"
     classes = len(scorer.labels) if scorer.labels else None
-    resolved, why = settings.resolved(count, classes)
+    resolved, why = settings.resolved(count, classes, counted=source)
     if not why or settings.top_k is None:  # no queue length: every item is queued, whichever selection
         return resolved, count
-    if count is not None and classes:
-        why = why.replace(" labeled item(s),", f" labeled item(s){source},", 1)
     print(why)
     if count is None:
         print(
